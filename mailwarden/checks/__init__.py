@@ -1,0 +1,100 @@
+"""The check interface, and the registry of every check mailwarden has.
+
+A check is a small class in ``checks/NAME.py``:
+
+* ``name``: its ``[check.NAME]`` section and the ``check`` of its results;
+* ``Options``: a frozen dataclass (subclass of :class:`CheckOptions`) whose
+  fields are its INI keys, each with its default and parser;
+* ``symbols``: every symbol it can emit, with its default weight, so that
+  ``[scores]`` can be validated at start-up and tuned without code;
+* ``requires``: checks whose results it reads; the engine runs those first
+  and refuses a cycle at start-up;
+* ``skip_for``: client tags for which it does not run at all
+  (``allowlisted``, ``authenticated``, ``trusted``);
+* one method per SMTP stage it needs: ``on_connect``, ``on_helo``,
+  ``on_mail``, ``on_rcpt``, ``on_body``, ``on_eom``, each taking the
+  engine's :class:`~mailwarden.engine.Context` and returning a
+  :class:`~mailwarden.model.Result`, several, or None.
+
+Checks keep no per-request state on ``self``: one instance serves every
+connection and every thread.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
+
+from ..config import opt, parse_bool
+from ..model import Result, Stage
+
+# Each module defines CHECKS = (SomeCheck, ...). Order here is only the
+# tie-break for checks that do not depend on each other.
+CHECK_MODULES = (
+    "iplist",
+    "iprev",
+    "size",
+)
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    enabled: bool = opt(True, parse_bool)
+    # a temperror of this check may tempfail the message (per [policy]
+    # temperror_action*); "no" records the temperror and accepts
+    tempfail_on_error: bool = opt(True, parse_bool)
+
+
+class Check:
+    name: ClassVar[str] = ""
+    method: ClassVar[str | None] = None      # RFC 8601 method, if any
+    Options: ClassVar[type] = CheckOptions
+    symbols: ClassVar[Mapping[str, float]] = {}
+    requires: ClassVar[tuple] = ()
+    skip_for: ClassVar[frozenset] = frozenset()
+
+    def __init__(self, options, services):
+        self.options = options
+        self.services = services
+
+    @classmethod
+    def error_symbol(cls) -> str:
+        return f"{cls.name.upper()}_ERROR"
+
+    @classmethod
+    def all_symbols(cls) -> dict:
+        symbols = dict(cls.symbols)
+        symbols.setdefault(cls.error_symbol(), 0.0)
+        return symbols
+
+    @classmethod
+    def stages(cls) -> tuple:
+        return tuple(stage for stage in Stage
+                     if callable(getattr(cls, stage.method, None)))
+
+    def result(self, result: str, symbol: str | None = None, reason: str = "", **kw) -> Result:
+        """A Result of this check, with its method and temperror choice filled in."""
+        if symbol is not None and symbol not in self.symbols and symbol != self.error_symbol():
+            raise ValueError(f"{self.name}: undeclared symbol {symbol}")
+        kw.setdefault("method", self.method)
+        kw.setdefault("tempfail", self.options.tempfail_on_error)
+        return Result(check=self.name, result=result, symbol=symbol, reason=reason, **kw)
+
+
+_registry: dict | None = None
+
+
+def registry() -> Mapping[str, type]:
+    """name -> check class, importing the check modules on first use."""
+    global _registry
+    if _registry is None:
+        found = {}
+        for module_name in CHECK_MODULES:
+            module = importlib.import_module(f"{__name__}.{module_name}")
+            for cls in module.CHECKS:
+                if cls.name in found:
+                    raise RuntimeError(f"two checks are called {cls.name}")
+                found[cls.name] = cls
+        _registry = found
+    return _registry

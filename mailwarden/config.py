@@ -1,0 +1,478 @@
+"""INI configuration: parsed once at start-up into frozen dataclasses.
+
+Every section is a frozen dataclass whose fields carry their parser in the
+field metadata (see :func:`opt`).  Unknown sections and keys, bad values and a
+missing ``[authserv] id`` are refused with ``FILE:LINE: [section] key: what``.
+Checks contribute their own ``[check.NAME]`` section through their ``Options``
+dataclass, so a new check never edits this module.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+__all__ = [
+    "ConfigError", "Config", "opt", "load", "loads",
+    "parse_bool", "parse_int", "parse_float", "parse_size", "parse_seconds",
+    "parse_list", "parse_networks", "parse_choice", "parse_socket", "Networks",
+]
+
+
+class ConfigError(Exception):
+    """A configuration problem, located as precisely as we can."""
+
+    def __init__(self, path: str, line: int | None, section: str | None,
+                 key: str | None, message: str):
+        self.path, self.line, self.section, self.key = path, line, section, key
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line if self.line else 0}:"
+        if self.section is not None:
+            where += f" [{self.section}]"
+        if self.key is not None:
+            where += f" {self.key}:"
+        return f"{where} {self.message}"
+
+
+class ValueProblem(ValueError):
+    """Raised by a parser; the loader adds file, line, section and key."""
+
+
+# --------------------------------------------------------------------------
+# value parsers: str -> value, raise ValueProblem with a short reason
+
+_TRUE = {"1", "yes", "true", "on"}
+_FALSE = {"0", "no", "false", "off"}
+
+
+def parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueProblem(f"expected yes or no, got {text!r}")
+
+
+def parse_int(minimum: int | None = None, maximum: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip(), 10)
+        except ValueError:
+            raise ValueProblem(f"expected a whole number, got {text!r}") from None
+        _bounds(value, minimum, maximum)
+        return value
+    return parse
+
+
+def parse_float(minimum: float | None = None, maximum: float | None = None):
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueProblem(f"expected a number, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueProblem(f"expected a finite number, got {text!r}")
+        _bounds(value, minimum, maximum)
+        return value
+    return parse
+
+
+def _bounds(value, minimum, maximum) -> None:
+    if minimum is not None and value < minimum:
+        raise ValueProblem(f"must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueProblem(f"must be at most {maximum}, got {value}")
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)b?\s*$", re.I)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+
+
+def parse_size(text: str) -> int:
+    """Bytes, with an optional K, M or G suffix (binary multiples)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueProblem(f"expected a size such as 10M or 512K, got {text!r}")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.I)
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_seconds(text: str) -> float:
+    """Seconds, with an optional ms, s, m, h or d suffix."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueProblem(f"expected a duration such as 5s, 250ms or 10m, got {text!r}")
+    unit = m.group(2).lower() if m.group(2) else None
+    return float(m.group(1)) * _DURATION_UNITS[unit]
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """Items separated by commas and/or white space (also across lines)."""
+    return tuple(item for item in re.split(r"[,\s]+", text.strip()) if item)
+
+
+def parse_choice(*choices: str):
+    def parse(text: str) -> str:
+        low = text.strip().lower()
+        if low not in choices:
+            raise ValueProblem(f"expected one of {', '.join(choices)}, got {text!r}")
+        return low
+    return parse
+
+
+def parse_str(text: str) -> str:
+    return text.strip()
+
+
+def parse_path(text: str) -> str:
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class Networks:
+    """A set of IPv4 and IPv6 networks with a fast membership test."""
+
+    networks: tuple = ()
+
+    def __contains__(self, address) -> bool:
+        if address is None:
+            return False
+        if isinstance(address, str):
+            try:
+                address = ipaddress.ip_address(address)
+            except ValueError:
+                return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address.version == n.version and address in n for n in self.networks)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def __iter__(self):
+        return iter(self.networks)
+
+    def match(self, address):
+        """The most specific network that holds ``address``, or None."""
+        best = None
+        for net in self.networks:
+            if address.version == net.version and address in net:
+                if best is None or net.prefixlen > best.prefixlen:
+                    best = net
+        return best
+
+
+def parse_network(text: str):
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueProblem(f"not an IP address or CIDR network: {text!r}") from None
+
+
+def parse_networks(text: str) -> Networks:
+    return Networks(tuple(parse_network(item) for item in parse_list(text)))
+
+
+def read_network_file(path: str) -> Networks:
+    """One address or CIDR per line; ``#`` starts a comment.
+
+    Raises ConfigError located in the list file itself.
+    """
+    nets = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                item = line.split("#", 1)[0].strip()
+                if not item:
+                    continue
+                try:
+                    nets.append(parse_network(item))
+                except ValueProblem as exc:
+                    raise ConfigError(path, lineno, None, None, str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(path, None, None, None, f"cannot read: {exc.strerror}") from None
+    return Networks(tuple(nets))
+
+
+_SOCKET = re.compile(r"^(unix|local):(/.+)$|^(inet|inet6):(\d{1,5})(?:@(.+))?$|^(inet|inet6):(.+):(\d{1,5})$")
+
+
+def parse_socket(text: str) -> str:
+    """Postfix notation (``unix:/path``, ``inet:HOST:PORT``) or libmilter's
+    (``inet:PORT@HOST``); returned in the libmilter form pymilter wants."""
+    value = text.strip()
+    m = _SOCKET.match(value)
+    if not m:
+        raise ValueProblem(
+            f"expected unix:/path or inet:HOST:PORT, got {text!r}")
+    if m.group(1):
+        return f"unix:{m.group(2)}"
+    if m.group(3):
+        port, host = m.group(4), m.group(5)
+        kind = m.group(3)
+    else:
+        kind, host, port = m.group(6), m.group(7).strip("[]"), m.group(8)
+    if not 0 < int(port) < 65536:
+        raise ValueProblem(f"port out of range in {text!r}")
+    return f"{kind}:{port}@{host}" if host else f"{kind}:{port}"
+
+
+def opt(default: Any, parse: Callable[[str], Any]) -> Any:
+    """A config field: its default and the parser for the INI text."""
+    return field(default=default, metadata={"parse": parse})
+
+
+# --------------------------------------------------------------------------
+# the core sections
+
+
+@dataclass(frozen=True)
+class MilterOptions:
+    socket: str = opt("inet:8894@127.0.0.1", parse_socket)
+    name: str = opt("mailwarden", parse_str)
+    timeout: float = opt(600.0, parse_seconds)
+    socket_mode: str = opt("0660", parse_str)
+    user: str = opt("", parse_str)
+    group: str = opt("", parse_str)
+    spool_threshold: int = opt(1024 * 1024, parse_size)
+    log: str = opt("syslog", parse_choice("syslog", "stderr"))
+    log_level: str = opt("info", parse_choice("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class AuthservOptions:
+    id: str = opt("", parse_str)
+
+
+@dataclass(frozen=True)
+class DnsOptions:
+    nameservers: tuple = opt((), parse_list)
+    port: int = opt(53, parse_int(1, 65535))
+    timeout: float = opt(2.0, parse_seconds)
+    message_deadline: float = opt(10.0, parse_seconds)
+    message_budget: int = opt(200, parse_int(1, 100000))
+    cache_size: int = opt(20000, parse_int(0, 10_000_000))
+    negative_ttl: float = opt(60.0, parse_seconds)
+    max_ttl: float = opt(86400.0, parse_seconds)
+    workers: int = opt(32, parse_int(1, 1024))
+
+
+_TEMPERROR_ACTIONS = parse_choice("tempfail", "accept")
+
+
+@dataclass(frozen=True)
+class PolicyOptions:
+    add_header_score: float = opt(5.0, parse_float())
+    quarantine_score: float = opt(10.0, parse_float())
+    reject_score: float = opt(15.0, parse_float())
+    temperror_action: str = opt("tempfail", _TEMPERROR_ACTIONS)
+    temperror_action_authenticated: str = opt("accept", _TEMPERROR_ACTIONS)
+    temperror_action_trusted: str = opt("accept", _TEMPERROR_ACTIONS)
+    dry_run: bool = opt(False, parse_bool)
+    status_header: str = opt("X-Mailwarden-Status", parse_str)
+    reject_text: str = opt("Message rejected by content policy", parse_str)
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    trusted_networks: Networks = opt(parse_networks("127.0.0.0/8 ::1/128"), parse_networks)
+
+
+CORE_SECTIONS: Mapping[str, type] = MappingProxyType({
+    "milter": MilterOptions,
+    "authserv": AuthservOptions,
+    "dns": DnsOptions,
+    "policy": PolicyOptions,
+    "relay": RelayOptions,
+})
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    milter: MilterOptions
+    authserv: AuthservOptions
+    dns: DnsOptions
+    policy: PolicyOptions
+    relay: RelayOptions
+    scores: Mapping[str, float]
+    checks: Mapping[str, Any]          # check name -> its Options instance
+
+    def check(self, name: str):
+        return self.checks[name]
+
+
+# --------------------------------------------------------------------------
+# loading
+
+_SECTION_LINE = re.compile(r"^\[([^\]]+)\]")
+_KEY_LINE = re.compile(r"^([^\s#;=:][^=:]*?)\s*[=:]")
+
+
+def _line_numbers(text: str) -> dict:
+    """(section, key) -> line, and (section, None) -> line of its header."""
+    where: dict = {}
+    section = None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        m = _SECTION_LINE.match(line)
+        if m:
+            section = m.group(1).strip()
+            where.setdefault((section, None), lineno)
+            continue
+        m = _KEY_LINE.match(line)
+        if m and section is not None:
+            where.setdefault((section, m.group(1).strip()), lineno)
+    return where
+
+
+def _build(cls, values: Mapping[str, str], path: str, section: str, where: dict,
+           extra_keys: Mapping[str, Callable] = MappingProxyType({})):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, text in values.items():
+        line = where.get((section, key))
+        if key in extra_keys:
+            continue
+        f = known.get(key)
+        if f is None:
+            raise ConfigError(path, line, section, key, "unknown key")
+        try:
+            kwargs[key] = f.metadata["parse"](text)
+        except ValueProblem as exc:
+            raise ConfigError(path, line, section, key, str(exc)) from None
+    try:
+        return cls(**kwargs)
+    except ValueProblem as exc:      # a __post_init__ that checks keys together
+        raise ConfigError(path, where.get((section, None)), section, None, str(exc)) from None
+
+
+def _resolve(options, path: str, section: str, where: dict):
+    """Let an Options object read its files and check its keys together.
+
+    ``resolve(error)`` returns the final Options; ``error(key, message)``
+    makes a ConfigError located at that key of this section.
+    """
+    resolve = getattr(options, "resolve", None)
+    if resolve is None:
+        return options
+
+    def error(key, message):
+        return ConfigError(path, where.get((section, key), where.get((section, None))),
+                           section, key, message)
+    return resolve(error)
+
+
+def loads(text: str, path: str = "<string>", registry: Mapping[str, type] | None = None) -> Config:
+    """Parse INI ``text``; ``registry`` maps check names to check classes."""
+    if registry is None:
+        from .checks import registry as check_registry
+        registry = check_registry()
+    parser = configparser.ConfigParser(interpolation=None, strict=True,
+                                       empty_lines_in_values=False,
+                                       inline_comment_prefixes=None)
+    parser.optionxform = str          # keep the case: score symbols are upper case
+    try:
+        parser.read_string(text, source=path)
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(path, exc.lineno, exc.section, None, "section given twice") from None
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError(path, exc.lineno, exc.section, exc.option, "key given twice") from None
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(path, exc.lineno, None, None, "a key before any [section]") from None
+    except configparser.ParsingError as exc:
+        lineno, line = exc.errors[0] if exc.errors else (None, "")
+        raise ConfigError(path, lineno, None, None, f"cannot parse line: {line!r}") from None
+
+    where = _line_numbers(text)
+    core: dict = {}
+    checks: dict = {}
+    scores: dict = {}
+    known_symbols = {}
+    for name, check_cls in registry.items():
+        for symbol, weight in check_cls.all_symbols().items():
+            known_symbols[symbol] = weight
+
+    for section in parser.sections():
+        values = dict(parser.items(section))
+        if section in CORE_SECTIONS:
+            core[section] = _build(CORE_SECTIONS[section], values, path, section, where)
+        elif section == "scores":
+            for key, text_value in values.items():
+                symbol = key.upper()
+                line = where.get((section, key))
+                if symbol not in known_symbols:
+                    raise ConfigError(path, line, section, key, "unknown symbol")
+                try:
+                    scores[symbol] = parse_float()(text_value)
+                except ValueProblem as exc:
+                    raise ConfigError(path, line, section, key, str(exc)) from None
+        elif section.startswith("check."):
+            name = section[len("check."):]
+            check_cls = registry.get(name)
+            if check_cls is None:
+                raise ConfigError(path, where.get((section, None)), section, None,
+                                  f"unknown check (known: {', '.join(sorted(registry))})")
+            checks[name] = _resolve(_build(check_cls.Options, values, path, section, where),
+                                    path, section, where)
+        else:
+            raise ConfigError(path, where.get((section, None)), section, None, "unknown section")
+
+    for section, cls in CORE_SECTIONS.items():
+        core.setdefault(section, cls())
+    for name, check_cls in registry.items():
+        if name not in checks:
+            checks[name] = _resolve(check_cls.Options(), path, f"check.{name}", where)
+
+    authserv_id = core["authserv"].id
+    if not authserv_id:
+        raise ConfigError(path, where.get(("authserv", "id"), where.get(("authserv", None))),
+                          "authserv", "id", "missing: the host name that Authentication-Results names")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-]*", authserv_id):
+        raise ConfigError(path, where.get(("authserv", "id")), "authserv", "id",
+                          f"not a host name: {authserv_id!r}")
+    pol = core["policy"]
+    if not pol.add_header_score <= pol.quarantine_score <= pol.reject_score:
+        raise ConfigError(path, where.get(("policy", None)), "policy", None,
+                          "thresholds must satisfy add_header_score <= quarantine_score <= reject_score")
+    if not re.fullmatch(r"[!-9;-~]+", pol.status_header):
+        raise ConfigError(path, where.get(("policy", "status_header")), "policy",
+                          "status_header", f"not a header field name: {pol.status_header!r}")
+    for server in core["dns"].nameservers:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise ConfigError(path, where.get(("dns", "nameservers")), "dns", "nameservers",
+                              f"not an IP address: {server!r}") from None
+
+    merged_scores = dict(known_symbols)
+    merged_scores.update(scores)
+    return Config(path=path, scores=MappingProxyType(merged_scores),
+                  checks=MappingProxyType(checks), **core)
+
+
+def load(path: str, registry: Mapping[str, type] | None = None) -> Config:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(path, None, None, None, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, None, None, None, f"not UTF-8 text: {exc.reason}") from None
+    return loads(text, path, registry)
+
+
+def default_hostname() -> str:
+    return socket.getfqdn()

@@ -1,0 +1,368 @@
+"""The one resolver: every lookup mailwarden makes goes through here.
+
+* nameservers, port and per-query timeout come from ``[dns]``;
+* a TTL-respecting cache is shared by all connections (thread-safe, bounded);
+* several lookups run in parallel (``query_many``);
+* a per-message :class:`Lookup` session enforces a lookup budget and a
+  deadline, so that a slow DNS server cannot hold a message for longer than
+  ``[dns] message_deadline``;
+* answers tell NXDOMAIN, NODATA, SERVFAIL, timeout and other errors apart:
+  only SERVFAIL, timeout, error and an exhausted budget are temporary.
+
+The backend that actually talks DNS is pluggable: :class:`DnspythonBackend`
+for real servers, :class:`ZoneBackend` for tests and offline use (it reads
+zone lines of the form ``NAME [TTL] [IN] TYPE RDATA``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import enum
+import ipaddress
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import dns.exception
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.resolver
+import dns.reversename
+
+log = logging.getLogger("mailwarden.dns")
+
+__all__ = ["Status", "Answer", "Resolver", "Lookup", "DnspythonBackend", "ZoneBackend",
+           "reverse_name", "normalize"]
+
+
+class Status(enum.Enum):
+    NOERROR = "noerror"
+    NXDOMAIN = "nxdomain"
+    NODATA = "nodata"
+    SERVFAIL = "servfail"
+    TIMEOUT = "timeout"
+    ERROR = "error"          # refused, malformed name, garbage answer, ...
+    BUDGET = "budget"        # this message's lookup budget or deadline is used up
+
+
+TEMPORARY = frozenset({Status.SERVFAIL, Status.TIMEOUT, Status.ERROR, Status.BUDGET})
+
+
+@dataclass(frozen=True)
+class Answer:
+    name: str
+    rdtype: str
+    status: Status
+    records: tuple = ()
+    ttl: float = 0.0
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.NOERROR
+
+    @property
+    def temporary(self) -> bool:
+        """SERVFAIL, timeout, other errors: a temperror, not an answer."""
+        return self.status in TEMPORARY
+
+    @property
+    def nonexistent(self) -> bool:
+        return self.status in (Status.NXDOMAIN, Status.NODATA)
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"{self.name}/{self.rdtype}: {', '.join(map(str, self.records))}"
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"{self.name}/{self.rdtype}: {self.status.value}{extra}"
+
+
+def normalize(name: str) -> str:
+    return name.strip().rstrip(".").lower()
+
+
+def reverse_name(address) -> str:
+    """``1.2.3.4`` -> ``4.3.2.1``; IPv6 -> reversed nibbles (no zone suffix)."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 4:
+        return ".".join(reversed(str(ip).split(".")))
+    return ".".join(reversed(ip.exploded.replace(":", "")))
+
+
+def ptr_name(address) -> str:
+    ip = ipaddress.ip_address(address)
+    suffix = "in-addr.arpa" if ip.version == 4 else "ip6.arpa"
+    return f"{reverse_name(ip)}.{suffix}"
+
+
+def _record_value(rdata):
+    rdtype = rdata.rdtype
+    if rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        return rdata.address
+    if rdtype == dns.rdatatype.TXT:
+        return b"".join(rdata.strings).decode("utf-8", "replace")
+    if rdtype == dns.rdatatype.MX:
+        return (rdata.preference, rdata.exchange.to_text(omit_final_dot=True))
+    if rdtype in (dns.rdatatype.PTR, dns.rdatatype.CNAME, dns.rdatatype.NS):
+        return rdata.target.to_text(omit_final_dot=True)
+    return rdata.to_text()
+
+
+class DnspythonBackend:
+    """Real DNS through dnspython (UDP, falling back to TCP on truncation)."""
+
+    def __init__(self, nameservers: Sequence[str] = (), port: int = 53):
+        if nameservers:
+            resolver = dns.resolver.Resolver(configure=False)
+            resolver.nameservers = list(nameservers)
+        else:
+            resolver = dns.resolver.Resolver(configure=True)
+        resolver.port = port
+        resolver.cache = None
+        self._resolver = resolver
+
+    def lookup(self, name: str, rdtype: str, timeout: float) -> Answer:
+        try:
+            answer = self._resolver.resolve(name + ".", rdtype, lifetime=timeout,
+                                            raise_on_no_answer=False, search=False)
+        except dns.resolver.NXDOMAIN as exc:
+            return Answer(name, rdtype, Status.NXDOMAIN, ttl=_negative_ttl(exc))
+        except dns.resolver.LifetimeTimeout:
+            return Answer(name, rdtype, Status.TIMEOUT, detail=f"no answer within {timeout:g}s")
+        except dns.resolver.NoNameservers as exc:
+            return Answer(name, rdtype, Status.SERVFAIL, detail=_first_line(exc))
+        except dns.resolver.YXDOMAIN:
+            return Answer(name, rdtype, Status.ERROR, detail="YXDOMAIN")
+        except (dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong,
+                dns.name.BadEscape) as exc:
+            return Answer(name, rdtype, Status.ERROR, detail=f"bad name: {exc.__class__.__name__}")
+        except dns.exception.DNSException as exc:
+            return Answer(name, rdtype, Status.ERROR, detail=_first_line(exc))
+        if answer.rrset is None:
+            ttl = _soa_ttl(answer.response)
+            return Answer(name, rdtype, Status.NODATA, ttl=ttl if ttl is not None else 0.0)
+        records = tuple(_record_value(r) for r in answer.rrset)
+        return Answer(name, rdtype, Status.NOERROR, records, float(answer.rrset.ttl))
+
+
+def _first_line(exc) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
+
+
+def _soa_ttl(response):
+    for rrset in getattr(response, "authority", ()) or ():
+        if rrset.rdtype == dns.rdatatype.SOA:
+            return float(min(rrset.ttl, rrset[0].minimum))
+    return None
+
+
+def _negative_ttl(exc) -> float:
+    try:
+        for response in exc.responses().values():
+            ttl = _soa_ttl(response)
+            if ttl is not None:
+                return ttl
+    except (AttributeError, KeyError):
+        pass
+    return 0.0
+
+
+class ZoneBackend:
+    """Answers from zone lines, never from the network.
+
+    Lines: ``NAME [TTL] [IN] TYPE RDATA``; ``;`` and ``#`` start comments.
+    Two pseudo types make faults: ``NAME TIMEOUT`` and ``NAME SERVFAIL`` (any
+    query at or below NAME).  Used by the unit tests and by ``scan --zone``.
+    """
+
+    def __init__(self, text: str = "", default_ttl: int = 300):
+        self._data: dict = {}           # name -> {rdtype: [values]}
+        self._ttl: dict = {}
+        self._faults: dict = {}         # name -> Status
+        self.queries: list = []         # (name, rdtype) in order, for tests
+        self._lock = threading.Lock()
+        self.add(text, default_ttl)
+
+    def add(self, text: str, default_ttl: int = 300) -> None:
+        for raw in text.splitlines():
+            line = raw.split(";", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+            if not line:
+                continue
+            parts = line.split(None, 1)
+            name = normalize(parts[0])
+            rest = parts[1] if len(parts) > 1 else ""
+            tokens = rest.split(None, 1)
+            ttl = default_ttl
+            if tokens and tokens[0].isdigit():
+                ttl = int(tokens[0])
+                tokens = tokens[1].split(None, 1) if len(tokens) > 1 else []
+            if tokens and tokens[0].upper() == "IN":
+                tokens = tokens[1].split(None, 1) if len(tokens) > 1 else []
+            if not tokens:
+                raise ValueError(f"zone line without a type: {raw!r}")
+            rdtype = tokens[0].upper()
+            rdata_text = tokens[1] if len(tokens) > 1 else ""
+            if rdtype in ("TIMEOUT", "SERVFAIL"):
+                self._faults[name] = Status[rdtype]
+                continue
+            rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype),
+                                        rdata_text, origin=dns.name.root)
+            self._data.setdefault(name, {}).setdefault(rdtype, []).append(_record_value(rdata))
+            self._ttl[(name, rdtype)] = ttl
+
+    def _fault(self, name: str):
+        labels = name.split(".")
+        for i in range(len(labels)):
+            status = self._faults.get(".".join(labels[i:]))
+            if status is not None:
+                return status
+        return None
+
+    def lookup(self, name: str, rdtype: str, timeout: float) -> Answer:
+        with self._lock:
+            self.queries.append((name, rdtype))
+        fault = self._fault(name)
+        if fault is Status.TIMEOUT:
+            return Answer(name, rdtype, Status.TIMEOUT, detail=f"no answer within {timeout:g}s")
+        if fault is not None:
+            return Answer(name, rdtype, fault)
+        node = self._data.get(name)
+        if node is None:
+            # an empty non-terminal exists (NODATA), anything else is NXDOMAIN
+            suffix = "." + name
+            if any(other.endswith(suffix) for other in self._data):
+                return Answer(name, rdtype, Status.NODATA, ttl=60.0)
+            return Answer(name, rdtype, Status.NXDOMAIN, ttl=60.0)
+        if rdtype not in node:
+            if "CNAME" in node and rdtype != "CNAME":
+                target = normalize(node["CNAME"][0])
+                return dataclasses.replace(self.lookup(target, rdtype, timeout), name=name)
+            return Answer(name, rdtype, Status.NODATA, ttl=60.0)
+        return Answer(name, rdtype, Status.NOERROR, tuple(node[rdtype]),
+                      float(self._ttl[(name, rdtype)]))
+
+
+class Resolver:
+    """Cached, parallel lookups over one backend.  Shared by all threads."""
+
+    def __init__(self, options, backend=None, clock: Callable[[], float] = time.monotonic,
+                 on_query: Callable[[Answer, float], None] | None = None):
+        self.options = options
+        self.backend = backend if backend is not None else DnspythonBackend(
+            options.nameservers, options.port)
+        self.clock = clock
+        self.on_query = on_query
+        self._cache: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=options.workers, thread_name_prefix="mailwarden-dns")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- cache --------------------------------------------------------------
+
+    def _cached(self, key):
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None:
+                return None
+            expires, answer = entry
+            if expires <= self.clock():
+                del self._cache[key]
+                return None
+            self._cache.move_to_end(key)
+            return answer
+
+    def _store(self, key, answer: Answer) -> None:
+        size = self.options.cache_size
+        if size <= 0 or answer.temporary:
+            return
+        if answer.ok:
+            ttl = min(answer.ttl, self.options.max_ttl)
+        else:
+            ttl = min(answer.ttl or self.options.negative_ttl, self.options.negative_ttl)
+        if ttl <= 0:
+            return
+        with self._lock:
+            self._cache[key] = (self.clock() + ttl, answer)
+            self._cache.move_to_end(key)
+            while len(self._cache) > size:
+                self._cache.popitem(last=False)
+
+    # -- lookups ------------------------------------------------------------
+
+    def query(self, name: str, rdtype: str, timeout: float | None = None) -> Answer:
+        name = normalize(name)
+        rdtype = rdtype.upper()
+        key = (name, rdtype)
+        answer = self._cached(key)
+        if answer is not None:
+            return answer
+        if not name or len(name) > 253:
+            return Answer(name, rdtype, Status.ERROR, detail="bad name")
+        timeout = self.options.timeout if timeout is None else min(timeout, self.options.timeout)
+        started = time.monotonic()
+        answer = self.backend.lookup(name, rdtype, max(timeout, 0.001))
+        if self.on_query is not None:
+            self.on_query(answer, time.monotonic() - started)
+        if answer.temporary:
+            log.debug("dns %s", answer.describe())
+        self._store(key, answer)
+        return answer
+
+    def query_many(self, queries: Iterable[tuple[str, str]],
+                   timeout: float | None = None) -> list[Answer]:
+        """Run several lookups at once; answers in the order asked."""
+        queries = list(queries)
+        if len(queries) <= 1:
+            return [self.query(n, t, timeout) for n, t in queries]
+        futures = [self._executor.submit(self.query, n, t, timeout) for n, t in queries]
+        return [f.result() for f in futures]
+
+    def session(self, deadline: float | None = None, budget: int | None = None) -> "Lookup":
+        """A per-message view with its own budget and deadline (monotonic time)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.options.message_deadline
+        return Lookup(self, deadline, self.options.message_budget if budget is None else budget)
+
+
+class Lookup:
+    """One message's lookups: bounded in number and in time."""
+
+    def __init__(self, resolver: Resolver, deadline: float, budget: int):
+        self.resolver = resolver
+        self.deadline = deadline
+        self.budget = budget
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def _take(self, n: int) -> int:
+        with self._lock:
+            granted = max(0, min(n, self.budget - self.used))
+            self.used += granted
+            return granted
+
+    def query(self, name: str, rdtype: str) -> Answer:
+        return self.query_many([(name, rdtype)])[0]
+
+    def query_many(self, queries: Iterable[tuple[str, str]]) -> list[Answer]:
+        queries = list(queries)
+        left = self.remaining()
+        if left <= 0:
+            return [Answer(normalize(n), t.upper(), Status.BUDGET, detail="message deadline passed")
+                    for n, t in queries]
+        granted = self._take(len(queries))
+        answers = self.resolver.query_many(queries[:granted], timeout=left)
+        answers += [Answer(normalize(n), t.upper(), Status.BUDGET, detail="lookup budget used up")
+                    for n, t in queries[granted:]]
+        return answers

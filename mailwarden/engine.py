@@ -1,0 +1,352 @@
+"""Runs the checks stage by stage and asks the policy for a verdict.
+
+The engine is pure: it never imports ``Milter``, keeps no per-request state
+in globals, and gets its resolver and clock injected, so the milter adapter,
+``mailwarden scan`` and the tests drive the very same code.
+
+Ordering: within a stage, checks run in levels of the ``requires`` graph;
+the checks of one level do not depend on each other and run in parallel
+(their DNS waits overlap).  A cycle is refused at start-up.  An exception in
+a check becomes a ``temperror`` result with the check's ``NAME_ERROR``
+symbol and a log line with the queue id, never a crashed milter.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+from . import authresults
+from .checks import Check, registry as check_registry
+from .config import Config
+from .dns import Lookup, Resolver
+from .model import Body, Connection, Message, Result, Stage
+from .policy import Policy, Verdict
+
+log = logging.getLogger("mailwarden")
+
+
+class EngineError(Exception):
+    """The checks cannot be arranged (a cycle, an unknown requirement)."""
+
+
+@dataclass
+class Services:
+    """What checks may use besides their options; one set per engine."""
+
+    config: Config
+    resolver: Resolver
+    clock: Callable[[], float] = time.time       # wall clock, injectable for tests
+    hostname: str = ""
+
+
+class Context:
+    """What a check sees: the connection, the message, and earlier results."""
+
+    def __init__(self, engine: "Engine", conn: Connection, msg: Optional[Message],
+                 stage: Stage, dns: Lookup, rcpt: Optional[str] = None):
+        self.engine = engine
+        self.conn = conn
+        self.msg = msg
+        self.stage = stage
+        self.dns = dns
+        self.rcpt = rcpt
+        self.new: list = []
+
+    @property
+    def results(self) -> list:
+        return self.conn.results + (self.msg.results if self.msg else []) + self.new
+
+    def results_of(self, check: str) -> list:
+        return [r for r in self.results if r.check == check]
+
+    @property
+    def tags(self) -> frozenset:
+        tags = set()
+        for r in self.results:
+            tags |= r.tags
+        tags.add(self.engine.trust(self.conn))
+        return frozenset(tags)
+
+    @property
+    def queue_id(self) -> str:
+        return self.msg.queue_id if self.msg and self.msg.queue_id else ""
+
+    @property
+    def log(self) -> logging.LoggerAdapter:
+        return ConnLog(log, self.conn, self.msg)
+
+    def now(self) -> float:
+        return self.engine.services.clock()
+
+
+class ConnLog(logging.LoggerAdapter):
+    """Prefixes every line with the queue id (or the connection number)."""
+
+    def __init__(self, logger, conn: Connection, msg: Optional[Message]):
+        super().__init__(logger, {})
+        self.conn, self.msg = conn, msg
+
+    def process(self, msg, kwargs):
+        qid = self.msg.queue_id if self.msg is not None and self.msg.queue_id else ""
+        return f"{qid or 'conn#%d' % self.conn.id}: {msg}", kwargs
+
+
+def _levels(checks: list, stage: Stage) -> list:
+    """Group the checks that run at ``stage`` into dependency levels."""
+    present = {c.name: c for c in checks if stage in type(c).stages()}
+    depth: dict = {}
+
+    def level_of(name: str, path: tuple) -> int:
+        if name in depth:
+            return depth[name]
+        check = present[name]
+        deps = [d for d in check.requires if d in present]
+        value = 0 if not deps else 1 + max(level_of(d, path + (name,)) for d in deps)
+        depth[name] = value
+        return value
+
+    for name in present:
+        level_of(name, ())
+    levels: list = []
+    for check in checks:                         # keeps the registry order in a level
+        if check.name in present:
+            d = depth[check.name]
+            while len(levels) <= d:
+                levels.append([])
+            levels[d].append(check)
+    return levels
+
+
+def _check_cycles(classes: dict) -> None:
+    state: dict = {}
+
+    def visit(name: str, path: list) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = path[path.index(name):] + [name]
+            raise EngineError(f"checks require each other in a cycle: {' -> '.join(cycle)}")
+        state[name] = "visiting"
+        for dep in classes[name].requires:
+            if dep not in classes:
+                raise EngineError(f"check {name} requires unknown check {dep}")
+            visit(dep, path + [name])
+        state[name] = "done"
+
+    for name in classes:
+        visit(name, [])
+
+
+class Engine:
+    def __init__(self, config: Config, resolver: Optional[Resolver] = None,
+                 clock: Callable[[], float] = time.time, registry=None,
+                 hostname: Optional[str] = None):
+        self.config = config
+        registry = check_registry() if registry is None else registry
+        _check_cycles(dict(registry))
+        self.resolver = resolver if resolver is not None else Resolver(config.dns)
+        self.services = Services(config=config, resolver=self.resolver, clock=clock,
+                                 hostname=hostname if hostname is not None else socket.getfqdn())
+        self.policy = Policy(config.policy, config.scores)
+        self.checks: list = [cls(config.checks[name], self.services)
+                             for name, cls in registry.items()
+                             if config.checks[name].enabled]
+        self.levels = {stage: _levels(self.checks, stage) for stage in Stage}
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=8, thread_name_prefix="mailwarden-check")
+        self._open = 0
+        self._open_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.resolver.close()
+
+    # -- trust --------------------------------------------------------------
+
+    def trust(self, conn: Connection) -> str:
+        if conn.authenticated:
+            return "authenticated"
+        if conn.client_ip is None or conn.client_ip in self.config.relay.trusted_networks:
+            return "trusted"
+        return "other"
+
+    # -- running checks -----------------------------------------------------
+
+    def _call(self, check: Check, ctx: Context) -> list:
+        try:
+            out = getattr(check, ctx.stage.method)(ctx)
+        except Exception as exc:        # the one place a check's crash is caught
+            ctx.log.error("check %s crashed at %s: %s: %s", check.name, ctx.stage.name.lower(),
+                          exc.__class__.__name__, exc, exc_info=True)
+            return [Result(check=check.name, result="temperror", symbol=check.error_symbol(),
+                           reason=f"internal error in {check.name} ({exc.__class__.__name__})",
+                           method=check.method, tempfail=check.options.tempfail_on_error,
+                           stage=ctx.stage)]
+        if out is None:
+            return []
+        if isinstance(out, Result):
+            out = [out]
+        return [dataclasses.replace(r, stage=ctx.stage) for r in out]
+
+    def _run(self, ctx: Context) -> list:
+        for level in self.levels[ctx.stage]:
+            tags = ctx.tags
+            runnable = [c for c in level if not (c.skip_for & tags)]
+            if len(runnable) == 1 or ctx.stage is Stage.BODY:
+                for check in runnable:
+                    ctx.new.extend(self._call(check, ctx))
+            elif runnable:
+                futures = [self._pool.submit(self._call, c, ctx) for c in runnable]
+                for future in futures:           # in level order, whatever finishes first
+                    ctx.new.extend(future.result())
+        return ctx.new
+
+    def _stage(self, conn: Connection, msg: Optional[Message], stage: Stage, dns: Lookup,
+               rcpt: Optional[str] = None) -> Optional[Verdict]:
+        ctx = Context(self, conn, msg, stage, dns, rcpt)
+        new = self._run(ctx)
+        (msg.results if msg is not None and stage >= Stage.MAIL else conn.results).extend(new)
+        if not any(r.reply is not None for r in new):
+            return None
+        return self.policy.decide(ctx.results, self.trust(conn), stage, final=False)
+
+    # -- the SMTP stages ----------------------------------------------------
+
+    def connect(self, conn: Connection) -> Optional[Verdict]:
+        conn.dns = self.resolver.session()
+        return self._stage(conn, None, Stage.CONNECT, conn.dns)
+
+    def helo(self, conn: Connection, name: str) -> Optional[Verdict]:
+        conn.helo = name
+        conn.results[:] = [r for r in conn.results if r.stage is not Stage.HELO]
+        conn.dns = self.resolver.session()
+        return self._stage(conn, None, Stage.HELO, conn.dns)
+
+    def new_message(self, conn: Connection, mail_from: str, params: dict) -> Message:
+        conn.messages += 1
+        msg = Message(mail_from=mail_from, mail_params=params,
+                      body=Body(self.config.milter.spool_threshold))
+        msg.dns = self.resolver.session()
+        return msg
+
+    def mail(self, conn: Connection, msg: Message) -> Optional[Verdict]:
+        return self._stage(conn, msg, Stage.MAIL, msg.dns)
+
+    def rcpt(self, conn: Connection, msg: Message, rcpt: str) -> Optional[Verdict]:
+        verdict = self._stage(conn, msg, Stage.RCPT, msg.dns, rcpt)
+        if verdict is None or verdict.action not in ("reject", "tempfail"):
+            msg.rcpts.append(rcpt)
+        return verdict
+
+    def body(self, conn: Connection, msg: Message, chunk: bytes) -> Optional[Verdict]:
+        msg.body.write(chunk)
+        if not self.levels[Stage.BODY]:
+            return None
+        return self._stage(conn, msg, Stage.BODY, msg.dns)
+
+    def eom(self, conn: Connection, msg: Message) -> Verdict:
+        ctx = Context(self, conn, msg, Stage.EOM, msg.dns)
+        msg.results.extend(self._run(ctx))
+        results = conn.results + msg.results
+        verdict = self.policy.decide(results, self.trust(conn), Stage.EOM, final=True)
+        if verdict.action in ("accept", "add_header", "quarantine"):
+            removed = tuple(authresults.forged(self.config.authserv.id, msg.headers))
+            added = (
+                (authresults.HEADER, authresults.build(self.config.authserv.id, results)),
+                self.policy.status_header(verdict.action, verdict.score, verdict.symbols),
+            )
+            verdict = dataclasses.replace(verdict, headers_added=added, headers_removed=removed)
+        return verdict
+
+    def describe(self, conn: Connection, msg: Optional[Message], verdict: Verdict) -> str:
+        """The one log line per verdict: who, what, and why."""
+        parts = [f"action={verdict.action}"]
+        if verdict.dry_run:
+            parts.append(f"dry_run_action={verdict.decided}")
+        parts.append(f"score={verdict.score:.2f}")
+        parts.append(f"client={conn.label()}")
+        if conn.helo:
+            parts.append(f"helo={_escape(conn.helo)}")
+        if msg is not None:
+            parts.append(f"from=<{_escape(msg.mail_from)}>")
+            parts.append(f"rcpts={len(msg.rcpts)}")
+        if conn.auth_user:
+            parts.append(f"auth={_escape(conn.auth_user)}")
+        syms = ",".join(f"{s}({w:g})" for s, w in verdict.symbols)
+        if syms:
+            parts.append(f"symbols={syms}")
+        if verdict.reply is not None:
+            parts.append(f'reply="{_escape(verdict.reply.line())}"')
+        if verdict.reason:
+            parts.append(f'reason="{_escape(verdict.reason)}"')
+        return " ".join(parts)
+
+
+def _escape(value: str) -> str:
+    """Network text into one log line: controls and quotes escaped."""
+    out = []
+    for ch in str(value):
+        o = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif o < 0x20 or o == 0x7f or 0xdc80 <= o <= 0xdcff:
+            out.append(f"\\x{o & 0xff:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def run_offline(engine: Engine, *, client_ip, client_name: str = "", helo: str = "",
+                mail_from: str = "", rcpts: Iterable[str] = (), message: bytes = b"",
+                auth_user: str = "", tls_version: str = "", queue_id: str = "",
+                esmtp_size: Optional[int] = None) -> tuple:
+    """Run every stage as the milter would, on one message (``scan``).
+
+    Returns (verdict, connection, message). Stops at the first stage that
+    gives a verdict, exactly like the MTA would.
+    """
+    from .model import parse_client_address
+    from .mime import split_message
+
+    conn = Connection(client_ip=parse_client_address(client_ip),
+                      client_name=client_name or "unknown", auth_user=auth_user,
+                      tls_version=tls_version)
+    verdict = engine.connect(conn)
+    if verdict is not None:
+        return verdict, conn, None
+    if helo:
+        verdict = engine.helo(conn, helo)
+        if verdict is not None:
+            return verdict, conn, None
+    headers, body, problem = split_message(message)
+    params = {"SIZE": str(esmtp_size)} if esmtp_size is not None else {}
+    msg = engine.new_message(conn, mail_from, params)
+    msg.queue_id = queue_id
+    verdict = engine.mail(conn, msg)
+    if verdict is not None:
+        return verdict, conn, msg
+    accepted = 0
+    last = None
+    for rcpt in rcpts:
+        v = engine.rcpt(conn, msg, rcpt)
+        if v is None or v.action not in ("reject", "tempfail"):
+            accepted += 1
+        else:
+            last = v
+    if not accepted and last is not None:
+        return last, conn, msg
+    for name, value in headers:
+        msg.add_header(name, value)
+    step = 65535                         # the chunk size libmilter uses
+    for i in range(0, len(body), step):
+        verdict = engine.body(conn, msg, body[i:i + step])
+        if verdict is not None:
+            return verdict, conn, msg
+    return engine.eom(conn, msg), conn, msg

@@ -1,0 +1,225 @@
+"""What the engine works on: SMTP events as plain objects, and check results.
+
+``Connection`` lives for one SMTP connection, ``Message`` for one transaction
+(reset at MAIL FROM and RSET), as aiosmtpd separates Session and Envelope.
+Neither knows about pymilter; the adapter and ``mailwarden scan`` fill them.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import itertools
+import re
+import tempfile
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+class Stage(enum.IntEnum):
+    CONNECT = 1
+    HELO = 2
+    MAIL = 3
+    RCPT = 4
+    BODY = 5        # after each body chunk; for checks that must stop early
+    EOM = 6
+
+    @property
+    def method(self) -> str:
+        return "on_" + self.name.lower()
+
+
+# RFC 8601 result words (plus "policy" from RFC 8601 §2.7.1 and "hardfail"
+# never: SPF's is "fail"). Checks that are not authentication methods use
+# "pass", "fail" and "none" too.
+RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An SMTP reply the MTA should give, with its enhanced status code."""
+
+    action: str        # "reject", "tempfail", "discard"
+    code: int
+    xcode: str
+    text: str
+
+    def __post_init__(self):
+        if self.action == "reject" and not 500 <= self.code <= 599:
+            raise ValueError(f"a reject needs a 5xx code, not {self.code}")
+        if self.action == "tempfail" and not 400 <= self.code <= 499:
+            raise ValueError(f"a tempfail needs a 4xx code, not {self.code}")
+
+    def line(self) -> str:
+        return f"{self.code} {self.xcode} {self.text}"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One finding of one check, frozen once made.
+
+    ``method`` is the RFC 8601 method name when the result belongs in
+    Authentication-Results (``iprev``, ``spf``, ...), else None.
+    ``properties`` are ``(ptype.property, value)`` pairs for that header.
+    ``reply`` is a hard verdict (a blocked client, an oversized message) that
+    ends the transaction whatever the score.  ``tags`` tell other checks
+    and the engine about the client (``allowlisted``), never scored.
+    """
+
+    check: str
+    result: str
+    symbol: Optional[str] = None
+    reason: str = ""
+    method: Optional[str] = None
+    properties: tuple = ()
+    reply: Optional[Reply] = None
+    tags: frozenset = frozenset()
+    stage: Optional[Stage] = None
+    tempfail: bool = True      # whether a temperror here may tempfail the message
+
+    def __post_init__(self):
+        if self.result not in RESULTS:
+            raise ValueError(f"unknown result {self.result!r}")
+
+
+_ids = itertools.count(1)
+
+
+def parse_client_address(addr) -> Optional[ipaddress._BaseAddress]:
+    """An address as MTAs pass it: ``IPv6:2001:db8::1``, ``[1.2.3.4]``, ..."""
+    if addr is None:
+        return None
+    if isinstance(addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return addr
+    text = str(addr).strip().strip("[]")
+    if text[:5].lower() == "ipv6:":
+        text = text[5:]
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    return ip
+
+
+@dataclass
+class Connection:
+    """One SMTP connection: who the client is and what it said before MAIL."""
+
+    client_ip: Optional[ipaddress._BaseAddress] = None
+    client_name: str = ""             # the MTA's verified name, or "unknown"
+    helo: str = ""
+    auth_user: str = ""
+    auth_type: str = ""
+    tls_version: str = ""
+    tls_cipher: str = ""
+    our_hostname: str = ""            # macro j
+    macros: dict = field(default_factory=dict)
+    results: list = field(default_factory=list)   # connect and helo stage results
+    id: int = field(default_factory=lambda: next(_ids))
+    messages: int = 0
+    dns: Optional[object] = None      # the Lookup session of the current stage
+
+    @property
+    def authenticated(self) -> bool:
+        return bool(self.auth_user)
+
+    def label(self) -> str:
+        ip = str(self.client_ip) if self.client_ip is not None else "local"
+        return f"{self.client_name or 'unknown'}[{ip}]"
+
+
+_CRLF = re.compile(rb"\r?\n")
+
+
+class Body:
+    """The message body, spooled to disk past a bound and counted exactly."""
+
+    def __init__(self, spool_threshold: int = 1024 * 1024):
+        self._file = tempfile.SpooledTemporaryFile(max_size=spool_threshold)
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self.size += len(chunk)
+
+    def read(self) -> bytes:
+        self._file.seek(0)
+        data = self._file.read()
+        self._file.seek(0, 2)
+        return data
+
+    def chunks(self, size: int = 65536):
+        self._file.seek(0)
+        while True:
+            block = self._file.read(size)
+            if not block:
+                break
+            yield block
+        self._file.seek(0, 2)
+
+    @property
+    def spooled(self) -> bool:
+        return bool(getattr(self._file, "_rolled", False))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class Message:
+    """One transaction: envelope, headers as received, body."""
+
+    mail_from: str = ""                      # without angle brackets; "" is the null sender
+    mail_params: dict = field(default_factory=dict)   # ESMTP parameters, upper-case keys
+    rcpts: list = field(default_factory=list)
+    # (name: str, raw value: bytes): the value exactly as after the colon,
+    # leading white space and folding included, so DKIM sees the wire bytes
+    headers: list = field(default_factory=list)
+    body: Optional[Body] = None
+    queue_id: str = ""
+    results: list = field(default_factory=list)       # mail .. eom stage results
+    header_bytes: int = 0
+    dns: Optional[object] = None      # this message's Lookup session
+
+    def add_header(self, name: str, value: bytes) -> None:
+        self.headers.append((name, value))
+        self.header_bytes += len(name) + len(value) + 4
+
+    def header_values(self, name: str) -> list:
+        """Raw values of every header field called ``name``."""
+        low = name.lower()
+        return [v for n, v in self.headers if n.lower() == low]
+
+    def header_texts(self, name: str) -> list:
+        """Values as text: unfolded, stripped, undecodable bytes escaped."""
+        return [_CRLF.sub(b"", v).decode("utf-8", "surrogateescape").strip()
+                for v in self.header_values(name)]
+
+    @property
+    def size(self) -> int:
+        return self.header_bytes + 2 + (self.body.size if self.body else 0)
+
+    def raw_headers(self) -> bytes:
+        """Headers as on the wire (CRLF line ends), values untouched."""
+        out = []
+        for name, value in self.headers:
+            value = _CRLF.sub(b"\r\n", value)
+            out.append(name.encode("ascii", "surrogateescape") + b":" + value + b"\r\n")
+        return b"".join(out)
+
+    def as_bytes(self) -> bytes:
+        body = self.body.read() if self.body else b""
+        return self.raw_headers() + b"\r\n" + body
+
+    def close(self) -> None:
+        if self.body is not None:
+            self.body.close()
+
+
+def strip_brackets(address: str) -> str:
+    address = address.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1]
+    return address

@@ -1,0 +1,131 @@
+"""Scores and thresholds -> a Verdict.
+
+Checks emit symbols; ``[scores]`` weighs them; ``[policy]`` says what a total
+means.  Precedence, strongest first:
+
+1. a hard reply from a check (blocked client, oversized message, ...);
+2. a total at or above ``reject_score``;
+3. a temperror of a check that may tempfail: ``temperror_action`` for the
+   client's trust class (authenticated, trusted, other);
+4. ``quarantine_score``, then ``add_header_score``; else accept.
+
+``dry_run`` decides and logs everything but only ever accepts, with headers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional
+
+from .model import Reply, Result, Stage
+
+ACTIONS = ("accept", "add_header", "quarantine", "tempfail", "reject", "discard")
+STOPPING = frozenset({"tempfail", "reject", "discard"})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str                        # what the MTA is told to do
+    score: float
+    results: tuple
+    reply: Optional[Reply] = None
+    headers_added: tuple = ()          # (name, value)
+    headers_removed: tuple = ()        # (name, value, index)
+    decided: str = ""                  # the action before dry_run softened it
+    stage: Stage = Stage.EOM
+    reason: str = ""
+    quarantine_reason: str = ""
+    symbols: tuple = ()                # (symbol, weight) that made the score
+
+    @property
+    def dry_run(self) -> bool:
+        return bool(self.decided) and self.decided != self.action
+
+    def to_json(self, scores: Mapping[str, float]) -> dict:
+        out = {
+            "action": self.action,
+            "score": round(self.score, 3),
+            "smtp_reply": self.reply.line() if self.reply else None,
+            "results": [
+                {"check": r.check, "result": r.result, "symbol": r.symbol,
+                 "score": scores.get(r.symbol, 0.0) if r.symbol else 0.0,
+                 "reason": r.reason}
+                for r in self.results
+            ],
+            "headers_added": [[n, v] for n, v in self.headers_added],
+            "headers_removed": [[n, v] for n, v, _ in self.headers_removed],
+        }
+        if self.dry_run:
+            out["dry_run_action"] = self.decided
+        return out
+
+
+class Policy:
+    def __init__(self, options, scores: Mapping[str, float]):
+        self.options = options
+        self.scores = scores
+
+    def score(self, results: Iterable[Result]) -> tuple:
+        """Total and the (symbol, weight) pairs; each symbol counts once."""
+        seen = {}
+        for r in results:
+            if r.symbol and r.symbol not in seen:
+                seen[r.symbol] = self.scores.get(r.symbol, 0.0)
+        return sum(seen.values()), tuple(seen.items())
+
+    def temperror_action(self, trust: str) -> str:
+        o = self.options
+        return {"authenticated": o.temperror_action_authenticated,
+                "trusted": o.temperror_action_trusted}.get(trust, o.temperror_action)
+
+    def decide(self, results: Iterable[Result], trust: str, stage: Stage,
+               final: bool) -> Optional[Verdict]:
+        """A verdict, or None to go on (only when not ``final``)."""
+        results = tuple(results)
+        total, symbols = self.score(results)
+        hits = ", ".join(s for s, w in symbols if w > 0)
+        o = self.options
+
+        action, reply, reason = None, None, ""
+        hard = next((r for r in results if r.reply is not None), None)
+        if hard is not None:
+            action, reply = hard.reply.action, hard.reply
+            reason = f"{hard.check}: {hard.reason or hard.reply.text}"
+        elif final and total >= o.reject_score:
+            action = "reject"
+            reply = Reply("reject", 550, "5.7.1", f"{o.reject_text} (score {total:.1f}: {hits})")
+            reason = f"score {total:.2f} >= {o.reject_score:g}"
+        else:
+            failed = next((r for r in results if r.result == "temperror" and r.tempfail),
+                          None) if final else None
+            if failed is not None and self.temperror_action(trust) == "tempfail":
+                action = "tempfail"
+                reply = Reply("tempfail", 451, "4.7.1",
+                              f"Temporary failure in {failed.check} checks, please try again later")
+                reason = f"{failed.check} temperror: {failed.reason}"
+            elif final and total >= o.quarantine_score:
+                action, reason = "quarantine", f"score {total:.2f} >= {o.quarantine_score:g}"
+            elif final and total >= o.add_header_score:
+                action, reason = "add_header", f"score {total:.2f} >= {o.add_header_score:g}"
+            elif final:
+                action = "accept"
+
+        if action is None:
+            return None
+        decided = action
+        if o.dry_run and action != "accept":
+            if not final:
+                return None        # dry run: keep going, decide again at the end
+            action = "add_header" if total >= o.add_header_score else "accept"
+            reply = None
+        return Verdict(action=action, score=total, results=results, reply=reply,
+                       decided=decided, stage=stage, reason=reason, symbols=symbols,
+                       quarantine_reason=reason if action == "quarantine" else "")
+
+    def status_header(self, verdict_action: str, total: float, symbols: tuple) -> tuple:
+        flag = "Yes" if verdict_action in ("add_header", "quarantine", "reject") else "No"
+        listed = ",\n\t".join(f"{s}({w:.2f})" for s, w in symbols if w != 0)
+        value = f"{flag}, score={total:.2f} required={self.options.add_header_score:.2f}"
+        if listed:
+            value += f"\n\tsymbols={listed}"
+        return (self.options.status_header, value)
