@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh Debian machine:
+#   make run    installs what the milter needs and runs it in the foreground
+#   make test   installs what the tests need and runs the whole suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= conf/mailwarden.ini
+# Debian packages: the milter needs libmilter-dev to build pymilter; the
+# tests also run a private Postfix, a DNS server and Redis on loopback.
+RUN_APT_PACKAGES := libmilter-dev
+TEST_APT_PACKAGES := libmilter-dev postfix unbound redis-server swaks
+PYTEST_ARGS ?=
+
+.PHONY: run test deps-run deps-test check-config bench
+
+run: deps-run
+	$(BIN)/mailwarden run -c $(CONFIG) --foreground-log
+
+test: deps-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+deps-run:
+	scripts/install-deps $(VENV) "$(PYTHON)" "" $(RUN_APT_PACKAGES)
+
+deps-test:
+	scripts/install-deps $(VENV) "$(PYTHON)" "[test]" $(TEST_APT_PACKAGES)
+
+check-config: deps-run
+	$(BIN)/mailwarden check-config -c $(CONFIG)

@@ -1,0 +1,1 @@
+"""Audits: what mailwarden checks outside the milter protocol (DNS, MTA)."""

@@ -1,0 +1,77 @@
+"""Findings of an audit, and the one way they are printed.
+
+Every audit (``audit DOMAIN``, ``audit-postfix``, ``probe``) returns a list
+of :class:`Finding`; :func:`render` prints them as a table (colour only on a
+terminal) or JSON, and :func:`exit_code` gives 0 (nothing fails), 1 (a
+finding fails) or 2 (the audit itself could not be done).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from typing import Iterable, TextIO
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+LEVELS = (OK, WARN, FAIL)
+
+EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+_COLOURS = {OK: "\033[32m", WARN: "\033[33m", FAIL: "\033[31m"}
+_RESET = "\033[0m"
+
+
+@dataclass(frozen=True)
+class Finding:
+    area: str          # "mx", "spf", "tls", ...
+    level: str         # ok | warn | fail
+    subject: str       # what was looked at: a host, a record, a setting
+    message: str       # the reason, and for warn/fail the advice
+    value: str = ""    # the value seen, when there is one
+
+    def __post_init__(self):
+        if self.level not in LEVELS:
+            raise ValueError(f"unknown level {self.level!r}")
+
+
+class AuditError(Exception):
+    """The audit could not be done (lookups failed, a command is missing)."""
+
+
+def exit_code(findings: Iterable[Finding]) -> int:
+    return EXIT_FAIL if any(f.level == FAIL for f in findings) else EXIT_OK
+
+
+def render_json(title: str, findings: list, out: TextIO) -> None:
+    json.dump({"target": title, "findings": [asdict(f) for f in findings],
+               "summary": {lvl: sum(1 for f in findings if f.level == lvl) for lvl in LEVELS}},
+              out, indent=2)
+    out.write("\n")
+
+
+def render_table(title: str, findings: list, out: TextIO, colour: bool | None = None) -> None:
+    if colour is None:
+        colour = out.isatty()
+    headers = ("AREA", "RESULT", "SUBJECT", "FINDING")
+    rows = [(f.area, f.level, f.subject,
+             f.message + (f" [{f.value}]" if f.value else "")) for f in findings]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers[:3])]
+    out.write(f"{title}\n")
+    out.write("  ".join(h.ljust(w) for h, w in zip(headers[:3], widths)) + "  " + headers[3] + "\n")
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2])]
+        if colour:
+            cells[1] = _COLOURS[row[1]] + cells[1] + _RESET
+        out.write("  ".join(cells) + "  " + row[3] + "\n")
+    counts = {lvl: sum(1 for f in findings if f.level == lvl) for lvl in LEVELS}
+    out.write(f"{counts[OK]} ok, {counts[WARN]} warn, {counts[FAIL]} fail\n")
+
+
+def render(title: str, findings: list, as_json: bool, out: TextIO = sys.stdout) -> int:
+    """Print the findings; return the exit code."""
+    if as_json:
+        render_json(title, findings, out)
+    else:
+        render_table(title, findings, out)
+    return exit_code(findings)
