@@ -76,6 +76,8 @@ class Result:
     tags: frozenset = frozenset()
     stage: Optional[Stage] = None
     tempfail: bool = True      # whether a temperror here may tempfail the message
+    add_headers: tuple = ()    # (name, value) to prepend when the message is accepted,
+                               # e.g. a DKIM-Signature; values folded with "\n\t"
 
     def __post_init__(self):
         if self.result not in RESULTS:
