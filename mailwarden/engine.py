@@ -240,9 +240,14 @@ class Engine:
         return self._stage(conn, msg, Stage.MAIL, msg.dns)
 
     def rcpt(self, conn: Connection, msg: Message, rcpt: str) -> Optional[Verdict]:
+        before = len(msg.results)
         verdict = self._stage(conn, msg, Stage.RCPT, msg.dns, rcpt)
-        if verdict is None or verdict.action not in ("reject", "tempfail"):
-            msg.rcpts.append(rcpt)
+        if verdict is not None and verdict.action in ("reject", "tempfail"):
+            # answered for this recipient alone: its results must not judge
+            # the message the other recipients still receive
+            del msg.results[before:]
+            return verdict
+        msg.rcpts.append(rcpt)
         return verdict
 
     def body(self, conn: Connection, msg: Message, chunk: bytes) -> Optional[Verdict]:
