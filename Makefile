@@ -9,7 +9,7 @@ CONFIG ?= conf/mailwarden.ini
 # Debian packages: the milter needs libmilter-dev to build pymilter; the
 # tests also run a private Postfix, a DNS server and Redis on loopback.
 RUN_APT_PACKAGES := libmilter-dev
-TEST_APT_PACKAGES := libmilter-dev postfix unbound redis-server swaks
+TEST_APT_PACKAGES := libmilter-dev postfix unbound redis-server swaks dovecot-imapd dovecot-pop3d
 PYTEST_ARGS ?=
 
 .PHONY: run test deps-run deps-test check-config bench
