@@ -1,0 +1,242 @@
+"""The thin pymilter adapter: MTA callbacks -> engine -> milter actions.
+
+One :class:`MailwardenMilter` per SMTP connection (libmilter runs each in its
+own thread); it owns that connection's :class:`~mailwarden.model.Connection`
+and current :class:`~mailwarden.model.Message` and nothing else.  All
+decisions are the engine's.  The adapter negotiates only the actions it uses
+(add, insert and change headers, quarantine) and asks for header values with
+their leading white space, so DKIM sees the bytes that were sent.
+
+Start-up order (:func:`serve`): config is already loaded and validated; the
+engine is built (lists and keys read); the socket is opened and its mode
+set; privileges are dropped; then libmilter's main loop runs.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import re
+
+import Milter
+import milter as libmilter   # pymilter's C module
+
+from .config import Config
+from .engine import ConnLog, Engine
+from .model import Connection, parse_client_address, strip_brackets
+
+log = logging.getLogger("mailwarden")
+
+USED_ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
+
+_REPLY_UNSAFE = re.compile(r"[^\x20-\x7e]")
+
+_ACTION_CODES = {
+    "reject": Milter.REJECT,
+    "tempfail": Milter.TEMPFAIL,
+    "discard": Milter.DISCARD,
+}
+
+
+def _macro(ctx_milter, name: str) -> str:
+    value = ctx_milter.getsymval(name)
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")
+    return value
+
+
+def _params(values) -> dict:
+    out = {}
+    for item in values:
+        if isinstance(item, bytes):
+            item = item.decode("utf-8", "surrogateescape")
+        key, _, value = item.partition("=")
+        out[key.upper()] = value
+    return out
+
+
+@Milter.header_leading_space
+class MailwardenMilter(Milter.Base):
+    def __init__(self, engine: Engine):
+        super().__init__()
+        self.engine = engine
+        self.conn: Connection | None = None
+        self.msg = None
+
+    # -- helpers ------------------------------------------------------------
+
+    def _log(self):
+        return ConnLog(log, self.conn or Connection(), self.msg)
+
+    def _refresh_macros(self) -> None:
+        conn = self.conn
+        for attr, name in (("auth_user", "{auth_authen}"), ("auth_type", "{auth_type}"),
+                           ("tls_version", "{tls_version}"), ("tls_cipher", "{cipher}")):
+            value = _macro(self, name)
+            if value:
+                setattr(conn, attr, value)
+        if not conn.our_hostname:
+            conn.our_hostname = _macro(self, "j")
+        if self.msg is not None and not self.msg.queue_id:
+            self.msg.queue_id = _macro(self, "i")
+
+    def _reply(self, verdict) -> int:
+        reply = verdict.reply
+        if reply is not None:
+            text = _REPLY_UNSAFE.sub("?", reply.text).replace("%", "%%")
+            self.setreply(str(reply.code), reply.xcode, text)
+        return _ACTION_CODES[verdict.action]
+
+    def _stage_verdict(self, verdict) -> int:
+        """A verdict before end of message: only ever a stop, or go on."""
+        if verdict is None or verdict.action not in _ACTION_CODES:
+            return Milter.CONTINUE
+        self._log().info("%s stage=%s", self.engine.describe(self.conn, self.msg, verdict),
+                         verdict.stage.name.lower())
+        return self._reply(verdict)
+
+    def _end_message(self) -> None:
+        if self.msg is not None:
+            self.msg.close()
+            self.msg = None
+
+    # -- callbacks ----------------------------------------------------------
+
+    def negotiate(self, opts):
+        status = super().negotiate(opts)
+        if status == Milter.CONTINUE:
+            opts[0] = self._actions = self._actions & USED_ACTIONS
+        return status
+
+    def connect(self, hostname, family, hostaddr):
+        address = None
+        if isinstance(hostaddr, tuple) and hostaddr:
+            address = hostaddr[0]
+        if address is None:
+            address = _macro(self, "{client_addr}") or None
+        self.conn = Connection(client_ip=parse_client_address(address),
+                               client_name=hostname or "unknown")
+        self._refresh_macros()
+        return self._stage_verdict(self.engine.connect(self.conn))
+
+    def hello(self, heloname):
+        self._refresh_macros()
+        return self._stage_verdict(self.engine.helo(self.conn, heloname or ""))
+
+    def envfrom(self, mailfrom, *params):
+        self._end_message()
+        self.msg = self.engine.new_message(self.conn, strip_brackets(mailfrom), _params(params))
+        self._refresh_macros()
+        return self._stage_verdict(self.engine.mail(self.conn, self.msg))
+
+    def envrcpt(self, rcpt, *params):
+        self._refresh_macros()
+        return self._stage_verdict(self.engine.rcpt(self.conn, self.msg, strip_brackets(rcpt)))
+
+    @Milter.noreply
+    @Milter.decode("bytes")
+    def header(self, name, value):
+        if isinstance(name, bytes):
+            name = name.decode("ascii", "surrogateescape")
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogateescape")
+        self.msg.add_header(name, value)
+        return Milter.CONTINUE
+
+    def body(self, chunk):
+        return self._stage_verdict(self.engine.body(self.conn, self.msg, bytes(chunk)))
+
+    def eom(self):
+        self._refresh_macros()
+        verdict = self.engine.eom(self.conn, self.msg)
+        self._log().info("%s", self.engine.describe(self.conn, self.msg, verdict))
+        if verdict.action in _ACTION_CODES:
+            status = self._reply(verdict)
+        else:
+            # remove from the last to the first: indexes count occurrences
+            for name, _value, index in sorted(verdict.headers_removed, key=lambda h: -h[2]):
+                self.chgheader(name, index, "")
+            for name, value in reversed(verdict.headers_added):
+                self.addheader(name, value, 0)
+            if verdict.action == "quarantine":
+                self.quarantine(verdict.quarantine_reason or "mailwarden quarantine")
+            status = Milter.ACCEPT
+        self._end_message()
+        return status
+
+    def abort(self):
+        self._end_message()
+        return Milter.CONTINUE
+
+    def close(self):
+        self._end_message()
+        if self.conn is not None:
+            closer = getattr(self.engine, "close_connection", None)
+            if closer is not None:
+                closer(self.conn)
+        return Milter.CONTINUE
+
+
+# --------------------------------------------------------------------------
+# start-up
+
+
+def _drop_privileges(user: str, group: str) -> None:
+    if os.getuid() != 0 or not user:
+        return
+    entry = pwd.getpwnam(user)
+    gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
+    os.setgroups([gid])
+    os.setgid(gid)
+    os.setuid(entry.pw_uid)
+    log.info("running as user %s, group %d", user, gid)
+
+
+def _prepare_unix_socket(options, path: str) -> None:
+    mode = int(options.socket_mode, 8)
+    os.chmod(path, mode)
+    if options.group and os.getuid() == 0:
+        os.chown(path, -1, grp.getgrnam(options.group).gr_gid)
+
+
+def serve(config: Config, config_path: str = "") -> int:
+    """Run the milter until libmilter stops (SIGTERM, SIGINT)."""
+    engine = Engine(config)
+    Milter.factory = lambda: MailwardenMilter(engine)
+    libmilter.set_flags(USED_ACTIONS)
+    libmilter.set_exception_policy(Milter.TEMPFAIL)
+
+    libmilter.set_connect_callback(Milter.connect_callback)
+    libmilter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    libmilter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    libmilter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    libmilter.set_close_callback(Milter.close_callback)
+
+    socket_spec = config.milter.socket
+    libmilter.setconn(socket_spec)
+    libmilter.settimeout(int(config.milter.timeout))
+    libmilter.register(config.milter.name,
+                       data=lambda ctx: ctx.getpriv().data(),
+                       unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+                       negotiate=Milter.negotiate_callback)
+    libmilter.opensocket(True)
+    if socket_spec.startswith("unix:"):
+        _prepare_unix_socket(config.milter, socket_spec[len("unix:"):])
+    _drop_privileges(config.milter.user, config.milter.group)
+    log.info("mailwarden listening on %s (%d checks: %s)", socket_spec, len(engine.checks),
+             ", ".join(c.name for c in engine.checks))
+    try:
+        libmilter.main()
+    finally:
+        engine.close()
+        log.info("mailwarden stopped")
+    return 0

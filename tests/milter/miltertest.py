@@ -1,0 +1,91 @@
+"""Drive MailwardenMilter through pymilter's callback layer, without an MTA.
+
+``Milter.testctx.TestCtx`` stands in for libmilter's context; this subclass
+records what the milter asks the MTA to do (headers added, changed,
+quarantine, replies) so tests can assert on the milter actions themselves.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+
+import Milter
+from Milter.testctx import TestCtx
+
+from mailwarden.dns import Resolver, ZoneBackend
+from mailwarden.engine import Engine
+from mailwarden.milter import MailwardenMilter
+from mailwarden.mime import split_message
+
+
+class RecordingCtx(TestCtx):
+    def __init__(self):
+        super().__init__(logfile=None)
+        self.added = []        # (name, value, idx)
+        self.changed = []      # (name, idx, value)
+        self.quarantined = None
+
+    def addheader(self, field, value, idx):
+        self.added.append((field, value, idx))
+
+    def chgheader(self, field, idx, value):
+        self.changed.append((field, idx, value))
+
+    def quarantine(self, reason):
+        self.quarantined = reason
+
+
+class Session:
+    """One SMTP connection through the adapter."""
+
+    def __init__(self, engine: Engine, macros: dict | None = None):
+        Milter.factory = lambda: MailwardenMilter(engine)
+        self.ctx = RecordingCtx()
+        for name, value in (macros or {}).items():
+            self.ctx._setsymval(name, value)
+
+    @property
+    def reply(self):
+        return self.ctx._reply
+
+    def connect(self, ip: str, host: str = "unknown"):
+        rc = self.ctx._negotiate()
+        assert rc in (Milter.CONTINUE, Milter.ALL_OPTS)
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        self.ctx._stage = Milter.M_CONNECT
+        rc = Milter.connect_callback(self.ctx, host, family, (ip, 25))
+        self.ctx._stage = None
+        return rc
+
+    def helo(self, name: str):
+        return self.ctx._helo(name)
+
+    def mail(self, sender: str, *params: str):
+        return self.ctx._envfrom(f"<{sender}>", *params)
+
+    def rcpt(self, rcpt: str):
+        return self.ctx._envrcpt(f"<{rcpt}>")
+
+    def data(self, message: bytes):
+        """Headers, body and end of message; returns the eom (or first stop) code."""
+        headers, body, _ = split_message(message)
+        for name, value in headers:
+            rc = self.ctx._priv.header_bytes(name, value)
+            if rc not in (Milter.CONTINUE, Milter.NOREPLY):   # @noreply callback
+                return rc
+        rc = self.ctx._eoh()
+        if rc not in (Milter.CONTINUE, Milter.NOREPLY):
+            return rc
+        rc = self.ctx._feed_body(io.BytesIO(body))
+        if rc != Milter.CONTINUE:
+            return rc
+        return self.ctx._eom()
+
+    def close(self):
+        Milter.close_callback(self.ctx)
+
+
+def make_engine(config, zone: str = "") -> Engine:
+    return Engine(config, resolver=Resolver(config.dns, backend=ZoneBackend(zone)),
+                  hostname="mx.test.example")
