@@ -1,0 +1,60 @@
+"""The harness itself: DNS data, sink and Postfix without a milter."""
+
+from __future__ import annotations
+
+import socket
+
+import dns.rcode
+import pytest
+
+from .harness import BlackholeDns, Postfix, dot_stuff, make_message, smtp_send, zone_to_local_data
+
+
+def test_zone_lines_become_local_data():
+    records = zone_to_local_data(
+        'a.test.example. 60 IN A 198.51.100.1\n'
+        'b.test.example TXT "x;y" ; a comment\n'
+        'c.test.example TIMEOUT\n'
+        f'd.test.example TXT "{"z" * 300}"\n')
+    assert records[0] == "a.test.example. 60 IN A 198.51.100.1"
+    assert records[1] == 'b.test.example. 300 IN TXT "x;y"'
+    assert len(records) == 3
+    assert records[2] == f'd.test.example. 300 IN TXT "{"z" * 255}" "{"z" * 45}"'
+
+
+def test_dot_stuffing():
+    assert dot_stuff(b".a\n..b\nc") == b"..a\r\n...b\r\nc\r\n.\r\n"
+
+
+def test_dns_server_answers_test_data(dns_server):
+    dns_server_reply = dns_server.query("7.100.51.198.in-addr.arpa.", "PTR")
+    assert dns_server_reply.rcode() == dns.rcode.NOERROR
+    assert "mail.sender.example." in dns_server_reply.answer[0].to_text()
+    assert dns_server.query("not-in-the-data.example.", "A").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_blackhole_never_answers():
+    import dns.exception
+    import dns.message
+    import dns.query
+    with BlackholeDns() as hole:
+        with pytest.raises(dns.exception.Timeout):
+            dns.query.udp(dns.message.make_query("x.example.", "A"), "127.0.0.1",
+                          port=hole.port, timeout=0.3)
+
+
+def test_postfix_without_milter_relays_to_sink(e2e_dir, sink):
+    with Postfix(e2e_dir / "postfix-plain", sink.port) as plain:
+        data, msgid = make_message("plain relay")
+        result = smtp_send(plain.smtp_port, xclient={"ADDR": "IPV6:2001:db8::25"},
+                           mail_from="a@sender.example", rcpts=["b@rcpt.example"], data=data)
+        assert result.accepted, result
+        got = sink.wait_for_match(msgid.encode(), timeout=30)
+        assert got.mail_from == "a@sender.example"
+        assert got.rcpts == ["b@rcpt.example"]
+        assert got.headers["Subject"] == "plain relay"
+        assert "2001:db8::25" in got.header_values("Received")[0]
+        pid = plain.master_pid()
+        assert pid
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", plain.smtp_port), timeout=1).close()
