@@ -21,6 +21,7 @@ import dataclasses
 import enum
 import ipaddress
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -173,6 +174,43 @@ def _negative_ttl(exc) -> float:
     return 0.0
 
 
+def _strip_comment(line: str) -> str:
+    """Drop a ``;`` or ``#`` comment, but not a ``;`` inside a quoted string
+    (DKIM and DMARC records are full of them)."""
+    if line.lstrip().startswith("#"):
+        return ""
+    quoted = escaped = False
+    for i, ch in enumerate(line):
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == ";" and not quoted:
+            return line[:i]
+    return line
+
+
+def _split_txt(rdata: str) -> str:
+    """Cut each quoted character-string to at most 255 bytes, as a zone
+    file must for a DKIM key longer than that; the TXT value (the strings
+    joined) is the same."""
+    strings = re.findall(r'"((?:[^"\\]|\\.)*)"', rdata)
+    if not strings:
+        return rdata
+    pieces = []
+    for text in strings:
+        while len(text.encode("utf-8")) > 255:
+            cut = 255
+            while text[cut - 1] == "\\":      # never split an escape
+                cut -= 1
+            pieces.append(text[:cut])
+            text = text[cut:]
+        pieces.append(text)
+    return " ".join(f'"{piece}"' for piece in pieces)
+
+
 class ZoneBackend:
     """Answers from zone lines, never from the network.
 
@@ -191,7 +229,7 @@ class ZoneBackend:
 
     def add(self, text: str, default_ttl: int = 300) -> None:
         for raw in text.splitlines():
-            line = raw.split(";", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+            line = _strip_comment(raw).strip()
             if not line:
                 continue
             parts = line.split(None, 1)
@@ -211,6 +249,8 @@ class ZoneBackend:
             if rdtype in ("TIMEOUT", "SERVFAIL"):
                 self._faults[name] = Status[rdtype]
                 continue
+            if rdtype in ("TXT", "SPF"):
+                rdata_text = _split_txt(rdata_text)
             rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype),
                                         rdata_text, origin=dns.name.root)
             self._data.setdefault(name, {}).setdefault(rdtype, []).append(_record_value(rdata))
