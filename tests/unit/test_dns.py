@@ -1,0 +1,119 @@
+import time
+
+import pytest
+
+from mailwarden.config import DnsOptions
+from mailwarden.dns import DnspythonBackend, Resolver, Status, ZoneBackend, ptr_name, reverse_name
+from tests.dnsstub import StubDns
+
+ZONE = """
+a.example. 300 A 192.0.2.1
+a.example. 300 A 192.0.2.2
+txt.example. TXT "v=spf1 " "-all"
+mx.example. MX 10 mail.example.
+cname.example. CNAME a.example.
+sub.deep.example. A 192.0.2.3
+slow.example. TIMEOUT
+broken.example. SERVFAIL
+"""
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def resolver(zone=ZONE, clock=None, **opts):
+    backend = ZoneBackend(zone)
+    return Resolver(DnsOptions(**opts), backend=backend, clock=clock or time.monotonic), backend
+
+
+def test_status_kinds_are_distinct():
+    r, _ = resolver()
+    assert r.query("a.example", "A").records == ("192.0.2.1", "192.0.2.2")
+    assert r.query("A.Example.", "A").ok                     # case and trailing dot
+    assert r.query("nope.example", "A").status is Status.NXDOMAIN
+    assert r.query("a.example", "MX").status is Status.NODATA
+    assert r.query("deep.example", "A").status is Status.NODATA  # empty non-terminal
+    assert r.query("slow.example", "A").status is Status.TIMEOUT
+    assert r.query("x.broken.example", "A").status is Status.SERVFAIL
+    assert r.query("txt.example", "TXT").records == ("v=spf1 -all",)
+    assert r.query("mx.example", "MX").records == ((10, "mail.example"),)
+    assert r.query("cname.example", "A").records == ("192.0.2.1", "192.0.2.2")
+    for status in (Status.TIMEOUT, Status.SERVFAIL):
+        assert r.query("slow.example" if status is Status.TIMEOUT else "broken.example", "A").temporary
+    assert not r.query("nope.example", "A").temporary
+
+
+def test_cache_respects_ttl_and_never_caches_temporary_errors():
+    clock = Clock()
+    r, backend = resolver(clock=clock)
+    r.query("a.example", "A")
+    r.query("a.example", "A")
+    assert backend.queries.count(("a.example", "A")) == 1
+    clock.now += 301
+    r.query("a.example", "A")
+    assert backend.queries.count(("a.example", "A")) == 2
+    r.query("slow.example", "A")
+    r.query("slow.example", "A")
+    assert backend.queries.count(("slow.example", "A")) == 2
+    r.query("nope.example", "A")
+    r.query("nope.example", "A")
+    assert backend.queries.count(("nope.example", "A")) == 1
+
+
+def test_cache_is_bounded():
+    r, backend = resolver(cache_size=2)
+    for name in ("a.example", "txt.example", "mx.example"):
+        r.query(name, "A")
+    r.query("a.example", "A")          # evicted, asked again
+    assert backend.queries.count(("a.example", "A")) == 2
+
+
+def test_session_budget_and_deadline():
+    r, _ = resolver()
+    session = r.session(budget=2)
+    answers = session.query_many([("a.example", "A"), ("mx.example", "MX"), ("txt.example", "TXT")])
+    assert [a.status for a in answers] == [Status.NOERROR, Status.NOERROR, Status.BUDGET]
+    assert answers[2].temporary
+    late = r.session(deadline=time.monotonic() - 1)
+    assert late.query("a.example", "A").status is Status.BUDGET
+
+
+def test_reverse_names():
+    assert reverse_name("192.0.2.1") == "1.2.0.192"
+    assert ptr_name("192.0.2.1") == "1.2.0.192.in-addr.arpa"
+    assert ptr_name("2001:db8::1").endswith(".8.b.d.0.1.0.0.2.ip6.arpa")
+    assert reverse_name("2001:db8::1").startswith("1.0.0.0.0.0.0.0")
+
+
+def test_real_backend_tells_answers_apart():
+    zone = "ok.test.example. 60 A 192.0.2.9\nok.test.example. 60 TXT \"hello\"\n"
+    with StubDns(zone, servfail=["bad.test.example"], silent=["quiet.test.example"]) as server:
+        backend = DnspythonBackend(["127.0.0.1"], server.port)
+        r = Resolver(DnsOptions(nameservers=("127.0.0.1",), port=server.port, timeout=0.5),
+                     backend=backend)
+        ok = r.query("ok.test.example", "A")
+        assert ok.ok and ok.records == ("192.0.2.9",) and ok.ttl == 60
+        assert r.query("ok.test.example", "MX").status is Status.NODATA
+        assert r.query("none.test.example", "A").status is Status.NXDOMAIN
+        assert r.query("bad.test.example", "A").status is Status.SERVFAIL
+        started = time.monotonic()
+        assert r.query("quiet.test.example", "A").status is Status.TIMEOUT
+        assert time.monotonic() - started < 2.0
+
+
+def test_parallel_lookups_overlap():
+    zone = "".join(f"n{i}.test.example. 60 A 192.0.2.{i}\n" for i in range(1, 9))
+    with StubDns(zone, delay=0.2) as server:
+        r = Resolver(DnsOptions(nameservers=("127.0.0.1",), port=server.port, timeout=2))
+        started = time.monotonic()
+        answers = r.query_many([(f"n{i}.test.example", "A") for i in range(1, 9)])
+        elapsed = time.monotonic() - started
+        r.close()
+    assert all(a.ok for a in answers)
+    assert [a.records[0] for a in answers] == [f"192.0.2.{i}" for i in range(1, 9)]
+    assert elapsed < 0.2 * 8 / 2, f"8 lookups of 0.2 s took {elapsed:.2f}s: not parallel"

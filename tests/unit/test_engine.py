@@ -1,0 +1,197 @@
+"""The engine: ordering, cycles, crashes, stage verdicts, the offline run."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from mailwarden.checks import Check, CheckOptions
+from mailwarden.config import loads
+from mailwarden.dns import Resolver, ZoneBackend
+from mailwarden.engine import Engine, EngineError, run_offline
+from mailwarden.model import Reply
+
+BASE = "[authserv]\nid = mx.test.example\n"
+
+
+def make_registry(*classes):
+    return {c.name: c for c in classes}
+
+
+def engine_for(registry, text=BASE, zone=""):
+    cfg = loads(text, registry=registry)
+    return Engine(cfg, resolver=Resolver(cfg.dns, backend=ZoneBackend(zone)), registry=registry,
+                  hostname="mx.test.example")
+
+
+class Order(Check):
+    log: list = []
+
+
+def ordered(name, requires=(), stage="on_connect", symbol=None):
+    sym = symbol or f"{name.upper()}_HIT"
+
+    def run(self, ctx):
+        seen = sorted({r.check for r in ctx.results})
+        Order.log.append((name, seen))
+        return self.result("pass", sym)
+
+    return type(name, (Check,), {"name": name, "requires": requires, "symbols": {sym: 1.0},
+                                 stage: run})
+
+
+def test_checks_run_after_what_they_require():
+    Order.log = []
+    a = ordered("alpha", requires=("beta",))
+    b = ordered("beta", requires=("gamma",))
+    c = ordered("gamma")
+    engine = engine_for(make_registry(a, b, c))
+    verdict, conn, _ = run_offline(engine, client_ip="198.51.100.1", mail_from="a@b.example",
+                                   rcpts=["c@d.example"], message=b"Subject: x\r\n\r\nx\r\n")
+    names = [n for n, _ in Order.log]
+    assert names == ["gamma", "beta", "alpha"]
+    assert dict(Order.log)["alpha"] == ["beta", "gamma"]
+    assert verdict.action == "accept" and verdict.score == 3.0
+
+
+def test_a_cycle_is_refused_at_start_up():
+    a = ordered("alpha", requires=("beta",))
+    b = ordered("beta", requires=("alpha",))
+    with pytest.raises(EngineError, match="cycle: alpha -> beta -> alpha"):
+        engine_for(make_registry(a, b))
+
+
+def test_an_unknown_requirement_is_refused():
+    a = ordered("alpha", requires=("nosuch",))
+    with pytest.raises(EngineError, match="unknown check nosuch"):
+        engine_for(make_registry(a))
+
+
+class Crashing(Check):
+    name = "crashy"
+    method = "crashy"
+    symbols = {"CRASHY_OK": 0.0}
+
+    def on_eom(self, ctx):
+        raise KeyError("boom")
+
+
+def test_a_crashing_check_is_a_temperror_with_a_log_line(caplog):
+    engine = engine_for(make_registry(Crashing))
+    with caplog.at_level("ERROR", logger="mailwarden"):
+        verdict, _, _ = run_offline(engine, client_ip="198.51.100.1", mail_from="a@b.example",
+                                    rcpts=["c@d.example"], message=b"Subject: x\r\n\r\nx\r\n",
+                                    queue_id="4ABCDE")
+    result = verdict.results[0]
+    assert result.result == "temperror" and result.symbol == "CRASHY_ERROR"
+    assert verdict.action == "tempfail" and verdict.reply.code == 451
+    assert any("4ABCDE: check crashy crashed at eom: KeyError" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_temperror_action_follows_trust_class():
+    text = BASE + "[policy]\ntemperror_action = accept\n"
+    engine = engine_for(make_registry(Crashing), text)
+    verdict, _, _ = run_offline(engine, client_ip="198.51.100.1", mail_from="a@b.example",
+                                rcpts=["c@d.example"], message=b"\r\n")
+    assert verdict.action == "accept"
+    engine = engine_for(make_registry(Crashing))
+    verdict, _, _ = run_offline(engine, client_ip="127.0.0.1", mail_from="a@b.example",
+                                rcpts=["c@d.example"], message=b"\r\n")
+    assert verdict.action == "accept"          # trusted network: accept by default
+    verdict, _, _ = run_offline(engine, client_ip="198.51.100.1", auth_user="alice",
+                                mail_from="a@b.example", rcpts=["c@d.example"], message=b"\r\n")
+    assert verdict.action == "accept"          # authenticated: accept by default
+    text = BASE + "[check.crashy]\ntempfail_on_error = no\n"
+    engine = engine_for(make_registry(Crashing), text)
+    verdict, _, _ = run_offline(engine, client_ip="198.51.100.1", mail_from="a@b.example",
+                                rcpts=["c@d.example"], message=b"\r\n")
+    assert verdict.action == "accept"
+
+
+@dataclass(frozen=True)
+class GateOptions(CheckOptions):
+    pass
+
+
+class RcptGate(Check):
+    """Refuses recipients at other.example, scores nothing else."""
+    name = "gate"
+    symbols = {"GATE_REFUSED": 9.0}
+
+    def on_rcpt(self, ctx):
+        if ctx.rcpt.endswith("@other.example"):
+            return self.result("fail", "GATE_REFUSED", "not ours",
+                               reply=Reply("reject", 554, "5.7.1", "Relay access denied"))
+        return None
+
+
+def test_a_refused_recipient_does_not_judge_the_message():
+    engine = engine_for(make_registry(RcptGate))
+    verdict, conn, msg = run_offline(engine, client_ip="198.51.100.1", mail_from="a@b.example",
+                                     rcpts=["x@other.example", "y@ours.example"],
+                                     message=b"Subject: x\r\n\r\nx\r\n")
+    assert verdict.action == "accept" and verdict.score == 0
+    assert msg.rcpts == ["y@ours.example"]
+    verdict, _, _ = run_offline(engine, client_ip="198.51.100.1", mail_from="a@b.example",
+                                rcpts=["x@other.example"], message=b"\r\n")
+    assert verdict.action == "reject" and verdict.reply.line() == "554 5.7.1 Relay access denied"
+
+
+class Scorer(Check):
+    name = "scorer"
+    symbols = {"SCORE_A": 6.0, "SCORE_B": 5.0, "SCORE_C": 5.0}
+
+    def on_eom(self, ctx):
+        wanted = ctx.msg.header_texts("X-Want")
+        return [self.result("fail", s, "asked") for s in wanted[0].split()] if wanted else None
+
+
+@pytest.mark.parametrize("symbols,action,code", [
+    ("", "accept", None),
+    ("SCORE_A", "add_header", None),
+    ("SCORE_A SCORE_B", "quarantine", None),
+    ("SCORE_A SCORE_B SCORE_C", "reject", 550),
+    ("SCORE_A SCORE_A", "add_header", None),       # a symbol counts once
+])
+def test_thresholds(symbols, action, code):
+    engine = engine_for(make_registry(Scorer))
+    msg = f"X-Want: {symbols}\r\n\r\nbody\r\n".encode()
+    verdict, _, _ = run_offline(engine, client_ip="198.51.100.1", mail_from="a@b.example",
+                                rcpts=["c@d.example"], message=msg)
+    assert verdict.action == action
+    assert (verdict.reply.code if verdict.reply else None) == code
+    if action in ("accept", "add_header", "quarantine"):
+        names = [n for n, _ in verdict.headers_added]
+        assert names == ["Authentication-Results", "X-Mailwarden-Status"]
+        status = dict(verdict.headers_added)["X-Mailwarden-Status"]
+        assert status.startswith("Yes" if action != "accept" else "No")
+
+
+def test_dry_run_never_rejects_but_says_what_it_would_do():
+    engine = engine_for(make_registry(Scorer), BASE + "[policy]\ndry_run = yes\n")
+    msg = b"X-Want: SCORE_A SCORE_B SCORE_C\r\n\r\nbody\r\n"
+    verdict, _, _ = run_offline(engine, client_ip="198.51.100.1", mail_from="a@b.example",
+                                rcpts=["c@d.example"], message=msg)
+    assert verdict.action == "add_header" and verdict.decided == "reject"
+    assert verdict.reply is None
+    out = verdict.to_json(engine.config.scores)
+    assert out["action"] == "add_header" and out["dry_run_action"] == "reject"
+
+
+def test_independent_checks_of_one_stage_run_in_parallel():
+    import threading
+    barrier = threading.Barrier(2, timeout=5)
+
+    def waiting(name):
+        sym = f"{name.upper()}_HIT"
+
+        def on_connect(self, ctx):
+            barrier.wait()        # both must be running at once to get past this
+            return self.result("pass", sym)
+        return type(name, (Check,), {"name": name, "symbols": {sym: 0.0},
+                                     "on_connect": on_connect})
+
+    engine = engine_for(make_registry(waiting("left"), waiting("right")))
+    verdict, _, _ = run_offline(engine, client_ip="198.51.100.1", mail_from="a@b.example",
+                                rcpts=["c@d.example"], message=b"\r\n")
+    assert [r.check for r in verdict.results] == ["left", "right"]
