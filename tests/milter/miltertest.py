@@ -59,7 +59,12 @@ class Session:
         return rc
 
     def helo(self, name: str):
-        return self.ctx._helo(name)
+        # TestCtx._helo closes the context on a reject; libmilter does not
+        # (the client may say HELO again), so call the callback directly
+        self.ctx._stage = Milter.M_HELO
+        rc = self.ctx._priv.hello(name)
+        self.ctx._stage = None
+        return rc
 
     def mail(self, sender: str, *params: str):
         return self.ctx._envfrom(f"<{sender}>", *params)
