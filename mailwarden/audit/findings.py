@@ -39,18 +39,26 @@ class AuditError(Exception):
     """The audit could not be done (lookups failed, a command is missing)."""
 
 
-def exit_code(findings: Iterable[Finding]) -> int:
+def exit_code(findings: Iterable[Finding], errors: Iterable[str] = ()) -> int:
+    """``errors`` are what could not be looked at (a lookup that timed out):
+    then the findings are incomplete, whatever they say."""
+    if any(True for _ in errors):
+        return EXIT_ERROR
     return EXIT_FAIL if any(f.level == FAIL for f in findings) else EXIT_OK
 
 
-def render_json(title: str, findings: list, out: TextIO) -> None:
-    json.dump({"target": title, "findings": [asdict(f) for f in findings],
-               "summary": {lvl: sum(1 for f in findings if f.level == lvl) for lvl in LEVELS}},
-              out, indent=2)
+def render_json(title: str, findings: list, out: TextIO, errors: Iterable[str] = ()) -> None:
+    doc = {"target": title, "findings": [asdict(f) for f in findings],
+           "summary": {lvl: sum(1 for f in findings if f.level == lvl) for lvl in LEVELS}}
+    errors = list(errors)
+    if errors:
+        doc["errors"] = errors
+    json.dump(doc, out, indent=2)
     out.write("\n")
 
 
-def render_table(title: str, findings: list, out: TextIO, colour: bool | None = None) -> None:
+def render_table(title: str, findings: list, out: TextIO, colour: bool | None = None,
+                 errors: Iterable[str] = ()) -> None:
     if colour is None:
         colour = out.isatty()
     headers = ("AREA", "RESULT", "SUBJECT", "FINDING")
@@ -66,12 +74,16 @@ def render_table(title: str, findings: list, out: TextIO, colour: bool | None = 
         out.write("  ".join(cells) + "  " + row[3] + "\n")
     counts = {lvl: sum(1 for f in findings if f.level == lvl) for lvl in LEVELS}
     out.write(f"{counts[OK]} ok, {counts[WARN]} warn, {counts[FAIL]} fail\n")
+    for error in errors:
+        out.write(f"incomplete: {error}\n")
 
 
-def render(title: str, findings: list, as_json: bool, out: TextIO = sys.stdout) -> int:
-    """Print the findings; return the exit code."""
+def render(title: str, findings: list, as_json: bool, out: TextIO = sys.stdout,
+           errors: Iterable[str] = ()) -> int:
+    """Print the findings; return the exit code (2 when ``errors``)."""
+    errors = list(errors)
     if as_json:
-        render_json(title, findings, out)
+        render_json(title, findings, out, errors)
     else:
-        render_table(title, findings, out)
-    return exit_code(findings)
+        render_table(title, findings, out, errors=errors)
+    return exit_code(findings, errors)
