@@ -289,3 +289,17 @@ def test_scan_agrees_with_milter(postfix, sink, mailwarden, case):
         if result.stage != "xclient":       # Postfix keeps its own text at connect
             assert verdict["smtp_reply"].split()[1] == result.enhanced, (verdict, result)
         assert_not_delivered(postfix, sink, msgid.encode())
+
+
+# -- local submission (non_smtpd_milters) ------------------------------------------
+
+def test_local_submission_goes_through_the_milter(postfix, sink, mailwarden):
+    mw = mailwarden()
+    data, msgid = make_message("sendmail submission")
+    proc = postfix.sendmail(SENDER, [RCPT], data)
+    assert proc.returncode == 0, proc.stderr
+    got = sink.wait_for_match(msgid.encode(), timeout=30)
+    # the milter saw it: its verdict header is there, no client to look up
+    assert got.header_values("X-Mailwarden-Status"), got.data[:500]
+    assert all("iprev=" not in ar for ar in our_ar(got))
+    assert mw.alive()
