@@ -4,7 +4,13 @@ Every section is a frozen dataclass whose fields carry their parser in the
 field metadata (see :func:`opt`).  Unknown sections and keys, bad values and a
 missing ``[authserv] id`` are refused with ``FILE:LINE: [section] key: what``.
 Checks contribute their own ``[check.NAME]`` section through their ``Options``
-dataclass, so a new check never edits this module.
+dataclass, so a new check never edits this module.  A check whose items an
+admin adds without code (one DNS list per zone, ...) declares an ``Item``
+dataclass: each ``[check.NAME.ITEM]`` section is built from it, its keys
+refused when unknown like any other, and handed to the check's options as
+``subsections`` (item name -> Item instance).  Symbols that such items make
+are known through the check's ``symbols_for(options)``, so ``[scores]`` is
+validated after every check section, wherever it stands in the file.
 """
 
 from __future__ import annotations
@@ -291,12 +297,39 @@ class RelayOptions:
     trusted_networks: Networks = opt(parse_networks("127.0.0.0/8 ::1/128"), parse_networks)
 
 
+_REDIS_URL = re.compile(r"^(redis|rediss|unix)://\S+$")
+
+
+def parse_redis_url(text: str) -> str:
+    value = text.strip()
+    if not _REDIS_URL.match(value):
+        raise ValueProblem(f"expected redis://HOST:PORT/DB, rediss://... or unix:///path, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class StateOptions:
+    """Where limit counters live (see :mod:`mailwarden.state`)."""
+
+    backend: str = opt("memory", parse_choice("memory", "redis"))
+    url: str = opt("redis://127.0.0.1:6379/0", parse_redis_url)
+    prefix: str = opt("mailwarden:", parse_str)
+    pool_size: int = opt(16, parse_int(1, 1024))
+    # connect and read timeout of one Redis call: limits fail open after it
+    timeout: float = opt(0.25, parse_seconds)
+    # how long a caller waits for a free pooled connection
+    pool_timeout: float = opt(0.5, parse_seconds)
+    # after a failure, Redis is not asked again for this long
+    retry_interval: float = opt(5.0, parse_seconds)
+
+
 CORE_SECTIONS: Mapping[str, type] = MappingProxyType({
     "milter": MilterOptions,
     "authserv": AuthservOptions,
     "dns": DnsOptions,
     "policy": PolicyOptions,
     "relay": RelayOptions,
+    "state": StateOptions,
 })
 
 
@@ -308,6 +341,7 @@ class Config:
     dns: DnsOptions
     policy: PolicyOptions
     relay: RelayOptions
+    state: StateOptions
     scores: Mapping[str, float]
     checks: Mapping[str, Any]          # check name -> its Options instance
 
@@ -340,7 +374,8 @@ def _line_numbers(text: str) -> dict:
 
 def _build(cls, values: Mapping[str, str], path: str, section: str, where: dict,
            extra_keys: Mapping[str, Callable] = MappingProxyType({})):
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    # a field without a parser (``subsections``) is filled by the loader, not the INI
+    known = {f.name: f for f in dataclasses.fields(cls) if "parse" in f.metadata}
     kwargs = {}
     for key, text in values.items():
         line = where.get((section, key))
@@ -400,41 +435,59 @@ def loads(text: str, path: str = "<string>", registry: Mapping[str, type] | None
     core: dict = {}
     checks: dict = {}
     scores: dict = {}
-    known_symbols = {}
-    for name, check_cls in registry.items():
-        for symbol, weight in check_cls.all_symbols().items():
-            known_symbols[symbol] = weight
+    check_values: dict = {}           # check name -> its [check.NAME] keys
+    items: dict = {}                  # check name -> {item: Item instance}
 
     for section in parser.sections():
         values = dict(parser.items(section))
         if section in CORE_SECTIONS:
             core[section] = _build(CORE_SECTIONS[section], values, path, section, where)
         elif section == "scores":
-            for key, text_value in values.items():
-                symbol = key.upper()
-                line = where.get((section, key))
-                if symbol not in known_symbols:
-                    raise ConfigError(path, line, section, key, "unknown symbol")
-                try:
-                    scores[symbol] = parse_float()(text_value)
-                except ValueProblem as exc:
-                    raise ConfigError(path, line, section, key, str(exc)) from None
+            continue                  # once every check section is known
         elif section.startswith("check."):
-            name = section[len("check."):]
+            name, dot, item = section[len("check."):].partition(".")
             check_cls = registry.get(name)
             if check_cls is None:
                 raise ConfigError(path, where.get((section, None)), section, None,
                                   f"unknown check (known: {', '.join(sorted(registry))})")
-            checks[name] = _resolve(_build(check_cls.Options, values, path, section, where),
-                                    path, section, where)
+            if not dot:
+                check_values[name] = values
+                continue
+            item_cls = getattr(check_cls, "Item", None)
+            if item_cls is None:
+                raise ConfigError(path, where.get((section, None)), section, None,
+                                  f"check {name} has no sub-sections")
+            if not re.fullmatch(r"[A-Za-z0-9_\-]+", item):
+                raise ConfigError(path, where.get((section, None)), section, None,
+                                  "a sub-section name is letters, digits, '_' and '-'")
+            items.setdefault(name, {})[item] = _resolve(
+                _build(item_cls, values, path, section, where), path, section, where)
         else:
             raise ConfigError(path, where.get((section, None)), section, None, "unknown section")
 
     for section, cls in CORE_SECTIONS.items():
         core.setdefault(section, cls())
     for name, check_cls in registry.items():
-        if name not in checks:
-            checks[name] = _resolve(check_cls.Options(), path, f"check.{name}", where)
+        section = f"check.{name}"
+        options = _build(check_cls.Options, check_values.get(name, {}), path, section, where)
+        if getattr(check_cls, "Item", None) is not None:
+            options = dataclasses.replace(options,
+                                          subsections=MappingProxyType(items.get(name, {})))
+        checks[name] = _resolve(options, path, section, where)
+
+    known_symbols = {}
+    for name, check_cls in registry.items():
+        known_symbols.update(check_cls.symbols_for(checks[name]))
+    if parser.has_section("scores"):
+        for key, text_value in parser.items("scores"):
+            symbol = key.upper()
+            line = where.get(("scores", key))
+            if symbol not in known_symbols:
+                raise ConfigError(path, line, "scores", key, "unknown symbol")
+            try:
+                scores[symbol] = parse_float()(text_value)
+            except ValueProblem as exc:
+                raise ConfigError(path, line, "scores", key, str(exc)) from None
 
     authserv_id = core["authserv"].id
     if not authserv_id:

@@ -28,6 +28,7 @@ from .config import Config
 from .dns import Lookup, Resolver
 from .model import Body, Connection, Message, Result, Stage
 from .policy import Policy, Verdict
+from .state import Store, make_store
 
 log = logging.getLogger("mailwarden")
 
@@ -44,6 +45,7 @@ class Services:
     resolver: Resolver
     clock: Callable[[], float] = time.time       # wall clock, injectable for tests
     hostname: str = ""
+    state: Optional[Store] = None                # counters shared by limits (mailwarden.state)
 
 
 class Context:
@@ -147,13 +149,14 @@ def _check_cycles(classes: dict) -> None:
 class Engine:
     def __init__(self, config: Config, resolver: Optional[Resolver] = None,
                  clock: Callable[[], float] = time.time, registry=None,
-                 hostname: Optional[str] = None):
+                 hostname: Optional[str] = None, state: Optional[Store] = None):
         self.config = config
         registry = check_registry() if registry is None else registry
         _check_cycles(dict(registry))
         self.resolver = resolver if resolver is not None else Resolver(config.dns)
         self.services = Services(config=config, resolver=self.resolver, clock=clock,
-                                 hostname=hostname if hostname is not None else socket.getfqdn())
+                                 hostname=hostname if hostname is not None else socket.getfqdn(),
+                                 state=state if state is not None else make_store(config.state))
         self.policy = Policy(config.policy, config.scores)
         self.checks: list = [cls(config.checks[name], self.services)
                              for name, cls in registry.items()
@@ -167,6 +170,22 @@ class Engine:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.resolver.close()
+        self.services.state.close()
+
+    def close_connection(self, conn: Connection) -> None:
+        """The SMTP connection ended: let each check drop what it holds for it.
+
+        Never raises: the MTA has gone, nobody could be told.
+        """
+        for check in self.checks:
+            on_close = getattr(check, "on_close", None)
+            if on_close is None:
+                continue
+            try:
+                on_close(conn)
+            except Exception as exc:     # as in _call: a check's crash stays a log line
+                ConnLog(log, conn, None).error("check %s crashed at close: %s: %s", check.name,
+                                               exc.__class__.__name__, exc, exc_info=True)
 
     # -- trust --------------------------------------------------------------
 

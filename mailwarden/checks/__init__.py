@@ -7,6 +7,13 @@ A check is a small class in ``checks/NAME.py``:
   fields are its INI keys, each with its default and parser;
 * ``symbols``: every symbol it can emit, with its default weight, so that
   ``[scores]`` can be validated at start-up and tuned without code;
+* ``Item`` (optional): a frozen dataclass for ``[check.NAME.ITEM]``
+  sub-sections, for things an admin adds without code (one per DNS list);
+  the loader builds each, refusing unknown keys, and hands them over as
+  ``options.subsections`` (item name -> Item);
+* ``symbols_for(options)`` (optional classmethod): the symbols of a
+  configured check, when items make their own (a list's codes); by default
+  ``symbols`` plus the error symbol.  ``[scores]`` is validated against it;
 * ``requires``: checks whose results it reads; the engine runs those first
   and refuses a cycle at start-up;
 * ``skip_for``: client tags for which it does not run at all
@@ -14,7 +21,9 @@ A check is a small class in ``checks/NAME.py``:
 * one method per SMTP stage it needs: ``on_connect``, ``on_helo``,
   ``on_mail``, ``on_rcpt``, ``on_body``, ``on_eom``, each taking the
   engine's :class:`~mailwarden.engine.Context` and returning a
-  :class:`~mailwarden.model.Result`, several, or None.
+  :class:`~mailwarden.model.Result`, several, or None;
+* ``on_close(conn)`` (optional): the SMTP connection ended; drop what the
+  check holds for it elsewhere (a concurrency slot).  Errors are logged.
 
 Checks keep no per-request state on ``self``: one instance serves every
 connection and every thread.
@@ -23,7 +32,8 @@ connection and every thread.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import ClassVar, Mapping
 
 from ..config import opt, parse_bool
@@ -44,6 +54,8 @@ class CheckOptions:
     # a temperror of this check may tempfail the message (per [policy]
     # temperror_action*); "no" records the temperror and accepts
     tempfail_on_error: bool = opt(True, parse_bool)
+    # [check.NAME.ITEM] sections of a check with an Item class; not an INI key
+    subsections: Mapping = field(default_factory=lambda: MappingProxyType({}))
 
 
 class Check:
@@ -57,6 +69,7 @@ class Check:
     def __init__(self, options, services):
         self.options = options
         self.services = services
+        self.known_symbols = type(self).symbols_for(options)
 
     @classmethod
     def error_symbol(cls) -> str:
@@ -69,13 +82,18 @@ class Check:
         return symbols
 
     @classmethod
+    def symbols_for(cls, options) -> dict:
+        """Every symbol this check, so configured, can emit -> default weight."""
+        return cls.all_symbols()
+
+    @classmethod
     def stages(cls) -> tuple:
         return tuple(stage for stage in Stage
                      if callable(getattr(cls, stage.method, None)))
 
     def result(self, result: str, symbol: str | None = None, reason: str = "", **kw) -> Result:
         """A Result of this check, with its method and temperror choice filled in."""
-        if symbol is not None and symbol not in self.symbols and symbol != self.error_symbol():
+        if symbol is not None and symbol not in self.known_symbols:
             raise ValueError(f"{self.name}: undeclared symbol {symbol}")
         kw.setdefault("method", self.method)
         kw.setdefault("tempfail", self.options.tempfail_on_error)
