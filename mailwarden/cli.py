@@ -20,6 +20,7 @@ DEFAULT_CONFIG = "/etc/mailwarden/mailwarden.ini"
 
 # modules that add subcommands: each has register(subparsers)
 COMMAND_MODULES: tuple = (
+    "mailwarden.audit.postfix",
 )
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
