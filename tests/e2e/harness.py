@@ -785,7 +785,14 @@ class Postfix:
         self._write_config()
 
     def reload(self) -> None:
+        """``postfix reload``: smtpd processes already running may still take
+        a connection or two with the old settings; :meth:`restart` does not."""
         self._postfix("reload")
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop and start again: every new connection sees the current settings."""
+        self.stop()
+        self.start(timeout)
 
     def flush(self) -> None:
         """Ask the queue manager to try deferred mail now."""
@@ -893,12 +900,13 @@ class Mailwarden:
 
     @property
     def milter_address(self) -> str:
-        """The Postfix notation of the socket (``unix:/path``)."""
-        return f"unix:{self.socket_path}"
+        """The socket in Postfix notation: ``unix:/path``, or the ``inet:HOST:PORT``
+        an override of ``[milter] socket`` asks for."""
+        return self.overrides.get("milter", {}).get("socket") or f"unix:{self.socket_path}"
 
     def settings(self) -> dict:
         base = {
-            "milter": {"socket": self.milter_address, "log": "stderr",
+            "milter": {"socket": f"unix:{self.socket_path}", "log": "stderr",
                        "log_level": "debug", "socket_mode": "0666"},
             "authserv": {"id": AUTHSERV_ID},
             "dns": {"nameservers": "127.0.0.1", "port": str(self.dns_port),
@@ -939,6 +947,10 @@ class Mailwarden:
         if self._proc is not None and self._proc.poll() is not None:
             raise HarnessError(f"mailwarden exited with {self._proc.returncode}:\n"
                                f"{self.log_text()[-3000:]}")
+        address = self.milter_address
+        if address.startswith("inet:"):
+            host, _, port = address[len("inet:"):].rpartition(":")
+            return _port_open(int(port), host.strip("[]") or "127.0.0.1")
         if not self.socket_path.exists():
             return False
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
