@@ -21,6 +21,7 @@ DEFAULT_CONFIG = "/etc/mailwarden/mailwarden.ini"
 # modules that add subcommands: each has register(subparsers)
 COMMAND_MODULES: tuple = (
     "mailwarden.audit.postfix",
+    "mailwarden.audit.domain",
 )
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
