@@ -78,6 +78,8 @@ class Result:
     tempfail: bool = True      # whether a temperror here may tempfail the message
     add_headers: tuple = ()    # (name, value) to prepend when the message is accepted,
                                # e.g. a DKIM-Signature; values folded with "\n\t"
+    quarantine: str = ""       # a reason here asks policy to quarantine the message
+                               # (e.g. DMARC p=quarantine), weaker than a reply
 
     def __post_init__(self):
         if self.result not in RESULTS:

@@ -7,7 +7,8 @@ means.  Precedence, strongest first:
 2. a total at or above ``reject_score``;
 3. a temperror of a check that may tempfail: ``temperror_action`` for the
    client's trust class (authenticated, trusted, other);
-4. ``quarantine_score``, then ``add_header_score``; else accept.
+4. a check asking for quarantine (``Result.quarantine``, e.g. DMARC);
+5. ``quarantine_score``, then ``add_header_score``; else accept.
 
 ``dry_run`` decides and logs everything but only ever accepts, with headers.
 """
@@ -88,6 +89,7 @@ class Policy:
 
         action, reply, reason = None, None, ""
         hard = next((r for r in results if r.reply is not None), None)
+        asked = next((r for r in results if r.quarantine), None)
         if hard is not None:
             action, reply = hard.reply.action, hard.reply
             reason = f"{hard.check}: {hard.reason or hard.reply.text}"
@@ -103,6 +105,8 @@ class Policy:
                 reply = Reply("tempfail", 451, "4.7.1",
                               f"Temporary failure in {failed.check} checks, please try again later")
                 reason = f"{failed.check} temperror: {failed.reason}"
+            elif final and asked is not None:
+                action, reason = "quarantine", f"{asked.check}: {asked.quarantine}"
             elif final and total >= o.quarantine_score:
                 action, reason = "quarantine", f"score {total:.2f} >= {o.quarantine_score:g}"
             elif final and total >= o.add_header_score:
