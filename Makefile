@@ -28,3 +28,9 @@ deps-test:
 
 check-config: deps-run
 	$(BIN)/mailwarden check-config -c $(CONFIG)
+
+# Throughput of the private Postfix with and without mailwarden (as root);
+# e.g. make bench BENCH_ARGS="--messages 2000 --tcp".  Not part of the tests.
+BENCH_ARGS ?=
+bench: deps-test
+	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
