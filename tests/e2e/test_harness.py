@@ -7,7 +7,7 @@ import socket
 import dns.rcode
 import pytest
 
-from .harness import BlackholeDns, Postfix, dot_stuff, make_message, smtp_send, zone_to_local_data
+from .harness import BlackholeDns, DnsServer, Postfix, dot_stuff, make_message, smtp_send, zone_to_local_data
 
 
 def test_zone_lines_become_local_data():
@@ -58,3 +58,32 @@ def test_postfix_without_milter_relays_to_sink(e2e_dir, sink):
         assert pid
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", plain.smtp_port), timeout=1).close()
+
+
+def test_dns_server_serves_long_txt_and_added_data(e2e_dir):
+    key = "p=" + "A" * 400
+    with DnsServer(e2e_dir / "dns-extra", zone_files=[],
+                   zone_text=f'sel._domainkey.sender.example. TXT "v=DKIM1; k=rsa; {key}"') as server:
+        reply = server.query("sel._domainkey.sender.example.", "TXT")
+        (txt,) = reply.answer[0]
+        assert b"".join(txt.strings) == f"v=DKIM1; k=rsa; {key}".encode()
+        assert max(len(s) for s in txt.strings) <= 255
+        assert server.query("added.sender.example.", "A").rcode() == dns.rcode.NXDOMAIN
+        port = server.port
+        server.add("added.sender.example. A 198.51.100.77\n"
+                   "slow.sender.example. TIMEOUT")
+        assert server.port == port
+        reply = server.query("added.sender.example.", "A")
+        assert reply.answer[0].to_text().endswith("198.51.100.77")
+
+
+def test_sink_keeps_envelope_and_data(sink):
+    import smtplib
+    marker = b"sink-direct-test"
+    with smtplib.SMTP("127.0.0.1", sink.port, timeout=10) as client:
+        client.sendmail("x@sender.example", ["y@rcpt.example", "z@rcpt.example"],
+                        b"Subject: direct\r\n\r\n.leading dot\r\n" + marker + b"\r\n")
+    got = sink.wait_for_match(marker, timeout=10)
+    assert (got.mail_from, got.rcpts) == ("x@sender.example", ["y@rcpt.example", "z@rcpt.example"])
+    assert got.headers["Subject"] == "direct"
+    assert got.body.startswith(b".leading dot\r\n")
