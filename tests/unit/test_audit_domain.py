@@ -1,0 +1,341 @@
+"""``mailwarden audit DOMAIN`` on the test zone audit_domains.zone: one
+well-configured domain, and one domain per fault whose only problems are the
+ones that fault should cause."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from mailwarden.audit.domain import audit_domain, configured_keys
+from mailwarden.audit.findings import EXIT_ERROR, EXIT_FAIL, EXIT_OK, FAIL, OK, WARN
+from mailwarden.cli import main
+from mailwarden.config import DnsOptions
+from mailwarden.dns import Resolver, ZoneBackend
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+ZONE_FILE = DATA / "zones" / "audit_domains.zone"
+ZONE = ZONE_FILE.read_text(encoding="utf-8")
+KEYS = DATA / "audit"
+RSA2048 = str(KEYS / "dkim-rsa2048.pem")
+ED25519 = str(KEYS / "dkim-ed25519.key")
+
+
+def audit(domain, selectors=("s2048",), keys=(), zone=ZONE):
+    backend = ZoneBackend(zone)
+    resolver = Resolver(DnsOptions(), backend=backend)
+    try:
+        report = audit_domain(resolver, domain, selectors, keys)
+    finally:
+        resolver.close()
+    report.backend = backend
+    return report
+
+
+def find(report, area, subject, level=None):
+    found = [f for f in report.findings if f.area == area and f.subject == subject
+             and (level is None or f.level == level)]
+    assert found, f"no {area} finding about {subject}: {report.findings}"
+    return found
+
+
+# -- the well-configured domain --------------------------------------------------
+
+def test_good_domain_has_no_problem_in_any_area():
+    report = audit("good.audit.example", selectors=("ed",),
+                   keys=(("s2048", RSA2048), ("ed", ED25519)))
+    assert report.problems() == []
+    assert report.errors == []
+    assert {f.area for f in report.findings} == {
+        "mx", "rdns", "spf", "dkim", "dmarc", "mta-sts", "tls-rpt"}
+    assert find(report, "mx", "good.audit.example", OK)[0].message.startswith("2 MX hosts")
+    for address in ("198.51.100.241", "198.51.100.242", "2001:db8:a0d1::241",
+                    "2001:db8:a0d1::242"):
+        assert find(report, "rdns", address, OK)
+    assert find(report, "spf", "dns lookups", OK)[0].message.startswith("2 of at most 10")
+    assert find(report, "spf", "all", OK)[0].message.startswith("-all")
+    dkim = [f.message for f in find(report, "dkim", "s2048._domainkey.good.audit.example", OK)]
+    assert dkim == ["RSA key of 2048 bits",
+                    f"published key matches the local key {RSA2048}"]
+    ed = [f.message for f in find(report, "dkim", "ed._domainkey.good.audit.example", OK)]
+    assert ed == ["Ed25519 key (RFC 8463)", f"published key matches the local key {ED25519}"]
+    assert find(report, "dmarc", "p", OK)[0].value == "reject"
+    assert find(report, "dmarc",
+                "good.audit.example._report._dmarc.audit-reports.example", OK)
+    sts = find(report, "mta-sts", "mta-sts.good.audit.example", OK)[0]
+    assert "was not fetched" in sts.message
+
+
+# -- one domain per fault ----------------------------------------------------------
+
+FAULTS = [
+    # MX
+    ("onemx", [("mx", WARN, "onemx.audit.example")], "one MX host: no failover"),
+    ("nomx", [("mx", FAIL, "nomx.audit.example")], "no MX record and no address"),
+    ("nullmix", [("mx", FAIL, "nullmix.audit.example")], "null MX (RFC 7505) next to other"),
+    ("mxcname", [("mx", FAIL, "mx-alias.audit.example")],
+     "MX target is an alias (CNAME to mx1.audit.example)"),
+    ("mxip", [("mx", FAIL, "198.51.100.241")], "MX target is an IP address"),
+    ("mxnoaddr", [("mx", FAIL, "mx-none.audit.example")], "MX host has no A or AAAA record"),
+    ("mxprivate", [("mx", FAIL, "mx-private.audit.example")],
+     "MX host resolves to an address the internet cannot reach"),
+    ("mxsameaddr", [("mx", WARN, "mxsameaddr.audit.example")],
+     "every MX host has the same address"),
+    # reverse DNS
+    ("noptr", [("rdns", FAIL, "198.51.100.243")], "no PTR record"),
+    ("badptr", [("rdns", FAIL, "198.51.100.244")],
+     "PTR elsewhere.audit.example does not resolve back to the address"),
+    # SPF
+    ("spf11", [("spf", FAIL, "dns lookups")],
+     "11 DNS-querying terms through includes: over 10 receivers return permerror"),
+    ("spftwo", [("spf", FAIL, "spftwo.audit.example")], "2 SPF records: receivers return permerror"),
+    ("spfnone", [("spf", FAIL, "spfnone.audit.example")], "no SPF record"),
+    ("spfsyntax", [("spf", FAIL, "spfsyntax.audit.example")],
+     "syntax error: ip4:198.51.100.300: '198.51.100.300' is not an IPv4 address"),
+    ("spfvoid", [("spf", FAIL, "void lookups")], "3 lookups find no record"),
+    ("spfneutral", [("spf", WARN, "all")], "?all: hosts not listed are neutral"),
+    ("spfpassall", [("spf", FAIL, "all")], "+all: every host on the internet passes SPF"),
+    ("spfnoall", [("spf", WARN, "all")], "no 'all' and no redirect"),
+    ("spfptr", [("spf", WARN, "spfptr.audit.example")], "'ptr' mechanism"),
+    ("spfinclnone", [("spf", FAIL, "spfinclnone.audit.example")],
+     "include:nospf.audit.example: nospf.audit.example publishes no SPF record"),
+    ("spfloop", [("spf", FAIL, "_spfloop.audit.example")],
+     "include:spfloop.audit.example: a loop back to spfloop.audit.example"),
+    ("spfinclopen", [("spf", FAIL, "spfinclopen.audit.example")],
+     "include:_spfopen.audit.example: that record ends in +all"),
+    # DMARC
+    ("dmarcnone", [("dmarc", WARN, "p"), ("dmarc", FAIL, "rua")], "p=none: monitoring only"),
+    ("dmarcmissing", [("dmarc", FAIL, "_dmarc.dmarcmissing.audit.example")], "no DMARC record"),
+    ("dmarctwo", [("dmarc", FAIL, "_dmarc.dmarctwo.audit.example")],
+     "2 DMARC records: receivers ignore them all"),
+    ("dmarcsyntax", [("dmarc", FAIL, "_dmarc.dmarcsyntax.audit.example")],
+     "syntax error: p=rejected: expected none, quarantine or reject"),
+    ("dmarcpct", [("dmarc", WARN, "pct")], "pct=25: the policy applies to only 25%"),
+    ("dmarcsp", [("dmarc", WARN, "sp")], "sp=none is weaker than p=reject"),
+    ("dmarcnorua", [("dmarc", WARN, "rua")], "no rua=: you get no aggregate reports"),
+    ("dmarcext", [("dmarc", FAIL, "dmarcext.audit.example._report._dmarc.audit-reports.example")],
+     "report address at audit-reports.example is not authorised"),
+    # MTA-STS and TLS-RPT
+    ("stsnone", [("mta-sts", WARN, "_mta-sts.stsnone.audit.example"),
+                 ("tls-rpt", WARN, "_smtp._tls.stsnone.audit.example")], "no MTA-STS record"),
+    ("stsbad", [("mta-sts", FAIL, "_mta-sts.stsbad.audit.example")],
+     "syntax error: id=not-alnum!: 1 to 32 letters and digits"),
+    ("stsnohost", [("mta-sts", FAIL, "mta-sts.stsnohost.audit.example")],
+     "the policy host does not resolve"),
+    ("tlsrptbad", [("tls-rpt", FAIL, "_smtp._tls.tlsrptbad.audit.example")],
+     "syntax error: rua=: 'ftp://audit.example/reports' is not a mailto: or https: URI"),
+]
+
+
+@pytest.mark.parametrize("label,expected,message", FAULTS, ids=[f[0] for f in FAULTS])
+def test_each_fault_gives_exactly_its_finding(label, expected, message):
+    report = audit(f"{label}.audit.example")
+    assert report.problems() == expected
+    area, level, subject = expected[0]
+    messages = [f.message for f in find(report, area, subject, level)]
+    assert any(m.startswith(message) for m in messages), messages
+    assert report.errors == []
+
+
+def test_dmarc_p_none_without_rua_says_why():
+    report = audit("dmarcnone.audit.example")
+    rua = find(report, "dmarc", "rua", FAIL)[0]
+    assert rua.message.startswith("p=none and no rua=: the record neither protects nor reports")
+
+
+def test_spf_lookup_count_is_broken_down_per_record():
+    report = audit("spf11.audit.example")
+    lookups = find(report, "spf", "dns lookups", FAIL)[0]
+    assert lookups.value == ("spf11.audit.example 2, _spf11a.audit.example 3, "
+                             "_spf11b.audit.example 3, _spf11c.audit.example 3")
+    assert find(report, "spf", "syntax", OK)[0].message == \
+        "valid (4 records through include/redirect)"
+
+
+def test_spf_void_lookups_are_named():
+    report = audit("spfvoid.audit.example")
+    assert find(report, "spf", "void lookups", FAIL)[0].value == (
+        "a:gone1.audit.example (gone1.audit.example), a:gone2.audit.example "
+        "(gone2.audit.example), mx:gone3.audit.example (gone3.audit.example)")
+
+
+# -- configurations that are fine -------------------------------------------------
+
+def test_null_mx_is_recognised():
+    report = audit("nullmx.audit.example")
+    assert report.problems() == []
+    assert find(report, "mx", "nullmx.audit.example", OK)[0].message == \
+        "null MX (RFC 7505): the domain accepts no mail"
+    assert not [f for f in report.findings if f.area == "rdns"]
+
+
+def test_equal_preferences_are_explained_as_load_sharing():
+    report = audit("mxequal.audit.example")
+    assert report.problems() == []
+    assert find(report, "mx", "preferences", OK)[0].message == \
+        "10: mx1.audit.example, mx2.audit.example (primary, load shared at random)"
+
+
+def test_backup_preference_is_explained():
+    report = audit("good.audit.example")
+    assert find(report, "mx", "preferences", OK)[0].message == (
+        "10: mx1.audit.example (primary); 20: mx2.audit.example (backup); "
+        "a backup is tried only when every lower preference fails")
+
+
+def test_spf_redirect_is_followed_to_its_all():
+    report = audit("spfredirect.audit.example")
+    assert report.problems() == []
+    assert find(report, "spf", "all", OK)[0].message.startswith("-all")
+    assert find(report, "spf", "dns lookups", OK)[0].message.startswith("1 of at most 10")
+
+
+def test_spf_exists_with_macros_is_counted_not_resolved():
+    report = audit("spfmacro.audit.example")
+    assert report.problems() == []
+    assert find(report, "spf", "dns lookups", OK)[0].message.startswith("2 of at most 10")
+    assert not any("%{" in name for name, _ in report.backend.queries)
+
+
+def test_subdomain_inherits_the_organizational_domain_dmarc_record():
+    report = audit("sub.audit-org.test")
+    assert report.problems() == []
+    record = find(report, "dmarc", "_dmarc.audit-org.test", OK)[0]
+    assert record.message.startswith("no record at _dmarc.sub.audit-org.test: the "
+                                     "organizational domain's record applies")
+    assert find(report, "dmarc", "sp", OK)[0].value == "quarantine"
+
+
+def test_nonexistent_domain_stops_after_mx():
+    report = audit("nowhere.audit.example")
+    assert [(f.area, f.level, f.subject, f.message) for f in report.findings] == [
+        ("mx", FAIL, "nowhere.audit.example", "the domain does not exist (NXDOMAIN)")]
+
+
+# -- DKIM keys ---------------------------------------------------------------------
+
+DKIM_FAULTS = [
+    ("s1024", (), WARN, "RSA key of 1024 bits: weak; use 2048 bits"),
+    ("s512", (), FAIL, "RSA key of 512 bits: verifiers must reject keys under 1024 bits"),
+    ("revoked", (), FAIL, "key revoked (empty p=)"),
+    ("nosuch", (), FAIL, "no key published"),
+    ("garbled", (), FAIL, "p= is not an RSA public key"),
+    ("sha1", (), FAIL, "h= excludes sha256"),
+    ("testing", (), WARN, "testing mode (t=y)"),
+    ("k-dsa", (), FAIL, "unknown key type k=dsa"),
+    ("s2048", (("s2048", str(KEYS / "dkim-rsa2048-other.pem")),), FAIL,
+     "published key does not match the local key"),
+    ("ed", (("ed", RSA2048),), FAIL, f"local key {RSA2048} is rsa, the published key is ed25519"),
+    ("s2048", (("s2048", str(KEYS / "missing.pem")),), FAIL, "local key "),
+    ("s2048", (("s2048", str(KEYS / "make_zone.py")),), FAIL,
+     "local key " + str(KEYS / "make_zone.py") + ": neither a PEM RSA key"),
+]
+
+
+@pytest.mark.parametrize("selector,keys,level,message", DKIM_FAULTS,
+                         ids=[f"{f[0]}-{i}" for i, f in enumerate(DKIM_FAULTS)])
+def test_each_dkim_fault_gives_exactly_its_finding(selector, keys, level, message):
+    # s2048 as well, so that an Ed25519 key is never the only one
+    report = audit("good.audit.example", selectors=("s2048", selector), keys=keys)
+    subject = f"{selector}._domainkey.good.audit.example"
+    assert report.problems() == [("dkim", level, subject)]
+    assert any(f.message.startswith(message) for f in find(report, "dkim", subject, level))
+
+
+def test_pkcs1_and_pkcs8_rsa_keys_both_match():
+    for path in ("dkim-rsa2048.pem", "dkim-rsa2048-pkcs1.pem"):
+        report = audit("good.audit.example", selectors=(),
+                       keys=(("s2048", str(KEYS / path)),))
+        assert report.problems() == []
+        assert find(report, "dkim", "s2048._domainkey.good.audit.example", OK)[-1].message == \
+            f"published key matches the local key {KEYS / path}"
+
+
+def test_ed25519_only_is_a_warning():
+    report = audit("good.audit.example", selectors=("ed",))
+    assert report.problems() == [("dkim", WARN, "good.audit.example")]
+
+
+def test_no_selector_is_a_warning():
+    report = audit("good.audit.example", selectors=())
+    assert report.problems() == [("dkim", WARN, "good.audit.example")]
+    assert find(report, "dkim", "good.audit.example")[0].message.startswith("no selector given")
+
+
+def test_selectors_and_key_paths_from_a_dkim_sign_config():
+    config = SimpleNamespace(checks={"dkim_sign": SimpleNamespace(keys=(
+        f"good.audit.example:s2048:{RSA2048}", f"other.example:x:{ED25519}",
+        ("good.audit.example", "ed", ED25519)))})
+    assert configured_keys(config, "good.audit.example") == [("s2048", RSA2048),
+                                                             ("ed", ED25519)]
+    assert configured_keys(SimpleNamespace(checks={}), "good.audit.example") == []
+
+
+# -- lookups that fail -------------------------------------------------------------
+
+def test_servfail_is_an_error_not_a_finding_about_the_domain():
+    report = audit("good.audit.example", zone=ZONE + "\n_dmarc.good.audit.example SERVFAIL\n")
+    assert report.problems() == [("dmarc", FAIL, "_dmarc.good.audit.example")]
+    assert report.errors == ["_dmarc.good.audit.example/TXT: servfail"]
+
+
+def test_timeout_inside_an_spf_include_is_an_error():
+    report = audit("good.audit.example", zone=ZONE + "\n_spf.audit.example TIMEOUT\n")
+    assert ("spf", FAIL, "good.audit.example") in report.problems()
+    assert report.errors and report.errors[0].startswith("_spf.audit.example/TXT: timeout")
+
+
+# -- the command -------------------------------------------------------------------
+
+def run_cli(capsys, *args):
+    code = main(["audit", "--zone", str(ZONE_FILE), *args])
+    return code, capsys.readouterr().out
+
+
+def test_cli_table_for_the_good_domain(capsys):
+    code, out = run_cli(capsys, "good.audit.example", "--key", f"s2048:{RSA2048}")
+    assert code == EXIT_OK
+    lines = out.splitlines()
+    assert lines[0] == "mailwarden audit good.audit.example"
+    assert lines[1].split() == ["AREA", "RESULT", "SUBJECT", "FINDING"]
+    assert lines[-1] == "26 ok, 0 warn, 0 fail"
+    assert "\033[" not in out          # no colour when not on a terminal
+
+
+def test_cli_json_and_exit_1_on_a_failing_finding(capsys):
+    code, out = run_cli(capsys, "spf11.audit.example", "--selector", "s2048", "--json")
+    assert code == EXIT_FAIL
+    doc = json.loads(out)
+    assert doc["target"] == "mailwarden audit spf11.audit.example"
+    failing = [(f["area"], f["subject"]) for f in doc["findings"] if f["level"] == FAIL]
+    assert failing == [("spf", "dns lookups")]
+    assert doc["summary"]["fail"] == 1 and "errors" not in doc
+
+
+def test_cli_exit_2_when_lookups_fail(capsys, tmp_path):
+    zone = tmp_path / "broken.zone"
+    zone.write_text("broken.audit.example SERVFAIL\n")
+    code = main(["audit", "--zone", str(zone), "broken.audit.example", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == EXIT_ERROR
+    assert "broken.audit.example/MX: servfail" in doc["errors"]
+
+
+def test_cli_uses_dns_settings_of_a_config_file(capsys, tmp_path):
+    # an address nothing listens on: every lookup times out, quickly
+    config = tmp_path / "mailwarden.ini"
+    config.write_text("[authserv]\nid = mx.example.org\n[dns]\nnameservers = 127.0.0.1\n"
+                      "port = 9\ntimeout = 200ms\n")
+    code = main(["audit", "-c", str(config), "good.audit.example", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == EXIT_ERROR
+    assert any(e.startswith("good.audit.example/MX: ") for e in doc["errors"])
+
+
+def test_cli_refuses_a_bad_domain(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", "not a domain"])
+    assert exc.value.code == 2
