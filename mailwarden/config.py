@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
+from .address import AddressProblem, DomainSet, normalize_domain
+
 __all__ = [
     "ConfigError", "Config", "opt", "load", "loads",
     "parse_bool", "parse_int", "parse_float", "parse_size", "parse_seconds",
@@ -181,6 +183,42 @@ class Networks:
         return best
 
 
+def _domain(text: str) -> str:
+    name = text.strip()
+    try:
+        bare = normalize_domain(name[1:] if name.startswith(".") else name)
+    except AddressProblem as exc:
+        raise ValueProblem(str(exc)) from None
+    if bare.startswith("["):
+        raise ValueProblem(f"an address literal is not a domain: {text!r}")
+    return "." + bare if name.startswith(".") else bare
+
+
+def parse_domains(text: str) -> tuple:
+    """Domain names; a leading dot means "and every subdomain"."""
+    return tuple(_domain(item) for item in parse_list(text))
+
+
+def read_domain_file(path: str) -> tuple:
+    """One domain per line; ``#`` starts a comment.  Errors at ``path:line``."""
+    names = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                item = line.split("#", 1)[0].strip()
+                if not item:
+                    continue
+                try:
+                    names.append(_domain(item))
+                except ValueProblem as exc:
+                    raise ConfigError(path, lineno, None, None, str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(path, None, None, None, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, None, None, None, f"not UTF-8 text: {exc.reason}") from None
+    return tuple(names)
+
+
 def parse_network(text: str):
     try:
         return ipaddress.ip_network(text.strip(), strict=False)
@@ -295,6 +333,23 @@ class PolicyOptions:
 @dataclass(frozen=True)
 class RelayOptions:
     trusted_networks: Networks = opt(parse_networks("127.0.0.0/8 ::1/128"), parse_networks)
+    # domains we receive mail for; ".example.org" also holds its subdomains
+    local_domains: tuple = opt((), parse_domains)
+    local_domains_file: str = opt("", parse_path)
+    # both merged by resolve(); filled by the loader, never by the INI
+    local: DomainSet = field(default=DomainSet())
+
+    def resolve(self, error):
+        names = self.local_domains
+        if self.local_domains_file:
+            try:
+                names = names + read_domain_file(self.local_domains_file)
+            except ConfigError as exc:
+                if exc.line is None:             # unreadable: point at our key
+                    raise error("local_domains_file",
+                                exc.message + f": {self.local_domains_file}") from None
+                raise
+        return dataclasses.replace(self, local=DomainSet.of(names))
 
 
 _REDIS_URL = re.compile(r"^(redis|rediss|unix)://\S+$")
@@ -441,7 +496,8 @@ def loads(text: str, path: str = "<string>", registry: Mapping[str, type] | None
     for section in parser.sections():
         values = dict(parser.items(section))
         if section in CORE_SECTIONS:
-            core[section] = _build(CORE_SECTIONS[section], values, path, section, where)
+            core[section] = _resolve(_build(CORE_SECTIONS[section], values, path, section, where),
+                                     path, section, where)
         elif section == "scores":
             continue                  # once every check section is known
         elif section.startswith("check."):
@@ -466,7 +522,8 @@ def loads(text: str, path: str = "<string>", registry: Mapping[str, type] | None
             raise ConfigError(path, where.get((section, None)), section, None, "unknown section")
 
     for section, cls in CORE_SECTIONS.items():
-        core.setdefault(section, cls())
+        if section not in core:
+            core[section] = _resolve(cls(), path, section, where)
     for name, check_cls in registry.items():
         section = f"check.{name}"
         options = _build(check_cls.Options, check_values.get(name, {}), path, section, where)
