@@ -45,6 +45,9 @@ CHECK_MODULES = (
     "iplist",
     "iprev",
     "size",
+    "relay",
+    "submission",
+    "dkim_sign",
 )
 
 

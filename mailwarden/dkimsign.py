@@ -1,0 +1,215 @@
+"""DKIM signing keys and signatures (RFC 6376, RFC 8301, RFC 8463).
+
+Keys are read once, at start-up (before privileges are dropped): an RSA key
+in PEM (PKCS#1 or PKCS#8), or an Ed25519 key either as dkimpy and
+``mailwarden genkey`` write it (base64 of the 32-byte seed, RFC 8463 §4) or
+in PKCS#8 PEM.  A key readable by group or others, unreadable, or not a key
+of a known type is refused with its path.
+
+Signing reuses dkimpy's parser, canonicalization and header selection, so
+what we sign is exactly what dkimpy (and every verifier agreeing with it)
+checks; the private-key operation itself is done by ``cryptography``
+(OpenSSL), about ten times faster for RSA than dkimpy's pure-Python RSA.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+import stat
+import time
+from dataclasses import dataclass, field
+
+import dkim
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
+
+__all__ = ["KeyProblem", "SigningKey", "load_key", "sign", "txt_record", "split_txt",
+           "MIN_RSA_BITS", "DEFAULT_SIGN_HEADERS"]
+
+# RFC 8301 §3.2: signers MUST use at least 1024 bits (and SHOULD use 2048)
+MIN_RSA_BITS = 1024
+
+# RFC 6376 §5.4.1's list, with the MIME and identity fields most signers add
+DEFAULT_SIGN_HEADERS = (
+    "From", "Reply-To", "Subject", "Date", "To", "Cc", "Message-ID", "Sender",
+    "In-Reply-To", "References", "MIME-Version", "Content-Type",
+    "Content-Transfer-Encoding", "Content-ID", "Content-Description",
+    "Resent-Date", "Resent-From", "Resent-Sender", "Resent-To", "Resent-Cc",
+    "Resent-Message-ID", "List-Id", "List-Help", "List-Unsubscribe",
+    "List-Subscribe", "List-Post", "List-Owner", "List-Archive",
+)
+
+_SELECTOR = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_\-]*[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9_\-]*[A-Za-z0-9])?)*$")
+
+
+class KeyProblem(ValueError):
+    """A key file that cannot be used; the message names the path."""
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    domain: str
+    selector: str
+    path: str
+    algorithm: str                     # "rsa-sha256" or "ed25519-sha256"
+    bits: int
+    private: object = field(repr=False, compare=False)
+
+    @property
+    def kind(self) -> str:
+        return "rsa" if self.algorithm == "rsa-sha256" else "ed25519"
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        if self.algorithm == "rsa-sha256":
+            return self.private.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+        # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the data, as a message
+        return self.private.sign(digest)
+
+    def public_txt(self) -> str:
+        return txt_record(self.private.public_key())
+
+
+def valid_selector(text: str) -> bool:
+    return bool(_SELECTOR.match(text)) and len(text) <= 63 * 4
+
+
+def load_key(path: str, domain: str = "", selector: str = "") -> SigningKey:
+    """Read and check one key file; KeyProblem says what is wrong, with the path."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise KeyProblem(f"{path}: cannot read: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyProblem(f"{path}: not a regular file")
+    if st.st_mode & 0o077:
+        raise KeyProblem(f"{path}: a private key must not be accessible to group or others "
+                         f"(mode {stat.S_IMODE(st.st_mode):04o}; chmod 600 it)")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(1 << 20)
+    except OSError as exc:
+        raise KeyProblem(f"{path}: cannot read: {exc.strerror}") from None
+    private = _parse_key(data, path)
+    if isinstance(private, rsa.RSAPrivateKey):
+        if private.key_size < MIN_RSA_BITS:
+            raise KeyProblem(f"{path}: RSA key of {private.key_size} bits; "
+                             f"RFC 8301 needs at least {MIN_RSA_BITS}")
+        return SigningKey(domain, selector, path, "rsa-sha256", private.key_size, private)
+    return SigningKey(domain, selector, path, "ed25519-sha256", 256, private)
+
+
+def _parse_key(data: bytes, path: str):
+    text = data.strip()
+    if text.startswith(b"-----BEGIN"):
+        try:
+            private = serialization.load_pem_private_key(text, password=None)
+        except TypeError:
+            raise KeyProblem(f"{path}: the key is encrypted with a passphrase") from None
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise KeyProblem(f"{path}: not a readable PEM private key ({exc})") from None
+        if not isinstance(private, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
+            raise KeyProblem(f"{path}: a {type(private).__name__} key; DKIM signs with "
+                             f"RSA or Ed25519 only")
+        return private
+    try:
+        seed = base64.b64decode(b"".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        seed = b""
+    if len(seed) != 32:
+        raise KeyProblem(f"{path}: neither an RSA or Ed25519 private key in PEM nor an "
+                         f"Ed25519 key as base64 of its 32-byte seed")
+    return ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def txt_record(public) -> str:
+    """The ``v=DKIM1; k=...; p=...`` TXT value for a public key."""
+    if isinstance(public, rsa.RSAPublicKey):
+        der = public.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+        return "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode("ascii")
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "v=DKIM1; k=ed25519; p=" + base64.b64encode(raw).decode("ascii")
+
+
+def split_txt(value: str, size: int = 255) -> list:
+    """A TXT value cut into character-strings of at most ``size`` bytes."""
+    raw = value.encode("ascii")
+    return [raw[i:i + size].decode("ascii") for i in range(0, len(raw), size)] or [""]
+
+
+def parse_canonicalization(text: str) -> tuple:
+    """``relaxed/relaxed``; one word is the header's, the body's is simple (RFC 6376 §3.5)."""
+    value = text.strip().lower()
+    try:
+        policy = CanonicalizationPolicy.from_c_value(value.encode("ascii"))
+    except (InvalidCanonicalizationPolicyError, UnicodeEncodeError):
+        raise ValueError(f"expected simple or relaxed, as HEADER/BODY, got {text!r}") from None
+    header, _, body = policy.to_c_value().partition(b"/")
+    return header.decode(), body.decode()
+
+
+def headers_to_sign(header_names, sign_headers, oversign) -> list:
+    """The h= list (lower case): each wanted field as often as it occurs, and
+    the oversigned ones once more, so that none can be added (RFC 6376 §8.15)."""
+    counts: dict = {}
+    for name in header_names:
+        low = name.lower()
+        counts[low] = counts.get(low, 0) + 1
+    out = []
+    over = {h.lower() for h in oversign}
+    for name in sign_headers:
+        low = name.lower()
+        out += [low] * counts.get(low, 0)
+        if low in over:
+            out.append(low)
+    for low in sorted(over - {h.lower() for h in sign_headers}):
+        out += [low] * (counts.get(low, 0) + 1)
+    return out
+
+
+def sign(message: bytes, key: SigningKey, include: list,
+         canonicalization: tuple = ("relaxed", "relaxed"), now: float | None = None) -> bytes:
+    """The value of a DKIM-Signature field (after the colon, folded with CRLF SP).
+
+    ``message`` is the message as it will be delivered (headers and body);
+    ``include`` the lower-case h= names (see :func:`headers_to_sign`).
+    Raises ``dkim.DKIMException`` on a message dkimpy cannot parse.
+    """
+    if "from" not in include:
+        raise dkim.ParameterError("the From header field must be signed (RFC 6376 §5.4)")
+    headers, body = dkim.rfc822_parse(message)
+    policy = CanonicalizationPolicy.from_c_value("/".join(canonicalization).encode("ascii"))
+    bodyhash = base64.b64encode(hashlib.sha256(policy.canonicalize_body(body)).digest())
+    include_b = [h.encode("ascii") for h in include]
+    fields = [
+        (b"v", b"1"),
+        (b"a", key.algorithm.encode("ascii")),
+        (b"c", policy.to_c_value()),
+        (b"d", key.domain.encode("ascii")),
+        (b"s", key.selector.encode("ascii")),
+        (b"t", str(int(time.time() if now is None else now)).encode("ascii")),
+        (b"h", b" : ".join(include_b)),
+        (b"bh", bodyhash),
+        # a placeholder as long as a signature puts b= on a line of its own,
+        # so folding the real value later leaves everything before it alone
+        (b"b", b"0" * 60),
+    ]
+    name = b"DKIM-Signature"
+    unsigned = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(name),
+                         linesep=b"\r\n")
+    unsigned = dkim.RE_BTAG.sub(b"\\1", unsigned)
+    hasher = hashlib.sha256()
+    dkim.hash_headers(hasher, policy, policy.canonicalize_headers(headers), include_b,
+                      (name, b" " + unsigned), dict(fields))
+    fields[-1] = (b"b", base64.b64encode(key.sign_digest(hasher.digest())))
+    value = dkim.fold(b"; ".join(b"=".join(f) for f in fields) + b"\r\n", namelen=len(name),
+                      linesep=b"\r\n")
+    return value.rstrip(b"\r\n")
