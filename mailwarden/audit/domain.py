@@ -160,7 +160,8 @@ class DomainAudit:
         for rdtype in ("A", "AAAA"):
             answer = self.q(name, rdtype)
             if answer.ok:
-                found.extend(answer.records)
+                # DNS gives records in any order: sort, so that runs compare
+                found.extend(sorted(answer.records, key=_ip_sort_key))
             elif answer.temporary and failure is None:
                 failure = answer
         return found, failure
@@ -291,7 +292,7 @@ class DomainAudit:
                 self.add("rdns", FAIL, address, "no PTR record: many receivers distrust or "
                          "refuse mail from an address without reverse DNS")
                 continue
-            names = list(dict.fromkeys(normalize(n) for n in answer.records))
+            names = sorted({normalize(n) for n in answer.records})
             rdtype = "A" if ip.version == 4 else "AAAA"
             self.prefetch([(n, rdtype) for n in names])
             confirmed, failure = None, None
@@ -322,7 +323,7 @@ class DomainAudit:
             return "error", answer
         if not answer.ok:
             return "void", None
-        found = [r for r in answer.records if is_spf(r)]
+        found = sorted(r for r in answer.records if is_spf(r))
         if not found:
             return "none", None
         if len(found) > 1:
@@ -507,7 +508,7 @@ class DomainAudit:
         if len(answer.records) > 1:
             self.add("dkim", WARN, name, f"{len(answer.records)} TXT records: verifiers may "
                      "pick any (RFC 6376 §3.6.2.2); publish one")
-        text = answer.records[0]
+        text = sorted(answer.records)[0]
         try:
             key = parse_dkim_key(text)
         except RecordError as exc:
@@ -594,8 +595,8 @@ class DomainAudit:
         if answer.temporary:
             return answer, []
         # RFC 7489 §6.6.3: records that do not start with v=DMARC1 are discarded
-        return answer, [r for r in answer.records if r.replace(" ", "").startswith("v=DMARC1")] \
-            if answer.ok else []
+        return answer, sorted(r for r in answer.records
+                              if r.replace(" ", "").startswith("v=DMARC1")) if answer.ok else []
 
     def audit_dmarc(self) -> None:
         d = self.domain
@@ -724,7 +725,7 @@ class DomainAudit:
         if answer.temporary:
             self.failed("mta-sts", name, answer)
             return
-        found = [r for r in answer.records if r.startswith("v=STSv1")] if answer.ok else []
+        found = sorted(r for r in answer.records if r.startswith("v=STSv1")) if answer.ok else []
         if not found:
             self.add("mta-sts", WARN, name, "no MTA-STS record: sending servers cannot "
                      "insist on TLS to you (RFC 8461)")
@@ -756,7 +757,8 @@ class DomainAudit:
         if answer.temporary:
             self.failed("tls-rpt", name, answer)
             return
-        found = [r for r in answer.records if r.startswith("v=TLSRPTv1")] if answer.ok else []
+        found = sorted(r for r in answer.records
+                       if r.startswith("v=TLSRPTv1")) if answer.ok else []
         if not found:
             self.add("tls-rpt", WARN, name, "no TLS-RPT record: you get no reports of "
                      "failed TLS to your MX hosts (RFC 8460)")
@@ -791,6 +793,13 @@ def _explain_preferences(records) -> str:
     if len(levels) > 1:
         text += "; a backup is tried only when every lower preference fails"
     return text
+
+
+def _ip_sort_key(text):
+    try:
+        return (0, int(ipaddress.ip_address(text)), text)
+    except ValueError:
+        return (1, 0, text)
 
 
 def _same_ip(ip, text) -> bool:

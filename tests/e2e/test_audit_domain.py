@@ -1,0 +1,89 @@
+"""``mailwarden audit DOMAIN`` against a real DNS server (unbound on loopback)
+serving tests/data/zones/audit_domains.zone."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from mailwarden.cli import main
+
+from .harness import BlackholeDns
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+ZONE_FILE = DATA / "zones" / "audit_domains.zone"
+KEYS = DATA / "audit"
+RSA2048 = str(KEYS / "dkim-rsa2048.pem")
+ED25519 = str(KEYS / "dkim-ed25519.key")
+
+# every test domain of the zone, each audited the same way over both paths
+DOMAINS = sorted({line.split()[1].rstrip(".") for line in
+                  ZONE_FILE.read_text(encoding="utf-8").splitlines()
+                  if line.startswith("; ") and " " not in line[2:].strip()})
+
+
+def config_for(tmp_path, port, timeout="2s"):
+    path = tmp_path / "mailwarden.ini"
+    path.write_text("[authserv]\nid = mx.audit.example\n"
+                    f"[dns]\nnameservers = 127.0.0.1\nport = {port}\ntimeout = {timeout}\n")
+    return path
+
+
+def run(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "mailwarden", "audit", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_good_domain_table_over_real_dns(dns_server, tmp_path):
+    config = config_for(tmp_path, dns_server.port)
+    done = run("-c", str(config), "good.audit.example", "--selector", "ed",
+               "--key", f"s2048:{RSA2048}", "--key", f"ed:{ED25519}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "mailwarden audit good.audit.example"
+    assert lines[-1] == "28 ok, 0 warn, 0 fail"
+    assert any(line.split()[:3] == ["rdns", "ok", "2001:db8:a0d1::242"] for line in lines)
+    assert any(line.split()[:3] == ["dkim", "ok", "s2048._domainkey.good.audit.example"]
+               and "matches the local key" in line for line in lines)
+
+
+def test_failing_domain_exits_1_with_json(dns_server, tmp_path):
+    config = config_for(tmp_path, dns_server.port)
+    done = run("-c", str(config), "spf11.audit.example", "--selector", "s2048", "--json")
+    assert done.returncode == 1, done.stderr
+    doc = json.loads(done.stdout)
+    assert [(f["area"], f["level"], f["subject"]) for f in doc["findings"]
+            if f["level"] != "ok"] == [("spf", "fail", "dns lookups")]
+
+
+def test_unanswered_lookups_exit_2(tmp_path):
+    with BlackholeDns() as hole:
+        config = config_for(tmp_path, hole.port, timeout="300ms")
+        done = run("-c", str(config), "good.audit.example", "--json", timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert any(e.startswith("good.audit.example/MX: timeout") for e in doc["errors"])
+
+
+def _audit_json(args) -> tuple:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = main(["audit", *args, "--json", "--selector", "s2048"])
+    return code, json.loads(out.getvalue())
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_real_dns_gives_the_same_findings_as_the_zone(dns_server, tmp_path, domain):
+    """The unit tests' in-process zone and a real server agree, fault by fault."""
+    config = config_for(tmp_path, dns_server.port)
+    real_code, real = _audit_json(["-c", str(config), domain])
+    zone_code, zone = _audit_json(["--zone", str(ZONE_FILE), domain])
+    assert "errors" not in real
+    assert real["findings"] == zone["findings"]
+    assert real_code == zone_code
