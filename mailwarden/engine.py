@@ -236,6 +236,7 @@ class Engine:
         ctx = Context(self, conn, msg, stage, dns, rcpt)
         new = self._run(ctx)
         (msg.results if msg is not None and stage >= Stage.MAIL else conn.results).extend(new)
+        ctx.new = []            # now stored above: ctx.results must not list them twice
         if not any(r.reply is not None for r in new):
             return None
         return self.policy.decide(ctx.results, self.trust(conn), stage, final=False)

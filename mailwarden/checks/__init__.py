@@ -48,6 +48,7 @@ CHECK_MODULES = (
     "relay",
     "submission",
     "dkim_sign",
+    "limits",
 )
 
 

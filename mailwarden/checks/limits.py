@@ -1,0 +1,270 @@
+"""limits: connection, message and recipient limits per client, sender and user.
+
+Counted in the state store (``[state]``: this process's memory, or Redis
+shared by several instances).  A limit of 0 is off.  Rates are written
+``COUNT/WINDOW``, e.g. ``100/1h``; a window is sliding (see
+:mod:`mailwarden.state`).  Only what is admitted is counted: a client that
+is refused does not push its own window further out.
+
+* per client network (the client address, or its ``ipv6_prefix`` for IPv6):
+  concurrent connections, and new connections per window.  Over either:
+  ``421 4.7.0`` at connect, and the MTA closes the connection.
+* per envelope sender (not the null sender) and per authenticated user:
+  messages per window (counted at MAIL FROM, ``451 4.7.1``) and recipients
+  per window (counted at each RCPT TO, ``451 4.7.1`` for that recipient).
+* recipients per message: ``452 4.5.3`` for the recipients past the limit,
+  the reply RFC 5321 section 4.5.3.1.10 gives for it (the client sends the
+  rest in another transaction).
+
+Each limit has its symbol and a log line naming the limit, the key and the
+counts.  When the store fails (Redis down), the limits let mail through:
+``LIMITS_TEMPERROR`` (never a tempfail) and a log line.  Concurrency slots
+are given back when the connection closes, and in any case when their
+``lease`` runs out (an instance that died holding them).
+
+INI keys (``[check.limits]``):
+  enabled                 yes
+  tempfail_on_error       yes    (a crash only: a failed store always fails open)
+  ipv4_prefix             32     client networks counted together
+  ipv6_prefix             64
+  concurrent_per_ip       0      open connections per client network
+  connections_per_ip      0      new connections per client network, COUNT/WINDOW
+  messages_per_sender     0      COUNT/WINDOW per envelope sender
+  recipients_per_sender   0
+  messages_per_user       0      COUNT/WINDOW per authenticated user
+  recipients_per_user     0
+  recipients_per_message  0
+  lease                   1h     longest time a connection holds its slot
+  exempt                  allowlisted trusted   clients with these tags are not limited
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Optional
+
+from ..config import ValueProblem, opt, parse_int, parse_list, parse_seconds
+from ..model import Reply
+from ..state import StateError
+from . import Check, CheckOptions
+
+log = logging.getLogger("mailwarden")
+
+
+@dataclass(frozen=True)
+class Rate:
+    count: int
+    window: float
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.window:g}s"
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
+
+
+def parse_rate(text: str) -> Optional[Rate]:
+    """``COUNT/WINDOW`` (``30/1m``); ``0`` or nothing is off (None)."""
+    if text.strip() in ("", "0"):
+        return None
+    m = _RATE.match(text)
+    if not m:
+        raise ValueProblem(f"expected COUNT/WINDOW such as 30/1m, or 0, got {text!r}")
+    count, window = int(m.group(1)), parse_seconds(m.group(2))
+    if count == 0:
+        return None
+    if window <= 0:
+        raise ValueProblem(f"the window must be longer than 0, got {text!r}")
+    return Rate(count, window)
+
+
+TAGS = ("allowlisted", "trusted", "authenticated", "other")
+
+
+def parse_tags(text: str) -> frozenset:
+    tags = frozenset(t.lower() for t in parse_list(text))
+    unknown = tags - set(TAGS)
+    if unknown:
+        raise ValueProblem(f"unknown client tag(s) {', '.join(sorted(unknown))} "
+                           f"(known: {', '.join(TAGS)})")
+    return tags
+
+
+@dataclass(frozen=True)
+class LimitsOptions(CheckOptions):
+    ipv4_prefix: int = opt(32, parse_int(8, 32))
+    ipv6_prefix: int = opt(64, parse_int(16, 128))
+    concurrent_per_ip: int = opt(0, parse_int(0, 1_000_000))
+    connections_per_ip: Optional[Rate] = opt(None, parse_rate)
+    messages_per_sender: Optional[Rate] = opt(None, parse_rate)
+    recipients_per_sender: Optional[Rate] = opt(None, parse_rate)
+    messages_per_user: Optional[Rate] = opt(None, parse_rate)
+    recipients_per_user: Optional[Rate] = opt(None, parse_rate)
+    recipients_per_message: int = opt(0, parse_int(0, 1_000_000))
+    lease: float = opt(3600.0, parse_seconds)
+    exempt: frozenset = opt(frozenset({"allowlisted", "trusted"}), parse_tags)
+
+
+class LimitsCheck(Check):
+    name = "limits"
+    Options = LimitsOptions
+    requires = ("iplist",)          # its allowlisted tag exempts
+    symbols = {
+        "LIMIT_CONCURRENT_IP": 0.0,
+        "LIMIT_CONNECTIONS_IP": 0.0,
+        "LIMIT_MESSAGES_SENDER": 0.0,
+        "LIMIT_RECIPIENTS_SENDER": 0.0,
+        "LIMIT_MESSAGES_USER": 0.0,
+        "LIMIT_RECIPIENTS_USER": 0.0,
+        "LIMIT_RECIPIENTS_MESSAGE": 0.0,
+        "LIMITS_TEMPERROR": 0.0,
+    }
+
+    def __init__(self, options, services):
+        super().__init__(options, services)
+        # tells this instance's connections apart from other instances' in a shared store
+        self.instance = uuid.uuid4().hex[:12]
+
+    @property
+    def store(self):
+        return self.services.state
+
+    def _network(self, ip) -> str:
+        prefix = self.options.ipv4_prefix if ip.version == 4 else self.options.ipv6_prefix
+        return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+    def _token(self, conn) -> str:
+        return f"{self.instance}:{conn.id}"
+
+    def _exempt(self, ctx) -> bool:
+        return bool(self.options.exempt & ctx.tags)
+
+    def _failed(self, ctx, exc: StateError):
+        ctx.log.warning("limits: state store failed, not limiting: %s", exc)
+        return self.result("temperror", "LIMITS_TEMPERROR", f"state store: {exc}",
+                           tempfail=False)
+
+    def _over(self, ctx, symbol: str, limit: str, key: str, count, reply: Reply):
+        ctx.log.warning("limits: %s exceeded for %s: %d of %s, refused with %s",
+                        limit, key, count.count, _limit_text(count, self.options, limit),
+                        reply.line())
+        return self.result("fail", symbol,
+                           f"{limit} {key}: {count.count} of {count.limit}", reply=reply)
+
+    # -- stages -------------------------------------------------------------
+
+    def on_connect(self, ctx):
+        ip = ctx.conn.client_ip
+        o = self.options
+        if ip is None or self._exempt(ctx) or not (o.concurrent_per_ip or o.connections_per_ip):
+            return None
+        net = self._network(ip)
+        now = ctx.now()
+        try:
+            if o.concurrent_per_ip:
+                held = self.store.acquire(f"conc:{net}", self._token(ctx.conn),
+                                          o.concurrent_per_ip, o.lease, now)
+                if not held.allowed:
+                    return self._over(ctx, "LIMIT_CONCURRENT_IP", "concurrent_per_ip", net, held,
+                                      Reply("tempfail", 421, "4.7.0",
+                                            "Too many concurrent connections from your "
+                                            "network, try again later"))
+            if o.connections_per_ip:
+                rate = o.connections_per_ip
+                taken = self.store.take(f"conn:{net}", 1, rate.count, rate.window, now)
+                if not taken.allowed:
+                    return self._over(ctx, "LIMIT_CONNECTIONS_IP", "connections_per_ip", net,
+                                      taken, Reply("tempfail", 421, "4.7.0",
+                                                   "Too many connections from your network, "
+                                                   "try again later"))
+        except StateError as exc:
+            return self._failed(ctx, exc)
+        return None
+
+    def on_mail(self, ctx):
+        if self._exempt(ctx):
+            return None
+        o = self.options
+        sender = ctx.msg.mail_from.lower()
+        user = ctx.conn.auth_user
+        now = ctx.now()
+        try:
+            if o.messages_per_sender and sender:
+                found = self._rate(ctx, "LIMIT_MESSAGES_SENDER", "messages_per_sender",
+                                   f"msg:sender:{sender}", f"<{sender}>", o.messages_per_sender,
+                                   now, "Too many messages from this sender")
+                if found is not None:
+                    return found
+            if o.messages_per_user and user:
+                found = self._rate(ctx, "LIMIT_MESSAGES_USER", "messages_per_user",
+                                   f"msg:user:{user}", f"user {user}", o.messages_per_user,
+                                   now, "Too many messages from this user")
+                if found is not None:
+                    return found
+        except StateError as exc:
+            return self._failed(ctx, exc)
+        return None
+
+    def on_rcpt(self, ctx):
+        if self._exempt(ctx):
+            return None
+        o = self.options
+        if o.recipients_per_message and len(ctx.msg.rcpts) >= o.recipients_per_message:
+            reply = Reply("tempfail", 452, "4.5.3", "Too many recipients in this message")
+            ctx.log.warning("limits: recipients_per_message exceeded: recipient %d of at most "
+                            "%d, refused with %s", len(ctx.msg.rcpts) + 1,
+                            o.recipients_per_message, reply.line())
+            return self.result("fail", "LIMIT_RECIPIENTS_MESSAGE",
+                               f"recipient {len(ctx.msg.rcpts) + 1} of at most "
+                               f"{o.recipients_per_message}", reply=reply)
+        sender = ctx.msg.mail_from.lower()
+        user = ctx.conn.auth_user
+        now = ctx.now()
+        try:
+            if o.recipients_per_sender and sender:
+                found = self._rate(ctx, "LIMIT_RECIPIENTS_SENDER", "recipients_per_sender",
+                                   f"rcpt:sender:{sender}", f"<{sender}>",
+                                   o.recipients_per_sender, now,
+                                   "Too many recipients from this sender")
+                if found is not None:
+                    return found
+            if o.recipients_per_user and user:
+                found = self._rate(ctx, "LIMIT_RECIPIENTS_USER", "recipients_per_user",
+                                   f"rcpt:user:{user}", f"user {user}", o.recipients_per_user,
+                                   now, "Too many recipients from this user")
+                if found is not None:
+                    return found
+        except StateError as exc:
+            return self._failed(ctx, exc)
+        return None
+
+    def on_close(self, conn) -> None:
+        if not self.options.concurrent_per_ip or conn.client_ip is None:
+            return
+        try:
+            self.store.release(f"conc:{self._network(conn.client_ip)}", self._token(conn))
+        except StateError as exc:
+            # the lease frees the slot in the end
+            log.warning("conn#%d: limits: could not give back the connection slot: %s",
+                        conn.id, exc)
+
+    def _rate(self, ctx, symbol, limit, key, label, rate: Rate, now, text):
+        taken = self.store.take(key, 1, rate.count, rate.window, now)
+        if taken.allowed:
+            return None
+        return self._over(ctx, symbol, limit, label, taken,
+                          Reply("tempfail", 451, "4.7.1", f"{text}, try again later"))
+
+
+def _limit_text(count, options, limit: str) -> str:
+    rate = getattr(options, limit, None)
+    if isinstance(rate, Rate):
+        return f"{count.limit} per {rate.window:g}s"
+    return str(count.limit)
+
+
+CHECKS = (LimitsCheck,)

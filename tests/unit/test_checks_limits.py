@@ -1,0 +1,233 @@
+"""limits: per client network, sender, user and message; memory and Redis."""
+
+import logging
+
+import pytest
+
+from mailwarden.config import loads
+from mailwarden.dns import Resolver, ZoneBackend
+from mailwarden.engine import Engine, run_offline
+from mailwarden.model import Connection, parse_client_address
+from tests.redisserver import RedisServer, free_port, redis_binary
+
+BASE = "[authserv]\nid = mx.test.example\n[check.iprev]\nenabled = no\n"
+MESSAGE = b"From: a@sender.example\r\nSubject: test\r\n\r\nHello.\r\n"
+
+
+class Clock:
+    def __init__(self, now=1_700_000_040.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def engine_for(limits: str, extra: str = "", clock=None):
+    cfg = loads(BASE + "[check.limits]\n" + limits + "\n" + extra)
+    return Engine(cfg, resolver=Resolver(cfg.dns, backend=ZoneBackend("")),
+                  clock=clock or Clock(), hostname="mx.test.example")
+
+
+def send(engine, ip="198.51.100.7", rcpts=("b@test.example",), close=True, **kw):
+    kw.setdefault("mail_from", "a@sender.example")
+    verdict, conn, msg = run_offline(engine, client_ip=ip, rcpts=list(rcpts),
+                                     message=MESSAGE, **kw)
+    if close:
+        engine.close_connection(conn)
+    return verdict, conn
+
+
+def symbols(verdict):
+    return [r.symbol for r in verdict.results if r.check == "limits"]
+
+
+def open_connection(engine, ip):
+    conn = Connection(client_ip=parse_client_address(ip), client_name="unknown")
+    return engine.connect(conn), conn
+
+
+def test_concurrent_connections_per_ip_and_close_gives_back():
+    engine = engine_for("concurrent_per_ip = 2")
+    conns = []
+    for _ in range(2):
+        verdict, conn = open_connection(engine, "198.51.100.7")
+        assert verdict is None
+        conns.append(conn)
+    verdict, third = open_connection(engine, "198.51.100.7")
+    assert verdict.action == "tempfail"
+    assert verdict.reply.line().startswith("421 4.7.0 ")
+    assert symbols(verdict) == ["LIMIT_CONCURRENT_IP"]
+    # another network is not affected
+    assert open_connection(engine, "198.51.100.8")[0] is None
+    engine.close_connection(third)            # refused: held nothing
+    engine.close_connection(conns[0])
+    assert open_connection(engine, "198.51.100.7")[0] is None
+    engine.close()
+
+
+def test_ipv6_clients_counted_per_64():
+    engine = engine_for("concurrent_per_ip = 1")
+    assert open_connection(engine, "2001:db8:1:2::5")[0] is None
+    assert open_connection(engine, "IPv6:2001:db8:1:2::ffff")[0].action == "tempfail"
+    assert open_connection(engine, "2001:db8:1:3::5")[0] is None
+    engine.close()
+
+
+def test_connection_rate_per_ip_with_moving_time():
+    clock = Clock()
+    engine = engine_for("connections_per_ip = 3/1m", clock=clock)
+    actions = []
+    for _ in range(4):
+        verdict, _ = send(engine)
+        actions.append(verdict.action)
+    assert actions == ["accept", "accept", "accept", "tempfail"]
+    clock.now += 30
+    assert send(engine)[0].reply.line().startswith("421 4.7.0")
+    clock.now += 31
+    assert send(engine)[0].action == "accept"
+    engine.close()
+
+
+def test_over_limit_log_line_names_limit_and_counts(caplog):
+    engine = engine_for("connections_per_ip = 1/1m")
+    send(engine)
+    with caplog.at_level(logging.WARNING, logger="mailwarden"):
+        send(engine)
+    engine.close()
+    assert any("connections_per_ip exceeded for 198.51.100.7/32: 1 of 1 per 60s" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_messages_per_sender():
+    engine = engine_for("messages_per_sender = 2/1h")
+    got = [send(engine, mail_from="A@Sender.example")[0] for _ in range(3)]
+    assert [v.action for v in got] == ["accept", "accept", "tempfail"]
+    assert got[2].reply.line().startswith("451 4.7.1 ")
+    assert symbols(got[2]) == ["LIMIT_MESSAGES_SENDER"]
+    # another sender, and the null sender, are not counted against it
+    assert send(engine, mail_from="other@sender.example")[0].action == "accept"
+    assert send(engine, mail_from="")[0].action == "accept"
+    engine.close()
+
+
+def test_recipients_per_sender_refuses_only_the_recipients_past_it():
+    engine = engine_for("recipients_per_sender = 3/1h")
+    verdict, _ = send(engine, rcpts=["r1@test.example", "r2@test.example"])
+    assert verdict.action == "accept"
+    verdict, _ = send(engine, rcpts=["r3@test.example", "r4@test.example"])
+    # r3 admitted, r4 refused: the message still goes to r3
+    assert verdict.action == "accept"
+    verdict, _ = send(engine, rcpts=["r5@test.example"])
+    assert verdict.action == "tempfail"
+    assert verdict.reply.line().startswith("451 4.7.1 ")
+    assert symbols(verdict) == ["LIMIT_RECIPIENTS_SENDER"]
+    engine.close()
+
+
+def test_per_user_limits_for_authenticated_clients():
+    engine = engine_for("messages_per_user = 1/1h\nrecipients_per_user = 2/1h")
+    assert send(engine, auth_user="alice", mail_from="x@a.example")[0].action == "accept"
+    verdict = send(engine, auth_user="alice", mail_from="y@a.example")[0]
+    assert symbols(verdict) == ["LIMIT_MESSAGES_USER"]
+    assert verdict.reply.code == 451
+    verdict = send(engine, auth_user="bob", rcpts=["1@t.example", "2@t.example", "3@t.example"])[0]
+    assert verdict.action == "accept"
+    engine.close()
+
+
+def test_recipients_per_message_452():
+    engine = engine_for("recipients_per_message = 2")
+    conn = Connection(client_ip=parse_client_address("198.51.100.7"))
+    engine.connect(conn)
+    msg = engine.new_message(conn, "a@sender.example", {})
+    assert engine.mail(conn, msg) is None
+    assert engine.rcpt(conn, msg, "1@test.example") is None
+    assert engine.rcpt(conn, msg, "2@test.example") is None
+    verdict = engine.rcpt(conn, msg, "3@test.example")
+    assert verdict.reply.line() == "452 4.5.3 Too many recipients in this message"
+    assert msg.rcpts == ["1@test.example", "2@test.example"]
+    engine.close()
+
+
+def test_allowlisted_and_trusted_clients_are_exempt():
+    engine = engine_for("connections_per_ip = 1/1m",
+                        "[check.iplist]\nallow = 198.51.100.50\n")
+    for _ in range(3):
+        assert send(engine, ip="198.51.100.50")[0].action == "accept"
+        assert send(engine, ip="127.0.0.1")[0].action == "accept"
+    engine.close()
+
+
+def test_exempt_is_configurable():
+    engine = engine_for("connections_per_ip = 1/1m\nexempt =")
+    send(engine, ip="127.0.0.1")
+    assert send(engine, ip="127.0.0.1")[0].action == "tempfail"
+    engine.close()
+
+
+def test_rate_syntax_errors_are_located():
+    from mailwarden.config import ConfigError
+    with pytest.raises(ConfigError, match=r":6: \[check.limits\] connections_per_ip: expected"):
+        loads(BASE + "[check.limits]\nconnections_per_ip = ten a minute\n")
+    with pytest.raises(ConfigError, match=r"exempt: unknown client tag"):
+        loads(BASE + "[check.limits]\nexempt = friends\n")
+
+
+def test_store_failure_fails_open(caplog):
+    cfg = loads(BASE + f"[state]\nbackend = redis\nurl = redis://127.0.0.1:{free_port()}/0\n"
+                "timeout = 200ms\n[check.limits]\nconcurrent_per_ip = 1\n"
+                "connections_per_ip = 1/1m\nmessages_per_sender = 1/1h\n")
+    engine = Engine(cfg, resolver=Resolver(cfg.dns, backend=ZoneBackend("")),
+                    clock=Clock(), hostname="mx.test.example")
+    with caplog.at_level(logging.WARNING, logger="mailwarden"):
+        verdicts = [send(engine)[0] for _ in range(3)]
+    engine.close()
+    for verdict in verdicts:
+        assert verdict.action == "accept"
+        assert "LIMITS_TEMPERROR" in symbols(verdict)
+    assert any("state store failed, not limiting" in r.getMessage() for r in caplog.records)
+    assert any("could not give back the connection slot" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    if redis_binary() is None:
+        pytest.skip("redis-server is not installed (make test installs Debian's redis-server)")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+def test_two_engines_on_one_redis_admit_exactly_the_limit(redis_server):
+    clock = Clock()
+    limits = ("concurrent_per_ip = 3\nconnections_per_ip = 5/1m\n"
+              "messages_per_sender = 7/1h\n")
+    extra = f"[state]\nbackend = redis\nurl = {redis_server.url}\nprefix = two:\n"
+    a = engine_for(limits, extra, clock=clock)
+    b = engine_for(limits, extra, clock=clock)
+
+    # concurrency: 3 open connections in all, whichever instance holds them
+    opened = [open_connection(e, "198.51.100.7") for e in (a, b, a, b)]
+    assert [v is None for v, _ in opened] == [True, True, True, False]
+    a.close_connection(opened[0][1])
+    verdict, conn = open_connection(b, "198.51.100.7")
+    assert verdict is None
+    for engine, (_, c) in ((b, opened[1]), (a, opened[2]), (b, (None, conn))):
+        engine.close_connection(c)
+
+    # connection rate: 5 of the 10 attempts alternating between instances
+    admitted = 0
+    for engine in (a, b) * 5:
+        verdict, c = open_connection(engine, "198.51.100.9")
+        admitted += verdict is None
+        engine.close_connection(c)
+    assert admitted == 5
+
+    # messages per sender, from different client addresses
+    results = [send(e, ip=f"203.0.113.{i}", mail_from="bulk@sender.example")[0].action
+               for i, e in enumerate((a, b) * 6)]
+    assert results.count("accept") == 7
+    assert results[7:] == ["tempfail"] * 5
+    a.close()
+    b.close()
