@@ -78,9 +78,12 @@ def render_table(title: str, findings: list, out: TextIO, colour: bool | None = 
         out.write(f"incomplete: {error}\n")
 
 
-def render(title: str, findings: list, as_json: bool, out: TextIO = sys.stdout,
+def render(title: str, findings: list, as_json: bool, out: TextIO | None = None,
            errors: Iterable[str] = ()) -> int:
     """Print the findings; return the exit code (2 when ``errors``)."""
+    # sys.stdout looked up now, not at import: tests and callers may swap it
+    if out is None:
+        out = sys.stdout
     errors = list(errors)
     if as_json:
         render_json(title, findings, out, errors)
