@@ -289,7 +289,8 @@ class Engine:
             removed = tuple(authresults.forged(self.config.authserv.id, msg.headers))
             added = tuple(h for r in results for h in r.add_headers) + (
                 (authresults.HEADER, authresults.build(self.config.authserv.id, results)),
-                self.policy.status_header(verdict.action, verdict.score, verdict.symbols),
+                self.policy.status_header(verdict.action, verdict.score, verdict.symbols,
+                                          results),
             )
             verdict = dataclasses.replace(verdict, headers_added=added, headers_removed=removed)
         return verdict

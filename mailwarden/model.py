@@ -80,6 +80,8 @@ class Result:
                                # e.g. a DKIM-Signature; values folded with "\n\t"
     quarantine: str = ""       # a reason here asks policy to quarantine the message
                                # (e.g. DMARC p=quarantine), weaker than a reply
+    options: tuple = ()        # short ASCII words shown next to the symbol in the status
+                               # header and a score reject text (e.g. listed domains)
 
     def __post_init__(self):
         if self.result not in RESULTS:

@@ -84,7 +84,8 @@ class Policy:
         """A verdict, or None to go on (only when not ``final``)."""
         results = tuple(results)
         total, symbols = self.score(results)
-        hits = ", ".join(s for s, w in symbols if w > 0)
+        shown = _options(results)
+        hits = ", ".join(s + shown.get(s, "") for s, w in symbols if w > 0)
         o = self.options
 
         action, reply, reason = None, None, ""
@@ -126,10 +127,23 @@ class Policy:
                        decided=decided, stage=stage, reason=reason, symbols=symbols,
                        quarantine_reason=reason if action == "quarantine" else "")
 
-    def status_header(self, verdict_action: str, total: float, symbols: tuple) -> tuple:
+    def status_header(self, verdict_action: str, total: float, symbols: tuple,
+                      results: Iterable[Result] = ()) -> tuple:
         flag = "Yes" if verdict_action in ("add_header", "quarantine", "reject") else "No"
-        listed = ",\n\t".join(f"{s}({w:.2f})" for s, w in symbols if w != 0)
+        shown = _options(results)
+        listed = ",\n\t".join(f"{s}({w:.2f}){shown.get(s, '')}" for s, w in symbols if w != 0)
         value = f"{flag}, score={total:.2f} required={self.options.add_header_score:.2f}"
         if listed:
             value += f"\n\tsymbols={listed}"
         return (self.options.status_header, value)
+
+
+def _options(results: Iterable[Result], most: int = 5) -> dict:
+    """symbol -> "[a,b]": the options results gave for it, at most ``most``."""
+    found: dict = {}
+    for r in results:
+        if r.symbol and r.options:
+            words = found.setdefault(r.symbol, [])
+            words.extend(o for o in r.options if o not in words)
+    return {s: "[" + ",".join(w[:most]) + (",..." if len(w) > most else "") + "]"
+            for s, w in found.items()}

@@ -45,6 +45,7 @@ CHECK_MODULES = (
     "iplist",
     "iprev",
     "size",
+    "uribl",
     "relay",
     "submission",
     "dkim_sign",

@@ -1,0 +1,348 @@
+"""uribl: the domains a message links to, looked up in URL block lists.
+
+At end of message every MIME part is read by :mod:`mailwarden.urls`; each
+distinct registered domain (and each IP host, for lists that take IPs,
+reversed as in RFC 5782) is looked up in every configured list, all in
+parallel under the message's DNS deadline and through the shared cache.
+Domains of ``skip_domains`` are never queried.
+
+A list is a ``[check.uribl.NAME]`` section, so a new list needs no code.
+Its answer is read one of two ways:
+
+* ``match = bitmask``: the last octet of ``127.0.0.X`` holds one bit per
+  sub-list (SURBL ``multi.surbl.org``, URIBL ``multi.uribl.com``);
+* ``match = codes``: each whole answer address means one thing (Spamhaus
+  DBL ``127.0.1.2`` spam, ``127.0.1.4`` phish, ...).
+
+``codes`` maps bits or addresses to symbols.  Answers in ``errors`` (a
+resolver refused or blocked, "IP queries prohibited", ...) and answers
+outside 127.0.0.0/8 are never listings: they give the list's ``NAME_FAIL``
+symbol with a ``temperror`` result, like a DNS failure does.  Bits and codes
+not mapped are informational and ignored.  By default a temperror here does
+not tempfail the message (``tempfail_on_error = no``): a list outage should
+not hold mail.
+
+Each listing gives a ``fail`` result with the list's symbol; the listed
+domains are in its reason and shown next to the symbol in the status header.
+A list with ``reject = yes`` also rejects the message at once with
+``550 5.7.1``, naming the domain and the list.
+
+INI keys (``[check.uribl]``):
+  enabled             no
+  tempfail_on_error   no
+  lists               surbl, uribl, dbl   the [check.uribl.NAME] lists queried
+  skip_domains        (big mail, web and CDN domains)   never queried
+  max_domains         20      names (registered domains first, then IPs and
+                              the names one label below) queried at most
+  max_parts           200     MIME parts read at most
+  max_bytes           2M      characters of text scanned at most
+  max_urls            1000    distinct URLs collected at most
+
+INI keys (``[check.uribl.NAME]``; surbl, uribl and dbl have built-in
+definitions that a section of that name replaces):
+  zone      (required)   the list's DNS zone
+  match     bitmask      bitmask or codes
+  codes     (required)   BIT:SYMBOL or ADDRESS:SYMBOL, comma separated
+  errors    (empty)      answer addresses or networks that are errors
+  ip        no           look up IP hosts (reversed) in this list too
+  reject    no           a listing rejects the message (550 5.7.1)
+  subdomains yes         also query the name one label below the registered
+                         domain (``b.example.com`` of ``a.b.example.com``,
+                         never ``www``): hosting customers, test points
+  score     5            weight of this list's symbols that have no default
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+from ..config import ValueProblem, opt, parse_bool, parse_choice, parse_float, parse_int, \
+    parse_list, parse_size
+from ..dns import reverse_name
+from ..model import Reply
+from ..urls import Limits, extract, registered_domain
+from . import Check, CheckOptions
+
+log = logging.getLogger("mailwarden")
+
+_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
+def _parse_codes(text: str) -> tuple:
+    """'8:SURBL_PH, 127.0.1.2:DBL_SPAM' -> (('8', 'SURBL_PH'), ...)."""
+    codes = []
+    for item in parse_list(text):
+        code, sep, symbol = item.partition(":")
+        symbol = symbol.strip().upper()
+        if not sep or not code or not symbol:
+            raise ValueProblem(f"expected CODE:SYMBOL, got {item!r}")
+        if not symbol.replace("_", "").isalnum() or not symbol[0].isalpha():
+            raise ValueProblem(f"a symbol is letters, digits and '_': {symbol!r}")
+        codes.append((code.strip(), symbol))
+    return tuple(codes)
+
+
+def _parse_errors(text: str) -> tuple:
+    nets = []
+    for item in parse_list(text):
+        try:
+            nets.append(ipaddress.IPv4Network(item, strict=False))
+        except ValueError:
+            raise ValueProblem(f"not an IPv4 address or network: {item!r}") from None
+    return tuple(nets)
+
+
+def _parse_zone(text: str) -> str:
+    zone = text.strip().rstrip(".").lower()
+    if zone and not all(label and len(label) < 64 for label in zone.split(".")):
+        raise ValueProblem(f"not a DNS zone: {text!r}")
+    return zone
+
+
+@dataclass(frozen=True)
+class UrlList:
+    """One ``[check.uribl.NAME]`` section."""
+
+    zone: str = opt("", _parse_zone)
+    match: str = opt("bitmask", parse_choice("bitmask", "codes"))
+    codes: tuple = opt((), _parse_codes)
+    errors: tuple = opt((), _parse_errors)
+    ip: bool = opt(False, parse_bool)
+    reject: bool = opt(False, parse_bool)
+    # also query names one label below the registered domain (not www.)
+    subdomains: bool = opt(True, parse_bool)
+    score: float = opt(5.0, parse_float())
+    # filled by resolve(): bit or address -> symbol
+    table: Mapping = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+
+    def resolve(self, error):
+        if not self.zone:
+            raise error("zone", "missing: the list's DNS zone")
+        if not self.codes:
+            raise error("codes", "missing: BIT:SYMBOL or ADDRESS:SYMBOL pairs")
+        table = {}
+        for code, symbol in self.codes:
+            if self.match == "bitmask":
+                if not code.isdigit() or int(code) not in (1, 2, 4, 8, 16, 32, 64, 128):
+                    raise error("codes", f"a bitmask code is one bit (1, 2, 4 ... 128), got {code!r}")
+                table[int(code)] = symbol
+            else:
+                try:
+                    table[str(ipaddress.IPv4Address(code))] = symbol
+                except ValueError:
+                    raise error("codes", f"not an IPv4 answer address: {code!r}") from None
+        return dataclasses.replace(self, table=MappingProxyType(table))
+
+
+def _builtin(**values) -> UrlList:
+    def error(key, message):
+        raise AssertionError(f"built-in list: {key}: {message}")
+    fields = {f.name: f for f in dataclasses.fields(UrlList)}
+    parsed = {k: fields[k].metadata["parse"](v) for k, v in values.items()}
+    return UrlList(**parsed).resolve(error)
+
+
+# The lists' documented return codes.  SURBL: bits 8 PH, 16 MW, 64 ABUSE,
+# 128 CR; 127.0.0.1 means access is blocked; bits 2, 4 and 32 are no longer
+# assigned.  URIBL: bits 2 black, 4 grey, 8 red; 127.0.0.1 means the query
+# was refused.  Spamhaus DBL: 127.0.1.2-6 listed, 127.0.1.102-106 abused
+# legitimate domains; 127.0.1.255 "IP queries prohibited" and
+# 127.255.255.252/254/255 (typo, public resolver, excessive queries) are
+# errors.
+BUILTIN_LISTS = MappingProxyType({
+    "surbl": _builtin(zone="multi.surbl.org", match="bitmask", ip="yes",
+                      codes="8:SURBL_PH, 16:SURBL_MW, 64:SURBL_ABUSE, 128:SURBL_CR",
+                      errors="127.0.0.1"),
+    "uribl": _builtin(zone="multi.uribl.com", match="bitmask",
+                      codes="2:URIBL_BLACK, 4:URIBL_GREY, 8:URIBL_RED",
+                      errors="127.0.0.1, 127.0.0.255"),
+    "dbl": _builtin(zone="dbl.spamhaus.org", match="codes",
+                    codes="127.0.1.2:DBL_SPAM, 127.0.1.4:DBL_PHISH, 127.0.1.5:DBL_MALWARE, "
+                          "127.0.1.6:DBL_BOTNET, 127.0.1.102:DBL_ABUSED_SPAM, "
+                          "127.0.1.103:DBL_ABUSED_REDIRECTOR, 127.0.1.104:DBL_ABUSED_PHISH, "
+                          "127.0.1.105:DBL_ABUSED_MALWARE, 127.0.1.106:DBL_ABUSED_BOTNET",
+                    errors="127.0.1.255, 127.255.255.0/24"),
+})
+
+# Never worth a query: their listing would be a false positive on most
+# mail, and skipping them saves the bulk of the lookups.
+DEFAULT_SKIP = (
+    "gmail.com googlemail.com google.com youtube.com gstatic.com googleapis.com "
+    "googleusercontent.com outlook.com hotmail.com live.com microsoft.com office.com "
+    "office365.com windows.net yahoo.com yahoo.co.jp aol.com icloud.com apple.com me.com "
+    "amazon.com amazonaws.com cloudfront.net akamaihd.net akamai.net cloudflare.com "
+    "facebook.com fbcdn.net instagram.com twitter.com x.com linkedin.com wikipedia.org "
+    "w3.org schema.org mozilla.org github.com yandex.ru mail.ru gmx.net gmx.de web.de "
+    "proton.me protonmail.com zoho.com"
+)
+
+
+def _parse_names(text: str) -> tuple:
+    return tuple(item.strip().rstrip(".").lower() for item in parse_list(text))
+
+
+@dataclass(frozen=True)
+class UriblOptions(CheckOptions):
+    enabled: bool = opt(False, parse_bool)
+    tempfail_on_error: bool = opt(False, parse_bool)
+    lists: tuple = opt(("surbl", "uribl", "dbl"), parse_list)
+    skip_domains: tuple = opt(_parse_names(DEFAULT_SKIP), _parse_names)
+    max_domains: int = opt(20, parse_int(1, 1000))
+    max_parts: int = opt(200, parse_int(1, 100000))
+    max_bytes: int = opt(2 * 1024 * 1024, parse_size)
+    max_urls: int = opt(1000, parse_int(1, 1000000))
+    # filled by resolve(): list name -> UrlList, in the order of ``lists``
+    active: Mapping = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+
+    def resolve(self, error):
+        active = {}
+        for name in self.lists:
+            name = name.lower()
+            definition = self.subsections.get(name) or BUILTIN_LISTS.get(name)
+            if definition is None:
+                raise error("lists", f"no [check.uribl.{name}] section defines list {name!r}")
+            active[name] = definition
+        return dataclasses.replace(self, active=MappingProxyType(active))
+
+    @property
+    def limits(self) -> Limits:
+        # the extraction keeps more domains than are queried, so that skipped
+        # ones do not use up the bound
+        return Limits(max_parts=self.max_parts, max_bytes=self.max_bytes,
+                      max_urls=self.max_urls,
+                      max_domains=self.max_domains + len(self.skip_domains))
+
+
+def _fail_symbol(name: str) -> str:
+    return f"{name.upper().replace('-', '_')}_FAIL"
+
+
+class UriblCheck(Check):
+    name = "uribl"
+    Options = UriblOptions
+    Item = UrlList
+    skip_for = frozenset({"allowlisted", "trusted"})
+    symbols = {
+        "SURBL_PH": 5.5, "SURBL_MW": 5.5, "SURBL_ABUSE": 5.0, "SURBL_CR": 3.0,
+        "SURBL_FAIL": 0.0,
+        "URIBL_BLACK": 5.0, "URIBL_RED": 1.0, "URIBL_GREY": 0.5, "URIBL_FAIL": 0.0,
+        "DBL_SPAM": 5.0, "DBL_PHISH": 6.0, "DBL_MALWARE": 6.0, "DBL_BOTNET": 6.0,
+        "DBL_ABUSED_SPAM": 2.5, "DBL_ABUSED_REDIRECTOR": 2.5, "DBL_ABUSED_PHISH": 3.5,
+        "DBL_ABUSED_MALWARE": 3.5, "DBL_ABUSED_BOTNET": 3.5, "DBL_FAIL": 0.0,
+    }
+
+    @classmethod
+    def symbols_for(cls, options) -> dict:
+        symbols = cls.all_symbols()
+        for name, definition in {**options.subsections, **options.active}.items():
+            for symbol in definition.table.values():
+                symbols.setdefault(symbol, definition.score)
+            symbols.setdefault(_fail_symbol(name), 0.0)
+        return symbols
+
+    def on_eom(self, ctx):
+        found = extract(ctx.msg.as_bytes(), self.options.limits)
+        if found.truncated:
+            ctx.log.info("uribl: %s", "; ".join(n for n in found.notes if "limit" in n))
+        skip = set(self.options.skip_domains)
+        targets = [t for t in found.ordered if t not in skip][:self.options.max_domains]
+        if not targets:
+            return None
+        ips = set(found.ips)
+        subs = _subdomains(found.hosts, set(targets) - ips)
+        room = max(0, self.options.max_domains - len(targets))
+        subs = subs[:room]
+        queries = []                     # (list name, target, query name)
+        for name, definition in self.options.active.items():
+            for target in targets + (subs if definition.subdomains else []):
+                if target in ips:
+                    if not definition.ip or ":" in target:
+                        continue
+                    label = reverse_name(target)
+                else:
+                    label = target
+                queries.append((name, target, f"{label}.{definition.zone}"))
+        if not queries:
+            return None
+        answers = ctx.dns.query_many([(q, "A") for _, _, q in queries])
+        listed: dict = {}                # (list, symbol) -> [targets]
+        failed: dict = {}                # list -> [descriptions]
+        for (name, target, qname), answer in zip(queries, answers):
+            definition = self.options.active[name]
+            if answer.temporary:
+                failed.setdefault(name, []).append(f"{qname}: {answer.status.value}")
+                continue
+            if not answer.ok:
+                continue                 # NXDOMAIN, NODATA: not listed
+            for symbol, problem in _read(definition, answer.records):
+                if problem:
+                    failed.setdefault(name, []).append(f"{qname}: {problem}")
+                else:
+                    listed.setdefault((name, symbol), []).append(target)
+        results = []
+        for (name, symbol), hits in listed.items():
+            definition = self.options.active[name]
+            hits = list(dict.fromkeys(hits))
+            reason = f"{', '.join(hits)} listed in {definition.zone}"
+            reply = None
+            if definition.reject:
+                reply = Reply("reject", 550, "5.7.1",
+                              f"Message contains a link to {hits[0]}, listed in {definition.zone}")
+            results.append(self.result("fail", symbol, reason, reply=reply,
+                                       options=tuple(hits)))
+        for name, problems in failed.items():
+            results.append(self.result("temperror", _fail_symbol(name),
+                                       f"{self.options.active[name].zone}: {problems[0]}"
+                                       + (f" (and {len(problems) - 1} more)"
+                                          if len(problems) > 1 else "")))
+        return results
+
+
+def _subdomains(hosts, domains: set) -> list:
+    """The names one label below a queried registered domain, ``www`` aside:
+    ``a.b.example.com`` -> ``b.example.com``.  Lists name abused hosting
+    customers and their own test points (``test.surbl.org``) at that level."""
+    out: dict = {}
+    for host in hosts:
+        reg = registered_domain(host) if "." in host else ""
+        if not reg or reg == host or reg not in domains:
+            continue
+        label = host[:-len(reg) - 1].rsplit(".", 1)[-1]
+        if label.startswith("www") and label[3:].isdigit() or label == "www":
+            continue
+        out.setdefault(f"{label}.{reg}", None)
+    return list(out)
+
+
+def _read(definition: UrlList, records) -> list:
+    """(symbol, '') per listing and ('', problem) per error in one answer."""
+    out = []
+    for record in records:
+        try:
+            address = ipaddress.IPv4Address(record)
+        except ValueError:
+            out.append(("", f"answer {record!r} is not an IPv4 address"))
+            continue
+        if address not in _LOOPBACK:
+            out.append(("", f"answer {address} outside 127.0.0.0/8"))
+            continue
+        if any(address in net for net in definition.errors):
+            out.append(("", f"error code {address}"))
+            continue
+        if definition.match == "codes":
+            symbol = definition.table.get(str(address))
+            if symbol:
+                out.append((symbol, ""))
+            continue
+        if str(address).startswith("127.0.0."):
+            last = int(address) & 0xFF
+            out.extend((symbol, "") for bit, symbol in definition.table.items() if last & bit)
+    return out
+
+
+CHECKS = (UriblCheck,)
