@@ -22,6 +22,7 @@ DEFAULT_CONFIG = "/etc/mailwarden/mailwarden.ini"
 COMMAND_MODULES: tuple = (
     "mailwarden.audit.postfix",
     "mailwarden.audit.domain",
+    "mailwarden.genkey",
 )
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
