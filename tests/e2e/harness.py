@@ -287,11 +287,15 @@ class DnsServer:
                                    capture_output=True, text=True)
             if check.returncode != 0:
                 raise HarnessError(f"unbound config refused: {check.stdout}{check.stderr}")
-        self._proc = subprocess.Popen(
-            [_sbin("unbound"), "-d", "-c", str(self.config_path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "unbound.stderr", "ab"))
-        wait_until(self._answers, timeout, f"unbound on port {self.port}")
+        with open(self.workdir / "unbound.stderr", "ab") as errors:
+            self._proc = subprocess.Popen(
+                [_sbin("unbound"), "-d", "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
+        try:
+            wait_until(self._answers, timeout, f"unbound on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _answers(self) -> bool:
@@ -752,9 +756,13 @@ class Postfix:
         self._prepare_dirs()
         self._write_config()
         self._postfix("check")
-        self._postfix("start")
         self._started = True
-        wait_until(lambda: self._smtp_ready(), timeout, f"Postfix smtpd on {self.smtp_port}")
+        try:
+            self._postfix("start")
+            wait_until(self._smtp_ready, timeout, f"Postfix smtpd on {self.smtp_port}")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _smtp_ready(self) -> bool:
@@ -940,7 +948,11 @@ class Mailwarden:
                 cwd=str(self.workdir))
         finally:
             log.close()
-        wait_until(self._accepts, timeout, f"mailwarden on {self.socket_path}")
+        try:
+            wait_until(self._accepts, timeout, f"mailwarden on {self.milter_address}")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _accepts(self) -> bool:
