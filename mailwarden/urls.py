@@ -239,6 +239,7 @@ _PATH = re.compile(r"[^\s<>\"'`\x00-\x1f\x7f]{0,120}")
 _TRAILING = ".,;:!?)]}>'\""
 _SCHEMES = ("https", "http", "ftps", "ftp")
 _WORD = frozenset("abcdefghijklmnopqrstuvwxyz0123456789+.-")
+_IN_URL = frozenset("/\\@:")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -345,7 +346,10 @@ def scan_text(text: str, out: _Collector) -> None:
         if out.full:
             return
         host = _trim(text[m.start():m.end()])
-        if host not in seen and _starts_word(low, m.start()):
+        at = m.start()
+        if at and low[at - 1] in _IN_URL:
+            continue                 # in a URL's userinfo or path: the scheme pass read it
+        if host not in seen and _starts_word(low, at):
             seen.add(host)
             out.add(host.lower(), host)
     pos = 0

@@ -1,0 +1,201 @@
+"""URL extraction: the corpus with its expected domains, the obfuscations,
+the bounds, and hostile inputs that must stay linear and never raise."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from mailwarden.urls import Limits, extract, normalize_host, registered_domain
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "urls"
+MESSAGES = sorted(CORPUS.glob("*.eml"))
+HEAD = b"From: a@sender.example\r\nTo: b@example.org\r\nSubject: t\r\n"
+
+
+def test_the_corpus_is_there():
+    assert len(MESSAGES) >= 20
+    for path in MESSAGES:
+        assert path.with_suffix(".domains").is_file(), path.name
+
+
+@pytest.mark.parametrize("path", MESSAGES, ids=lambda p: p.stem)
+def test_corpus_message_yields_exactly_its_domains(path):
+    expected = sorted(path.with_suffix(".domains").read_text().split())
+    found = extract(path.read_bytes())
+    assert sorted(found.domains + found.ips) == expected
+    assert list(found.domains) == sorted(found.domains)
+    assert set(found.ordered) == set(expected)
+
+
+def test_broken_parts_are_skipped_with_a_note():
+    found = extract((CORPUS / "hostile-broken-parts.eml").read_bytes())
+    notes = " | ".join(found.notes)
+    assert "unknown charset 'x-no-such-charset'" in notes
+    assert "'rot13'" in notes
+    assert "without a usable boundary" in notes
+    assert "without its closing delimiter" in notes
+
+
+def test_nesting_beyond_the_bound_is_not_read_and_says_so():
+    found = extract((CORPUS / "hostile-deep-nesting.eml").read_bytes())
+    assert found.truncated
+    assert any("nesting depth 10" in n for n in found.notes)
+    assert "not-read.com" not in found.domains
+
+
+@pytest.mark.parametrize("host, expected", [
+    ("WWW.Example.COM", ("name", "www.example.com")),
+    ("example.com.", ("name", "example.com")),
+    ("example.com..", ("name", "example.com")),
+    ("3325256715", ("ip", "198.51.100.11")),
+    ("0306.063.0144.014", ("ip", "198.51.100.12")),
+    ("0xc6.0x33.0x64.0xd", ("ip", "198.51.100.13")),
+    ("198.51.25614", ("ip", "198.51.100.14")),
+    ("198.51.100.15.", ("ip", "198.51.100.15")),
+    ("0x", ("ip", "0.0.0.0")),
+    ("256.1.1.1", ("", "")),
+    ("1.2.3.4.5", ("", "")),
+    ("09.1.1.1", ("", "")),                 # 09 is not octal: invalid, not a name
+    ("bücher.de", ("name", "xn--bcher-kva.de")),
+    ("%65vil.example", ("name", "evil.example")),
+    ("[2001:db8::1]", ("ip", "2001:db8::1")),
+    ("exa mple.com", ("", "")),
+    ("-bad-.com", ("", "")),
+    ("", ("", "")),
+])
+def test_hosts_are_normalised_as_a_browser_reads_them(host, expected):
+    assert normalize_host(host) == expected
+
+
+@pytest.mark.parametrize("host, domain", [
+    ("a.b.example.co.uk", "example.co.uk"),
+    ("www.example.com", "example.com"),
+    ("customer.blogspot.com", "customer.blogspot.com"),   # PSL private section used
+    ("foo.bar.test", "bar.test"),                         # RFC 6761 names as suffixes
+    ("test", "test"),                                     # RFC 5782 TEST entry
+    ("intranet", ""),
+    ("host.local", ""),
+])
+def test_registered_domain(host, domain):
+    assert registered_domain(host) == domain
+
+
+def _message(body: bytes, ctype: bytes = b"text/plain") -> bytes:
+    return HEAD + b"Content-Type: " + ctype + b"\r\n\r\n" + body
+
+
+def test_bound_on_distinct_urls():
+    body = b" ".join(b"http://h%d.one-domain.com/" % i for i in range(50))
+    found = extract(_message(body), Limits(max_urls=10))
+    assert len(found.urls) == 10
+    assert found.truncated
+    assert any("10 URLs" in n for n in found.notes)
+
+
+def test_bound_on_distinct_domains():
+    body = b" ".join(b"http://d%d.com/" % i for i in range(50))
+    found = extract(_message(body), Limits(max_domains=7))
+    assert len(found.domains) == 7
+    assert found.domains == tuple(sorted(f"d{i}.com" for i in range(7)))
+    assert found.truncated
+
+
+def test_bound_on_parts():
+    parts = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\nhttp://p%d.com/\r\n" % i
+                     for i in range(30))
+    found = extract(_message(parts + b"--b--\r\n", b"multipart/mixed; boundary=b"),
+                    Limits(max_parts=5))
+    assert found.parts == 5
+    assert found.domains == ("p0.com", "p1.com", "p2.com", "p3.com")   # the container is one
+    assert found.truncated
+
+
+def test_bound_on_characters_scanned():
+    body = b"x" * 5000 + b" http://late.example.net/"
+    found = extract(_message(body), Limits(max_bytes=4000))
+    assert found.domains == ()
+    assert found.scanned == 4000
+    assert found.truncated
+    assert extract(_message(body)).domains == ("example.net",)
+
+
+def test_a_url_in_a_redirector_path_is_found():
+    found = extract(_message(b"http://r.redirect.com/?to=http://target.evil.com/&x=www.third.org"))
+    assert found.domains == ("evil.com", "redirect.com", "third.org")
+
+
+# --------------------------------------------------------------------------
+# hostile input: linear time, no exception
+
+MB = 1024 * 1024
+PATHOLOGICAL = {
+    "no-space": lambda n: b"a" * n,
+    "http-repeated": lambda n: b"http://" * (n // 7),
+    "url-repeated": lambda n: b"http://a/" * (n // 9),
+    "www-repeated": lambda n: b"www." * (n // 4),
+    "dots-digits": lambda n: b"1.2." * (n // 4),
+    "mailto-repeated": lambda n: b"mailto:" * (n // 7),
+    "userinfo-repeated": lambda n: b"http://x@" * (n // 9),
+    "lt-repeated": lambda n: b"<" * n,
+    "open-tags": lambda n: b"<a " * (n // 3),
+    "open-quotes": lambda n: b"<a href=\"" * (n // 9),
+    "mixed-quotes": lambda n: b"<a x='\"" * (n // 7) + b">",
+    "close-tags": lambda n: b"<style></" * (n // 9),
+    "entities": lambda n: b"&#" * (n // 2),
+    "css-url": lambda n: b"<style>" + b"url(" * (n // 4),
+    "anchors": lambda n: b"<a>" * (n // 3),
+    "percent": lambda n: b"<a href=\"http://" + b"%" * n + b"\">",
+}
+
+
+def _time(data: bytes) -> float:
+    started = time.perf_counter()
+    extract(data)
+    return time.perf_counter() - started
+
+
+@pytest.mark.parametrize("ctype", [b"text/plain", b"text/html"])
+@pytest.mark.parametrize("name", sorted(PATHOLOGICAL))
+def test_pathological_input_stays_linear(name, ctype):
+    make = PATHOLOGICAL[name]
+    small = _message(make(MB // 4), ctype)
+    large = _message(make(MB), ctype)
+    extract(small)                        # warm the suffix list up
+    t_small = min(_time(small) for _ in range(2))
+    t_large = min(_time(large) for _ in range(2))
+    assert t_large < 3.0, f"{name}: {t_large:.2f}s for 1 MB"
+    # four times the input: about four times the time, never sixteen
+    assert t_large < 8 * t_small + 0.05, f"{name}: {t_small:.3f}s -> {t_large:.3f}s"
+
+
+def test_ten_thousand_parts_and_deep_nesting_are_bounded():
+    parts = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\nhttp://p%d.example.org/\r\n" % i
+                     for i in range(10000)) + b"--b--\r\n"
+    started = time.perf_counter()
+    found = extract(_message(parts, b"multipart/mixed; boundary=b"))
+    assert time.perf_counter() - started < 2.0
+    assert found.parts == 200 and found.truncated
+    deep = b""
+    for i in range(5000):
+        deep += b"Content-Type: multipart/mixed; boundary=\"d%d\"\r\n\r\n--d%d\r\n" % (i, i)
+    started = time.perf_counter()
+    found = extract(HEAD + deep + b"\r\nhttp://bottom.example.com/\r\n")
+    assert time.perf_counter() - started < 2.0
+    assert found.truncated and found.domains == ()
+
+
+def test_random_bytes_never_raise():
+    rng = random.Random(5782)
+    alphabet = b"<>\"'=&#;%:/\\@.-_ \r\nhtpwsmailoHTPW0123456789xX\x00\xff\xc3\xa9"
+    templates = [b"text/plain", b"text/html", b"multipart/mixed; boundary=z",
+                 b"message/rfc822", b"text/html; charset=utf-16"]
+    for _ in range(300):
+        body = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 400)))
+        if rng.random() < 0.3:
+            body = b"--z\r\n" + body + b"\r\n--z--"
+        found = extract(_message(body, rng.choice(templates)))
+        assert isinstance(found.domains, tuple)
