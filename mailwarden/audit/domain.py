@@ -28,8 +28,6 @@ the audit incomplete: the command then exits 2.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import functools
 import ipaddress
 import sys
@@ -562,26 +560,27 @@ class DomainAudit:
         return key.key_type
 
     def compare_local_key(self, name: str, key_type: str, published, path: str) -> None:
+        """The same key loader as signing, so that the audit refuses what
+        ``run`` would refuse (an unreadable, group-readable or odd key)."""
+        from ..dkimsign import KeyProblem, load_key
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            self.add("dkim", FAIL, name, f"local key {path}: cannot read: {exc.strerror}")
+            local = load_key(path)
+        except KeyProblem as exc:
+            self.add("dkim", FAIL, name, f"local key {exc}")
             return
-        local_type, local = _load_private_key(data)
-        if local_type is None:
-            self.add("dkim", FAIL, name, f"local key {path}: neither a PEM RSA key nor a "
-                     "base64 Ed25519 key")
-            return
-        if local_type != key_type:
-            self.add("dkim", FAIL, name, f"local key {path} is {local_type}, the published "
+        if local.kind != key_type:
+            self.add("dkim", FAIL, name, f"local key {path} is {local.kind}, the published "
                      f"key is {key_type}: signatures will not verify")
             return
+        public = local.private.public_key()
         if key_type == "rsa":
-            same = (local["modulus"] == published["modulus"]
-                    and local["publicExponent"] == published["publicExponent"])
+            numbers = public.public_numbers()
+            same = (numbers.n == published["modulus"]
+                    and numbers.e == published["publicExponent"])
         else:
-            same = local == published
+            from cryptography.hazmat.primitives import serialization
+            same = public.public_bytes(serialization.Encoding.Raw,
+                                       serialization.PublicFormat.Raw) == published
         if same:
             self.add("dkim", OK, name, f"published key matches the local key {path}")
         else:
@@ -807,27 +806,6 @@ def _same_ip(ip, text) -> bool:
         return ipaddress.ip_address(text) == ip
     except ValueError:
         return False
-
-
-def _load_private_key(data: bytes):
-    """("rsa", {modulus, publicExponent}) for a PEM RSA key (PKCS#1 or #8),
-    ("ed25519", public key bytes) for dkimpy's base64 Ed25519 seed, or
-    (None, None)."""
-    if b"-----BEGIN" in data:
-        from dkim.crypto import UnparsableKeyError, parse_pem_private_key
-        try:
-            return "rsa", parse_pem_private_key(data.replace(b"\r\n", b"\n"))
-        except (UnparsableKeyError, IndexError, TypeError, ValueError):
-            return None, None
-    try:
-        raw = base64.b64decode(b"".join(data.split()), validate=True)
-    except (binascii.Error, ValueError):
-        return None, None
-    if len(raw) not in (32, 64):
-        return None, None
-    import nacl.signing
-    # 64 bytes: seed then public key, as libsodium stores a secret key
-    return "ed25519", bytes(nacl.signing.SigningKey(raw[:32]).verify_key)
 
 
 def configured_keys(config, domain: str) -> list:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -18,9 +20,6 @@ from .harness import BlackholeDns
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ZONE_FILE = DATA / "zones" / "audit_domains.zone"
-KEYS = DATA / "audit"
-RSA2048 = str(KEYS / "dkim-rsa2048.pem")
-ED25519 = str(KEYS / "dkim-ed25519.key")
 
 # every test domain of the zone, each audited the same way over both paths
 DOMAINS = sorted({line.split()[1].rstrip(".") for line in
@@ -42,8 +41,14 @@ def run(*args, timeout=120):
 
 def test_good_domain_table_over_real_dns(dns_server, tmp_path):
     config = config_for(tmp_path, dns_server.port)
+    keys = {}
+    for name in ("dkim-rsa2048.pem", "dkim-ed25519.key"):
+        keys[name] = tmp_path / name
+        shutil.copy(DATA / "audit" / name, keys[name])
+        os.chmod(keys[name], 0o600)      # the key loader refuses group-readable keys
     done = run("-c", str(config), "good.audit.example", "--selector", "ed",
-               "--key", f"s2048:{RSA2048}", "--key", f"ed:{ED25519}")
+               "--key", f"s2048:{keys['dkim-rsa2048.pem']}",
+               "--key", f"ed:{keys['dkim-ed25519.key']}")
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "mailwarden audit good.audit.example"

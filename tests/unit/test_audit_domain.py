@@ -5,6 +5,8 @@ ones that fault should cause."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,9 +21,17 @@ from mailwarden.dns import Resolver, ZoneBackend
 DATA = Path(__file__).resolve().parents[1] / "data"
 ZONE_FILE = DATA / "zones" / "audit_domains.zone"
 ZONE = ZONE_FILE.read_text(encoding="utf-8")
-KEYS = DATA / "audit"
-RSA2048 = str(KEYS / "dkim-rsa2048.pem")
-ED25519 = str(KEYS / "dkim-ed25519.key")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """The test keys, mode 0600 as the key loader insists (git keeps 0644)."""
+    target = tmp_path_factory.mktemp("audit-keys")
+    for path in (DATA / "audit").iterdir():
+        if path.suffix in (".pem", ".key"):
+            shutil.copy(path, target / path.name)
+            os.chmod(target / path.name, 0o600)
+    return target
 
 
 def audit(domain, selectors=("s2048",), keys=(), zone=ZONE):
@@ -44,7 +54,8 @@ def find(report, area, subject, level=None):
 
 # -- the well-configured domain --------------------------------------------------
 
-def test_good_domain_has_no_problem_in_any_area():
+def test_good_domain_has_no_problem_in_any_area(keys):
+    RSA2048, ED25519 = str(keys / "dkim-rsa2048.pem"), str(keys / "dkim-ed25519.key")
     report = audit("good.audit.example", selectors=("ed",),
                    keys=(("s2048", RSA2048), ("ed", ED25519)))
     assert report.problems() == []
@@ -226,32 +237,59 @@ DKIM_FAULTS = [
     ("sha1", (), FAIL, "h= excludes sha256"),
     ("testing", (), WARN, "testing mode (t=y)"),
     ("k-dsa", (), FAIL, "unknown key type k=dsa"),
-    ("s2048", (("s2048", str(KEYS / "dkim-rsa2048-other.pem")),), FAIL,
+    ("s2048", (("s2048", "dkim-rsa2048-other.pem"),), FAIL,
      "published key does not match the local key"),
-    ("ed", (("ed", RSA2048),), FAIL, f"local key {RSA2048} is rsa, the published key is ed25519"),
-    ("s2048", (("s2048", str(KEYS / "missing.pem")),), FAIL, "local key "),
-    ("s2048", (("s2048", str(KEYS / "make_zone.py")),), FAIL,
-     "local key " + str(KEYS / "make_zone.py") + ": neither a PEM RSA key"),
+    ("ed", (("ed", "dkim-rsa2048.pem"),), FAIL, "local key {keys}/dkim-rsa2048.pem is rsa, "
+     "the published key is ed25519"),
+    ("s2048", (("s2048", "missing.pem"),), FAIL, "local key {keys}/missing.pem: cannot read"),
+    ("s2048", (("s2048", "notakey.pem"),), FAIL,
+     "local key {keys}/notakey.pem: neither an RSA or Ed25519 private key"),
+    ("s2048", (("s2048", "open.pem"),), FAIL,
+     "local key {keys}/open.pem: a private key must not be accessible to group or others"),
 ]
 
 
-@pytest.mark.parametrize("selector,keys,level,message", DKIM_FAULTS,
+@pytest.mark.parametrize("selector,key_files,level,message", DKIM_FAULTS,
                          ids=[f"{f[0]}-{i}" for i, f in enumerate(DKIM_FAULTS)])
-def test_each_dkim_fault_gives_exactly_its_finding(selector, keys, level, message):
+def test_each_dkim_fault_gives_exactly_its_finding(selector, key_files, level, message, keys):
+    (keys / "notakey.pem").write_text("hello\n")
+    os.chmod(keys / "notakey.pem", 0o600)
+    shutil.copy(keys / "dkim-rsa2048.pem", keys / "open.pem")
+    os.chmod(keys / "open.pem", 0o644)
+    local = [(s, str(keys / name)) for s, name in key_files]
+    message = message.format(keys=keys)
     # s2048 as well, so that an Ed25519 key is never the only one
-    report = audit("good.audit.example", selectors=("s2048", selector), keys=keys)
+    report = audit("good.audit.example", selectors=("s2048", selector), keys=local)
     subject = f"{selector}._domainkey.good.audit.example"
     assert report.problems() == [("dkim", level, subject)]
     assert any(f.message.startswith(message) for f in find(report, "dkim", subject, level))
 
 
-def test_pkcs1_and_pkcs8_rsa_keys_both_match():
+def test_pkcs1_and_pkcs8_rsa_keys_both_match(keys):
     for path in ("dkim-rsa2048.pem", "dkim-rsa2048-pkcs1.pem"):
         report = audit("good.audit.example", selectors=(),
-                       keys=(("s2048", str(KEYS / path)),))
+                       keys=(("s2048", str(keys / path)),))
         assert report.problems() == []
         assert find(report, "dkim", "s2048._domainkey.good.audit.example", OK)[-1].message == \
-            f"published key matches the local key {KEYS / path}"
+            f"published key matches the local key {keys / path}"
+
+
+def test_ed25519_key_as_pem_matches_the_same_seed(keys):
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    seed = base64.b64decode((keys / "dkim-ed25519.key").read_text())
+    pem = ed25519.Ed25519PrivateKey.from_private_bytes(seed).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    path = keys / "ed25519-pkcs8.pem"
+    path.write_bytes(pem)
+    os.chmod(path, 0o600)
+    report = audit("good.audit.example", keys=(("ed", str(path)),))
+    assert report.problems() == []
+    assert find(report, "dkim", "ed._domainkey.good.audit.example", OK)[-1].message == \
+        f"published key matches the local key {path}"
 
 
 def test_ed25519_only_is_a_warning():
@@ -266,6 +304,7 @@ def test_no_selector_is_a_warning():
 
 
 def test_selectors_and_key_paths_from_a_dkim_sign_config():
+    RSA2048, ED25519 = "/k/rsa.pem", "/k/ed.key"
     config = SimpleNamespace(checks={"dkim_sign": SimpleNamespace(keys=(
         f"good.audit.example:s2048:{RSA2048}", f"other.example:x:{ED25519}",
         ("good.audit.example", "ed", ED25519)))})
@@ -295,8 +334,8 @@ def run_cli(capsys, *args):
     return code, capsys.readouterr().out
 
 
-def test_cli_table_for_the_good_domain(capsys):
-    code, out = run_cli(capsys, "good.audit.example", "--key", f"s2048:{RSA2048}")
+def test_cli_table_for_the_good_domain(capsys, keys):
+    code, out = run_cli(capsys, "good.audit.example", "--key", f"s2048:{keys}/dkim-rsa2048.pem")
     assert code == EXIT_OK
     lines = out.splitlines()
     assert lines[0] == "mailwarden audit good.audit.example"
@@ -339,3 +378,16 @@ def test_cli_refuses_a_bad_domain(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["audit", "not a domain"])
     assert exc.value.code == 2
+
+
+def test_cli_reads_signing_keys_from_the_dkim_sign_section(capsys, keys, tmp_path):
+    config = tmp_path / "mailwarden.ini"
+    config.write_text("[authserv]\nid = mx.example.org\n[check.dkim_sign]\n"
+                      f"keys = good.audit.example:s2048:{keys}/dkim-rsa2048.pem "
+                      f"good.audit.example:ed:{keys}/dkim-ed25519.key "
+                      f"other.example:x:{keys}/dkim-rsa1024.pem\n")
+    code, out = run_cli(capsys, "-c", str(config), "good.audit.example", "--json")
+    assert code == EXIT_OK
+    matched = [f["subject"] for f in json.loads(out)["findings"]
+               if f["message"].startswith("published key matches the local key")]
+    assert matched == ["s2048._domainkey.good.audit.example", "ed._domainkey.good.audit.example"]
