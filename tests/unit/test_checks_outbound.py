@@ -1,0 +1,421 @@
+"""relay, submission and dkim_sign through the engine, on the fake resolver.
+
+DKIM signatures are verified by dkimpy against the public keys of
+``tests/data/zones/outbound.zone``, served by ZoneBackend.
+"""
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import dkim
+import pytest
+
+from mailwarden.config import ConfigError, loads
+from mailwarden.dns import Resolver, ZoneBackend
+from mailwarden.engine import Engine, run_offline
+from mailwarden.model import Stage
+
+from .test_address import TRICKS
+
+ROOT = Path(__file__).resolve().parents[2]
+ZONE = (ROOT / "tests/data/zones/outbound.zone").read_text()
+KEYS = ROOT / "tests/data/keys"
+
+OUTSIDE = "198.51.100.70"       # neither trusted nor authenticated
+BASE = """[authserv]
+id = mx.test.example
+[relay]
+trusted_networks = 127.0.0.0/8
+local_domains = outbound.example
+"""
+
+
+def make_message(sender="Alice <alice@outbound.example>", extra=b""):
+    return (f"From: {sender}\r\nTo: bob@elsewhere.example\r\nSubject: outbound test\r\n"
+            f"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <t1@outbound.example>\r\n"
+            .encode() + extra + b"\r\nHello from us.\r\n")
+
+
+def engine_for(text):
+    cfg = loads(text)
+    resolver = Resolver(cfg.dns, backend=ZoneBackend(ZONE))
+    return Engine(cfg, resolver=resolver, hostname="mx.test.example"), resolver
+
+
+def run(text, *, client_ip=OUTSIDE, message=None, **kw):
+    engine, _ = engine_for(text)
+    kw.setdefault("mail_from", "alice@outbound.example")
+    kw.setdefault("rcpts", ["bob@elsewhere.example"])
+    try:
+        verdict, _, msg = run_offline(engine, client_ip=client_ip,
+                                      message=message or make_message(), **kw)
+        if msg is not None:
+            msg.close()
+        return verdict
+    finally:
+        engine.close()
+
+
+def of(verdict, check):
+    return [r for r in verdict.results if r.check == check]
+
+
+# -- relay -------------------------------------------------------------------
+
+@pytest.mark.parametrize("rcpt", TRICKS)
+def test_relay_tricks_refused_for_untrusted_clients(rcpt):
+    verdict = run(BASE, rcpts=[rcpt])
+    assert verdict.action == "reject"
+    assert verdict.reply.line() == "554 5.7.1 Relay access denied"
+    assert verdict.stage is Stage.RCPT
+
+
+@pytest.mark.parametrize("rcpt", TRICKS)
+def test_relay_tricks_accepted_from_authenticated_clients(rcpt):
+    verdict = run(BASE, rcpts=[rcpt], auth_user="alice", tls_version="TLSv1.3")
+    assert verdict.action not in ("reject", "tempfail"), verdict.reply
+    assert not of(verdict, "relay")
+
+
+def test_trusted_network_may_relay():
+    verdict = run(BASE, client_ip="127.0.0.1", rcpts=[TRICKS[0]])
+    assert verdict.action not in ("reject", "tempfail")
+
+
+def test_local_recipient_accepted_from_anyone():
+    verdict = run(BASE, rcpts=["Bob@OUTBOUND.example."], mail_from="x@elsewhere.example",
+                  message=make_message("x@elsewhere.example"))
+    assert verdict.action not in ("reject", "tempfail"), verdict.reply
+    assert not of(verdict, "relay")
+
+
+def test_only_the_foreign_recipient_is_refused():
+    verdict = run(BASE, rcpts=["bob@outbound.example", "victim@elsewhere.example"],
+                  mail_from="x@elsewhere.example", message=make_message("x@elsewhere.example"))
+    assert verdict.stage is Stage.EOM
+    assert verdict.action not in ("reject", "tempfail")
+    assert not of(verdict, "relay")         # the refused recipient's result is dropped
+
+
+def test_relay_off_without_local_domains():
+    text = "[authserv]\nid = mx.test.example\n"
+    verdict = run(text, rcpts=["user%other.example@outbound.example"])
+    assert not of(verdict, "relay")
+
+
+def test_local_domains_file(tmp_path):
+    path = tmp_path / "domains"
+    path.write_text("# ours\nother.example\n.sub.example  # and below\n")
+    text = BASE + f"local_domains_file = {path}\n"
+    cfg = loads(text)
+    assert "other.example" in cfg.relay.local and "a.sub.example" in cfg.relay.local
+    assert "outbound.example" in cfg.relay.local
+    verdict = run(text, rcpts=["u@a.sub.example"], mail_from="x@elsewhere.example",
+                  message=make_message("x@elsewhere.example"))
+    assert not of(verdict, "relay")
+
+
+def test_local_domains_file_errors_are_located(tmp_path):
+    path = tmp_path / "domains"
+    path.write_text("good.example\nbad..example\n")
+    with pytest.raises(ConfigError) as err:
+        loads(BASE + f"local_domains_file = {path}\n")
+    assert str(err.value).startswith(f"{path}:2:")
+    with pytest.raises(ConfigError) as err:
+        loads(BASE + f"local_domains_file = {tmp_path}/missing\n")
+    assert "[relay] local_domains_file:" in str(err.value)
+    assert "missing" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        loads(BASE.replace("local_domains = outbound.example", "local_domains = [1.2.3.4]"))
+    assert "[relay] local_domains:" in str(err.value)
+
+
+# -- submission ----------------------------------------------------------------
+
+@pytest.fixture
+def login_map(tmp_path):
+    path = tmp_path / "logins"
+    path.write_text("# login: addresses\n"
+                    "alice: alice@outbound.example, alice.smith@outbound.example\n"
+                    "bob: @bob.outbound.example\n"
+                    "robot: *\n")
+    return path
+
+
+def sub_text(path, tls="no"):
+    return BASE + f"[check.submission]\nsender_login_map = {path}\nrequire_tls_for_auth = {tls}\n"
+
+
+def test_own_address_accepted(login_map):
+    verdict = run(sub_text(login_map), auth_user="alice")
+    assert verdict.action not in ("reject", "tempfail"), verdict.reply
+    verdict = run(sub_text(login_map), auth_user="ALICE", mail_from="Alice+lists@Outbound.Example",
+                  message=make_message("alice.smith@outbound.example"))
+    assert verdict.action not in ("reject", "tempfail"), verdict.reply
+
+
+def test_another_users_address_refused_at_mail(login_map):
+    verdict = run(sub_text(login_map), auth_user="bob", mail_from="alice@outbound.example")
+    assert verdict.stage is Stage.MAIL
+    assert verdict.reply.code == 553 and verdict.reply.xcode == "5.7.1"
+    assert "bob" in verdict.reply.text
+
+
+def test_forged_from_refused_at_end_of_data(login_map):
+    verdict = run(sub_text(login_map), auth_user="bob", mail_from="b@bob.outbound.example",
+                  message=make_message("Alice <alice@outbound.example>"))
+    assert verdict.stage is Stage.EOM
+    assert verdict.reply.line().startswith("553 5.7.1 From address <alice@outbound.example>")
+    assert [r.symbol for r in of(verdict, "submission")] == ["SUBMISSION_FROM_MISMATCH"]
+
+
+@pytest.mark.parametrize("from_header", [
+    "alice@outbound.example, mallory@elsewhere.example",
+    '"alice@outbound.example" <mallory@elsewhere.example>',
+    "undisclosed",
+])
+def test_from_tricks_refused(login_map, from_header):
+    verdict = run(sub_text(login_map), auth_user="alice", message=make_message(from_header))
+    assert verdict.reply is not None and verdict.reply.code == 553, verdict.reply
+
+
+def test_two_from_fields_refused(login_map):
+    message = make_message(extra=b"From: mallory@elsewhere.example\r\n")
+    verdict = run(sub_text(login_map), auth_user="alice", message=message)
+    assert verdict.reply is not None and verdict.reply.code == 553
+
+
+def test_unlisted_login_and_wildcards(login_map):
+    verdict = run(sub_text(login_map), auth_user="carol")
+    assert verdict.reply is not None and verdict.reply.code == 553
+    verdict = run(sub_text(login_map), auth_user="robot", mail_from="any@elsewhere.example",
+                  message=make_message("any@elsewhere.example"))
+    assert verdict.action not in ("reject", "tempfail")
+
+
+def test_null_sender_allowed_from_header_still_checked(login_map):
+    verdict = run(sub_text(login_map), auth_user="alice", mail_from="")
+    assert verdict.action not in ("reject", "tempfail")
+    verdict = run(sub_text(login_map), auth_user="alice", mail_from="",
+                  message=make_message("mallory@elsewhere.example"))
+    assert verdict.reply is not None and verdict.reply.code == 553
+
+
+def test_login_map_read_again_when_it_changes(login_map):
+    engine, _ = engine_for(sub_text(login_map))
+    try:
+        def attempt():
+            verdict, _, msg = run_offline(engine, client_ip=OUTSIDE, auth_user="carol",
+                                          mail_from="carol@outbound.example",
+                                          rcpts=["x@elsewhere.example"],
+                                          message=make_message("carol@outbound.example"))
+            msg.close()
+            return verdict
+        assert attempt().reply.code == 553
+        login_map.write_text(login_map.read_text() + "carol: carol@outbound.example\n")
+        os.utime(login_map, ns=(1, 2_000_000_000_000_000_000))
+        assert attempt().action not in ("reject", "tempfail")
+        # a broken new version is refused, the last good map stays
+        login_map.write_text("carol carol@outbound.example\n")
+        os.utime(login_map, ns=(1, 3_000_000_000_000_000_000))
+        assert attempt().action not in ("reject", "tempfail")
+    finally:
+        engine.close()
+
+
+def test_login_map_errors_are_located(tmp_path):
+    path = tmp_path / "logins"
+    path.write_text("alice: alice@outbound.example\nbob bob@outbound.example\n")
+    with pytest.raises(ConfigError) as err:
+        loads(sub_text(path))
+    assert str(err.value).startswith(f"{path}:2:")
+    with pytest.raises(ConfigError) as err:
+        loads(sub_text(tmp_path / "nothing"))
+    assert "[check.submission] sender_login_map:" in str(err.value)
+
+
+def test_authenticated_without_tls_refused(login_map):
+    verdict = run(sub_text(login_map, tls="yes"), auth_user="alice")
+    assert verdict.stage is Stage.MAIL
+    assert (verdict.reply.code, verdict.reply.xcode) == (530, "5.7.0")
+    verdict = run(sub_text(login_map, tls="yes"), auth_user="alice", tls_version="TLSv1.3")
+    assert verdict.action not in ("reject", "tempfail")
+
+
+def test_unauthenticated_local_sender_scored():
+    verdict = run(BASE, rcpts=["bob@outbound.example"])
+    symbols = [r.symbol for r in of(verdict, "submission")]
+    assert symbols == ["SUBMISSION_LOCAL_SENDER_UNAUTH"]
+    assert verdict.score >= 3.0
+    verdict = run(BASE, client_ip="127.0.0.1", rcpts=["bob@outbound.example"])
+    assert not of(verdict, "submission")
+
+
+# -- dkim_sign -----------------------------------------------------------------
+
+@pytest.fixture
+def keydir(tmp_path):
+    out = tmp_path / "keys"
+    out.mkdir()
+    for name in ("outbound-rsa2026.private", "outbound-ed2026.private"):
+        shutil.copy(KEYS / name, out / name)
+        os.chmod(out / name, 0o600)
+    return out
+
+
+def sign_text(keydir, extra=""):
+    return BASE + ("[check.dkim_sign]\nkeys = "
+                   f"outbound.example:rsa2026:{keydir}/outbound-rsa2026.private, "
+                   f"outbound.example:ed2026:{keydir}/outbound-ed2026.private\n" + extra)
+
+
+def signed_message(verdict, message):
+    sigs = [(n, v) for n, v in verdict.headers_added if n == "DKIM-Signature"]
+    head = b"".join(f"{n}: {v}".replace("\n", "\r\n").encode() + b"\r\n" for n, v in sigs)
+    return sigs, head + message
+
+
+def dnsfunc():
+    resolver = Resolver(loads("[authserv]\nid = x.example\n").dns, backend=ZoneBackend(ZONE))
+
+    def lookup(name, timeout=5):
+        answer = resolver.query(name.decode().rstrip("."), "TXT")
+        return answer.records[0].encode() if answer.ok else None
+    return lookup
+
+
+def verify_all(message, count):
+    lookup = dnsfunc()
+    d = dkim.DKIM(message)
+    results = []
+    for i in range(count):
+        try:
+            results.append(d.verify(idx=i, dnsfunc=lookup))
+        except dkim.ValidationError:         # dkimpy's word for a broken signature
+            results.append(False)
+    return results
+
+
+@pytest.mark.parametrize("who", [{"auth_user": "alice", "tls_version": "TLSv1.3"},
+                                 {"client_ip": "127.0.0.1"}])
+def test_outbound_mail_signed_rsa_and_ed25519(keydir, who):
+    message = make_message()
+    verdict = run(sign_text(keydir), message=message, **who)
+    sigs, signed = signed_message(verdict, message)
+    assert len(sigs) == 2
+    algorithms = sorted(v.split("a=", 1)[1].split(";", 1)[0] for _, v in sigs)
+    assert algorithms == ["ed25519-sha256", "rsa-sha256"]
+    assert all("c=relaxed/relaxed" in v and "d=outbound.example" in v for _, v in sigs)
+    assert verify_all(signed, 2) == [True, True]
+    # From is oversigned: one more than it occurs
+    h = sigs[0][1].replace("\n", "").split("h=", 1)[1].split(";", 1)[0]
+    assert [x.strip() for x in h.split(":")].count("from") == 2
+
+
+def test_signature_breaks_on_change(keydir):
+    message = make_message()
+    verdict = run(sign_text(keydir), message=message, client_ip="127.0.0.1")
+    _, signed = signed_message(verdict, message)
+    assert verify_all(signed.replace(b"Hello from us.", b"Hello from them."), 2) == [False, False]
+    # an added From (the oversigning case) fails too
+    tampered = signed.replace(b"From: Alice", b"From: mallory@elsewhere.example\r\nFrom: Alice")
+    assert verify_all(tampered, 2) == [False, False]
+
+
+def test_simple_canonicalization(keydir):
+    message = make_message(extra=b"X-Folded: a\r\n   b  c\r\n")
+    verdict = run(sign_text(keydir, "canonicalization = simple/simple\n"), message=message,
+                  client_ip="127.0.0.1")
+    sigs, signed = signed_message(verdict, message)
+    assert all("c=simple/simple" in v for _, v in sigs)
+    assert verify_all(signed, 2) == [True, True]
+
+
+def test_inbound_mail_not_signed(keydir):
+    verdict = run(sign_text(keydir), rcpts=["bob@outbound.example"])
+    assert not [n for n, _ in verdict.headers_added if n == "DKIM-Signature"]
+    assert not of(verdict, "dkim_sign")
+
+
+def test_foreign_from_domain_not_signed(keydir):
+    verdict = run(sign_text(keydir), client_ip="127.0.0.1",
+                  message=make_message("someone@elsewhere.example"))
+    assert not [n for n, _ in verdict.headers_added if n == "DKIM-Signature"]
+
+
+def test_parent_domain_signing(keydir):
+    message = make_message("news@lists.outbound.example")
+    verdict = run(sign_text(keydir), client_ip="127.0.0.1", message=message)
+    assert not [n for n, _ in verdict.headers_added if n == "DKIM-Signature"]
+    verdict = run(sign_text(keydir, "sign_parent_domains = yes\n"), client_ip="127.0.0.1",
+                  message=message)
+    sigs, signed = signed_message(verdict, message)
+    assert len(sigs) == 2 and all("d=outbound.example" in v for _, v in sigs)
+    assert verify_all(signed, 2) == [True, True]
+
+
+def test_key_readable_by_others_refused_with_path(keydir):
+    path = keydir / "outbound-rsa2026.private"
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError) as err:
+        loads(sign_text(keydir))
+    assert str(path) in str(err.value) and "[check.dkim_sign] keys:" in str(err.value)
+    assert "0644" in str(err.value)
+
+
+@pytest.mark.parametrize("content,why", [
+    (b"not a key at all\n", "neither"),
+    (b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n", "PEM"),
+    (b"c2hvcnQ=\n", "neither"),
+])
+def test_bad_key_refused_with_path(keydir, content, why):
+    path = keydir / "outbound-ed2026.private"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        loads(sign_text(keydir))
+    assert str(path) in str(err.value) and why in str(err.value)
+
+
+def test_missing_and_short_keys_refused(keydir, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        loads(BASE + f"[check.dkim_sign]\nkeys = outbound.example:s:{tmp_path}/none\n")
+    assert f"{tmp_path}/none" in str(err.value)
+    path = tmp_path / "short"
+    shutil.copy(KEYS / "short-rsa512.private", path)     # cryptography refuses to make one
+    os.chmod(path, 0o600)
+    with pytest.raises(ConfigError) as err:
+        loads(BASE + f"[check.dkim_sign]\nkeys = outbound.example:s:{path}\n")
+    assert "512 bits" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        loads(BASE + "[check.dkim_sign]\nkeys = outbound.example:/only/two\n")
+    assert "DOMAIN:SELECTOR:PATH" in str(err.value)
+
+
+def test_genkey_writes_private_key_and_record(tmp_path, capsys):
+    from mailwarden.cli import main
+    from mailwarden.dkimsign import load_key, sign, headers_to_sign
+    out = tmp_path / "k"
+    for kind, selector in (("rsa", "r1"), ("ed25519", "e1")):
+        assert main(["genkey", "--domain", "Gen.Example", "--selector", selector,
+                     "--type", kind, "--out", str(out)]) == 0
+        path = out / f"{selector}.private"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        printed = capsys.readouterr().out
+        record = [line for line in printed.splitlines() if not line.startswith(";")][0]
+        assert record.startswith(f"{selector}._domainkey.gen.example. IN TXT (")
+        strings = record.split("(", 1)[1].rsplit(")", 1)[0].split('"')[1::2]
+        assert all(len(s) <= 255 for s in strings)
+        if kind == "rsa":
+            assert len(strings) == 2           # a 2048-bit key does not fit one string
+        txt = "".join(strings).encode()
+        key = load_key(str(path), "gen.example", selector)
+        message = b"From: a@gen.example\r\nSubject: x\r\n\r\nbody\r\n"
+        value = sign(message, key, headers_to_sign(["From", "Subject"], ["From", "Subject"],
+                                                   ["From"]))
+        signed = b"DKIM-Signature: " + value + b"\r\n" + message
+        assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: txt)
+    # never overwrite a key
+    assert main(["genkey", "--domain", "gen.example", "--selector", "e1", "--type", "ed25519",
+                 "--out", str(out)]) == 1
