@@ -1,0 +1,187 @@
+"""dkim: DKIM signature verification (RFC 6376), RSA and Ed25519 (RFC 8463).
+
+Every DKIM-Signature of the message is checked, from the top, up to
+``max_signatures``; each gets its own result, symbol and
+Authentication-Results entry ``dkim=RESULT header.d= header.s= header.a=
+header.b=`` (the first 8 characters of ``b=``, RFC 6008).  A message
+without signatures gets ``dkim=none``.
+
+The message handed to dkimpy is the header fields exactly as received
+(values untouched: no re-decoding, no re-folding, CRLF line ends) and the
+body as received.  The key is looked up here, through this message's
+:class:`~mailwarden.dns.Lookup`, and given to dkimpy through ``dnsfunc``;
+that is what lets a DNS timeout be told from a missing key.
+
+Results (RFC 8601 §2.7.1), each with its own symbol:
+
+* ``pass``: the signature verifies (``DKIM_PASS``);
+* ``fail``: the signed header fields do not match (``DKIM_FAIL``), the body
+  hash does not match (``DKIM_BODY_MISMATCH``), or the key has been revoked
+  with an empty ``p=`` (``DKIM_KEY_REVOKED``; RFC 6376 §6.1.2 says treat it
+  as a failed check);
+* ``policy``: the signature may verify but local policy does not accept
+  it: an RSA key shorter than ``min_key_bits`` (``DKIM_KEY_TOO_SHORT``, RFC
+  8301 §3.2), or rsa-sha1 when ``rsa_sha1 = policy`` (``DKIM_SHA1``);
+* ``neutral``: the signature cannot be processed: a syntax error, ``From``
+  not signed, an unknown algorithm (``DKIM_INVALID``), or an ``x=`` in
+  the past (``DKIM_EXPIRED``; RFC 6376 §6.1.1 lets a verifier ignore it);
+* ``temperror``: SERVFAIL, timeout or an exhausted lookup budget on the
+  key (``DKIM_TEMPERROR``);
+* ``permerror``: no key published (``DKIM_NO_KEY``) or a key that cannot be
+  used (malformed, or of another type than ``a=``: ``DKIM_KEY_INVALID``).
+
+rsa-sha1 (``rsa_sha1``): RFC 8301 §3.1 says verifiers must not consider
+such signatures valid, so by default a verifying rsa-sha1 signature is a
+``fail`` (``DKIM_SHA1``); ``policy`` reports it as ``policy``; ``pass``
+accepts it as before RFC 8301.
+
+INI keys (``[check.dkim]``):
+  enabled             yes
+  tempfail_on_error   yes
+  max_signatures      10     signatures checked at most, from the top
+  min_key_bits        1024   shorter RSA keys give "policy" (RFC 8301)
+  rsa_sha1            fail   fail, policy or pass
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import dkim as dkimpy
+from dkim.util import InvalidTagValueList, parse_tag_value
+
+from ..config import opt, parse_choice, parse_int
+from . import Check, CheckOptions
+
+_dkimpy_log = logging.getLogger("mailwarden.dkimpy")
+
+_WS = re.compile(rb"\s+")
+
+
+@dataclass(frozen=True)
+class DkimOptions(CheckOptions):
+    max_signatures: int = opt(10, parse_int(1, 100))
+    min_key_bits: int = opt(1024, parse_int(512, 16384))
+    rsa_sha1: str = opt("fail", parse_choice("fail", "policy", "pass"))
+
+
+def _text(value: bytes) -> str:
+    return value.decode("ascii", "replace")
+
+
+class DkimCheck(Check):
+    name = "dkim"
+    method = "dkim"
+    Options = DkimOptions
+    symbols = {
+        "DKIM_PASS": 0.0,
+        "DKIM_NONE": 0.0,
+        "DKIM_FAIL": 1.0,
+        "DKIM_BODY_MISMATCH": 1.0,
+        "DKIM_KEY_REVOKED": 1.0,
+        "DKIM_KEY_TOO_SHORT": 0.5,
+        "DKIM_SHA1": 0.5,
+        "DKIM_INVALID": 0.5,
+        "DKIM_EXPIRED": 0.5,
+        "DKIM_TEMPERROR": 0.0,
+        "DKIM_NO_KEY": 0.5,
+        "DKIM_KEY_INVALID": 0.5,
+    }
+
+    def on_eom(self, ctx):
+        msg = ctx.msg
+        count = sum(1 for name, _ in msg.headers if name.lower() == "dkim-signature")
+        if not count:
+            return self.result("none", "DKIM_NONE")
+        verifier = dkimpy.DKIM(msg.as_bytes(), logger=_dkimpy_log,
+                               minkey=self.options.min_key_bits)
+        out = []
+        for idx in range(min(count, self.options.max_signatures)):
+            out.append(self._verify_one(ctx, verifier, idx))
+        if count > self.options.max_signatures:
+            ctx.log.info("dkim: %d signatures, checked the first %d", count,
+                         self.options.max_signatures)
+        return out
+
+    # -- one signature -------------------------------------------------------
+
+    def _verify_one(self, ctx, verifier, idx: int):
+        raw = [v for n, v in verifier.headers if n.lower() == b"dkim-signature"][idx]
+        try:
+            tags = parse_tag_value(raw)
+        except InvalidTagValueList as exc:
+            return self.result("neutral", "DKIM_INVALID", f"signature syntax: {exc}")
+        props = _properties(tags)
+
+        def res(result, symbol, reason=""):
+            return self.result(result, symbol, reason, properties=props)
+
+        # expiry on our clock, before dkimpy's own test (which allows 10 hours)
+        expires = tags.get(b"x", b"").strip()
+        if expires.isdigit() and int(expires) < ctx.now():
+            return res("neutral", "DKIM_EXPIRED", f"signature expired (x={_text(expires)})")
+        try:
+            dkimpy.validate_signature_fields(tags)
+        except dkimpy.ValidationError as exc:
+            return res("neutral", "DKIM_INVALID", str(exc))
+        signed = [h.strip().lower() for h in tags[b"h"].split(b":")]
+        if b"from" not in signed:
+            # RFC 6376 §6.1.1: a signature not covering From is ignored
+            return res("neutral", "DKIM_INVALID", "From is not signed")
+
+        domain, selector = _text(tags[b"d"]), _text(tags[b"s"])
+        key_name = f"{selector}._domainkey.{domain}"
+        answer = ctx.dns.query(key_name, "TXT")
+        if answer.temporary:
+            return res("temperror", "DKIM_TEMPERROR", f"key lookup: {answer.describe()}")
+        if not answer.ok or not answer.records:
+            return res("permerror", "DKIM_NO_KEY", f"no key at {key_name}")
+        key_text = answer.records[0].encode("utf-8", "replace")
+        try:
+            key_tags = parse_tag_value(key_text)
+        except InvalidTagValueList as exc:
+            return res("permerror", "DKIM_KEY_INVALID", f"key record syntax: {exc}")
+        if not _WS.sub(b"", key_tags.get(b"p", b"")):
+            return res("fail", "DKIM_KEY_REVOKED", "key revoked")
+        try:
+            _pk, keysize, ktag, _tlsrpt = dkimpy.evaluate_pk(key_name, key_text)
+        except (dkimpy.KeyFormatError, ValueError) as exc:
+            return res("permerror", "DKIM_KEY_INVALID", f"unusable key: {exc}")
+        algorithm = tags[b"a"].lower()
+        if ktag is None or not algorithm.startswith(ktag + b"-"):
+            return res("permerror", "DKIM_KEY_INVALID",
+                       f"key type {_text(ktag or b'?')} does not match a={_text(algorithm)}")
+        if ktag == b"rsa" and keysize < self.options.min_key_bits:
+            return res("policy", "DKIM_KEY_TOO_SHORT",
+                       f"RSA key of {keysize} bits, less than {self.options.min_key_bits}")
+
+        try:
+            valid = verifier.verify(idx, dnsfunc=lambda name, timeout=5: key_text)
+        except dkimpy.ValidationError as exc:
+            if "body hash mismatch" in str(exc):
+                return res("fail", "DKIM_BODY_MISMATCH", "body hash mismatch")
+            return res("neutral", "DKIM_INVALID", str(exc))
+        except (dkimpy.MessageFormatError, dkimpy.ParameterError) as exc:
+            return res("neutral", "DKIM_INVALID", str(exc))
+        except dkimpy.KeyFormatError as exc:
+            return res("permerror", "DKIM_KEY_INVALID", str(exc))
+        if not valid:
+            return res("fail", "DKIM_FAIL", "signature did not verify")
+        if algorithm == b"rsa-sha1" and self.options.rsa_sha1 != "pass":
+            return res(self.options.rsa_sha1, "DKIM_SHA1", "rsa-sha1 is not accepted (RFC 8301)")
+        return res("pass", "DKIM_PASS")
+
+
+def _properties(tags: dict) -> tuple:
+    props = [("header.d", _text(tags.get(b"d", b"")))]
+    if b"i" in tags:
+        props.append(("header.i", _text(tags[b"i"])))
+    props += [("header.s", _text(tags.get(b"s", b""))),
+              ("header.a", _text(tags.get(b"a", b""))),
+              ("header.b", _text(_WS.sub(b"", tags.get(b"b", b""))[:8]))]
+    return tuple(p for p in props if p[1])
+
+
+CHECKS = (DkimCheck,)

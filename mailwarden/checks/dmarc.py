@@ -1,0 +1,438 @@
+"""dmarc: DMARC (RFC 7489) on the SPF and DKIM results, with ``np`` (DMARCbis).
+
+It reads the results of the ``spf`` and ``dkim`` checks (never their
+objects): the MAIL FROM identity's SPF result (the HELO identity for the
+null sender, RFC 7489 §4.1) and every DKIM signature's result and ``d=``.
+
+* The RFC5322.From domain: exactly one From field with addresses of one
+  domain, else ``permerror`` (``DMARC_BAD_FROM``), refused with ``550 5.7.1``
+  when ``reject_bad_from = yes``.
+* Policy discovery (RFC 7489 §6.6.3): ``_dmarc.FROM-DOMAIN``, then
+  ``_dmarc.ORGANIZATIONAL-DOMAIN``.  The organizational domain comes from
+  the Public Suffix List (tldextract's bundled snapshot, ICANN section,
+  never downloaded); a name under a TLD the list does not know takes the
+  list's default rule ``*``, the last label is the suffix.  Several
+  DMARC records, or none, mean ``dmarc=none``; a SERVFAIL or timeout is
+  ``temperror``.
+* Alignment: SPF and DKIM each strict (``s``: same domain) or relaxed
+  (``r``: same organizational domain), per ``aspf`` and ``adkim``.
+* The policy: ``p`` for the From domain itself; for a subdomain, ``np``
+  when the From domain does not exist (NXDOMAIN for A, AAAA and MX), else
+  ``sp``, else ``p``.  ``pct`` samples failing messages; one not sampled is
+  treated one step milder (reject -> quarantine -> none, RFC 7489 §6.6.4).
+* Enforcement is local choice: a failing message whose policy is
+  ``reject`` is refused (``550 5.7.1``), quarantined or only scored per
+  ``on_reject``; ``quarantine`` per ``on_quarantine``.  Authenticated and
+  trusted clients are not evaluated: their mail is ours, not inbound.
+  When the result is ``fail`` only because an aligned SPF or DKIM
+  identity had a temporary error, the result is ``temperror``.
+
+Authentication-Results: ``dmarc=RESULT header.from=DOMAIN
+policy.dmarc=POLICY (p= sp= np= pct= dis=)``.
+
+History (``history``): each message with a pass or fail is written to an
+SQLite file (WAL mode) for aggregate reports; the schema is
+:data:`SCHEMA`.  A write error is logged, never fails the message.
+
+INI keys (``[check.dmarc]``):
+  enabled             yes
+  tempfail_on_error   yes
+  on_reject           reject      reject, quarantine or score
+  on_quarantine       quarantine  quarantine or score
+  reject_bad_from     no          refuse a message without exactly one From domain
+  history                         SQLite file recording evaluations; empty: off
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+from ..config import opt, parse_bool, parse_choice, parse_str
+from ..dns import Status
+from ..model import Reply
+from . import Check, CheckOptions
+
+log = logging.getLogger("mailwarden.dmarc")
+
+_POLICIES = ("none", "quarantine", "reject")
+_MILDER = {"reject": "quarantine", "quarantine": "none", "none": "none"}
+_VERSION = re.compile(r"^v\s*=\s*DMARC1\s*(;|$)")
+_DOMAIN = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)+$")
+
+
+@dataclass(frozen=True)
+class DmarcOptions(CheckOptions):
+    on_reject: str = opt("reject", parse_choice("reject", "quarantine", "score"))
+    on_quarantine: str = opt("quarantine", parse_choice("quarantine", "score"))
+    reject_bad_from: bool = opt(False, parse_bool)
+    history: str = opt("", parse_str)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A DMARC policy record, defaults filled in (RFC 7489 §6.3)."""
+
+    domain: str                   # where it was published
+    p: str
+    sp: Optional[str] = None
+    np: Optional[str] = None
+    pct: int = 100
+    adkim: str = "r"
+    aspf: str = "r"
+    fo: str = "0"
+    rua: str = ""
+    ruf: str = ""
+
+
+def parse_record(domain: str, text: str) -> Optional[Record]:
+    """The record, or None when it is no usable DMARC record."""
+    if not _VERSION.match(text):
+        return None
+    tags = {}
+    for part in text.split(";")[1:]:
+        key, sep, value = part.partition("=")
+        if sep:
+            tags.setdefault(key.strip().lower(), value.strip())
+    rua = tags.get("rua", "")
+    p = tags.get("p", "").lower()
+    sp = tags.get("sp", "").lower() or None
+    if p not in _POLICIES or (sp is not None and sp not in _POLICIES):
+        # RFC 7489 §6.6.3 step 6: with a usable rua, act as if p=none
+        if not any(u.strip().lower().startswith("mailto:") for u in rua.split(",")):
+            return None
+        p, sp = "none", None
+    np = tags.get("np", "").lower() or None
+    if np not in _POLICIES:
+        np = None
+    try:
+        pct = int(tags.get("pct", "100"))
+    except ValueError:
+        pct = 100
+    if not 0 <= pct <= 100:
+        pct = 100
+    adkim = tags.get("adkim", "r").lower()
+    aspf = tags.get("aspf", "r").lower()
+    return Record(domain=domain, p=p, sp=sp, np=np, pct=pct,
+                  adkim=adkim if adkim in ("r", "s") else "r",
+                  aspf=aspf if aspf in ("r", "s") else "r",
+                  fo=tags.get("fo", "0"), rua=rua, ruf=tags.get("ruf", ""))
+
+
+class _TempError(Exception):
+    pass
+
+
+def _normalize(domain: str) -> str:
+    domain = domain.strip().rstrip(".").lower()
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
+
+
+def from_domain(values: list) -> tuple:
+    """(domain, None) of the one RFC5322.From domain, or (None, why not)."""
+    if len(values) != 1:
+        return None, f"{len(values)} From header fields"
+    domains = set()
+    for _name, addr in email.utils.getaddresses(values):
+        if "@" in addr:
+            domains.add(_normalize(addr.rpartition("@")[2]))
+    if len(domains) != 1:
+        return None, ("no address in From" if not domains
+                      else "From addresses in several domains")
+    domain = domains.pop()
+    if not _DOMAIN.match(domain):
+        return None, f"From domain {domain!r} is not a domain name"
+    return domain, None
+
+
+class DmarcCheck(Check):
+    name = "dmarc"
+    method = "dmarc"
+    Options = DmarcOptions
+    requires = ("spf", "dkim")
+    skip_for = frozenset({"authenticated", "trusted"})
+    symbols = {
+        "DMARC_PASS": 0.0,
+        "DMARC_NONE": 0.0,
+        "DMARC_FAIL_NONE": 0.5,
+        "DMARC_FAIL_QUARANTINE": 4.0,
+        "DMARC_FAIL_REJECT": 6.0,
+        "DMARC_TEMPERROR": 0.0,
+        "DMARC_BAD_FROM": 2.0,
+    }
+
+    def __init__(self, options, services):
+        super().__init__(options, services)
+        # tests replace it for deterministic pct sampling
+        self.random = getattr(services, "random", None) or random.Random()
+        self._extract = None
+        self._extract_lock = threading.Lock()
+        self.history = History(options.history) if options.history else None
+
+    # -- organizational domain -------------------------------------------------
+
+    def organizational(self, domain: str) -> str:
+        if self._extract is None:
+            with self._extract_lock:
+                if self._extract is None:
+                    import tldextract
+                    self._extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+        parts = self._extract(domain)
+        if not parts.suffix:
+            # the PSL's default rule "*": an unknown TLD is a public suffix
+            labels = domain.split(".")
+            return ".".join(labels[-2:])
+        if not parts.domain:
+            return domain              # the domain is itself a public suffix
+        return f"{parts.domain}.{parts.suffix}"
+
+    def aligned(self, a: str, b: str, mode: str) -> bool:
+        a, b = _normalize(a), _normalize(b)
+        if mode == "s":
+            return a == b
+        return a == b or self.organizational(a) == self.organizational(b)
+
+    # -- discovery -------------------------------------------------------------
+
+    def _fetch(self, ctx, domain: str) -> Optional[Record]:
+        answer = ctx.dns.query(f"_dmarc.{domain}", "TXT")
+        if answer.temporary:
+            raise _TempError(answer.describe())
+        texts = [t for t in answer.records if _VERSION.match(t)] if answer.ok else []
+        if len(texts) != 1:
+            return None
+        return parse_record(domain, texts[0])
+
+    def discover(self, ctx, domain: str) -> tuple:
+        """(record, organizational domain); RFC 7489 §6.6.3."""
+        org = self.organizational(domain)
+        answer = ctx.dns.query(f"_dmarc.{domain}", "TXT")
+        if answer.temporary:
+            raise _TempError(answer.describe())
+        texts = [t for t in answer.records if _VERSION.match(t)] if answer.ok else []
+        if len(texts) > 1:
+            return None, org            # several records: no DMARC processing
+        if texts:
+            return parse_record(domain, texts[0]), org
+        if org == domain:
+            return None, org
+        return self._fetch(ctx, org), org
+
+    def _nonexistent(self, ctx, domain: str) -> bool:
+        answers = ctx.dns.query_many([(domain, "A"), (domain, "AAAA"), (domain, "MX")])
+        return all(a.status is Status.NXDOMAIN for a in answers)
+
+    # -- the check -------------------------------------------------------------
+
+    def on_eom(self, ctx):
+        domain, problem = from_domain(ctx.msg.header_texts("From"))
+        if domain is None:
+            reply = None
+            if self.options.reject_bad_from:
+                reply = Reply("reject", 550, "5.7.1",
+                              "Message needs exactly one From header field with one domain")
+            return self.result("permerror", "DMARC_BAD_FROM", problem, reply=reply)
+        try:
+            record, org = self.discover(ctx, domain)
+        except _TempError as exc:
+            return self.result("temperror", "DMARC_TEMPERROR", f"policy lookup: {exc}",
+                               properties=(("header.from", domain),))
+        if record is None:
+            return self.result("none", "DMARC_NONE", "",
+                               properties=(("header.from", domain),))
+        try:
+            return self._evaluate(ctx, domain, org, record)
+        except _TempError as exc:
+            return self.result("temperror", "DMARC_TEMPERROR", str(exc),
+                               properties=(("header.from", domain),))
+
+    def _evaluate(self, ctx, domain: str, org: str, record: Record):
+        spf_identities = []             # (domain, result) of the MAIL FROM identity
+        for r in ctx.results_of("spf"):
+            for prop in r.properties:
+                if prop[0] == "smtp.mailfrom" and prop[1]:
+                    spf_identities.append((str(prop[1]).rpartition("@")[2], r.result))
+        dkim_identities = []            # (d=, s=, result)
+        for r in ctx.results_of("dkim"):
+            props = {p[0]: p[1] for p in r.properties}
+            if props.get("header.d"):
+                dkim_identities.append((props["header.d"], props.get("header.s", ""), r.result))
+
+        spf_aligned = any(res == "pass" and self.aligned(d, domain, record.aspf)
+                          for d, res in spf_identities)
+        dkim_aligned = any(res == "pass" and self.aligned(d, domain, record.adkim)
+                           for d, _s, res in dkim_identities)
+
+        if record.domain == domain:
+            policy, which = record.p, "p"
+        elif record.np is not None and self._nonexistent(ctx, domain):
+            policy, which = record.np, "np"
+        elif record.sp is not None:
+            policy, which = record.sp, "sp"
+        else:
+            policy, which = record.p, "p"
+
+        override = ""
+        if spf_aligned or dkim_aligned:
+            result, disposition = "pass", "none"
+        else:
+            unsure = (any(res == "temperror" and self.aligned(d, domain, record.aspf)
+                          for d, res in spf_identities)
+                      or any(res == "temperror" and self.aligned(d, domain, record.adkim)
+                             for d, _s, res in dkim_identities))
+            if unsure:
+                raise _TempError("an aligned SPF or DKIM identity had a temporary error")
+            result, disposition = "fail", policy
+            if policy != "none" and record.pct < 100 and \
+                    not self.random.random() * 100 < record.pct:
+                disposition, override = _MILDER[policy], "sampled_out"
+
+        comment = ("" if which == "p" else f"by {which}: ") + (
+            f"p={record.p} sp={record.sp or '-'} np={record.np or '-'} "
+            f"pct={record.pct} dis={disposition}")
+        props = (("header.from", domain), ("policy.dmarc", policy, comment))
+        if result == "pass":
+            out = self.result("pass", "DMARC_PASS", properties=props)
+        else:
+            reply, quarantine = None, ""
+            action = {"reject": self.options.on_reject,
+                      "quarantine": self.options.on_quarantine}.get(disposition, "score")
+            if action == "reject":
+                reply = Reply("reject", 550, "5.7.1",
+                              f"Message rejected: it fails the DMARC policy of {domain}")
+            elif action == "quarantine":
+                quarantine = f"DMARC {which}={policy} of {domain}"
+            elif disposition != "none":
+                override = override or "local_policy"
+            reason = f"not aligned with {domain}" + (" (sampled out by pct)"
+                                                     if override == "sampled_out" else "")
+            out = self.result("fail", "DMARC_FAIL_" + disposition.upper(), reason,
+                              properties=props, reply=reply, quarantine=quarantine)
+            if action == "score":
+                disposition = "none"       # what was applied on DMARC's account
+        if self.history is not None:
+            self.history.record(ctx, domain, record, result, disposition, override,
+                                spf_aligned, dkim_aligned, spf_identities, dkim_identities)
+        return out
+
+
+# --------------------------------------------------------------------------
+# history for aggregate reports
+
+SCHEMA = """
+-- One row per message evaluated against a published DMARC record.
+-- Columns follow RFC 7489 Appendix C (aggregate report) names.
+CREATE TABLE IF NOT EXISTS dmarc_message (
+    id            INTEGER PRIMARY KEY,
+    received      INTEGER NOT NULL,   -- Unix time (UTC) of the evaluation
+    queue_id      TEXT NOT NULL,      -- MTA queue id, '' if unknown
+    source_ip     TEXT NOT NULL,      -- record/row/source_ip
+    header_from   TEXT NOT NULL,      -- identifiers/header_from (the From domain)
+    envelope_from TEXT NOT NULL,      -- identifiers/envelope_from ('' = null sender)
+    envelope_to   TEXT NOT NULL,      -- identifiers/envelope_to (first recipient domain)
+    policy_domain TEXT NOT NULL,      -- policy_published/domain: where the record was found
+    p             TEXT NOT NULL,      -- policy_published/p
+    sp            TEXT,               -- policy_published/sp (NULL: not given)
+    np            TEXT,               -- DMARCbis np (NULL: not given)
+    pct           INTEGER NOT NULL,   -- policy_published/pct
+    adkim         TEXT NOT NULL,      -- policy_published/adkim (r or s)
+    aspf          TEXT NOT NULL,      -- policy_published/aspf (r or s)
+    fo            TEXT NOT NULL,      -- policy_published/fo
+    rua           TEXT NOT NULL,      -- the record's rua (where reports go)
+    result        TEXT NOT NULL,      -- DMARC result: pass or fail
+    dkim_aligned  INTEGER NOT NULL,   -- policy_evaluated/dkim: 1 pass, 0 fail
+    spf_aligned   INTEGER NOT NULL,   -- policy_evaluated/spf: 1 pass, 0 fail
+    disposition   TEXT NOT NULL,      -- policy_evaluated/disposition applied: none, quarantine, reject
+    override      TEXT NOT NULL       -- reason/type: '', sampled_out or local_policy
+);
+CREATE INDEX IF NOT EXISTS dmarc_message_domain ON dmarc_message (policy_domain, received);
+-- auth_results/dkim: one row per DKIM signature checked
+CREATE TABLE IF NOT EXISTS dmarc_dkim (
+    message_id    INTEGER NOT NULL REFERENCES dmarc_message (id) ON DELETE CASCADE,
+    domain        TEXT NOT NULL,
+    selector      TEXT NOT NULL,
+    result        TEXT NOT NULL       -- RFC 8601 dkim result
+);
+-- auth_results/spf: the MAIL FROM (scope mfrom) identity
+CREATE TABLE IF NOT EXISTS dmarc_spf (
+    message_id    INTEGER NOT NULL REFERENCES dmarc_message (id) ON DELETE CASCADE,
+    domain        TEXT NOT NULL,
+    scope         TEXT NOT NULL,      -- mfrom (helo for the null sender)
+    result        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dmarc_dkim_message ON dmarc_dkim (message_id);
+CREATE INDEX IF NOT EXISTS dmarc_spf_message ON dmarc_spf (message_id);
+PRAGMA user_version = 1;
+"""
+
+
+class History:
+    """One SQLite connection shared by all threads, guarded by a lock."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._conn: Optional[sqlite3.Connection] = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, timeout=5, check_same_thread=False,
+                                   isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    def record(self, ctx, domain, record: Record, result, disposition, override,
+               spf_aligned, dkim_aligned, spf_identities, dkim_identities) -> None:
+        msg = ctx.msg
+        sender = msg.mail_from
+        rcpt = msg.rcpts[0] if msg.rcpts else ""
+        row = (int(ctx.now()), msg.queue_id or "", str(ctx.conn.client_ip or ""), domain,
+               sender.rpartition("@")[2].lower() if sender else "",
+               rcpt.rpartition("@")[2].lower(), record.domain, record.p, record.sp,
+               record.np, record.pct, record.adkim, record.aspf, record.fo, record.rua,
+               result, int(dkim_aligned), int(spf_aligned), disposition, override)
+        scope = "mfrom" if sender else "helo"
+        try:
+            with self._lock:
+                conn = self._connection()
+                conn.execute("BEGIN")
+                try:
+                    cur = conn.execute(
+                        "INSERT INTO dmarc_message (received, queue_id, source_ip, header_from,"
+                        " envelope_from, envelope_to, policy_domain, p, sp, np, pct, adkim, aspf,"
+                        " fo, rua, result, dkim_aligned, spf_aligned, disposition, override)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                    mid = cur.lastrowid
+                    conn.executemany(
+                        "INSERT INTO dmarc_dkim (message_id, domain, selector, result)"
+                        " VALUES (?,?,?,?)", [(mid, d, s, r) for d, s, r in dkim_identities])
+                    conn.executemany(
+                        "INSERT INTO dmarc_spf (message_id, domain, scope, result)"
+                        " VALUES (?,?,?,?)", [(mid, d, scope, r) for d, r in spf_identities])
+                    conn.execute("COMMIT")
+                except sqlite3.Error:
+                    conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            ctx.log.warning("dmarc history %s: %s", self.path, exc)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+CHECKS = (DmarcCheck,)

@@ -1,0 +1,191 @@
+"""spf: Sender Policy Framework (RFC 7208) for the MAIL FROM and HELO identities.
+
+pyspf evaluates the records; every lookup it makes goes through this
+message's :class:`~mailwarden.dns.Lookup` (``[dns]`` servers, the shared
+cache, the message budget and deadline) by a :class:`spf.query` subclass
+that overrides its lookup method.  The RFC 7208 §4.6.4 limits (DNS
+mechanisms and void lookups) are attributes of that one query object, so
+one message's limits never touch another's and no pyspf global is written.
+
+Identities (RFC 7208 §2.3, §2.4):
+
+* MAIL FROM: the envelope sender's domain; for the null sender, the HELO
+  identity ``postmaster@HELO`` stands in for it (DMARC aligns with that);
+* HELO: the HELO/EHLO name, when it is a domain name (not an address
+  literal); reported as ``smtp.helo``.
+
+Each identity gets one of the seven results and its own symbol
+(``SPF_PASS`` .. ``SPF_PERMERROR`` for MAIL FROM, ``SPF_HELO_*`` for HELO).
+Authentication-Results gets ``spf=RESULT smtp.mailfrom=ADDRESS`` and
+``spf=RESULT smtp.helo=NAME``.  Authenticated and trusted clients are not
+checked: their mail is ours, not judged as inbound.
+
+A ``fail`` of the MAIL FROM identity is scored; with ``reject_fail = yes``
+it is refused at MAIL FROM with ``550 5.7.23`` and the domain's explanation
+(RFC 7208 §8.4), a local policy stricter than the published one.
+
+INI keys (``[check.spf]``):
+  enabled             yes
+  tempfail_on_error   yes
+  helo                yes   also check the HELO identity
+  reject_fail         no    refuse MAIL FROM on fail (550 5.7.23) instead of scoring
+  max_lookups         10    DNS-querying mechanisms and modifiers per check (RFC 7208 §4.6.4)
+  max_void_lookups    2     lookups answering NXDOMAIN or no data (RFC 7208 §4.6.4)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+import spf as pyspf
+
+from ..config import opt, parse_bool, parse_int
+from ..model import Reply
+from . import Check, CheckOptions
+
+SPF_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
+
+# a domain name as RFC 7208 §4.3 wants it: dot-separated labels of 1..63
+_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+@dataclass(frozen=True)
+class SpfOptions(CheckOptions):
+    helo: bool = opt(True, parse_bool)
+    reject_fail: bool = opt(False, parse_bool)
+    max_lookups: int = opt(10, parse_int(1, 100))
+    max_void_lookups: int = opt(2, parse_int(0, 100))
+
+
+class _Query(pyspf.query):
+    """A pyspf query that asks our resolver and keeps its limits to itself.
+
+    ``dns`` replaces pyspf's module-level lookup function for this object
+    only; ``check_lookups`` counts against this object's ``max_lookups``.
+    Our resolver already follows CNAMEs, so no CNAME bookkeeping is needed.
+    """
+
+    def __init__(self, lookup, max_lookups: int, max_void: int, **kw):
+        self._lookup = lookup
+        self.max_lookups = max_lookups
+        self.max_void = max_void
+        super().__init__(**kw)
+
+    def check_lookups(self):
+        self.lookups += 1
+        if self.lookups > self.max_lookups:
+            raise pyspf.PermError(f"More than {self.max_lookups} DNS lookups")
+
+    def dns(self, name, qtype, cnames=None, ignore_void=False):
+        name = str(name).rstrip(".").lower()
+        if not name or not all(0 < len(label) < 64 for label in name.split(".")):
+            return []
+        answer = self._lookup.query(name, qtype)
+        if answer.temporary:
+            raise pyspf.TempError(f"DNS {answer.describe()}")
+        records = list(answer.records) if answer.ok else []
+        if qtype in ("TXT", "SPF"):
+            # pyspf joins the character-strings of each record itself
+            records = [[r.encode("utf-8")] for r in records]
+        if not records and not ignore_void:
+            self.void_lookups += 1
+            if self.void_lookups > self.max_void:
+                raise pyspf.PermError(f"Void lookup limit of {self.max_void} exceeded")
+        return records
+
+
+def is_domain(name: str) -> bool:
+    name = name.rstrip(".")
+    labels = name.split(".")
+    return (len(labels) >= 2 and len(name) <= 253 and all(_LABEL.match(x) for x in labels)
+            and not labels[-1].isdigit())
+
+
+class SpfCheck(Check):
+    name = "spf"
+    method = "spf"
+    Options = SpfOptions
+    skip_for = frozenset({"authenticated", "trusted"})
+    symbols = {
+        "SPF_PASS": 0.0,
+        "SPF_FAIL": 3.0,
+        "SPF_SOFTFAIL": 1.0,
+        "SPF_NEUTRAL": 0.0,
+        "SPF_NONE": 0.0,
+        "SPF_TEMPERROR": 0.0,
+        "SPF_PERMERROR": 0.5,
+        "SPF_HELO_PASS": 0.0,
+        "SPF_HELO_FAIL": 1.0,
+        "SPF_HELO_SOFTFAIL": 0.5,
+        "SPF_HELO_NEUTRAL": 0.0,
+        "SPF_HELO_NONE": 0.0,
+        "SPF_HELO_TEMPERROR": 0.0,
+        "SPF_HELO_PERMERROR": 0.0,
+    }
+
+    def _evaluate(self, ctx, sender: str, helo: str) -> tuple:
+        """(result, explanation) of one identity; ``sender`` '' means HELO."""
+        ip = ctx.conn.client_ip
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        query = _Query(ctx.dns, self.options.max_lookups, self.options.max_void_lookups,
+                       i=str(ip), s=sender, h=helo,
+                       receiver=self.services.hostname or "unknown")
+        result, _code, explanation = query.check()
+        if result not in SPF_RESULTS:        # 'ambiguous' only exists in harsh mode
+            result = "permerror"
+        return result, explanation
+
+    def on_mail(self, ctx):
+        if ctx.conn.client_ip is None:
+            return None
+        helo = ctx.conn.helo.strip()
+        helo_ok = is_domain(helo)
+        out = []
+        helo_result = None
+        if helo_ok and (self.options.helo or not ctx.msg.mail_from):
+            helo_result = self._evaluate(ctx, "", helo)
+
+        sender = ctx.msg.mail_from
+        if sender:
+            domain = sender.rpartition("@")[2]
+            if "@" not in sender or not is_domain(domain):
+                result, explanation = "none", "MAIL FROM has no valid domain"
+            else:
+                result, explanation = self._evaluate(ctx, sender, helo or domain)
+            identity, comment = sender, None
+        elif helo_ok:
+            result, explanation = helo_result
+            identity, comment = f"postmaster@{helo}", "null sender, HELO identity"
+        else:
+            result, explanation = "none", "null sender and no usable HELO name"
+            identity, comment = "", None
+
+        reply = None
+        if result == "fail" and self.options.reject_fail:
+            reply = Reply("reject", 550, "5.7.23", explanation or "SPF fail - not authorized")
+        props = (("smtp.mailfrom", identity, comment),) if identity else ()
+        out.append(self.result(result, "SPF_" + result.upper(),
+                               _reason(result, explanation, identity), properties=props,
+                               reply=reply))
+        if helo_result is not None and self.options.helo:
+            result, explanation = helo_result
+            out.append(self.result(result, "SPF_HELO_" + result.upper(),
+                                   _reason(result, explanation, helo),
+                                   properties=(("smtp.helo", helo),)))
+        elif self.options.helo and helo and not helo_ok:
+            out.append(self.result("none", "SPF_HELO_NONE", "HELO is not a domain name",
+                                   properties=(("smtp.helo", helo),)))
+        return out
+
+
+def _reason(result: str, explanation: str, identity: str) -> str:
+    # pyspf's stock words for pass ("sender SPF authorized") say nothing new
+    if result == "pass":
+        return ""
+    return explanation or ""
+
+
+CHECKS = (SpfCheck,)
