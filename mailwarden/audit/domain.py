@@ -690,6 +690,28 @@ class DomainAudit:
                 self.add("dmarc", WARN, uri.uri, f"{uri.scheme}: report URI: receivers send "
                          "reports by mail only")
         self.audit_report_authorisation(policy_domain, record)
+        self.audit_report_delivery("dmarc", [u.address for u in record.rua + record.ruf
+                                             if u.scheme == "mailto"])
+
+    def audit_report_delivery(self, area: str, addresses) -> None:
+        """A report address whose domain has neither MX nor address takes no
+        mail: the reports asked for are lost."""
+        hosts = list(dict.fromkeys(normalize(a.rsplit("@", 1)[1].split("?")[0])
+                                   for a in addresses))
+        self.prefetch([(h, "MX") for h in hosts])
+        for host in hosts:
+            answer = self.q(host, "MX")
+            if answer.temporary:
+                self.failed(area, host, answer)
+                continue
+            if answer.ok and answer.records:
+                continue
+            found, failure = self.addresses(host)
+            if failure is not None:
+                self.failed(area, host, failure)
+            elif not found:
+                self.add(area, WARN, host, f"report address domain {host} has no MX and no "
+                         "address: reports sent there are lost")
 
     def audit_report_authorisation(self, policy_domain: str, record) -> None:
         own_org = self.org(policy_domain)
@@ -772,6 +794,8 @@ class DomainAudit:
             self.add("tls-rpt", FAIL, name, f"syntax error: {exc}", found[0])
             return
         self.add("tls-rpt", OK, name, "TLS reports requested", ", ".join(fields["rua"]))
+        self.audit_report_delivery("tls-rpt", [u.split(":", 1)[1] for u in fields["rua"]
+                                               if u.lower().startswith("mailto:")])
 
 
 def _mx_text(records) -> str:

@@ -129,6 +129,9 @@ FAULTS = [
     ("dmarcnorua", [("dmarc", WARN, "rua")], "no rua=: you get no aggregate reports"),
     ("dmarcext", [("dmarc", FAIL, "dmarcext.audit.example._report._dmarc.audit-reports.example")],
      "report address at audit-reports.example is not authorised"),
+    ("dmarcrualost", [("dmarc", WARN, "nomail.audit.example"),
+                      ("tls-rpt", WARN, "nomail.audit.example")],
+     "report address domain nomail.audit.example has no MX and no address"),
     # MTA-STS and TLS-RPT
     ("stsnone", [("mta-sts", WARN, "_mta-sts.stsnone.audit.example"),
                  ("tls-rpt", WARN, "_smtp._tls.stsnone.audit.example")], "no MTA-STS record"),

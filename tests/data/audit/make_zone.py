@@ -101,6 +101,10 @@ def build() -> str:
         "244.100.51.198.in-addr.arpa. PTR elsewhere.audit.example.",
         f"elsewhere.{BASE}. A 198.51.100.246",
         f"mx-none.{BASE}. TXT \"a host name with no address\"",
+        # the report addresses' domains take mail
+        f"{BASE}. MX 10 mx1.{BASE}.",
+        "audit-reports.example. MX 10 mx1.audit.example.",
+        "audit-org.test. MX 10 mx1.audit.example.",
         f"_spf.{BASE}. TXT \"v=spf1 ip4:198.51.100.240/28 ip6:2001:db8:a0d1::/48 -all\"",
         f"nospf.{BASE}. TXT \"not an SPF record\"",
         # 11 DNS-querying terms through three levels of include
@@ -161,6 +165,8 @@ def build() -> str:
         domain(d("dmarcpct"), dmarc=("v=DMARC1; p=quarantine; pct=25; rua=mailto:d@audit.example",)),
         domain(d("dmarcsp"), dmarc=("v=DMARC1; p=reject; sp=none; rua=mailto:d@audit.example",)),
         domain(d("dmarcnorua"), dmarc=("v=DMARC1; p=reject",)),
+        domain(d("dmarcrualost"), dmarc=("v=DMARC1; p=reject; rua=mailto:d@nomail.audit.example",),
+               tlsrpt=("v=TLSRPTv1; rua=mailto:tls@nomail.audit.example",)),
         domain(d("dmarcext"), dmarc=("v=DMARC1; p=reject; rua=mailto:d@audit-reports.example",)),
         # MTA-STS and TLS-RPT
         domain(d("stsnone"), sts=(), sts_host=False, tlsrpt=()),
