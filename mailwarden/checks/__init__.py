@@ -49,6 +49,10 @@ CHECK_MODULES = (
     "relay",
     "submission",
     "dkim_sign",
+    "auth",
+    "spf",
+    "dkim",
+    "dmarc",
     "limits",
 )
 
