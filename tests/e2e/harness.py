@@ -13,6 +13,23 @@
 Every server listens on 127.0.0.1 on a free port; every process started here
 is stopped by ``stop()`` (all classes are context managers too).  Nothing
 waits by sleeping: readiness is polled with a bounded timeout.
+
+A test with the fixtures of ``conftest.py`` (DNS data goes in
+``tests/data/zones/NAME.zone``, served to every e2e test)::
+
+    def test_something(postfix, sink, mailwarden):
+        mw = mailwarden({"check.size": {"max_size": "10K"}})
+        data, msgid = make_message("subject", extra_headers=["X-A: b"])
+        result = smtp_send(postfix.smtp_port, mail_from="a@sender.example",
+                           rcpts=["b@rcpt.example"], data=data,
+                           xclient={"ADDR": "198.51.100.7", "NAME": "mail.sender.example"})
+        assert result.accepted, (result, mw.log_text())
+        got = sink.wait_for_match(msgid.encode())
+        assert got.header_values("Authentication-Results")
+
+The session's Postfix is shared: a test that changes it with ``postconf()``
+puts the old settings back (and ``restart()``s: after a ``reload()`` running
+smtpd processes may serve a connection or two with the old settings).
 """
 
 from __future__ import annotations
