@@ -8,7 +8,8 @@ dataclass, so a new check never edits this module.  A check whose items an
 admin adds without code (one DNS list per zone, ...) declares an ``Item``
 dataclass: each ``[check.NAME.ITEM]`` section is built from it, its keys
 refused when unknown like any other, and handed to the check's options as
-``subsections`` (item name -> Item instance).  Symbols that such items make
+``subsections`` (item name -> Item instance; an Item field ``name`` without
+a parser receives the NAME).  Symbols that such items make
 are known through the check's ``symbols_for(options)``, so ``[scores]`` is
 validated after every check section, wherever it stands in the file.
 """
@@ -516,8 +517,10 @@ def loads(text: str, path: str = "<string>", registry: Mapping[str, type] | None
             if not re.fullmatch(r"[A-Za-z0-9_\-]+", item):
                 raise ConfigError(path, where.get((section, None)), section, None,
                                   "a sub-section name is letters, digits, '_' and '-'")
-            items.setdefault(name, {})[item] = _resolve(
-                _build(item_cls, values, path, section, where), path, section, where)
+            built = _build(item_cls, values, path, section, where)
+            if "name" in {f.name for f in dataclasses.fields(item_cls)} and "name" not in values:
+                built = dataclasses.replace(built, name=item)     # an Item may want its NAME
+            items.setdefault(name, {})[item] = _resolve(built, path, section, where)
         else:
             raise ConfigError(path, where.get((section, None)), section, None, "unknown section")
 

@@ -54,6 +54,8 @@ CHECK_MODULES = (
     "dkim",
     "dmarc",
     "limits",
+    "helo",
+    "dnsbl",
 )
 
 

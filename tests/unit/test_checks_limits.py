@@ -4,10 +4,10 @@ import logging
 
 import pytest
 
-from mailwarden.config import loads
 from mailwarden.dns import Resolver, ZoneBackend
-from mailwarden.engine import Engine, run_offline
+from mailwarden.engine import run_offline
 from mailwarden.model import Connection, parse_client_address
+from tests.unit.checkset import Engine, loads
 from tests.redisserver import RedisServer, free_port, redis_binary
 
 BASE = "[authserv]\nid = mx.test.example\n[check.iprev]\nenabled = no\n"
