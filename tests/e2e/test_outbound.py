@@ -1,0 +1,217 @@
+"""Relay, submission and DKIM signing through the real Postfix, and ``scan`` agreeing.
+
+Clients are presented with XCLIENT; ``LOGIN=alice`` makes Postfix hand the
+milter ``{auth_authen}`` = alice, as after a real SMTP AUTH.  XCLIENT cannot
+present TLS, so the tests that accept authenticated mail turn
+``require_tls_for_auth`` off, and one test shows the refusal with it on.
+The DKIM public keys are in ``tests/data/zones/outbound.zone``, served by
+the session's unbound; dkimpy verifies what the sink receives against them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import dkim
+import pytest
+
+from ..unit.test_address import TRICKS
+from .harness import ROOT, make_message, smtp_send
+
+OUTSIDE = {"ADDR": "198.51.100.71", "NAME": "[UNAVAILABLE]", "HELO": "outside.elsewhere.example"}
+
+
+def alice(login="alice"):
+    return dict(OUTSIDE, LOGIN=login)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def routing_left_to_the_milter(postfix):
+    """Postfix refuses sender-specified routing (``%``, ``!``, ``@`` in the
+    local part) from untrusted clients itself (``allow_untrusted_routing =
+    no``): allow it here, so that what refuses the tricks is mailwarden."""
+    before = postfix.settings.get("allow_untrusted_routing")
+    postfix.postconf(allow_untrusted_routing="yes")
+    postfix.restart()
+    yield
+    if before is None:
+        postfix.settings.pop("allow_untrusted_routing", None)
+        postfix.postconf()
+    else:
+        postfix.postconf(allow_untrusted_routing=before)
+    postfix.restart()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Keys (mode 0600, as the loader demands) and the login map."""
+    base = tmp_path_factory.mktemp("outbound")
+    for name in ("outbound-rsa2026.private", "outbound-ed2026.private"):
+        shutil.copy(ROOT / "tests/data/keys" / name, base / name)
+        os.chmod(base / name, 0o600)
+    (base / "logins").write_text("alice: alice@outbound.example\n"
+                                 "bob: bob@outbound.example\n")
+    return base
+
+
+def settings(files, tls="no", sign=True):
+    out = {
+        "relay": {"local_domains": "outbound.example", "trusted_networks": "127.0.0.0/8"},
+        "check.submission": {"sender_login_map": str(files / "logins"),
+                             "require_tls_for_auth": tls},
+    }
+    if sign:
+        out["check.dkim_sign"] = {
+            "keys": f"outbound.example:rsa2026:{files}/outbound-rsa2026.private "
+                    f"outbound.example:ed2026:{files}/outbound-ed2026.private"}
+    return out
+
+
+def send(postfix, client, *, mail_from="alice@outbound.example", rcpts, sender=None,
+         subject="outbound"):
+    data, msgid = make_message(subject, sender=sender or mail_from, to=rcpts[0])
+    result = smtp_send(postfix.smtp_port, xclient=client, helo=client["HELO"],
+                       mail_from=mail_from, rcpts=rcpts, data=data)
+    return result, data, msgid
+
+
+def scan(mw, data, client, *, mail_from="alice@outbound.example", rcpts):
+    return mw.scan(data, client_ip=client["ADDR"], helo=client["HELO"], mail_from=mail_from,
+                   rcpts=rcpts, auth=client.get("LOGIN", ""))
+
+
+# -- relay ---------------------------------------------------------------------
+
+def test_relay_tricks_refused_from_outside_accepted_with_auth(postfix, sink, mailwarden, files):
+    mw = mailwarden(settings(files, sign=False))
+    for rcpt in TRICKS:
+        result, data, msgid = send(postfix, OUTSIDE, rcpts=[rcpt])
+        assert (result.stage, result.code, result.enhanced) == ("rcpt", 554, "5.7.1"), \
+            f"{rcpt}: {result}\n{mw.log_text()[-2000:]}"
+        assert "Relay access denied" in result.text
+        out = scan(mw, data, OUTSIDE, rcpts=[rcpt])
+        assert out["action"] == "reject" and out["smtp_reply"].startswith("554 5.7.1"), (rcpt, out)
+
+        result, data, msgid = send(postfix, alice(), rcpts=[rcpt])
+        assert result.accepted, f"{rcpt}: {result}\n{mw.log_text()[-2000:]}"
+        sink.wait_for_match(msgid.encode(), timeout=30)
+        out = scan(mw, data, alice(), rcpts=[rcpt])
+        assert out["action"] not in ("reject", "tempfail"), (rcpt, out)
+    assert "relay denied" in mw.log_text()
+
+
+def test_local_recipient_from_outside_accepted(postfix, sink, mailwarden, files):
+    mw = mailwarden(settings(files, sign=False))
+    result, data, msgid = send(postfix, OUTSIDE, mail_from="carol@elsewhere.example",
+                               rcpts=["bob@outbound.example", "victim@elsewhere.example"])
+    assert result.accepted, result
+    assert result.accepted_rcpts == ["bob@outbound.example"]
+    got = sink.wait_for_match(msgid.encode(), timeout=30)
+    assert [r.strip("<>") for r in got.rcpts] == ["bob@outbound.example"]
+    out = scan(mw, data, OUTSIDE, mail_from="carol@elsewhere.example",
+               rcpts=["bob@outbound.example", "victim@elsewhere.example"])
+    assert out["action"] not in ("reject", "tempfail")
+
+
+# -- submission ----------------------------------------------------------------
+
+def test_sender_login_map(postfix, sink, mailwarden, files):
+    mw = mailwarden(settings(files, sign=False))
+    rcpts = ["friend@elsewhere.example"]
+
+    result, data, msgid = send(postfix, alice(), rcpts=rcpts)
+    assert result.accepted, result
+    sink.wait_for_match(msgid.encode(), timeout=30)
+    assert scan(mw, data, alice(), rcpts=rcpts)["smtp_reply"] is None
+
+    # another user's address in MAIL FROM
+    result, data, _ = send(postfix, alice(), mail_from="bob@outbound.example", rcpts=rcpts)
+    assert (result.stage, result.code, result.enhanced) == ("mail", 553, "5.7.1"), result
+    out = scan(mw, data, alice(), mail_from="bob@outbound.example", rcpts=rcpts)
+    assert out["smtp_reply"].startswith("553 5.7.1"), out
+
+    # MAIL FROM right, header From forged
+    result, data, msgid = send(postfix, alice(), rcpts=rcpts, sender="bob@outbound.example")
+    assert (result.stage, result.code, result.enhanced) == ("data", 553, "5.7.1"), result
+    assert "bob@outbound.example" in result.text
+    out = scan(mw, data, alice(), rcpts=rcpts)
+    assert out["smtp_reply"].startswith("553 5.7.1 From address <bob@outbound.example>"), out
+    postfix.wait_queue_empty(timeout=30)
+    assert sink.find(msgid.encode()) == []
+    assert "submission refused for login alice" in mw.log_text()
+
+
+def test_authenticated_submission_without_tls_refused(postfix, sink, mailwarden, files):
+    mw = mailwarden(settings(files, tls="yes", sign=False))
+    result, data, _ = send(postfix, alice(), rcpts=["friend@elsewhere.example"])
+    assert (result.stage, result.code, result.enhanced) == ("mail", 530, "5.7.0"), result
+    out = scan(mw, data, alice(), rcpts=["friend@elsewhere.example"])
+    assert out["smtp_reply"].startswith("530 5.7.0"), out
+    # scan --tls presents a TLS session: accepted
+    out = mw.scan(data, client_ip=OUTSIDE["ADDR"], helo=OUTSIDE["HELO"],
+                  mail_from="alice@outbound.example", rcpts=["friend@elsewhere.example"],
+                  auth="alice", extra_args=["--tls"])
+    assert out["smtp_reply"] is None, out
+
+
+# -- dkim_sign -----------------------------------------------------------------
+
+def _dnsfunc(dns_server):
+    def lookup(name, timeout=5):
+        response = dns_server.query(name.decode(), "TXT")
+        for rrset in response.answer:
+            for rdata in rrset:
+                return b"".join(rdata.strings)
+        return None
+    return lookup
+
+
+def _verify(data, dns_server, count):
+    d = dkim.DKIM(data)
+    out = []
+    for i in range(count):
+        try:
+            out.append(d.verify(idx=i, dnsfunc=_dnsfunc(dns_server)))
+        except dkim.ValidationError:
+            out.append(False)
+    return out
+
+
+def test_outbound_signed_rsa_and_ed25519_inbound_unsigned(postfix, sink, mailwarden, files,
+                                                          dns_server):
+    mw = mailwarden(settings(files))
+    result, data, msgid = send(postfix, alice(), rcpts=["friend@elsewhere.example"],
+                               sender="Alice <alice@outbound.example>")
+    assert result.accepted, result
+    got = sink.wait_for_match(msgid.encode(), timeout=30)
+    sigs = got.header_values("DKIM-Signature")
+    assert len(sigs) == 2, got.data[:2000]
+    assert sorted(s.split("a=", 1)[1].split(";")[0] for s in sigs) == \
+        ["ed25519-sha256", "rsa-sha256"]
+    assert _verify(got.data, dns_server, 2) == [True, True]
+    out = scan(mw, data, alice(), rcpts=["friend@elsewhere.example"])
+    assert len([h for h in out["headers_added"] if h[0] == "DKIM-Signature"]) == 2
+    assert "dkim_sign: signed" in mw.log_text()
+
+    # inbound: an outside client writing to a local user, even with our From
+    result, data, msgid = send(postfix, OUTSIDE, mail_from="carol@elsewhere.example",
+                               rcpts=["bob@outbound.example"],
+                               sender="alice@outbound.example")
+    assert result.accepted, result
+    got = sink.wait_for_match(msgid.encode(), timeout=30)
+    assert got.header_values("DKIM-Signature") == []
+    out = scan(mw, data, OUTSIDE, mail_from="carol@elsewhere.example",
+               rcpts=["bob@outbound.example"])
+    assert not [h for h in out["headers_added"] if h[0] == "DKIM-Signature"]
+
+
+def test_bad_key_stops_start_up(mailwarden, files, tmp_path):
+    bad = tmp_path / "open.private"
+    shutil.copy(files / "outbound-rsa2026.private", bad)
+    os.chmod(bad, 0o644)
+    overrides = settings(files)
+    overrides["check.dkim_sign"] = {"keys": f"outbound.example:rsa2026:{bad}"}
+    with pytest.raises(Exception) as err:
+        mailwarden(overrides)
+    assert str(bad) in str(err.value)
