@@ -21,6 +21,7 @@ DEFAULT_CONFIG = "/etc/mailwarden/mailwarden.ini"
 # modules that add subcommands: each has register(subparsers)
 COMMAND_MODULES: tuple = (
     "mailwarden.audit.postfix",
+    "mailwarden.audit.probe",
     "mailwarden.audit.domain",
     "mailwarden.genkey",
 )
