@@ -183,7 +183,7 @@ def test_forged_authentication_results_removed_others_kept(postfix, sink, mailwa
     got = deliver(postfix, sink, mw, PASS_CLIENT, "forged", extra_headers=[
         f"Authentication-Results: {AUTHSERV_ID}; spf=pass smtp.mailfrom=forged.example",
         "Authentication-Results: other.example; dkim=pass header.d=other.example",
-        f"Authentication-Results: (sneaky) MX.Test.Example.;\r\n\tdmarc=pass header.from=forged.example",
+        "Authentication-Results: (sneaky) MX.Test.Example.;\r\n\tdmarc=pass header.from=forged.example",
     ])
     values = got.header_values("Authentication-Results")
     assert not any("forged.example" in v for v in values), values
@@ -303,3 +303,12 @@ def test_local_submission_goes_through_the_milter(postfix, sink, mailwarden):
     assert got.header_values("X-Mailwarden-Status"), got.data[:500]
     assert all("iprev=" not in ar for ar in our_ar(got))
     assert mw.alive()
+
+
+# -- dry run -----------------------------------------------------------------------
+
+def test_dry_run_lets_a_blocked_client_through_and_says_so(postfix, sink, mailwarden):
+    mw = mailwarden({**BLOCK_AND_ALLOW, "policy": {"dry_run": "yes"}})
+    got = deliver(postfix, sink, mw, BLOCKED_CLIENT, "dry run")
+    assert got.header_values("X-Mailwarden-Status"), got.data[:500]
+    assert "IPLIST_BLOCK" in mw.log_text(), mw.log_text()[-2000:]
