@@ -502,3 +502,31 @@ def test_table_output(capsys, postfix_hardened):
     assert out.startswith("probe 127.0.0.1\nAREA")
     assert f"smtp:{postfix_hardened.smtp_port} relay source route" in out
     assert out.rstrip().endswith("0 warn, 0 fail")
+
+
+# --------------------------------------------------------------------------
+# audit-postfix on the same running instances: settings and behaviour agree
+
+def audit_postfix(capsys, instance) -> dict:
+    code = cli.main(["audit-postfix", "--config-dir", str(instance.config_dir),
+                     "--milter", "unix:/nonexistent/milter.sock", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 1          # no mailwarden in these instances: smtpd_milters fails
+    return levels(data)
+
+
+def test_audit_postfix_agrees_with_the_probe(capsys, postfix_hardened, postfix_plain):
+    hard = audit_postfix(capsys, postfix_hardened)
+    assert hard["smtpd_tls_security_level"] == "ok"
+    assert hard["smtpd_tls_auth_only"] == "ok"
+    assert hard["smtpd_tls_protocols"] == "ok"
+    assert hard["disable_vrfy_command"] == "ok"
+    assert hard["smtpd_relay_restrictions"] == "ok" and hard["relay_domains"] == "ok"
+    assert hard["smtpd_milters"] == "fail"
+
+    plain = audit_postfix(capsys, postfix_plain)
+    assert plain["smtpd_tls_security_level"] == "fail"      # probe: STARTTLS not offered
+    assert plain["smtpd_tls_auth_only"] == "fail"           # probe: AUTH before STARTTLS
+    assert plain["disable_vrfy_command"] == "warn"          # probe: VRFY tells users apart
+    assert plain["smtpd_banner"] == "warn"                  # probe: version in the banner
+    assert plain["relay_domains"] == "fail"                 # probe: every trick accepted
