@@ -122,6 +122,17 @@ def run_once(postfix: Postfix, sink: SmtpSink, tag: str, args) -> dict:
             "count": count, "complete": count == args.messages}
 
 
+def process_usage(pid: int) -> tuple:
+    """(CPU seconds used so far, peak resident set in MB) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    peak = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    return cpu, peak
+
+
 def parse_set(values) -> dict:
     overrides: dict = {}
     for item in values:
@@ -156,6 +167,7 @@ def main(argv=None) -> int:
     extra = parse_set(args.set)
     setups = ["postfix", "milter-unix"] + (["milter-tcp"] if args.tcp else [])
     figures = {name: [] for name in setups}
+    failed: list = []
     dns = sink = postfix = mw = None
     try:
         dns = DnsServer(workdir / "dns", zone_text=BENCH_ZONE).start()
@@ -186,11 +198,27 @@ def main(argv=None) -> int:
                     postfix.postconf(smtpd_milters=milter_address[setup],
                                      non_smtpd_milters=milter_address[setup])
                 postfix.start()
-                result = run_once(postfix, sink, f"{setup}-{round_no}", args)
+                cpu_before = process_usage(mw.pid)[0] if mw is not None else 0.0
+                try:
+                    result = run_once(postfix, sink, f"{setup}-{round_no}", args)
+                except (HarnessError, subprocess.TimeoutExpired) as exc:
+                    print(f"round {round_no} {setup:12s} FAILED: {exc}", flush=True)
+                    if mw is not None:
+                        print("  mailwarden's last log lines:\n    " + "\n    ".join(
+                            mw.log_text().splitlines()[-10:]), flush=True)
+                    failed.append(setup)
+                    continue
+                if mw is not None:
+                    cpu_after, peak = process_usage(mw.pid)
+                    result["cpu_ms_per_msg"] = 1000 * (cpu_after - cpu_before) / args.messages
+                    result["peak_rss_mb"] = peak
                 figures[setup].append(result)
                 print(f"round {round_no} {setup:12s} received {result['received_per_s']:7.1f} msg/s"
                       f"  delivered {result['delivered_per_s']:7.1f} msg/s"
-                      f"  at sink {result['count']}/{args.messages}", flush=True)
+                      f"  at sink {result['count']}/{args.messages}"
+                      + (f"  milter {result['cpu_ms_per_msg']:.2f} ms CPU/msg,"
+                         f" peak RSS {result['peak_rss_mb']:.1f} MB" if mw is not None else ""),
+                      flush=True)
                 if not result["complete"]:
                     print(f"  incomplete: {result['count']} of {args.messages} reached the sink "
                           f"within {args.time_limit:g}s", flush=True)
@@ -208,15 +236,29 @@ def main(argv=None) -> int:
 
     print(f"\n{args.messages} messages of {args.length} bytes, {args.sessions} sessions, "
           f"median of {args.rounds} round(s)")
+    ok = not failed
+    if not figures["postfix"]:
+        print("no run of Postfix alone completed: no figures")
+        return 1
     base = statistics.median(r["delivered_per_s"] for r in figures["postfix"])
-    ok = True
     for setup in setups:
+        if not figures[setup]:
+            print(f"{setup:12s} every run failed")
+            continue
         delivered = statistics.median(r["delivered_per_s"] for r in figures[setup])
         received = statistics.median(r["received_per_s"] for r in figures[setup])
         complete = all(r["complete"] for r in figures[setup])
         ok &= complete
+        usage = ""
+        if setup != "postfix":
+            cpu = statistics.median(r["cpu_ms_per_msg"] for r in figures[setup])
+            peak = max(r["peak_rss_mb"] for r in figures[setup])
+            usage = f"  milter {cpu:.2f} ms CPU/msg, peak RSS {peak:.1f} MB"
         print(f"{setup:12s} {delivered:7.1f} msg/s delivered ({received:7.1f} received)"
-              f"  ratio {delivered / base:5.2f}  {'all delivered' if complete else 'INCOMPLETE'}")
+              f"  ratio {delivered / base:5.2f}  {'all delivered' if complete else 'INCOMPLETE'}"
+              + usage)
+    if failed:
+        print(f"failed runs: {', '.join(failed)}")
     return 0 if ok else 1
 
 
