@@ -91,6 +91,15 @@ class Session:
         Milter.close_callback(self.ctx)
 
 
-def make_engine(config, zone: str = "") -> Engine:
+def foundation_registry(**extra) -> dict:
+    """The first three checks (and any given): adapter tests do not depend on
+    what else the project enables by default."""
+    from mailwarden.checks import registry
+    reg = {name: registry()[name] for name in ("iplist", "iprev", "size")}
+    reg.update(extra)
+    return reg
+
+
+def make_engine(config, zone: str = "", registry=None) -> Engine:
     return Engine(config, resolver=Resolver(config.dns, backend=ZoneBackend(zone)),
-                  hostname="mx.test.example")
+                  hostname="mx.test.example", registry=registry or foundation_registry())

@@ -3,13 +3,13 @@
 import Milter
 import pytest
 
-from mailwarden.checks import Check, registry as real_registry
+from mailwarden.checks import Check
 from mailwarden.config import loads
 from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.engine import Engine
 from mailwarden.milter import USED_ACTIONS
 from mailwarden.model import Reply
-from tests.milter.miltertest import Session, make_engine
+from tests.milter.miltertest import Session, foundation_registry, make_engine
 
 BASE = "[authserv]\nid = mx.test.example\n"
 ZONE = """
@@ -53,8 +53,7 @@ class Stops(Check):
 
 
 def stops_engine(text=BASE):
-    reg = dict(real_registry())
-    reg["stops"] = Stops
+    reg = foundation_registry(stops=Stops)
     cfg = loads(text, registry=reg)
     return Engine(cfg, resolver=Resolver(cfg.dns, backend=ZoneBackend(ZONE)), registry=reg,
                   hostname="mx.test.example")
@@ -62,7 +61,8 @@ def stops_engine(text=BASE):
 
 @pytest.fixture
 def engine():
-    cfg = loads(BASE + "[check.iplist]\nblock = 203.0.113.0/24\n[check.size]\nmax_size = 2K\n")
+    cfg = loads(BASE + "[check.iplist]\nblock = 203.0.113.0/24\n[check.size]\nmax_size = 2K\n",
+                registry=foundation_registry())
     e = make_engine(cfg, ZONE)
     yield e
     e.close()
@@ -163,7 +163,7 @@ def test_helo_and_recipient_stops_and_percent_in_reply():
 
 
 def test_dns_timeout_tempfails_at_end_of_message():
-    cfg = loads(BASE + "[dns]\nmessage_deadline = 1s\n")
+    cfg = loads(BASE + "[dns]\nmessage_deadline = 1s\n", registry=foundation_registry())
     engine = make_engine(cfg, "7.100.51.198.in-addr.arpa. TIMEOUT\n")
     s = Session(engine)
     assert full(s) == Milter.TEMPFAIL
@@ -181,8 +181,7 @@ def test_authenticated_and_tls_macros_reach_the_engine(engine):
         def on_mail(self, ctx):
             seen.update(user=ctx.conn.auth_user, tls=ctx.conn.tls_version, tags=ctx.tags)
 
-    reg = dict(real_registry())
-    reg["spy"] = Spy
+    reg = foundation_registry(spy=Spy)
     cfg = loads(BASE, registry=reg)
     e = Engine(cfg, resolver=Resolver(cfg.dns, backend=ZoneBackend(ZONE)), registry=reg)
     s = Session(e, {"{auth_authen}": "alice", "{tls_version}": "TLSv1.3", "{cipher}": "X"})

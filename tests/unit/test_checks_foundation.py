@@ -2,6 +2,7 @@
 
 import pytest
 
+from mailwarden.checks import registry
 from mailwarden.config import loads
 from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.engine import Engine, run_offline
@@ -32,10 +33,14 @@ v6.sender.example. AAAA 2001:db8::25
 MESSAGE = b"From: a@sender.example\r\nSubject: test\r\n\r\nHello.\r\n"
 
 
+# these three checks alone, whatever else the project has enabled by default
+FOUNDATION = {name: registry()[name] for name in ("iplist", "iprev", "size")}
+
+
 def run(ip, text=BASE, message=MESSAGE, **kw):
-    cfg = loads(text)
+    cfg = loads(text, registry=FOUNDATION)
     engine = Engine(cfg, resolver=Resolver(cfg.dns, backend=ZoneBackend(ZONE)),
-                    hostname="mx.test.example")
+                    hostname="mx.test.example", registry=FOUNDATION)
     kw.setdefault("mail_from", "a@sender.example")
     kw.setdefault("rcpts", ["b@test.example"])
     verdict, _, _ = run_offline(engine, client_ip=ip, message=message, **kw)
