@@ -4,7 +4,8 @@ Every DKIM-Signature of the message is checked, from the top, up to
 ``max_signatures``; each gets its own result, symbol and
 Authentication-Results entry ``dkim=RESULT header.d= header.s= header.a=
 header.b=`` (the first 8 characters of ``b=``, RFC 6008).  A message
-without signatures gets ``dkim=none``.
+without signatures gets ``dkim=none``.  Allow-listed clients are not
+checked (nothing is judged for them).
 
 The message handed to dkimpy is the header fields exactly as received
 (values untouched: no re-decoding, no re-folding, CRLF line ends) and the
@@ -75,6 +76,7 @@ class DkimCheck(Check):
     name = "dkim"
     method = "dkim"
     Options = DkimOptions
+    skip_for = frozenset({"allowlisted"})
     symbols = {
         "DKIM_PASS": 0.0,
         "DKIM_NONE": 0.0,

@@ -23,7 +23,8 @@ null sender, RFC 7489 §4.1) and every DKIM signature's result and ``d=``.
 * Enforcement is local choice: a failing message whose policy is
   ``reject`` is refused (``550 5.7.1``), quarantined or only scored per
   ``on_reject``; ``quarantine`` per ``on_quarantine``.  Authenticated and
-  trusted clients are not evaluated: their mail is ours, not inbound.
+  trusted clients are not evaluated: their mail is ours, not inbound; nor
+  are allow-listed clients, which the admin vouches for.
   When the result is ``fail`` only because an aligned SPF or DKIM
   identity had a temporary error, the result is ``temperror``.
 
@@ -159,7 +160,7 @@ class DmarcCheck(Check):
     method = "dmarc"
     Options = DmarcOptions
     requires = ("spf", "dkim")
-    skip_for = frozenset({"authenticated", "trusted"})
+    skip_for = frozenset({"allowlisted", "authenticated", "trusted"})
     symbols = {
         "DMARC_PASS": 0.0,
         "DMARC_NONE": 0.0,

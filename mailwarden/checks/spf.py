@@ -18,7 +18,8 @@ Each identity gets one of the seven results and its own symbol
 (``SPF_PASS`` .. ``SPF_PERMERROR`` for MAIL FROM, ``SPF_HELO_*`` for HELO).
 Authentication-Results gets ``spf=RESULT smtp.mailfrom=ADDRESS`` and
 ``spf=RESULT smtp.helo=NAME``.  Authenticated and trusted clients are not
-checked: their mail is ours, not judged as inbound.
+checked: their mail is ours, not judged as inbound; nor are allow-listed
+ones ([check.iplist] allow), which the admin vouches for.
 
 A ``fail`` of the MAIL FROM identity is scored; with ``reject_fail = yes``
 it is refused at MAIL FROM with ``550 5.7.23`` and the domain's explanation
@@ -107,7 +108,7 @@ class SpfCheck(Check):
     name = "spf"
     method = "spf"
     Options = SpfOptions
-    skip_for = frozenset({"authenticated", "trusted"})
+    skip_for = frozenset({"allowlisted", "authenticated", "trusted"})
     symbols = {
         "SPF_PASS": 0.0,
         "SPF_FAIL": 3.0,
