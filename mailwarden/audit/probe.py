@@ -270,8 +270,14 @@ def ehlo_keywords(reply: Reply) -> dict:
     out = {}
     for line in reply.lines[1:]:
         words = line.split()
-        if words:
-            out[words[0].upper()] = " ".join(words[1:])
+        if not words:
+            continue
+        keyword = words[0].upper()
+        if keyword.startswith("AUTH="):
+            # the pre-RFC 4954 form some servers add for old clients
+            out.setdefault("AUTH", " ".join([keyword[5:]] + words[1:]))
+            continue
+        out[keyword] = " ".join(words[1:])
     return out
 
 
@@ -597,8 +603,12 @@ class Probe:
             try:
                 mail = smtp_command(channel, f"MAIL FROM:<{sender}>")
                 if mail.code != 250:
-                    self.add(area, WARN, f"{label} relay", "not tested: MAIL FROM refused",
-                             f"{mail.code} {mail.text}")
+                    if area == SUBMISSION and 500 <= mail.code < 600:
+                        self.add(area, OK, f"{label} relay",
+                                 "MAIL FROM refused without AUTH", f"{mail.code} {mail.text}")
+                    else:
+                        self.add(area, WARN, f"{label} relay", "not tested: MAIL FROM refused",
+                                 f"{mail.code} {mail.text}")
                     self._quit(channel)
                     return
                 while pending:

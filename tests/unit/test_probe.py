@@ -94,9 +94,13 @@ class ScriptedSmtp:
     """An SMTP server on 127.0.0.1 that refuses every RCPT and hangs up
     (421) after ``rcpts_per_session`` of them; ``greeting`` may be anything."""
 
-    def __init__(self, rcpts_per_session=100, greeting=b"220 mx.example.org ESMTP\r\n"):
+    def __init__(self, rcpts_per_session=100, greeting=b"220 mx.example.org ESMTP\r\n",
+                 ehlo=b"250-mx.example.org\r\n250 8BITMIME\r\n",
+                 mail=b"250 2.1.0 Ok\r\n"):
         self.rcpts_per_session = rcpts_per_session
         self.greeting = greeting
+        self.ehlo = ehlo
+        self.mail = mail
         self.sessions = 0
         self.rcpts = []
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -130,11 +134,11 @@ class ScriptedSmtp:
             line = raw.decode().strip()
             verb = line.split(" ", 1)[0].upper()
             if verb == "EHLO":
-                conn.sendall(b"250-mx.example.org\r\n250 8BITMIME\r\n")
+                conn.sendall(self.ehlo)
             elif verb == "VRFY":
                 conn.sendall(b"252 2.0.0 send some mail, I'll try my best\r\n")
             elif verb == "MAIL":
-                conn.sendall(b"250 2.1.0 Ok\r\n")
+                conn.sendall(self.mail)
             elif verb == "RCPT":
                 self.rcpts.append(line)
                 count += 1
@@ -228,3 +232,31 @@ def test_the_probe_connects_only_to_the_address_it_resolved(monkeypatch):
     finally:
         server.stop()
     assert connected and set(connected) == {"127.0.0.1"}
+
+
+def test_old_style_auth_keyword_counts_as_auth():
+    server = ScriptedSmtp(ehlo=b"250-mx.example.org\r\n250-AUTH=PLAIN LOGIN\r\n250 8BITMIME\r\n")
+    try:
+        findings, _ = probe.Probe(smtp_only(server.port)).run()
+    finally:
+        server.stop()
+    auth = next(f for f in findings if f.subject.endswith(" AUTH"))
+    assert auth.level == FAIL and auth.value == "PLAIN LOGIN"
+
+
+@pytest.mark.parametrize("area_port,level", [("smtp", WARN), ("submission", OK)])
+def test_mail_from_refused(area_port, level):
+    server = ScriptedSmtp(mail=b"530 5.7.0 Authentication required\r\n")
+    try:
+        if area_port == "smtp":
+            options = smtp_only(server.port)
+        else:
+            options = probe.ProbeOptions("127.0.0.1", smtp_port=0, submission_port=server.port,
+                                         imap_port=0, pop3_port=0, imaps_port=0, pop3s_port=0,
+                                         timeout=5)
+        findings, errors = probe.Probe(options).run()
+    finally:
+        server.stop()
+    relay = next(f for f in findings if f.subject == f"{area_port}:{server.port} relay")
+    assert relay.level == level and relay.value.startswith("530")
+    assert server.rcpts == [] and errors == []
