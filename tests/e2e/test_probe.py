@@ -33,9 +33,11 @@ from .harness import Postfix, free_port, wait_until
 
 HOSTNAME = "mx.test.example"        # the harness Postfix's myhostname
 SOURCE = "127.0.0.2"
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+DOVECONF = shutil.which("doveconf") or "/usr/bin/doveconf"
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("dovecot") is None and not Path("/usr/sbin/dovecot").exists(),
+    not Path(DOVECOT).exists(),
     reason="probe tests need Dovecot (apt-get install dovecot-imapd dovecot-pop3d)")
 
 
@@ -101,7 +103,7 @@ class Dovecot:
         os.chmod(self.workdir, 0o755)
         (self.workdir / "passwd").write_text("alice:{PLAIN}secret::::::\n")
         dh = Path("/usr/share/dovecot/dh.pem")
-        version = subprocess.run(["dovecot", "--version"], capture_output=True, text=True,
+        version = subprocess.run([DOVECOT, "--version"], capture_output=True, text=True,
                                  check=True).stdout.split()[0]
         major_minor = tuple(int(x) for x in version.split(".")[:2])
         # 2.4 renamed the setting; Debian 12 ships 2.3
@@ -158,10 +160,10 @@ service auth {{
 
     def start(self, timeout: float = 20.0) -> "Dovecot":
         self._write_config()
-        check = subprocess.run(["doveconf", "-n", "-c", str(self.config)],
+        check = subprocess.run([DOVECONF, "-n", "-c", str(self.config)],
                                capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
-        self._proc = subprocess.Popen(["dovecot", "-F", "-c", str(self.config)],
+        self._proc = subprocess.Popen([DOVECOT, "-F", "-c", str(self.config)],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=open(self.workdir / "dovecot.stderr", "ab"))
         wait_until(self._ready, timeout, f"Dovecot on {self.ports}")
