@@ -10,6 +10,7 @@ the session's unbound; dkimpy verifies what the sink receives against them.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import shutil
 
@@ -85,20 +86,29 @@ def scan(mw, data, client, *, mail_from="alice@outbound.example", rcpts):
 
 def test_relay_tricks_refused_from_outside_accepted_with_auth(postfix, sink, mailwarden, files):
     mw = mailwarden(settings(files, sign=False))
-    for rcpt in TRICKS:
-        result, data, msgid = send(postfix, OUTSIDE, rcpts=[rcpt])
-        assert (result.stage, result.code, result.enhanced) == ("rcpt", 554, "5.7.1"), \
-            f"{rcpt}: {result}\n{mw.log_text()[-2000:]}"
-        assert "Relay access denied" in result.text
-        out = scan(mw, data, OUTSIDE, rcpts=[rcpt])
+    # one transaction, every trick a recipient of its own: each is answered alone
+    result, data, msgid = send(postfix, OUTSIDE, rcpts=TRICKS)
+    rcpt_replies = [(code, text) for command, code, text in result.replies if command == "RCPT"]
+    assert len(rcpt_replies) == len(TRICKS)
+    for rcpt, (code, text) in zip(TRICKS, rcpt_replies):
+        assert code == 554 and text.startswith("5.7.1") and "Relay access denied" in text, \
+            f"{rcpt}: {code} {text}\n{mw.log_text()[-2000:]}"
+    assert result.accepted_rcpts == [] and result.stage == "rcpt"
+    assert mw.log_text().count("relay denied") >= len(TRICKS)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        outs = list(pool.map(lambda rcpt: scan(mw, data, OUTSIDE, rcpts=[rcpt]), TRICKS))
+    for rcpt, out in zip(TRICKS, outs):
         assert out["action"] == "reject" and out["smtp_reply"].startswith("554 5.7.1"), (rcpt, out)
 
-        result, data, msgid = send(postfix, alice(), rcpts=[rcpt])
-        assert result.accepted, f"{rcpt}: {result}\n{mw.log_text()[-2000:]}"
-        sink.wait_for_match(msgid.encode(), timeout=30)
-        out = scan(mw, data, alice(), rcpts=[rcpt])
-        assert out["action"] not in ("reject", "tempfail"), (rcpt, out)
-    assert "relay denied" in mw.log_text()
+    result, data, msgid = send(postfix, alice(), rcpts=TRICKS)
+    assert result.accepted, f"{result}\n{mw.log_text()[-2000:]}"
+    assert result.accepted_rcpts == TRICKS
+    got = sink.wait_for_match(msgid.encode(), timeout=30)
+    assert len(got.rcpts) == len(TRICKS)
+    out = scan(mw, data, alice(), rcpts=TRICKS)
+    assert out["action"] not in ("reject", "tempfail") and out["smtp_reply"] is None, out
+    assert not [r for r in out["results"] if r["check"] == "relay"]
 
 
 def test_local_recipient_from_outside_accepted(postfix, sink, mailwarden, files):
@@ -215,3 +225,19 @@ def test_bad_key_stops_start_up(mailwarden, files, tmp_path):
     with pytest.raises(Exception) as err:
         mailwarden(overrides)
     assert str(bad) in str(err.value)
+
+
+@pytest.mark.xfail(reason="milter.py negotiates SMFIP_HDR_LEADSPC but adds header values without "
+                          "their leading space: Postfix writes 'DKIM-Signature:v=1', which "
+                          "simple header canonicalization hashes differently", strict=False)
+def test_simple_canonicalization_survives_postfix(postfix, sink, mailwarden, files, dns_server):
+    """simple/simple hashes the DKIM-Signature field exactly as written: the
+    milter and Postfix must deliver it byte for byte as it was signed."""
+    overrides = settings(files)
+    overrides["check.dkim_sign"]["canonicalization"] = "simple/simple"
+    mailwarden(overrides)
+    result, data, msgid = send(postfix, alice(), rcpts=["friend@elsewhere.example"])
+    assert result.accepted, result
+    got = sink.wait_for_match(msgid.encode(), timeout=30)
+    assert got.data.startswith(b"DKIM-Signature: v=1; a="), got.data[:200]
+    assert _verify(got.data, dns_server, 2) == [True, True]
