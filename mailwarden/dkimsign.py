@@ -176,18 +176,28 @@ def headers_to_sign(header_names, sign_headers, oversign) -> list:
 
 
 def sign(message: bytes, key: SigningKey, include: list,
-         canonicalization: tuple = ("relaxed", "relaxed"), now: float | None = None) -> bytes:
+         canonicalization: tuple = ("relaxed", "relaxed"), now: float | None = None,
+         cache: dict | None = None) -> bytes:
     """The value of a DKIM-Signature field (after the colon, folded with CRLF SP).
 
     ``message`` is the message as it will be delivered (headers and body);
     ``include`` the lower-case h= names (see :func:`headers_to_sign`).
+    ``cache``, a dict kept for one message, spares the parse and the body
+    hash (most of the cost of a large message) to its second signature.
     Raises ``dkim.DKIMException`` on a message dkimpy cannot parse.
     """
     if "from" not in include:
         raise dkim.ParameterError("the From header field must be signed (RFC 6376 §5.4)")
-    headers, body = dkim.rfc822_parse(message)
+    cache = {} if cache is None else cache
     policy = CanonicalizationPolicy.from_c_value("/".join(canonicalization).encode("ascii"))
-    bodyhash = base64.b64encode(hashlib.sha256(policy.canonicalize_body(body)).digest())
+    if "parsed" not in cache:
+        cache["parsed"] = dkim.rfc822_parse(message)
+    headers, body = cache["parsed"]
+    body_key = ("bh", policy.to_c_value())
+    if body_key not in cache:
+        cache[body_key] = base64.b64encode(
+            hashlib.sha256(policy.canonicalize_body(body)).digest())
+    bodyhash = cache[body_key]
     include_b = [h.encode("ascii") for h in include]
     fields = [
         (b"v", b"1"),

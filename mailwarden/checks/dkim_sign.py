@@ -147,9 +147,11 @@ class DkimSignCheck(Check):
                                            self.options.oversign_headers)
         now = ctx.now()
         added = []
+        cache: dict = {}
         for key in keys:
             try:
-                value = dkimsign.sign(message, key, include, self.options.canonicalization, now)
+                value = dkimsign.sign(message, key, include, self.options.canonicalization, now,
+                                      cache)
             except dkim.DKIMException as exc:
                 ctx.log.warning("dkim_sign: cannot sign for %s: %s", key.domain, exc)
                 return self.result("permerror", self.error_symbol(),
