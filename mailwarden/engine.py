@@ -346,8 +346,7 @@ def run_offline(engine: Engine, *, client_ip, client_name: str = "", helo: str =
     from .mime import split_message
 
     conn = Connection(client_ip=parse_client_address(client_ip),
-                      client_name=client_name or "unknown", auth_user=auth_user,
-                      tls_version=tls_version)
+                      client_name=client_name or "unknown", tls_version=tls_version)
     verdict = engine.connect(conn)
     if verdict is not None:
         return verdict, conn, None
@@ -355,6 +354,9 @@ def run_offline(engine: Engine, *, client_ip, client_name: str = "", helo: str =
         verdict = engine.helo(conn, helo)
         if verdict is not None:
             return verdict, conn, None
+    # SMTP AUTH follows EHLO: the milter learns the user with MAIL FROM's
+    # macros, so connect and HELO checks must not see it here either
+    conn.auth_user = auth_user
     headers, body, problem = split_message(message)
     params = {"SIZE": str(esmtp_size)} if esmtp_size is not None else {}
     msg = engine.new_message(conn, mail_from, params)

@@ -347,7 +347,7 @@ class DnsblCheck(Check):
                                 f"{x.zone}: {ask.subject}: answer {', '.join(bad)} "
                                 "is an error code, not a listing")]
         symbols = {}
-        for code in codes:
+        for code in sorted(codes):           # servers vary the RRset's order; results must not
             suffixes = [c.suffix for c in x.codes if code in c] or ["LISTED"]
             for suffix in suffixes:
                 symbols.setdefault(f"{x.prefix}_{suffix}", []).append(str(code))
