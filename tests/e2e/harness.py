@@ -608,6 +608,7 @@ _MASTER_CF = """\
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 rewrite   unix  -       -       n       -       -       trivial-rewrite
 bounce    unix  -       -       n       -       0       bounce
 defer     unix  -       -       n       -       0       bounce
@@ -711,7 +712,12 @@ class Postfix:
             "relayhost": sink,
             "transport_maps": f"static:smtp:{sink}",
             "smtp_tls_security_level": "none",
-            "smtpd_tls_security_level": "none",
+            # STARTTLS offered with a self-signed certificate made at start
+            # (smtp_send(starttls=True)), so the milter can see {tls_version}
+            "smtpd_tls_security_level": "may",
+            "smtpd_tls_cert_file": str(self.workdir / "tls" / "cert.pem"),
+            "smtpd_tls_key_file": str(self.workdir / "tls" / "key.pem"),
+            "smtpd_tls_received_header": "yes",
             "maillog_file": str(self.log_path),
             "maillog_file_prefixes": str(self.workdir),
             # the limit under test is mailwarden's, not Postfix's
@@ -757,6 +763,21 @@ class Postfix:
         postfix_user = pwd.getpwnam("postfix")
         os.chown(self.data_dir, postfix_user.pw_uid, grp.getgrnam("postfix").gr_gid)
         os.chmod(self.data_dir, 0o700)
+        self._make_certificate()
+
+    def _make_certificate(self) -> None:
+        tls = self.workdir / "tls"
+        if (tls / "cert.pem").exists():
+            return
+        tls.mkdir(exist_ok=True)
+        done = subprocess.run(
+            [shutil.which("openssl") or "/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048",
+             "-nodes", "-days", "2", "-subj", f"/CN={AUTHSERV_ID}",
+             "-keyout", str(tls / "key.pem"), "-out", str(tls / "cert.pem")],
+            capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise HarnessError(f"openssl could not make a test certificate: {done.stderr}")
+        os.chmod(tls / "key.pem", 0o600)
 
     def _postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run([_sbin("postfix"), "-c", str(self.config_dir), *args],
@@ -1058,9 +1079,9 @@ class Mailwarden:
 class SmtpResult:
     """How one transaction ended.
 
-    ``stage`` is where it ended: connect, xclient, helo, mail, rcpt, data or
-    done; ``code``/``text`` the last reply (the DATA end reply when it went
-    through); ``replies`` every ``(command, code, text)``.
+    ``stage`` is where it ended: connect, starttls, xclient, helo, mail,
+    rcpt, data or done; ``code``/``text`` the last reply (the DATA end reply
+    when it went through); ``replies`` every ``(command, code, text)``.
     """
     code: int
     text: str
@@ -1087,6 +1108,19 @@ class _Conversation:
         self.sock = sock
         self.rfile = sock.makefile("rb")
         self.replies: list = []
+
+    def close(self) -> None:
+        self.rfile.close()
+        self.sock.close()
+
+    def start_tls(self, server_name: str) -> None:
+        import ssl
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        self.rfile.close()
+        self.sock = context.wrap_socket(self.sock, server_hostname=None)
+        self.rfile = self.sock.makefile("rb")
 
     def read_reply(self, command: str) -> tuple:
         lines = []
@@ -1132,13 +1166,16 @@ def dot_stuff(data: bytes) -> bytes:
 def smtp_send(port: int, *, xclient: Optional[dict] = None, helo: str = "client.test.example",
               mail_from: str, rcpts: Iterable[str], data: bytes,
               esmtp_size: Optional[int] = None, timeout: float = 30,
-              host: str = "127.0.0.1") -> SmtpResult:
+              host: str = "127.0.0.1", starttls: bool = False) -> SmtpResult:
     """One SMTP transaction; never raises for an SMTP refusal, only returns it.
 
     ``xclient`` (e.g. ``{"ADDR": "198.51.100.7", "NAME": "mail.sender.example",
     "HELO": "...", "LOGIN": "alice"}``) is sent right after EHLO; the server
-    then greets anew and EHLO is repeated.  Recipients refused one by one are
-    recorded; DATA follows if at least one was accepted.
+    then greets anew and EHLO is repeated.  ``starttls`` starts TLS (the
+    certificate is not verified) after the first EHLO, before XCLIENT, so
+    the milter sees ``{tls_version}`` and ``{cipher}``; the stage is then
+    "starttls" if that fails.  Recipients refused one by one are recorded;
+    DATA follows if at least one was accepted.
     """
     rcpts = list(rcpts)
     try:
@@ -1160,6 +1197,16 @@ def smtp_send(port: int, *, xclient: Optional[dict] = None, helo: str = "client.
             code, text = conv.command(f"EHLO {helo}")
             if code != 250:
                 return done(code, text, stage)
+            if starttls:
+                stage = "starttls"
+                code, text = conv.command("STARTTLS")
+                if code != 220:
+                    return done(code, text, stage)
+                conv.start_tls(host)
+                stage = "helo"
+                code, text = conv.command(f"EHLO {helo}")
+                if code != 250:
+                    return done(code, text, stage)
             if xclient:
                 stage = "xclient"
                 attrs = " ".join(f"{k.upper()}={_xclient_value(v)}" for k, v in xclient.items())
@@ -1191,7 +1238,7 @@ def smtp_send(port: int, *, xclient: Optional[dict] = None, helo: str = "client.
             code, text = conv.command("DATA")
             if code != 354:
                 return done(code, text, stage, accepted)
-            sock.sendall(dot_stuff(data))
+            conv.sock.sendall(dot_stuff(data))
             code, text = conv.read_reply("END-OF-DATA")
             if code >= 400:
                 return done(code, text, stage, accepted)
@@ -1204,6 +1251,8 @@ def smtp_send(port: int, *, xclient: Optional[dict] = None, helo: str = "client.
             return result
     except (OSError, ConnectionError) as exc:
         return SmtpResult(0, f"{exc.__class__.__name__}: {exc}", stage, conv.replies)
+    finally:
+        conv.close()
 
 
 _counter = iter(range(1, 1 << 62))

@@ -87,3 +87,23 @@ def test_sink_keeps_envelope_and_data(sink):
     assert (got.mail_from, got.rcpts) == ("x@sender.example", ["y@rcpt.example", "z@rcpt.example"])
     assert got.headers["Subject"] == "direct"
     assert got.body.startswith(b".leading dot\r\n")
+
+
+
+AUTHENTICATED = {"ADDR": "198.51.100.7", "NAME": "mail.sender.example", "LOGIN": "alice"}
+
+
+def test_starttls_then_xclient_hands_tls_to_the_milter(postfix, sink, mailwarden):
+    """STARTTLS survives XCLIENT: the milter gets {tls_version} (an
+    authenticated client without TLS is refused, with it accepted)."""
+    mw = mailwarden({"check.submission": {"require_tls_for_auth": "yes"}})
+    data, msgid = make_message("over tls")
+    clear = smtp_send(postfix.smtp_port, mail_from="a@sender.example",
+                      rcpts=["b@rcpt.example"], data=data, xclient=AUTHENTICATED)
+    assert (clear.stage, clear.code) == ("mail", 530), clear
+    result = smtp_send(postfix.smtp_port, starttls=True, mail_from="a@sender.example",
+                       rcpts=["b@rcpt.example"], data=data, xclient=AUTHENTICATED)
+    assert result.accepted, f"{result}\n{mw.log_text()[-2000:]}"
+    assert [r[0] for r in result.replies[:5]] == ["CONNECT", "EHLO", "STARTTLS", "EHLO", "XCLIENT"]
+    got = sink.wait_for_match(msgid.encode())
+    assert "TLS" in got.header_values("Received")[0]
