@@ -329,6 +329,11 @@ class PolicyOptions:
     dry_run: bool = opt(False, parse_bool)
     status_header: str = opt("X-Mailwarden-Status", parse_str)
     reject_text: str = opt("Message rejected by content policy", parse_str)
+    # outbound (authenticated or trusted) mail that scores: "score" treats it
+    # like any other; "hold" quarantines it instead (add_header, quarantine
+    # and a score reject all become a hold), so an admin sees what a
+    # compromised account tried to send and the spammer learns nothing
+    outbound_action: str = opt("score", parse_choice("score", "hold"))
 
 
 @dataclass(frozen=True)

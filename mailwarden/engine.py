@@ -217,7 +217,7 @@ class Engine:
     def _run(self, ctx: Context) -> list:
         for level in self.levels[ctx.stage]:
             tags = ctx.tags
-            runnable = [c for c in level if not (c.skip_for & tags)]
+            runnable = [c for c in level if not (c.skips() & tags)]
             if len(runnable) == 1 or ctx.stage is Stage.BODY:
                 for check in runnable:
                     ctx.new.extend(self._call(check, ctx))

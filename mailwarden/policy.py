@@ -117,6 +117,11 @@ class Policy:
 
         if action is None:
             return None
+        if (final and hard is None and o.outbound_action == "hold"
+                and trust in ("authenticated", "trusted")
+                and action in ("reject", "quarantine", "add_header")):
+            reason = f"outbound {trust} mail held ({action}: {reason})"
+            action, reply = "quarantine", None
         decided = action
         if o.dry_run and action != "accept":
             if not final:

@@ -34,9 +34,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import ClassVar, Mapping
+from typing import ClassVar, Mapping, Optional
 
-from ..config import opt, parse_bool
+from ..config import ValueProblem, opt, parse_bool, parse_list
 from ..model import Result, Stage
 
 # Each module defines CHECKS = (SomeCheck, ...). Order here is only the
@@ -59,12 +59,28 @@ CHECK_MODULES = (
 )
 
 
+CLIENT_TAGS = frozenset({"allowlisted", "authenticated", "trusted", "other"})
+
+
+def parse_client_tags(text: str) -> frozenset:
+    tags = frozenset(t.lower() for t in parse_list(text))
+    unknown = tags - CLIENT_TAGS
+    if unknown:
+        raise ValueProblem(f"unknown client tag {', '.join(sorted(unknown))} "
+                           f"(known: {', '.join(sorted(CLIENT_TAGS))})")
+    return tags
+
+
 @dataclass(frozen=True)
 class CheckOptions:
     enabled: bool = opt(True, parse_bool)
     # a temperror of this check may tempfail the message (per [policy]
     # temperror_action*); "no" records the temperror and accepts
     tempfail_on_error: bool = opt(True, parse_bool)
+    # client tags for which the check does not run, replacing the check's own
+    # skip_for: e.g. "allowlisted" alone makes a content check run on
+    # authenticated and trusted (outbound) mail too; empty: run for everyone
+    skip_for: Optional[frozenset] = opt(None, parse_client_tags)
     # [check.NAME.ITEM] sections of a check with an Item class; not an INI key
     subsections: Mapping = field(default_factory=lambda: MappingProxyType({}))
 
@@ -81,6 +97,11 @@ class Check:
         self.options = options
         self.services = services
         self.known_symbols = type(self).symbols_for(options)
+
+    def skips(self) -> frozenset:
+        """Client tags this check does not run for: the INI's, else its own."""
+        configured = self.options.skip_for
+        return type(self).skip_for if configured is None else configured
 
     @classmethod
     def error_symbol(cls) -> str:
