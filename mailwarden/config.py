@@ -275,6 +275,14 @@ def parse_socket(text: str) -> str:
     return f"{kind}:{port}@{host}" if host else f"{kind}:{port}"
 
 
+def parse_mode(text: str) -> str:
+    """A file mode in octal (``0660``); kept as text, checked here once."""
+    value = text.strip()
+    if not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueProblem(f"expected an octal mode such as 0660, got {text!r}")
+    return value
+
+
 def opt(default: Any, parse: Callable[[str], Any]) -> Any:
     """A config field: its default and the parser for the INI text."""
     return field(default=default, metadata={"parse": parse})
@@ -289,9 +297,12 @@ class MilterOptions:
     socket: str = opt("inet:8894@127.0.0.1", parse_socket)
     name: str = opt("mailwarden", parse_str)
     timeout: float = opt(600.0, parse_seconds)
-    socket_mode: str = opt("0660", parse_str)
+    socket_mode: str = opt("0660", parse_mode)
     user: str = opt("", parse_str)
     group: str = opt("", parse_str)
+    # started as root without a user to drop to, the milter refuses to run
+    # unless this says yes: a parser bug must not hand an attacker root
+    allow_root: bool = opt(False, parse_bool)
     spool_threshold: int = opt(1024 * 1024, parse_size)
     log: str = opt("syslog", parse_choice("syslog", "stderr"))
     log_level: str = opt("info", parse_choice("debug", "info", "warning", "error"))

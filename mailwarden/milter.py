@@ -185,15 +185,57 @@ class MailwardenMilter(Milter.Base):
 # start-up
 
 
-def _drop_privileges(user: str, group: str) -> None:
-    if os.getuid() != 0 or not user:
+class StartupRefused(SystemExit):
+    """Start-up cannot go on safely; the message says why (exit status 1)."""
+
+
+def _target_ids(options) -> tuple | None:
+    """(uid, gid, name) to drop to, or None to keep running as we are.
+
+    Refuses root without an explicit ``allow_root``: a milter parses
+    whatever strangers send and must not do it with every privilege.
+    """
+    if os.getuid() != 0:
+        return None
+    if not options.user:
+        if options.allow_root:
+            return None
+        raise StartupRefused("mailwarden: started as root with no [milter] user to drop to; "
+                             "set user (and group), or allow_root = yes")
+    try:
+        entry = pwd.getpwnam(options.user)
+    except KeyError:
+        raise StartupRefused(f"mailwarden: [milter] user: no such user {options.user!r}") from None
+    gid = entry.pw_gid
+    if options.group:
+        try:
+            gid = grp.getgrnam(options.group).gr_gid
+        except KeyError:
+            raise StartupRefused(
+                f"mailwarden: [milter] group: no such group {options.group!r}") from None
+    if (entry.pw_uid == 0 or gid == 0) and not options.allow_root:
+        raise StartupRefused(f"mailwarden: [milter] user {options.user!r} / group is root; "
+                             "set allow_root = yes to run so")
+    return entry.pw_uid, gid, options.user
+
+
+def _drop_privileges(target) -> None:
+    if target is None:
         return
-    entry = pwd.getpwnam(user)
-    gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
+    uid, gid, name = target
     os.setgroups([gid])
     os.setgid(gid)
-    os.setuid(entry.pw_uid)
-    log.info("running as user %s, group %d", user, gid)
+    os.setuid(uid)
+    if uid != 0:
+        # setuid() from root sets all three ids; make sure none came back
+        try:
+            os.setuid(0)
+        except PermissionError:
+            pass
+        else:
+            raise StartupRefused("mailwarden: could not give up root")
+    os.umask(0o077)          # spooled bodies are nobody else's business
+    log.info("running as user %s (uid %d), group %d", name, uid, gid)
 
 
 def _prepare_unix_socket(options, path: str) -> None:
@@ -205,6 +247,7 @@ def _prepare_unix_socket(options, path: str) -> None:
 
 def serve(config: Config, config_path: str = "") -> int:
     """Run the milter until libmilter stops (SIGTERM, SIGINT)."""
+    target = _target_ids(config.milter)      # refuse before anything is opened
     engine = Engine(config)
     Milter.factory = lambda: MailwardenMilter(engine)
     libmilter.set_flags(USED_ACTIONS)
@@ -231,7 +274,7 @@ def serve(config: Config, config_path: str = "") -> int:
     libmilter.opensocket(True)
     if socket_spec.startswith("unix:"):
         _prepare_unix_socket(config.milter, socket_spec[len("unix:"):])
-    _drop_privileges(config.milter.user, config.milter.group)
+    _drop_privileges(target)
     log.info("mailwarden listening on %s (%d checks: %s)", socket_spec, len(engine.checks),
              ", ".join(c.name for c in engine.checks))
     try:

@@ -952,8 +952,9 @@ class Mailwarden:
 
     def settings(self) -> dict:
         base = {
+            # tests run as root and keep it (test_security drops privileges)
             "milter": {"socket": f"unix:{self.socket_path}", "log": "stderr",
-                       "log_level": "debug", "socket_mode": "0666"},
+                       "log_level": "debug", "socket_mode": "0666", "allow_root": "yes"},
             "authserv": {"id": AUTHSERV_ID},
             "dns": {"nameservers": "127.0.0.1", "port": str(self.dns_port),
                     "timeout": "1s"},
