@@ -1,0 +1,137 @@
+"""Nothing an SMTP client or a DNS answer sends can inject a line.
+
+CR, LF and other controls in the HELO name, the envelope addresses and a
+DNSBL TXT reason reach the adapter raw here (Postfix may clean some of
+them first; tests/e2e/test_security.py does the same through Postfix).
+Each must come out without splitting a log line (through the real log
+formatter of ``mailwarden.logsetup``), the SMTP reply, or a header the
+milter adds.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import sys
+
+import Milter
+import pytest
+
+from mailwarden.config import loads
+from mailwarden.logsetup import setup_logging
+from tests.milter.miltertest import Session, make_engine
+
+EVIL = "\r\nX-Injected: yes\r\n250 2.0.0 ok"
+BASE = "[authserv]\nid = mx.test.example\n[milter]\nlog = stderr\nlog_level = debug\n"
+ZONE = r"""
+7.100.51.198.in-addr.arpa. PTR mail.sender.example.
+mail.sender.example. A 198.51.100.7
+66.100.51.198.evil.dnsbl.test. A 127.0.0.2
+66.100.51.198.evil.dnsbl.test. TXT "listed\013\010X-Injected: yes\013\010250 2.0.0 ok"
+"""
+LISTS = ("[check.submission]\nenabled = no\n"
+         "[check.dnsbl.evil]\nzone = evil.dnsbl.test\nkind = ip\nscore = 1\n")
+MESSAGE = b"From: a@sender.example\r\nTo: b@rcpt.example\r\nSubject: x\r\n\r\nbody\r\n"
+LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} mailwarden\[\d+\]: ")
+
+
+@pytest.fixture
+def logged(monkeypatch):
+    """Everything the ``mailwarden`` logger writes, through the real formatter."""
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    logger = logging.getLogger("mailwarden")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    setup_logging(loads(BASE).milter, force_stderr=True)
+    yield out
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def engine_for(extra=""):
+    from mailwarden.checks import registry
+    cfg = loads(BASE + extra)
+    return make_engine(cfg, ZONE, registry=registry())
+
+
+def assert_one_line_each(text: str):
+    lines = text.splitlines()
+    assert lines, "nothing was logged"
+    for line in lines:
+        assert LINE_START.match(line), f"a log line was split: {line!r}\n---\n{text}"
+    assert "\r" not in text
+
+
+def assert_header_safe(value: str):
+    # a line break only as folding: followed by white space, never by a field
+    assert "\r" not in value, value
+    assert not re.search(r"\n(?![ \t])", value), value
+    assert not re.search(r"(?m)^X-Injected", value), value
+
+
+def assert_reply_safe(reply):
+    assert reply is not None
+    for part in reply:
+        assert "\r" not in str(part) and "\n" not in str(part), reply
+
+
+@pytest.mark.parametrize("where", ["helo", "mail_from", "rcpt"])
+def test_envelope_controls_stay_in_one_line_and_one_header(logged, where):
+    engine = engine_for()
+    try:
+        s = Session(engine, macros={"i": "QID1", "j": "mx.test.example"})
+        helo = "mail" + EVIL if where == "helo" else "mail.sender.example"
+        sender = "a" + EVIL + "@sender.example" if where == "mail_from" else "a@sender.example"
+        rcpt = "b" + EVIL + "@rcpt.example" if where == "rcpt" else "b@rcpt.example"
+        assert s.connect("198.51.100.7", "mail.sender.example") == Milter.CONTINUE
+        s.helo(helo)
+        s.mail(sender)
+        rc = s.rcpt(rcpt)
+        if rc == Milter.CONTINUE:
+            rc = s.data(MESSAGE)
+        s.close()
+        if s.reply is not None:
+            assert_reply_safe(s.reply)
+        for name, value, _ in s.ctx.added:
+            assert_header_safe(name + ": " + value)
+        if where != "rcpt":
+            assert s.ctx.added, "the message went through: headers were added"
+        assert_one_line_each(logged.getvalue())
+        if where != "rcpt":      # the verdict line names HELO and sender, escaped
+            assert "\\x0d\\x0aX-Injected: yes" in logged.getvalue()
+    finally:
+        engine.close()
+
+
+def test_dnsbl_txt_reason_cannot_split_reply_or_log(logged):
+    engine = engine_for(LISTS + "reject = yes\n")
+    try:
+        s = Session(engine, macros={"j": "mx.test.example"})
+        rc = s.connect("198.51.100.66", "unknown")
+        assert rc == Milter.REJECT
+        assert_reply_safe(s.reply)
+        text = " ".join(map(str, s.reply))
+        assert "listed" in text and "X-Injected" in text   # kept, on the same line
+        s.close()
+        assert_one_line_each(logged.getvalue())
+    finally:
+        engine.close()
+
+
+def test_dnsbl_txt_reason_cannot_split_a_header(logged):
+    engine = engine_for(LISTS)
+    try:
+        s = Session(engine, macros={"i": "QID2", "j": "mx.test.example"})
+        assert s.connect("198.51.100.66", "unknown") == Milter.CONTINUE
+        s.helo("mail.sender.example")
+        s.mail("a@sender.example")
+        s.rcpt("b@rcpt.example")
+        assert s.data(MESSAGE) == Milter.ACCEPT
+        s.close()
+        assert s.ctx.added
+        for name, value, _ in s.ctx.added:
+            assert_header_safe(name + ": " + value)
+        assert any("EVIL_LISTED" in v for _, v, _ in s.ctx.added), s.ctx.added
+        assert_one_line_each(logged.getvalue())
+    finally:
+        engine.close()
