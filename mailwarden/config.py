@@ -305,6 +305,7 @@ class MilterOptions:
     allow_root: bool = opt(False, parse_bool)
     spool_threshold: int = opt(1024 * 1024, parse_size)
     log: str = opt("syslog", parse_choice("syslog", "stderr"))
+    log_format: str = opt("text", parse_choice("text", "json"))
     log_level: str = opt("info", parse_choice("debug", "info", "warning", "error"))
 
 
@@ -395,6 +396,28 @@ class StateOptions:
     retry_interval: float = opt(5.0, parse_seconds)
 
 
+def parse_listen(text: str) -> str:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) for an HTTP listener; empty: off."""
+    value = text.strip()
+    if not value:
+        return ""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueProblem(f"expected HOST:PORT such as 127.0.0.1:9851, got {text!r}")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueProblem(f"not an IP address: {host!r}") from None
+    return value
+
+
+@dataclass(frozen=True)
+class MetricsOptions:
+    """Prometheus metrics over HTTP; off unless ``listen`` is set."""
+
+    listen: str = opt("", parse_listen)
+
+
 CORE_SECTIONS: Mapping[str, type] = MappingProxyType({
     "milter": MilterOptions,
     "authserv": AuthservOptions,
@@ -402,6 +425,7 @@ CORE_SECTIONS: Mapping[str, type] = MappingProxyType({
     "policy": PolicyOptions,
     "relay": RelayOptions,
     "state": StateOptions,
+    "metrics": MetricsOptions,
 })
 
 
@@ -416,6 +440,7 @@ class Config:
     state: StateOptions
     scores: Mapping[str, float]
     checks: Mapping[str, Any]          # check name -> its Options instance
+    metrics: MetricsOptions = field(default_factory=MetricsOptions)
 
     def check(self, name: str):
         return self.checks[name]
