@@ -1,9 +1,10 @@
 """Relay, submission and DKIM signing through the real Postfix, and ``scan`` agreeing.
 
 Clients are presented with XCLIENT; ``LOGIN=alice`` makes Postfix hand the
-milter ``{auth_authen}`` = alice, as after a real SMTP AUTH.  XCLIENT cannot
-present TLS, so the tests that accept authenticated mail turn
-``require_tls_for_auth`` off, and one test shows the refusal with it on.
+milter ``{auth_authen}`` = alice, as after a real SMTP AUTH.  Most tests that
+accept authenticated mail send without TLS and turn ``require_tls_for_auth``
+off; one shows the refusal with it on, and one sends with STARTTLS first
+(the milter then sees ``{tls_version}``) with it on.
 The DKIM public keys are in ``tests/data/zones/outbound.zone``, served by
 the session's unbound; dkimpy verifies what the sink receives against them.
 """
@@ -241,3 +242,15 @@ def test_simple_canonicalization_survives_postfix(postfix, sink, mailwarden, fil
     got = sink.wait_for_match(msgid.encode(), timeout=30)
     assert got.data.startswith(b"DKIM-Signature: v=1; a="), got.data[:200]
     assert _verify(got.data, dns_server, 2) == [True, True]
+
+
+def test_authenticated_submission_over_tls_accepted(postfix, sink, mailwarden, files):
+    """With STARTTLS before XCLIENT the milter sees {tls_version}: require_tls_for_auth passes."""
+    mw = mailwarden(settings(files, tls="yes", sign=False))
+    data, msgid = make_message("over tls", sender="alice@outbound.example",
+                               to="friend@elsewhere.example")
+    result = smtp_send(postfix.smtp_port, xclient=alice(), helo=OUTSIDE["HELO"],
+                       mail_from="alice@outbound.example", rcpts=["friend@elsewhere.example"],
+                       data=data, starttls=True)
+    assert result.accepted, f"{result}\n{mw.log_text()[-2000:]}"
+    sink.wait_for_match(msgid.encode(), timeout=30)
