@@ -46,9 +46,12 @@ def cmd_check_config(args) -> int:
 def cmd_run(args) -> int:
     from .logsetup import setup_logging
     from .milter import serve
+    from .warmup import warm_up
 
     config = _load_config(args.config)
     setup_logging(config.milter, force_stderr=args.foreground_log)
+    # load every module the checks need while still root (see warmup.py)
+    warm_up(config)
     return serve(config, config_path=args.config)
 
 
