@@ -160,7 +160,12 @@ class MailwardenMilter(Milter.Base):
             # remove from the last to the first: indexes count occurrences
             for name, _value, index in sorted(verdict.headers_removed, key=lambda h: -h[2]):
                 self.chgheader(name, index, "")
+            # with leading-space values negotiated the MTA writes "Name:" + value
+            # exactly, so the space after the colon is ours to send
+            lead = " " if self._protocol & Milter.P_HDR_LEADSPC else ""
             for name, value in reversed(verdict.headers_added):
+                if value[:1] not in (" ", "\t"):
+                    value = lead + value
                 self.addheader(name, value, 0)
             if verdict.action == "quarantine":
                 self.quarantine(verdict.quarantine_reason or "mailwarden quarantine")
