@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 
 from . import __version__
@@ -52,7 +53,9 @@ def cmd_run(args) -> int:
     setup_logging(config.milter, force_stderr=args.foreground_log)
     # load every module the checks need while still root (see warmup.py)
     warm_up(config)
-    return serve(config, config_path=args.config)
+    return serve(config, config_path=args.config,
+                 log_setup=lambda options: setup_logging(options,
+                                                         force_stderr=args.foreground_log))
 
 
 def cmd_scan(args) -> int:
@@ -91,6 +94,11 @@ def cmd_scan(args) -> int:
             msg.close()
     finally:
         engine.close()
+    if args.explain:
+        from .explain import explain_table
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        sys.stdout.write(explain_table(verdict, config.scores, config.policy, colour=colour))
+        return EXIT_OK
     json.dump(out, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return EXIT_OK
@@ -129,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--esmtp-size", type=int, default=None, help="ESMTP SIZE= at MAIL FROM")
     p.add_argument("--zone", action="append",
                    help="answer DNS from this zone file instead of [dns] (repeat)")
+    p.add_argument("--explain", action="store_true",
+                   help="print a table (check, result, symbol, weight, reason; total, "
+                        "thresholds, action) instead of JSON; coloured on a terminal")
     p.add_argument("message", help="the message file (.eml), or - for standard input")
     p.set_defaults(func=cmd_scan)
 

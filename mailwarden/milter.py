@@ -19,12 +19,17 @@ import logging
 import os
 import pwd
 import re
+import signal
+import threading
+import time
 
 import Milter
 import milter as libmilter   # pymilter's C module
 
 from .config import Config
 from .engine import ConnLog, Engine
+from .explain import format_line, verdict_fields
+from .logsetup import VERDICT_ATTR
 from .model import Connection, parse_client_address, strip_brackets
 
 log = logging.getLogger("mailwarden")
@@ -61,11 +66,19 @@ def _params(values) -> dict:
 
 @Milter.header_leading_space
 class MailwardenMilter(Milter.Base):
-    def __init__(self, engine: Engine):
+    """One SMTP connection.  ``holder`` (a reload's :class:`~mailwarden.reload.EngineHolder`)
+    is told when the connection ends, so a retired engine is closed once
+    idle; ``metrics`` (:class:`~mailwarden.metrics.Metrics`) is fed here."""
+
+    def __init__(self, engine: Engine, holder=None, metrics=None):
         super().__init__()
         self.engine = engine
+        self.holder = holder
+        self.metrics = metrics
         self.conn: Connection | None = None
         self.msg = None
+        self._message_seconds = 0.0
+        self._counted = False
 
     # -- helpers ------------------------------------------------------------
 
@@ -91,12 +104,31 @@ class MailwardenMilter(Milter.Base):
             self.setreply(str(reply.code), reply.xcode, text)
         return _ACTION_CODES[verdict.action]
 
+    def _timed(self, stage: str, call, *args):
+        """Run one engine stage; its time goes to the metrics."""
+        if self.metrics is None:
+            return call(*args)
+        started = time.monotonic()
+        try:
+            return call(*args)
+        finally:
+            spent = time.monotonic() - started
+            self.metrics.stage(stage, spent)
+            if stage in ("mail", "rcpt", "body", "eom"):
+                self._message_seconds += spent
+
+    def _log_verdict(self, verdict) -> None:
+        """The one line per verdict (see :mod:`mailwarden.explain`)."""
+        fields = verdict_fields(self.conn, self.msg, verdict)
+        self._log().info("%s", format_line(fields), extra={VERDICT_ATTR: fields})
+        if self.metrics is not None:
+            self.metrics.verdict(verdict)
+
     def _stage_verdict(self, verdict) -> int:
         """A verdict before end of message: only ever a stop, or go on."""
         if verdict is None or verdict.action not in _ACTION_CODES:
             return Milter.CONTINUE
-        self._log().info("%s stage=%s", self.engine.describe(self.conn, self.msg, verdict),
-                         verdict.stage.name.lower())
+        self._log_verdict(verdict)
         return self._reply(verdict)
 
     def _end_message(self) -> None:
@@ -120,22 +152,29 @@ class MailwardenMilter(Milter.Base):
             address = _macro(self, "{client_addr}") or None
         self.conn = Connection(client_ip=parse_client_address(address),
                                client_name=hostname or "unknown")
+        if self.metrics is not None and not self._counted:
+            self._counted = True
+            self.metrics.connections.inc()
+            self.metrics.connections_open.inc()
         self._refresh_macros()
-        return self._stage_verdict(self.engine.connect(self.conn))
+        return self._stage_verdict(self._timed("connect", self.engine.connect, self.conn))
 
     def hello(self, heloname):
         self._refresh_macros()
-        return self._stage_verdict(self.engine.helo(self.conn, heloname or ""))
+        return self._stage_verdict(self._timed("helo", self.engine.helo, self.conn,
+                                               heloname or ""))
 
     def envfrom(self, mailfrom, *params):
         self._end_message()
+        self._message_seconds = 0.0
         self.msg = self.engine.new_message(self.conn, strip_brackets(mailfrom), _params(params))
         self._refresh_macros()
-        return self._stage_verdict(self.engine.mail(self.conn, self.msg))
+        return self._stage_verdict(self._timed("mail", self.engine.mail, self.conn, self.msg))
 
     def envrcpt(self, rcpt, *params):
         self._refresh_macros()
-        return self._stage_verdict(self.engine.rcpt(self.conn, self.msg, strip_brackets(rcpt)))
+        return self._stage_verdict(self._timed("rcpt", self.engine.rcpt, self.conn, self.msg,
+                                               strip_brackets(rcpt)))
 
     @Milter.noreply
     @Milter.decode("bytes")
@@ -148,12 +187,15 @@ class MailwardenMilter(Milter.Base):
         return Milter.CONTINUE
 
     def body(self, chunk):
-        return self._stage_verdict(self.engine.body(self.conn, self.msg, bytes(chunk)))
+        return self._stage_verdict(self._timed("body", self.engine.body, self.conn, self.msg,
+                                               bytes(chunk)))
 
     def eom(self):
         self._refresh_macros()
-        verdict = self.engine.eom(self.conn, self.msg)
-        self._log().info("%s", self.engine.describe(self.conn, self.msg, verdict))
+        verdict = self._timed("eom", self.engine.eom, self.conn, self.msg)
+        if self.metrics is not None:
+            self.metrics.message_seconds.observe(self._message_seconds)
+        self._log_verdict(verdict)
         if verdict.action in _ACTION_CODES:
             status = self._reply(verdict)
         else:
@@ -183,6 +225,12 @@ class MailwardenMilter(Milter.Base):
             closer = getattr(self.engine, "close_connection", None)
             if closer is not None:
                 closer(self.conn)
+        if self._counted:
+            self._counted = False
+            self.metrics.connections_open.dec()
+        if self.holder is not None:
+            holder, self.holder = self.holder, None     # close may come twice: release once
+            holder.release(self.engine)
         return Milter.CONTINUE
 
 
@@ -250,11 +298,23 @@ def _prepare_unix_socket(options, path: str) -> None:
         os.chown(path, -1, grp.getgrnam(options.group).gr_gid)
 
 
-def serve(config: Config, config_path: str = "") -> int:
-    """Run the milter until libmilter stops (SIGTERM, SIGINT)."""
+def serve(config: Config, config_path: str = "", log_setup=None) -> int:
+    """Run the milter until libmilter stops (SIGTERM, SIGINT); SIGHUP reloads
+    ``config_path`` (see :mod:`mailwarden.reload`).  ``log_setup(options)``
+    applies changed log settings on a reload."""
+    from .reload import EngineHolder, Reloader, build_engine
+
     target = _target_ids(config.milter)      # refuse before anything is opened
-    engine = Engine(config)
-    Milter.factory = lambda: MailwardenMilter(engine)
+    metrics = None
+    if config.metrics.listen:
+        from .metrics import Metrics
+        metrics = Metrics()
+    holder = EngineHolder(build_engine(config, metrics))
+    engine = holder.current
+
+    def factory():
+        return MailwardenMilter(holder.acquire(), holder=holder, metrics=metrics)
+    Milter.factory = factory
     libmilter.set_flags(USED_ACTIONS)
     libmilter.set_exception_policy(Milter.TEMPFAIL)
 
@@ -280,11 +340,46 @@ def serve(config: Config, config_path: str = "") -> int:
     if socket_spec.startswith("unix:"):
         _prepare_unix_socket(config.milter, socket_spec[len("unix:"):])
     _drop_privileges(target)
+
+    # SIGTERM and SIGINT go to libmilter's signal thread (they stop it);
+    # SIGHUP stays with this thread, see mailwarden.reload
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    reload_wanted = threading.Event()
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload_wanted.set())
+    reloader = Reloader(config_path or config.path, holder, metrics, log_setup)
+    server = None
+    if metrics is not None:
+        server = metrics.serve(config.metrics.listen)
+        log.info("metrics on http://%s/metrics", config.metrics.listen)
+
+    stopped = threading.Event()
+    failure: list = []
+
+    def run_libmilter() -> None:
+        try:
+            libmilter.main()
+        except libmilter.error as exc:
+            failure.append(exc)
+        finally:
+            stopped.set()
+
     log.info("mailwarden listening on %s (%d checks: %s)", socket_spec, len(engine.checks),
              ", ".join(c.name for c in engine.checks))
+    thread = threading.Thread(target=run_libmilter, name="libmilter")
+    thread.start()
     try:
-        libmilter.main()
+        while not stopped.is_set():
+            # the handler sets the event; the bounded wait notices a stop
+            if reload_wanted.wait(1.0):
+                reload_wanted.clear()
+                reloader.reload()
+        thread.join()
     finally:
-        engine.close()
+        if server is not None:
+            server.shutdown()
+        holder.close()
         log.info("mailwarden stopped")
+    if failure:
+        log.error("libmilter stopped with an error: %s", failure[0])
+        return 1
     return 0
