@@ -149,8 +149,11 @@ def _check_cycles(classes: dict) -> None:
 class Engine:
     def __init__(self, config: Config, resolver: Optional[Resolver] = None,
                  clock: Callable[[], float] = time.time, registry=None,
-                 hostname: Optional[str] = None, state: Optional[Store] = None):
+                 hostname: Optional[str] = None, state: Optional[Store] = None,
+                 observer: Optional[Callable[[list], None]] = None):
         self.config = config
+        # sees every stage's new results (metrics); never changes them
+        self.observer = observer
         registry = check_registry() if registry is None else registry
         _check_cycles(dict(registry))
         self.resolver = resolver if resolver is not None else Resolver(config.dns)
@@ -167,10 +170,14 @@ class Engine:
         self._open = 0
         self._open_lock = threading.Lock()
 
-    def close(self) -> None:
+    def close(self, resolver: bool = True, state: bool = True) -> None:
+        """Free the pools; a reload that hands the resolver or the state
+        store on to the next engine keeps them open."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.resolver.close()
-        self.services.state.close()
+        if resolver:
+            self.resolver.close()
+        if state:
+            self.services.state.close()
 
     def close_connection(self, conn: Connection) -> None:
         """The SMTP connection ended: let each check drop what it holds for it.
@@ -229,6 +236,8 @@ class Engine:
                 found += [future.result() for future in futures]
                 for results in found:            # in level order, whatever finished first
                     ctx.new.extend(results)
+        if self.observer is not None and ctx.new:
+            self.observer(ctx.new)
         return ctx.new
 
     def _stage(self, conn: Connection, msg: Optional[Message], stage: Stage, dns: Lookup,
