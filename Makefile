@@ -14,8 +14,17 @@ PYTEST_ARGS ?=
 
 .PHONY: run test deps-run deps-test check-config bench
 
+# mailwarden will not keep root: started as root with no [milter] user
+# (the case of the sample file), make run has it drop to RUN_USER.
+RUN_USER ?= nobody
 run: deps-run
-	$(BIN)/mailwarden run -c $(CONFIG) --foreground-log
+	@if [ "$$(id -u)" -eq 0 ] && ! grep -Eq '^(user *= *[^ ]|allow_root *= *yes)' $(CONFIG); then \
+	  sed 's/^user *=.*$$/user = $(RUN_USER)/' $(CONFIG) > $(VENV)/run.ini; \
+	  echo "$(BIN)/mailwarden run -c $(VENV)/run.ini --foreground-log  ($(CONFIG), user = $(RUN_USER))"; \
+	  exec $(BIN)/mailwarden run -c $(VENV)/run.ini --foreground-log; \
+	fi; \
+	echo "$(BIN)/mailwarden run -c $(CONFIG) --foreground-log"; \
+	exec $(BIN)/mailwarden run -c $(CONFIG) --foreground-log
 
 test: deps-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
