@@ -119,6 +119,9 @@ class MailwardenMilter(Milter.Base):
 
     def _log_verdict(self, verdict) -> None:
         """The one line per verdict (see :mod:`mailwarden.explain`)."""
+        if self.msg is not None and not self.msg.queue_id:
+            # Postfix names the queue file after the first accepted RCPT
+            self.msg.queue_id = _macro(self, "i")
         fields = verdict_fields(self.conn, self.msg, verdict)
         self._log().info("%s", format_line(fields), extra={VERDICT_ATTR: fields})
         if self.metrics is not None:
