@@ -19,10 +19,44 @@ unambiguously (``problem``).
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
 from dataclasses import dataclass
 
-__all__ = ["Route", "analyze", "normalize_domain", "DomainSet"]
+__all__ = ["Route", "analyze", "normalize_domain", "DomainSet", "header_addresses"]
+
+# the email package parses a comment inside a comment by recursing: a From
+# field of a few thousand "(" would end in RecursionError, in any check
+MAX_COMMENT_DEPTH = 64
+
+
+def _comment_depth(text: str) -> int:
+    depth = deepest = 0
+    escaped = quoted = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"' and not depth:
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")" and depth:
+            depth -= 1
+    return deepest
+
+
+def header_addresses(values) -> list | None:
+    """``email.utils.getaddresses`` of header field values, or None when a
+    value cannot be parsed safely (comments nested deeper than any mail
+    client writes them)."""
+    if any(_comment_depth(v) > MAX_COMMENT_DEPTH for v in values):
+        return None
+    return email.utils.getaddresses(values)
 
 
 @dataclass(frozen=True)

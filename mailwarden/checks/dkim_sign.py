@@ -29,13 +29,12 @@ INI keys (``[check.dkim_sign]``):
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 from dataclasses import dataclass, field
 
 import dkim
 
 from .. import dkimsign
-from ..address import AddressProblem, normalize_domain
+from ..address import AddressProblem, header_addresses, normalize_domain
 from ..config import ValueProblem, opt, parse_bool, parse_list
 from . import Check, CheckOptions
 
@@ -130,7 +129,7 @@ class DkimSignCheck(Check):
         if trust not in ("authenticated", "trusted"):
             return None
         froms = ctx.msg.header_texts("From")
-        addresses = email.utils.getaddresses(froms) if len(froms) == 1 else []
+        addresses = (header_addresses(froms) or []) if len(froms) == 1 else []
         if len(addresses) != 1 or "@" not in addresses[0][1]:
             ctx.log.info("dkim_sign: not signed: no single From address")
             return None

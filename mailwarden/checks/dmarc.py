@@ -46,7 +46,6 @@ INI keys (``[check.dmarc]``):
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 import re
@@ -55,6 +54,7 @@ import threading
 from dataclasses import dataclass
 from typing import Optional
 
+from ..address import header_addresses
 from ..config import opt, parse_bool, parse_choice, parse_str
 from ..dns import Status
 from ..model import Reply
@@ -142,8 +142,11 @@ def from_domain(values: list) -> tuple:
     """(domain, None) of the one RFC5322.From domain, or (None, why not)."""
     if len(values) != 1:
         return None, f"{len(values)} From header fields"
+    addresses = header_addresses(values)
+    if addresses is None:
+        return None, "From header field cannot be parsed"
     domains = set()
-    for _name, addr in email.utils.getaddresses(values):
+    for _name, addr in addresses:
         if "@" in addr:
             domains.add(_normalize(addr.rpartition("@")[2]))
     if len(domains) != 1:

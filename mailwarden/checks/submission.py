@@ -32,14 +32,13 @@ INI keys (``[check.submission]``):
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import logging
 import os
 import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..address import AddressProblem, normalize_domain
+from ..address import AddressProblem, header_addresses, normalize_domain
 from ..config import ConfigError, opt, parse_bool, parse_path, parse_str
 from ..model import Reply
 from . import Check, CheckOptions
@@ -256,7 +255,7 @@ class SubmissionCheck(Check):
             return self._refuse("SUBMISSION_FROM_MISMATCH",
                                 f"Message must have exactly one From header field, has {len(froms)}",
                                 ctx)
-        addresses = email.utils.getaddresses(froms)
+        addresses = header_addresses(froms)
         if not addresses or any(not addr or "@" not in addr for _name, addr in addresses):
             return self._refuse("SUBMISSION_FROM_MISMATCH",
                                 f"Unreadable From header field: {froms[0][:200]}", ctx)
