@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple = (
     "mailwarden.audit.probe",
     "mailwarden.audit.domain",
     "mailwarden.genkey",
+    "mailwarden.dmarc_report",
 )
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2

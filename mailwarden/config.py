@@ -418,6 +418,22 @@ class MetricsOptions:
     listen: str = opt("", parse_listen)
 
 
+@dataclass(frozen=True)
+class DmarcReportOptions:
+    """``mailwarden dmarc-report`` (RFC 7489 §7.2); the records come from
+    ``[check.dmarc] history``."""
+
+    # report_metadata: who we are (org_name, email) and the receiver domain
+    # named in file names and the Subject (Submitter)
+    org_name: str = opt("", parse_str)
+    domain: str = opt("", parse_str)
+    email: str = opt("", parse_str)
+    # the From of report mail; empty: email
+    sender: str = opt("", parse_str)
+    # the local MTA's sendmail(1) command line, arguments allowed
+    sendmail: str = opt("/usr/sbin/sendmail", parse_str)
+
+
 CORE_SECTIONS: Mapping[str, type] = MappingProxyType({
     "milter": MilterOptions,
     "authserv": AuthservOptions,
@@ -426,6 +442,7 @@ CORE_SECTIONS: Mapping[str, type] = MappingProxyType({
     "relay": RelayOptions,
     "state": StateOptions,
     "metrics": MetricsOptions,
+    "dmarc_report": DmarcReportOptions,
 })
 
 
@@ -441,6 +458,7 @@ class Config:
     scores: Mapping[str, float]
     checks: Mapping[str, Any]          # check name -> its Options instance
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
+    dmarc_report: DmarcReportOptions = field(default_factory=DmarcReportOptions)
 
     def check(self, name: str):
         return self.checks[name]
