@@ -1,0 +1,539 @@
+#!/usr/bin/env python3
+"""mailwarden against its peers on one Postfix, side by side, in one table.
+
+One private Postfix on loopback relays to Postfix's ``smtp-sink``;
+Postfix's ``smtp-source`` sends the same DKIM-signed message (``--length``
+bytes, three URLs) in ``--sessions`` parallel sessions.  One round measures
+each setup one after the other:
+
+* ``postfix``: no milter;
+* ``null``: a do-nothing pymilter milter (``bench/nullmilter.py``);
+* ``peers``: Debian's OpenDKIM (verify) then OpenDMARC (with its own SPF);
+* ``mailwarden``: every inbound check on: iprev, helo, iplist, dnsbl (two IP
+  lists, one domain list), limits, spf, dkim, dmarc, uribl (two lists),
+  size, relay, submission;
+
+each of the milters on a UNIX socket and on TCP (``inet:``).  DNS is one
+unbound on 127.0.0.153:53 serving ``bench/compare.zone`` and the DKIM key
+made for the run (port 53, because OpenDMARC and libspf2 can only use
+resolv.conf: OpenDMARC runs in its own mount namespace whose
+/etc/resolv.conf names that server).  A figure is messages per second from
+the first connection until the sink holds every message; a run where one is
+missing is reported INCOMPLETE (and the exit status is 1), and a sample of
+what reached the sink is checked for each milter's Authentication-Results.
+
+The peers are installed with apt-get when missing.  Run as root from the
+repository (``make bench-compare``):
+
+    .venv/bin/python bench/compare.py [--messages 1000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import dkim as dkimpy                                    # noqa: E402
+import dns.exception                                     # noqa: E402
+import dns.message                                       # noqa: E402
+import dns.query                                         # noqa: E402
+
+from mailwarden.genkey import make_key, zone_line        # noqa: E402
+from tests.e2e.harness import (                          # noqa: E402
+    DnsServer, HarnessError, Mailwarden, Postfix, free_port, wait_until,
+)
+from throughput import SmtpSink, process_usage, sbin     # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+DNS_ADDRESS = "127.0.0.153"
+DOMAIN = "bench-sender.example"
+SELECTOR = "bench"
+HELO = f"mta.{DOMAIN}"
+SENDER = f"news@{DOMAIN}"
+RCPT = "someone@rcpt.bench.example"
+AUTHSERV = "mx.test.example"
+PEER_PACKAGES = ("opendkim", "opendkim-tools", "opendmarc", "dbconfig-no-thanks")
+SETUPS = ("postfix", "null-unix", "null-tcp", "peers-unix", "peers-tcp",
+          "mailwarden-unix", "mailwarden-tcp")
+
+# every inbound check on, the lists in bench/compare.zone; the client
+# (127.0.0.1) is a stranger, so nothing is skipped for it
+MAILWARDEN_SETTINGS = {
+    "milter": {"log_level": "info"},
+    "dns": {"nameservers": DNS_ADDRESS, "port": "53", "timeout": "2s"},
+    "relay": {"trusted_networks": "", "local_domains": "rcpt.bench.example"},
+    "check.dnsbl.bl1": {"zone": "bl1.bench.example", "kind": "ip",
+                        "codes": "127.0.0.2:SBL"},
+    "check.dnsbl.bl2": {"zone": "bl2.bench.example", "kind": "ip",
+                        "codes": "127.0.0.2:SBL"},
+    "check.dnsbl.dbl": {"enabled": "yes", "zone": "dbl.bench.example"},
+    "check.limits": {"concurrent_per_ip": "1000", "connections_per_ip": "1000000/1m",
+                     "messages_per_sender": "1000000/1m",
+                     "recipients_per_sender": "1000000/1m",
+                     "recipients_per_message": "100", "exempt": "allowlisted"},
+    "check.uribl": {"enabled": "yes", "lists": "ul1, ul2"},
+    "check.uribl.ul1": {"zone": "ul1.bench.example", "match": "codes",
+                        "codes": "127.0.0.2:UL1_LISTED"},
+    "check.uribl.ul2": {"zone": "ul2.bench.example", "match": "codes",
+                        "codes": "127.0.0.2:UL2_LISTED"},
+}
+
+
+# --------------------------------------------------------------------------
+# the message
+
+
+def make_signed_message(length: int, private_pem: bytes) -> bytes:
+    """A DKIM-signed message of about ``length`` bytes with three URLs."""
+    lines = [
+        "Hello,", "",
+        "our catalogue is at https://www.shop-one.example/catalogue?id=42 and",
+        "the news at https://news.two-shop.example/today.html; write to us via",
+        "http://three-links.example/contact .", "",
+    ]
+    filler = "The quick brown fox jumps over the lazy dog, again and again. "
+    body = "\r\n".join(lines) + "\r\n"
+    while len(body) < length - 600:
+        body += filler.strip() + "\r\n"
+    head = (f"From: Bench News <{SENDER}>\r\nTo: <{RCPT}>\r\n"
+            "Subject: the weekly bench letter\r\nDate: Mon, 01 Jan 2024 00:00:00 +0000\r\n"
+            f"Message-ID: <bench.1@{DOMAIN}>\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=us-ascii\r\n")
+    message = (head + "\r\n" + body).encode("ascii")
+    signature = dkimpy.sign(message, SELECTOR.encode(), DOMAIN.encode(), private_pem,
+                            canonicalize=(b"relaxed", b"relaxed"),
+                            include_headers=[b"from", b"to", b"subject", b"date",
+                                             b"message-id", b"mime-version",
+                                             b"content-type"])
+    return signature + message
+
+
+# --------------------------------------------------------------------------
+# DNS on port 53 of a loopback address of its own
+
+
+class BenchDns(DnsServer):
+    """The harness's unbound, on ``DNS_ADDRESS``:53 (what resolv.conf can name)."""
+
+    def __init__(self, workdir, zone_text: str):
+        super().__init__(workdir, zone_text=zone_text, zone_files=[BENCH / "compare.zone"])
+        self.port = 53
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        text = self.config_path.read_text(encoding="utf-8")
+        text = text.replace("interface: 127.0.0.1\n", f"interface: {DNS_ADDRESS}\n", 1)
+        self.config_path.write_text(text, encoding="utf-8")
+
+    def _answers(self) -> bool:
+        if self._proc is not None and self._proc.poll() is not None:
+            raise HarnessError(f"unbound exited with {self._proc.returncode}: "
+                               f"{self.log_text()[-2000:]} (is port 53 of {DNS_ADDRESS} taken?)")
+        try:
+            dns.query.udp(dns.message.make_query("ready.invalid.", "A"), DNS_ADDRESS,
+                          port=53, timeout=0.2)
+            return True
+        except (dns.exception.Timeout, OSError):
+            return False
+
+
+# --------------------------------------------------------------------------
+# milters
+
+
+def install_peers() -> None:
+    if shutil.which("opendkim") and shutil.which("opendmarc"):
+        return
+    print("installing the peers: " + " ".join(PEER_PACKAGES), flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PEER_PACKAGES]
+    if subprocess.run(install, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL,
+                       check=True)
+        subprocess.run(install, env=env, stdout=subprocess.DEVNULL, check=True)
+
+
+def _libmilter_address(postfix_address: str) -> str:
+    """Postfix's inet:HOST:PORT is libmilter's inet:PORT@HOST."""
+    if postfix_address.startswith("inet:"):
+        host, _, port = postfix_address[len("inet:"):].rpartition(":")
+        return f"inet:{port}@{host}"
+    return postfix_address
+
+
+def _reachable(address: str) -> bool:
+    import socket
+    if address.startswith("inet:"):
+        host, _, port = address[len("inet:"):].rpartition(":")
+        family, target = socket.AF_INET, (host, int(port))
+    else:
+        family, target = socket.AF_UNIX, address[len("unix:"):]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(target)
+            return True
+        except OSError:
+            return False
+
+
+class Daemon:
+    """One milter process in the foreground, stopped by its pid."""
+
+    def __init__(self, name: str, argv: list, address: str, log_path: Path):
+        self.name, self.argv, self.address, self.log_path = name, argv, address, log_path
+        self.proc = None
+
+    def start(self) -> "Daemon":
+        if self.address.startswith("unix:"):
+            Path(self.address[5:]).unlink(missing_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise HarnessError(f"{self.name} exited with {self.proc.returncode}: "
+                                   f"{self.log_path.read_text(errors='replace')[-1500:]}")
+            return _reachable(self.address)
+        wait_until(ready, 20, f"{self.name} on {self.address}")
+        return self
+
+    @property
+    def pids(self) -> list:
+        """The process and its children (unshare runs OpenDMARC as one)."""
+        if self.proc is None:
+            return []
+        pids = [self.proc.pid]
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        if children.exists():
+            pids += [int(p) for p in children.read_text().split()]
+        return pids
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+
+def opendkim(workdir: Path, address: str) -> Daemon:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "internal").write_text("192.0.2.255\n")
+    conf = workdir / "opendkim.conf"
+    conf.write_text("\n".join([
+        "Mode v",
+        f"Socket {_libmilter_address(address).replace('unix:', 'local:')}",
+        "Syslog no",
+        "Background no",
+        "UMask 000",
+        f"PidFile {workdir / 'opendkim.pid'}",
+        f"Nameservers {DNS_ADDRESS}",
+        f"AuthservID {AUTHSERV}",
+        # 127.0.0.1 is "internal" by default: its mail would not be verified
+        f"InternalHosts {workdir / 'internal'}",
+        "AlwaysAddARHeader yes",
+    ]) + "\n")
+    return Daemon("opendkim", [shutil.which("opendkim"), "-f", "-x", str(conf)], address,
+                  workdir / "opendkim.log")
+
+
+def opendmarc(workdir: Path, address: str) -> Daemon:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "ignore").write_text("192.0.2.255\n")
+    (workdir / "resolv.conf").write_text(f"nameserver {DNS_ADDRESS}\n")
+    conf = workdir / "opendmarc.conf"
+    conf.write_text("\n".join([
+        f"Socket {_libmilter_address(address).replace('unix:', 'local:')}",
+        "Syslog false",
+        "Background false",
+        "UMask 000",
+        f"PidFile {workdir / 'opendmarc.pid'}",
+        f"AuthservID {AUTHSERV}",
+        f"TrustedAuthservIDs {AUTHSERV}",
+        # 127.0.0.1 is ignored by default: its mail would not be judged
+        f"IgnoreHosts {workdir / 'ignore'}",
+        "SPFSelfValidate true",
+        "SPFIgnoreResults true",
+        "RejectFailures false",
+    ]) + "\n")
+    # OpenDMARC and libspf2 resolve through /etc/resolv.conf alone: give them
+    # one of their own in a private mount namespace
+    script = (f"mount --bind {workdir / 'resolv.conf'} /etc/resolv.conf && "
+              f"exec {shutil.which('opendmarc')} -f -c {conf}")
+    return Daemon("opendmarc", ["unshare", "--mount", "--propagation", "private",
+                                "sh", "-c", script], address, workdir / "opendmarc.log")
+
+
+def null_milter(workdir: Path, address: str) -> Daemon:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return Daemon("nullmilter", [sys.executable, str(BENCH / "nullmilter.py"),
+                                 _libmilter_address(address)],
+                  address, workdir / "nullmilter.log")
+
+
+class MailwardenDaemon(Daemon):
+    """The harness's ``mailwarden run``, with the bench's settings on top."""
+
+    def __init__(self, workdir: Path, address: str, extra: dict):
+        settings = {k: dict(v) for k, v in MAILWARDEN_SETTINGS.items()}
+        for section, values in extra.items():
+            settings.setdefault(section, {}).update(values)
+        settings["milter"]["socket"] = address
+        self.mw = Mailwarden(workdir, 53, settings,
+                             socket_path=address[5:] if address.startswith("unix:") else None)
+        super().__init__("mailwarden", [], address, self.mw.log_path)
+
+    def start(self) -> "MailwardenDaemon":
+        self.mw.start()
+        self.proc = self.mw._proc
+        return self
+
+    def stop(self) -> None:
+        self.mw.stop()
+        self.proc = None
+
+
+# --------------------------------------------------------------------------
+# runs
+
+
+def usage(daemons: list) -> tuple:
+    cpu = peak = 0.0
+    for daemon in daemons:
+        for pid in daemon.pids:
+            try:
+                c, p = process_usage(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            cpu += c
+            peak += p
+    return cpu, peak
+
+
+def smtp_source_run(postfix: Postfix, sink: SmtpSink, tag: str, message_file: Path,
+                    args) -> dict:
+    sink.start(tag)
+    try:
+        start = time.monotonic()
+        source = subprocess.run(
+            [sbin("smtp-source"), "-s", str(args.sessions), "-m", str(args.messages),
+             "-F", str(message_file), "-f", SENDER, "-t", RCPT, "-M", HELO,
+             f"127.0.0.1:{postfix.smtp_port}"],
+            capture_output=True, text=True, timeout=args.time_limit)
+        if source.returncode != 0:
+            raise HarnessError(f"smtp-source failed: {source.stderr.strip()[:500]}")
+        deadline = start + args.time_limit
+        while sink.count() < args.messages and time.monotonic() < deadline:
+            time.sleep(0.02)
+        elapsed = time.monotonic() - start
+        count = sink.count()
+    finally:
+        sink.stop()
+    postfix.wait_queue_empty(timeout=max(5.0, deadline - time.monotonic()))
+    return {"msg_per_s": count / elapsed, "count": count,
+            "complete": count == args.messages, "dump": sink.dump}
+
+
+# what each milter must have written into a message that reached the sink
+EXPECTED = {
+    "peers": [r"dkim=pass", r"dmarc=pass"],
+    "mailwarden": [r"iprev=pass", r"spf=pass", r"dkim=pass", r"dmarc=pass",
+                   r"X-Mailwarden-Status: No"],
+}
+
+
+def check_sample(setup: str, dump: Path) -> str:
+    """'' when the first message at the sink shows the milter did its work."""
+    kind = setup.rsplit("-", 1)[0]
+    if kind not in EXPECTED:
+        return ""
+    data = dump.read_bytes().decode("utf-8", "replace")
+    first = data.split("X-Client-Addr: ")[1] if "X-Client-Addr: " in data else ""
+    head = re.sub(r"\r?\n[ \t]+", " ", first.split("\n\n", 1)[0])
+    missing = [p for p in EXPECTED[kind] if not re.search(p, head)]
+    return f"missing {missing} in:\n{head[:3000]}" if missing else ""
+
+
+def start_setup(setup: str, workdir: Path, addresses: dict, extra: dict) -> list:
+    kind, _, transport = setup.rpartition("-")
+    if setup == "postfix":
+        return []
+    if kind == "null":
+        return [null_milter(workdir / setup, addresses["null", transport]).start()]
+    if kind == "peers":
+        return [opendkim(workdir / setup, addresses["opendkim", transport]).start(),
+                opendmarc(workdir / setup, addresses["opendmarc", transport]).start()]
+    return [MailwardenDaemon(workdir / setup, addresses["mailwarden", transport],
+                             extra).start()]
+
+
+def addresses_for(workdir: Path) -> dict:
+    out = {}
+    for name in ("null", "opendkim", "opendmarc", "mailwarden"):
+        out[name, "unix"] = f"unix:{workdir / 'run' / (name + '.sock')}"
+        out[name, "tcp"] = f"inet:127.0.0.1:{free_port()}"
+    return out
+
+
+def parse_set(values) -> dict:
+    overrides: dict = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.rpartition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set wants section.key=value, got {item!r}")
+        overrides.setdefault(section, {})[name] = value
+    return overrides
+
+
+def report(figures: dict, args) -> bool:
+    def median(setup, key="msg_per_s"):
+        runs = figures.get(setup) or []
+        return statistics.median(r[key] for r in runs) if runs else None
+
+    print(f"\n{args.messages} messages of {args.length} bytes (DKIM-signed, 3 URLs), "
+          f"{args.sessions} sessions, median of {args.rounds} round(s)\n")
+    print(f"{'setup':16s} {'msg/s':>7s} {'/postfix':>8s} {'/null':>6s} {'/peers':>7s} "
+          f"{'at sink':>12s} {'CPU ms/msg':>10s} {'peak RSS':>9s}")
+    ok = True
+    for setup in args.setups:
+        runs = figures.get(setup) or []
+        if not runs:
+            print(f"{setup:16s} every run failed")
+            ok = False
+            continue
+        rate = median(setup)
+        transport = setup.rsplit("-", 1)[-1]
+        ratios = []
+        for other in ("postfix", f"null-{transport}", f"peers-{transport}"):
+            base = median(other)
+            ratios.append(f"{rate / base:.2f}" if base and setup != "postfix" else "-")
+        at_sink = f"{sum(r['count'] for r in runs)}/{args.messages * len(runs)}"
+        complete = all(r["complete"] for r in runs)
+        ok &= complete
+        cpu = f"{median(setup, 'cpu_ms'):.2f}" if setup != "postfix" else "-"
+        rss = f"{max(r['rss_mb'] for r in runs):.1f} MB" if setup != "postfix" else "-"
+        print(f"{setup:16s} {rate:7.1f} {ratios[0]:>8s} {ratios[1]:>6s} {ratios[2]:>7s} "
+              f"{at_sink:>12s} {cpu:>10s} {rss:>9s}" + ("" if complete else "  INCOMPLETE"))
+    mw_unix, mw_tcp = median("mailwarden-unix"), median("mailwarden-tcp")
+    peers, null = median("peers-unix"), median("null-unix")
+    print()
+    if mw_unix and peers:
+        print(f"target 1: mailwarden / OpenDKIM+OpenDMARC (unix) = {mw_unix / peers:.2f} "
+              f"(want >= 1.2)")
+    if mw_unix and null:
+        print(f"target 1: mailwarden / do-nothing milter (unix) = {mw_unix / null:.2f} "
+              f"(want >= 0.9)")
+    if mw_unix and mw_tcp:
+        print(f"target 2: mailwarden tcp / unix = {mw_tcp / mw_unix:.2f} (want >= 0.9)")
+    return ok
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=1000, help="messages per run (1000)")
+    parser.add_argument("--sessions", type=int, default=20, help="parallel SMTP sessions (20)")
+    parser.add_argument("--length", type=int, default=4096, help="message size, bytes (4096)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; median reported (3)")
+    parser.add_argument("--time-limit", type=float, default=120.0,
+                        help="seconds one run may take at most (120)")
+    parser.add_argument("--setups", default=",".join(SETUPS),
+                        help="comma-separated subset of: " + ", ".join(SETUPS))
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a mailwarden setting on top of the bench's (repeat)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    args.setups = [s.strip() for s in args.setups.split(",") if s.strip()]
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the private Postfix needs it")
+    if unknown := set(args.setups) - set(SETUPS):
+        raise SystemExit(f"unknown setups: {', '.join(sorted(unknown))}")
+    if not 1 <= args.messages <= 100_000 or not 1 <= args.sessions <= 200 \
+            or not 1 <= args.rounds <= 20 or not 1000 <= args.length <= 10_000_000:
+        raise SystemExit("--messages 1..100000, --sessions 1..200, --rounds 1..20, "
+                         "--length 1000..10000000")
+    if any(s.startswith("peers") for s in args.setups):
+        install_peers()
+    extra = parse_set(args.set)
+
+    workdir = Path(tempfile.mkdtemp(prefix="mailwarden-compare-"))
+    os.chmod(workdir, 0o755)
+    (workdir / "run").mkdir()
+    os.chmod(workdir / "run", 0o777)
+    private, txt = make_key("rsa", 2048)
+    message = make_signed_message(args.length, private)
+    message_file = workdir / "message.eml"
+    # smtp-source sends each line with CRLF after it
+    message_file.write_bytes(message.replace(b"\r\n", b"\n"))
+    figures: dict = {}
+    failed: list = []
+    dns_server = sink = postfix = None
+    daemons: list = []
+    try:
+        dns_server = BenchDns(workdir / "dns", zone_line(DOMAIN, SELECTOR, txt)).start()
+        sink = SmtpSink(workdir)
+        addresses = addresses_for(workdir)
+        # the contrib milter settings (protocol, macros, default action)
+        postfix = Postfix(workdir / "postfix", sink.port,
+                          milter_socket=addresses["mailwarden", "unix"])
+        for round_no in range(1, args.rounds + 1):
+            for setup in args.setups:
+                postfix.stop()
+                for daemon in daemons:
+                    daemon.stop()
+                daemons = []
+                try:
+                    daemons = start_setup(setup, workdir, addresses, extra)
+                    milters = ", ".join(d.address for d in daemons)
+                    postfix.postconf(smtpd_milters=milters, non_smtpd_milters=milters)
+                    postfix.start()
+                    cpu_before = usage(daemons)[0]
+                    result = smtp_source_run(postfix, sink, f"{setup}-{round_no}",
+                                             message_file, args)
+                except (HarnessError, subprocess.TimeoutExpired, OSError) as exc:
+                    print(f"round {round_no} {setup:16s} FAILED: {exc}", flush=True)
+                    failed.append(setup)
+                    continue
+                cpu_after, peak = usage(daemons)
+                result["cpu_ms"] = 1000 * (cpu_after - cpu_before) / max(1, result["count"])
+                result["rss_mb"] = peak
+                problem = check_sample(setup, result["dump"]) if result["count"] else ""
+                if problem:
+                    print(f"round {round_no} {setup}: the milters did not do their work: "
+                          f"{problem}", flush=True)
+                    failed.append(setup)
+                figures.setdefault(setup, []).append(result)
+                print(f"round {round_no} {setup:16s} {result['msg_per_s']:7.1f} msg/s  "
+                      f"at sink {result['count']}/{args.messages}  "
+                      f"CPU {result['cpu_ms']:.2f} ms/msg  peak RSS {peak:.1f} MB", flush=True)
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+        if postfix is not None:
+            postfix.stop()
+        if dns_server is not None:
+            dns_server.stop()
+        if args.keep:
+            print(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    ok = report(figures, args)
+    if failed:
+        print(f"failed runs: {', '.join(failed)}")
+    return 0 if ok and not failed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

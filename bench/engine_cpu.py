@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""CPU per message of the engine alone, per check, on bench/compare.py's message.
+
+The engine runs in this process with bench/compare.py's settings (every
+inbound check on) and DNS answered from memory (``ZoneBackend`` fed with
+bench/compare.zone and the run's DKIM key), so what is measured is
+mailwarden's own work: no sockets, no MTA, no DNS server.  Each check's
+stage methods are timed with the CPU clock of the thread that runs them
+(the engine's ``timer`` hook); printed: milliseconds per message for each
+check and stage, and the whole engine's CPU per message.
+
+    .venv/bin/python bench/engine_cpu.py [--messages 500] [--urls 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from compare import (  # noqa: E402
+    BENCH, DOMAIN, HELO, MAILWARDEN_SETTINGS, RCPT, SELECTOR, SENDER, make_signed_message,
+)
+from mailwarden.config import loads                      # noqa: E402
+from mailwarden.dns import Resolver, ZoneBackend          # noqa: E402
+from mailwarden.engine import Engine, run_offline         # noqa: E402
+from mailwarden.genkey import make_key, zone_line         # noqa: E402
+
+
+def config_text(extra: dict) -> str:
+    settings = {k: dict(v) for k, v in MAILWARDEN_SETTINGS.items()}
+    settings["authserv"] = {"id": "mx.test.example"}
+    settings["milter"] = {"log": "stderr", "log_level": "warning"}
+    for section, values in extra.items():
+        settings.setdefault(section, {}).update(values)
+    lines = []
+    for section, values in settings.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {v}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def measure(messages: int, extra: dict, message: bytes, zone: str) -> tuple:
+    config = loads(config_text(extra))
+    engine = Engine(config, resolver=Resolver(config.dns, backend=ZoneBackend(zone)),
+                    hostname="mx.test.example")
+    spent: dict = collections.defaultdict(float)
+
+    def timer(check, stage, seconds):
+        spent[check, stage.name.lower()] += seconds
+    verdicts = collections.Counter()
+    try:
+        # one warm-up message: imports and caches built on first use
+        run_offline(engine, client_ip="127.0.0.1", helo=HELO, mail_from=SENDER,
+                    rcpts=[RCPT], message=message)
+        engine.timer = timer
+        started = time.process_time()
+        for _ in range(messages):
+            verdict, conn, _msg = run_offline(engine, client_ip="127.0.0.1", helo=HELO,
+                                              mail_from=SENDER, rcpts=[RCPT], message=message)
+            engine.close_connection(conn)
+            verdicts[verdict.action] += 1
+        total = time.process_time() - started
+    finally:
+        engine.close()
+    return spent, total, verdicts
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=500)
+    parser.add_argument("--length", type=int, default=4096)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args(argv)
+    if not 1 <= args.messages <= 100_000:
+        parser.error("--messages 1..100000")
+    extra: dict = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, name = key.rpartition(".")
+        extra.setdefault(section, {})[name] = value
+    private, txt = make_key("rsa", 2048)
+    message = make_signed_message(args.length, private)
+    zone = (BENCH / "compare.zone").read_text() + "\n" + zone_line(DOMAIN, SELECTOR, txt)
+    spent, total, verdicts = measure(args.messages, extra, message, zone)
+    n = args.messages
+    print(f"{n} messages of {len(message)} bytes, verdicts {dict(verdicts)}")
+    print(f"{'check':12s} {'stage':8s} {'ms/msg':>8s}")
+    by_check: dict = collections.defaultdict(float)
+    for (check, stage), seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
+        by_check[check] += seconds
+        print(f"{check:12s} {stage:8s} {1000 * seconds / n:8.3f}")
+    print(f"\n{'check':12s} {'ms/msg':>8s}")
+    for check, seconds in sorted(by_check.items(), key=lambda kv: -kv[1]):
+        print(f"{check:12s} {1000 * seconds / n:8.3f}")
+    checks = sum(by_check.values())
+    print(f"\nall checks {1000 * checks / n:.3f} ms/msg; whole engine (process CPU) "
+          f"{1000 * total / n:.3f} ms/msg")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
