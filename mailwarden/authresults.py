@@ -34,6 +34,30 @@ def _comment(text: str) -> str:
     return _clean(str(text)).replace("(", "[").replace(")", "]").replace("\\", "/")
 
 
+_TOKEN = re.compile(r"[^\x00-\x20()<>@,;:\\\"/\[\]?=\x7f-\uffff]+")
+_MAILBOX = re.compile(r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)?"
+                      r"@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+class _PValue(str):
+    """An RFC 8601 pvalue: a token or an address as is, anything else quoted.
+
+    authres leaves any value with an "@" unquoted, spaces and all, and fails
+    on an empty one; a sender address is the client's to choose.
+    """
+
+    def quote_if_needed(self) -> str:
+        if _TOKEN.fullmatch(self) or _MAILBOX.fullmatch(self):
+            return str(self)
+        return '"' + re.sub(r'(["\\])', r"\\\1", self) + '"'
+
+
+def _property(ptype: str, pname: str, value: str, comment):
+    prop = authres.core.AuthenticationResultProperty(ptype, pname, None, comment)
+    prop.value = _PValue(value)
+    return prop
+
+
 def _order(result: Result):
     try:
         return (METHOD_ORDER.index(result.method), "")
@@ -52,8 +76,7 @@ def resinfos(results: Iterable[Result]) -> list:
             key, value = prop[0], prop[1]
             comment = _comment(prop[2]) if len(prop) > 2 and prop[2] else None
             ptype, _, pname = key.partition(".")
-            props.append(authres.core.AuthenticationResultProperty(
-                ptype, pname, _clean(str(value)), comment))
+            props.append(_property(ptype, pname, _clean(str(value)), comment))
         out.append(authres.AuthenticationResult(
             method=r.method, result=r.result, reason=_clean(r.reason) if r.reason else None,
             properties=props))
