@@ -26,6 +26,7 @@ import time
 import Milter
 import milter as libmilter   # pymilter's C module
 
+from . import sockopt
 from .config import Config
 from .engine import ConnLog, Engine
 from .explain import format_line, verdict_fields
@@ -69,6 +70,8 @@ class MailwardenMilter(Milter.Base):
     """One SMTP connection.  ``holder`` (a reload's :class:`~mailwarden.reload.EngineHolder`)
     is told when the connection ends, so a retired engine is closed once
     idle; ``metrics`` (:class:`~mailwarden.metrics.Metrics`) is fed here."""
+
+    reply_always = False        # set for a TCP socket by sockopt.tune_for_tcp
 
     def __init__(self, engine: Engine, holder=None, metrics=None):
         super().__init__()
@@ -119,9 +122,6 @@ class MailwardenMilter(Milter.Base):
 
     def _log_verdict(self, verdict) -> None:
         """The one line per verdict (see :mod:`mailwarden.explain`)."""
-        if self.msg is not None and not self.msg.queue_id:
-            # Postfix names the queue file after the first accepted RCPT
-            self.msg.queue_id = _macro(self, "i")
         fields = verdict_fields(self.conn, self.msg, verdict)
         self._log().info("%s", format_line(fields), extra={VERDICT_ATTR: fields})
         if self.metrics is not None:
@@ -145,6 +145,8 @@ class MailwardenMilter(Milter.Base):
         status = super().negotiate(opts)
         if status == Milter.CONTINUE:
             opts[0] = self._actions = self._actions & USED_ACTIONS
+            if self.reply_always:           # over TCP, see mailwarden.sockopt
+                opts[1] = self._protocol = self._protocol & ~sockopt.NO_REPLY_BITS
         return status
 
     def connect(self, hostname, family, hostaddr):
@@ -187,6 +189,14 @@ class MailwardenMilter(Milter.Base):
         if isinstance(value, str):
             value = value.encode("utf-8", "surrogateescape")
         self.msg.add_header(name, value)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def eoh(self):
+        # the queue id (Postfix: milter_end_of_header_macros), so that a stop
+        # during the body is logged under it too
+        if self.msg is not None and not self.msg.queue_id:
+            self.msg.queue_id = _macro(self, "i")
         return Milter.CONTINUE
 
     def body(self, chunk):
@@ -340,6 +350,7 @@ def serve(config: Config, config_path: str = "", log_setup=None) -> int:
                        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
                        negotiate=Milter.negotiate_callback)
     libmilter.opensocket(True)
+    pass  # BEFORE sockopt.tune_for_tcp(socket_spec, MailwardenMilter)
     if socket_spec.startswith("unix:"):
         _prepare_unix_socket(config.milter, socket_spec[len("unix:"):])
     _drop_privileges(target)
