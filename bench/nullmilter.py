@@ -16,6 +16,8 @@ import sys
 
 import Milter
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
 
 class NullMilter(Milter.Base):
     def connect(self, hostname, family, hostaddr):
@@ -51,6 +53,15 @@ def main(argv=None) -> int:
     os.umask(0)         # Postfix's smtpd (user postfix) must reach a UNIX socket
     Milter.factory = NullMilter
     Milter.set_flags(0)
+    if os.environ.get("NULLMILTER_NODELAY") == "1":
+        # as mailwarden does (mailwarden/sockopt.py), to compare with and without
+        from mailwarden.sockopt import nodelay_on_listeners
+        real_opensocket = Milter.milter.opensocket
+
+        def opensocket(rmsock):
+            real_opensocket(rmsock)
+            nodelay_on_listeners()
+        Milter.milter.opensocket = opensocket
     Milter.runmilter("nullmilter", argv[0], timeout=600)
     return 0
 

@@ -350,7 +350,7 @@ def serve(config: Config, config_path: str = "", log_setup=None) -> int:
                        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
                        negotiate=Milter.negotiate_callback)
     libmilter.opensocket(True)
-    pass  # BEFORE sockopt.tune_for_tcp(socket_spec, MailwardenMilter)
+    sockopt.tune_for_tcp(socket_spec, MailwardenMilter)
     if socket_spec.startswith("unix:"):
         _prepare_unix_socket(config.milter, socket_spec[len("unix:"):])
     _drop_privileges(target)

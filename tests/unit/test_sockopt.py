@@ -1,0 +1,45 @@
+"""TCP tuning of the milter socket (mailwarden.sockopt)."""
+
+import socket
+
+import Milter
+
+from mailwarden import sockopt
+from mailwarden.milter import MailwardenMilter
+
+
+def test_nodelay_set_on_listener_and_inherited_by_accepted_sockets():
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    idle = socket.socket(socket.AF_INET, socket.SOCK_STREAM)     # not listening: untouched
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        assert sockopt.nodelay_on_listeners() >= 1
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert idle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        with socket.create_connection(listener.getsockname(), timeout=5):
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        listener.close()
+        idle.close()
+
+
+def test_tcp_socket_asks_for_a_reply_to_every_step():
+    class Probe(MailwardenMilter):
+        pass
+    offered = Milter.CURR_ACTS, 0x1fffff, 0, 0
+
+    def negotiated(cls):
+        opts = list(offered)
+        assert cls(engine=None).negotiate(opts) == Milter.CONTINUE
+        return opts[1]
+    assert negotiated(Probe) & Milter.P_NR_HDR        # UNIX socket: headers need no reply
+    sockopt.tune_for_tcp("unix:/run/x.sock", Probe)
+    assert not Probe.reply_always
+    sockopt.tune_for_tcp("inet:127.0.0.1:0", Probe)   # no listener of that port: only a warning
+    assert Probe.reply_always
+    assert negotiated(Probe) & sockopt.NO_REPLY_BITS == 0
+    assert not MailwardenMilter.reply_always
