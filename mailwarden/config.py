@@ -200,9 +200,10 @@ def parse_domains(text: str) -> tuple:
     return tuple(_domain(item) for item in parse_list(text))
 
 
-def read_domain_file(path: str) -> tuple:
-    """One domain per line; ``#`` starts a comment.  Errors at ``path:line``."""
-    names = []
+def read_list_file(path: str, parse_item: Callable[[str], Any]) -> tuple:
+    """One item per line, ``#`` starts a comment; each item through
+    ``parse_item``.  Errors are located in the list file: ``path:line``."""
+    items = []
     try:
         with open(path, encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
@@ -210,14 +211,19 @@ def read_domain_file(path: str) -> tuple:
                 if not item:
                     continue
                 try:
-                    names.append(_domain(item))
+                    items.append(parse_item(item))
                 except ValueProblem as exc:
                     raise ConfigError(path, lineno, None, None, str(exc)) from None
     except OSError as exc:
         raise ConfigError(path, None, None, None, f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(path, None, None, None, f"not UTF-8 text: {exc.reason}") from None
-    return tuple(names)
+    return tuple(items)
+
+
+def read_domain_file(path: str) -> tuple:
+    """One domain per line (see :func:`read_list_file`)."""
+    return read_list_file(path, _domain)
 
 
 def parse_network(text: str):
@@ -232,24 +238,8 @@ def parse_networks(text: str) -> Networks:
 
 
 def read_network_file(path: str) -> Networks:
-    """One address or CIDR per line; ``#`` starts a comment.
-
-    Raises ConfigError located in the list file itself.
-    """
-    nets = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                item = line.split("#", 1)[0].strip()
-                if not item:
-                    continue
-                try:
-                    nets.append(parse_network(item))
-                except ValueProblem as exc:
-                    raise ConfigError(path, lineno, None, None, str(exc)) from None
-    except OSError as exc:
-        raise ConfigError(path, None, None, None, f"cannot read: {exc.strerror}") from None
-    return Networks(tuple(nets))
+    """One address or CIDR per line (see :func:`read_list_file`)."""
+    return Networks(read_list_file(path, parse_network))
 
 
 _SOCKET = re.compile(r"^(unix|local):(/.+)$|^(inet|inet6):(\d{1,5})(?:@(.+))?$|^(inet|inet6):(.+):(\d{1,5})$")

@@ -174,7 +174,7 @@ def _negative_ttl(exc) -> float:
     return 0.0
 
 
-def _strip_comment(line: str) -> str:
+def strip_zone_comment(line: str) -> str:
     """Drop a ``;`` or ``#`` comment, but not a ``;`` inside a quoted string
     (DKIM and DMARC records are full of them)."""
     if line.lstrip().startswith("#"):
@@ -192,23 +192,25 @@ def _strip_comment(line: str) -> str:
     return line
 
 
-def _split_txt(rdata: str) -> str:
-    """Cut each quoted character-string to at most 255 bytes, as a zone
-    file must for a DKIM key longer than that; the TXT value (the strings
-    joined) is the same."""
-    strings = re.findall(r'"((?:[^"\\]|\\.)*)"', rdata)
-    if not strings:
-        return rdata
-    pieces = []
+def split_txt(rdata: str) -> str:
+    """Cut each character-string of TXT rdata to at most 255 bytes on the
+    wire, as a zone file must for a DKIM key longer than that; the TXT
+    value (the strings joined) is the same.  An escape (``\\ddd``,
+    ``\\X``) is one byte and is never cut; other characters count their
+    UTF-8 bytes.  Unquoted words are strings too."""
+    strings = re.findall(r'"((?:[^"\\]|\\.)*)"', rdata) or rdata.split()
+    out = []
     for text in strings:
-        while len(text.encode("utf-8")) > 255:
-            cut = 255
-            while text[cut - 1] == "\\":      # never split an escape
-                cut -= 1
-            pieces.append(text[:cut])
-            text = text[cut:]
-        pieces.append(text)
-    return " ".join(f'"{piece}"' for piece in pieces)
+        chunk, size = [], 0
+        for unit in re.findall(r"\\[0-9]{3}|\\.|.", text, re.S):
+            width = 1 if unit.startswith("\\") else len(unit.encode("utf-8"))
+            if size + width > 255:
+                out.append("".join(chunk))
+                chunk, size = [], 0
+            chunk.append(unit)
+            size += width
+        out.append("".join(chunk))
+    return " ".join(f'"{piece}"' for piece in out)
 
 
 class ZoneBackend:
@@ -229,7 +231,7 @@ class ZoneBackend:
 
     def add(self, text: str, default_ttl: int = 300) -> None:
         for raw in text.splitlines():
-            line = _strip_comment(raw).strip()
+            line = strip_zone_comment(raw).strip()
             if not line:
                 continue
             parts = line.split(None, 1)
@@ -250,7 +252,7 @@ class ZoneBackend:
                 self._faults[name] = Status[rdtype]
                 continue
             if rdtype in ("TXT", "SPF"):
-                rdata_text = _split_txt(rdata_text)
+                rdata_text = split_txt(rdata_text)
             rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype),
                                         rdata_text, origin=dns.name.root)
             self._data.setdefault(name, {}).setdefault(rdtype, []).append(_record_value(rdata))

@@ -57,6 +57,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.name
 
+from mailwarden.dns import split_txt, strip_zone_comment
+
 ROOT = Path(__file__).resolve().parents[2]
 ZONE_DIR = ROOT / "tests" / "data" / "zones"
 CONTRIB_MAIN_CF = ROOT / "contrib" / "postfix" / "main.cf"
@@ -155,44 +157,6 @@ def _stop_process(proc: Optional[subprocess.Popen], timeout: float = 10.0,
 # --------------------------------------------------------------------------
 # DNS
 
-def _strip_comment(line: str) -> str:
-    """Drop a ``;`` or ``#`` comment, but not one inside a quoted string."""
-    if line.lstrip().startswith("#"):
-        return ""
-    quoted = escaped = False
-    for i, ch in enumerate(line):
-        if escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif ch == ";" and not quoted:
-            return line[:i]
-    return line
-
-
-def _split_txt(rdata: str) -> str:
-    """TXT rdata with every character-string cut to at most 255 bytes."""
-    strings = re.findall(r'"((?:[^"\\]|\\.)*)"', rdata)
-    if not strings:                      # unquoted words are strings too
-        strings = rdata.split()
-    out = []
-    for s in strings:
-        raw = s.encode("utf-8")
-        # never cut inside an escape sequence: work on decoded units
-        units = re.findall(rb'\\[0-9]{3}|\\.|.', raw, re.S)
-        chunk, size = [], 0
-        for unit in units:
-            width = 1
-            if size + width > 255:
-                out.append(b"".join(chunk))
-                chunk, size = [], 0
-            chunk.append(unit)
-            size += width
-        out.append(b"".join(chunk))
-    return " ".join('"' + c.decode("utf-8") + '"' for c in out)
-
 
 def zone_to_local_data(text: str, default_ttl: int = 300) -> list:
     """unbound ``local-data:`` values for zone lines ``NAME [TTL] [IN] TYPE RDATA``.
@@ -203,7 +167,7 @@ def zone_to_local_data(text: str, default_ttl: int = 300) -> list:
     """
     records = []
     for raw in text.splitlines():
-        line = _strip_comment(raw).strip()
+        line = strip_zone_comment(raw).strip()
         if not line:
             continue
         parts = line.split(None, 1)
@@ -222,7 +186,7 @@ def zone_to_local_data(text: str, default_ttl: int = 300) -> list:
         if rdtype in ("TIMEOUT", "SERVFAIL"):
             continue
         if rdtype in ("TXT", "SPF"):
-            rdata = _split_txt(rdata)
+            rdata = split_txt(rdata)
         parsed = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype),
                                      rdata, origin=dns.name.root)
         text_rdata = parsed.to_text()
