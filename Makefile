@@ -12,7 +12,7 @@ RUN_APT_PACKAGES := libmilter-dev
 TEST_APT_PACKAGES := libmilter-dev postfix unbound redis-server swaks dovecot-imapd dovecot-pop3d
 PYTEST_ARGS ?=
 
-.PHONY: run test deps-run deps-test check-config bench
+.PHONY: run test deps-run deps-test check-config bench bench-compare
 
 # mailwarden will not keep root: started as root with no [milter] user
 # (the case of the sample file), make run has it drop to RUN_USER.
@@ -43,3 +43,7 @@ check-config: deps-run
 BENCH_ARGS ?=
 bench: deps-test
 	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
+
+# mailwarden next to OpenDKIM+OpenDMARC and a do-nothing milter (as root)
+bench-compare: deps-test
+	$(BIN)/python bench/compare.py $(BENCH_ARGS)
