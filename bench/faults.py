@@ -21,8 +21,10 @@ scenarios smaller.
     ``--over`` extra sessions from the held addresses are answered 421.
     Figures: the milter's threads, descriptors and RSS before, while held,
     and after every session closed; peak RSS (VmHWM).  ``--rounds`` (2)
-    times over: libmilter's worker pool and the engine's thread pools grow
-    once to their working size, a leak would grow every round.
+    times over.  Idle sessions wait in libmilter's poll set, not in threads;
+    the engine's check pool and DNS workers (ThreadPoolExecutors, 32 each,
+    never shrinking) grow towards their bound over the rounds, so threads are
+    checked against that bound, descriptors against the baseline.
 
 Every run is bounded in messages and time; run as root from the repository:
     .venv/bin/python bench/faults.py kill [--messages 2000] [--sessions 20]

@@ -66,7 +66,7 @@ class SmtpSession:
             if len(text) == 3 or text[3] != "-":
                 return int(text[:3]), "\n".join(lines)
 
-    def _command(self, line: str) -> tuple:
+    def command(self, line: str) -> tuple:
         self.sock.sendall(line.encode("utf-8") + b"\r\n")
         return self._reply()
 
@@ -82,16 +82,16 @@ class SmtpSession:
             code, text = self._reply()
             if code != 220:
                 return code, text, "connect"
-            code, text = self._command(f"EHLO {self.helo}")
+            code, text = self.command(f"EHLO {self.helo}")
             if code != 250:
                 return code, text, "helo"
             if self.xclient:
                 attrs = " ".join(f"{k.upper()}={_xclient_value(v)}"
                                  for k, v in self.xclient.items())
-                code, text = self._command(f"XCLIENT {attrs}")
+                code, text = self.command(f"XCLIENT {attrs}")
                 if code != 220:
                     return code, text, "xclient"
-                code, text = self._command(f"EHLO {self.helo}")
+                code, text = self.command(f"EHLO {self.helo}")
                 if code != 250:
                     return code, text, "helo"
         except (OSError, SessionLost) as exc:
@@ -102,17 +102,17 @@ class SmtpSession:
         """One transaction: ``(code, text, stage)``; raises :class:`SessionLost`."""
         sent_all = False
         try:
-            code, text = self._command(f"MAIL FROM:<{mail_from}>")
+            code, text = self.command(f"MAIL FROM:<{mail_from}>")
             if code != 250:
                 return code, text, "mail"
             accepted = 0
             for rcpt in rcpts:
-                code, text = self._command(f"RCPT TO:<{rcpt}>")
+                code, text = self.command(f"RCPT TO:<{rcpt}>")
                 accepted += 200 <= code < 300
             if not accepted:
-                self._command("RSET")
+                self.command("RSET")
                 return code, text, "rcpt"
-            code, text = self._command("DATA")
+            code, text = self.command("DATA")
             if code != 354:
                 return code, text, "data"
             self.sock.sendall(dot_stuff(data))
@@ -129,7 +129,7 @@ class SmtpSession:
             return
         try:
             self.sock.settimeout(2)
-            self._command("QUIT")
+            self.command("QUIT")
         except (OSError, SessionLost):
             pass
         try:
@@ -269,7 +269,7 @@ def run_load(port: int, count: int, sessions: int, *,
                 if code >= 500:
                     # a refused message leaves the session usable
                     try:
-                        session._command("RSET")
+                        session.command("RSET")
                     except (OSError, SessionLost):
                         session.close()
                         session = None
@@ -379,7 +379,7 @@ class HeldSessions:
         good = 0
         for session in self.open_sessions:
             try:
-                good += session._command("NOOP")[0] == 250
+                good += session.command("NOOP")[0] == 250
             except (OSError, SessionLost):
                 pass
         return good

@@ -9,7 +9,8 @@
 * Redis down at start, back, killed, back: the limits fail open with
   LIMITS_TEMPERROR and a log line, then enforce again by themselves;
 * many SMTP sessions held open while mail flows: over-limit sessions get
-  421, threads and descriptors of the milter return to their baseline.
+  421, the milter's descriptors return to their baseline, its threads stay
+  within the bound of its pools (no thread per session), its memory small.
 
 Smaller than ``bench/faults.py``, which runs the same at full size (2,000
 messages and two kills; 500 held sessions).
@@ -98,9 +99,9 @@ def test_sigterm_finishes_the_message_in_flight(postfix, sink, mailwarden):
     assert session.open()[2] == "ready"
     data, msgid = make_message("in flight at SIGTERM")
     try:
-        assert session._command("MAIL FROM:<inflight@sender.example>")[0] == 250
-        assert session._command("RCPT TO:<bob@rcpt.example>")[0] == 250
-        assert session._command("DATA")[0] == 354
+        assert session.command("MAIL FROM:<inflight@sender.example>")[0] == 250
+        assert session.command("RCPT TO:<bob@rcpt.example>")[0] == 250
+        assert session.command("DATA")[0] == 354
         body = data + b"\r\n"
         session.sock.sendall(body)
         proc = mw._proc
