@@ -287,6 +287,9 @@ class MilterOptions:
     socket: str = opt("inet:8894@127.0.0.1", parse_socket)
     name: str = opt("mailwarden", parse_str)
     timeout: float = opt(600.0, parse_seconds)
+    # on SIGTERM: new transactions are refused (451 4.3.2) and those in
+    # flight get this long to finish before the milter stops
+    stop_timeout: float = opt(30.0, parse_seconds)
     socket_mode: str = opt("0660", parse_mode)
     user: str = opt("", parse_str)
     group: str = opt("", parse_str)

@@ -73,11 +73,13 @@ class MailwardenMilter(Milter.Base):
 
     reply_always = False        # set for a TCP socket by sockopt.tune_for_tcp
 
-    def __init__(self, engine: Engine, holder=None, metrics=None):
+    def __init__(self, engine: Engine, holder=None, metrics=None, drain=None):
         super().__init__()
         self.engine = engine
         self.holder = holder
         self.metrics = metrics
+        self.drain = drain          # a Drain: transactions a graceful stop waits for
+        self._in_transaction = False
         self.conn: Connection | None = None
         self.msg = None
         self._message_seconds = 0.0
@@ -138,6 +140,13 @@ class MailwardenMilter(Milter.Base):
         if self.msg is not None:
             self.msg.close()
             self.msg = None
+        if self._in_transaction:
+            self._in_transaction = False
+            self.drain.end()
+
+    def _shutting_down(self) -> int:
+        self.setreply("451", "4.3.2", "Mail filter shutting down, please try again later")
+        return Milter.TEMPFAIL
 
     # -- callbacks ----------------------------------------------------------
 
@@ -150,6 +159,8 @@ class MailwardenMilter(Milter.Base):
         return status
 
     def connect(self, hostname, family, hostaddr):
+        if self.drain is not None and self.drain.draining:
+            return self._shutting_down()
         address = None
         if isinstance(hostaddr, tuple) and hostaddr:
             address = hostaddr[0]
@@ -171,6 +182,10 @@ class MailwardenMilter(Milter.Base):
 
     def envfrom(self, mailfrom, *params):
         self._end_message()
+        if self.drain is not None:
+            if not self.drain.begin():
+                return self._shutting_down()
+            self._in_transaction = True
         self._message_seconds = 0.0
         self.msg = self.engine.new_message(self.conn, strip_brackets(mailfrom), _params(params))
         self._refresh_macros()
@@ -245,6 +260,40 @@ class MailwardenMilter(Milter.Base):
             holder, self.holder = self.holder, None     # close may come twice: release once
             holder.release(self.engine)
         return Milter.CONTINUE
+
+
+class Drain:
+    """Transactions in flight, so that a stop can let them finish.
+
+    A transaction runs from MAIL FROM to end of message (or abort, or the
+    connection's end).  Once :meth:`drain` is called no new one starts.
+    """
+
+    def __init__(self):
+        self._idle = threading.Condition()
+        self.active = 0
+        self.draining = False
+
+    def begin(self) -> bool:
+        with self._idle:
+            if self.draining:
+                return False
+            self.active += 1
+            return True
+
+    def end(self) -> None:
+        with self._idle:
+            self.active -= 1
+            if self.active <= 0:
+                self._idle.notify_all()
+
+    def drain(self, timeout: float) -> int:
+        """Refuse new transactions, wait up to ``timeout`` s for the others;
+        the number still in flight."""
+        with self._idle:
+            self.draining = True
+            self._idle.wait_for(lambda: self.active <= 0, timeout)
+            return self.active
 
 
 # --------------------------------------------------------------------------
@@ -325,8 +374,10 @@ def serve(config: Config, config_path: str = "", log_setup=None) -> int:
     holder = EngineHolder(build_engine(config, metrics))
     engine = holder.current
 
+    drain = Drain()
+
     def factory():
-        return MailwardenMilter(holder.acquire(), holder=holder, metrics=metrics)
+        return MailwardenMilter(holder.acquire(), holder=holder, metrics=metrics, drain=drain)
     Milter.factory = factory
     libmilter.set_flags(USED_ACTIONS)
     libmilter.set_exception_policy(Milter.TEMPFAIL)
@@ -355,11 +406,15 @@ def serve(config: Config, config_path: str = "", log_setup=None) -> int:
         _prepare_unix_socket(config.milter, socket_spec[len("unix:"):])
     _drop_privileges(target)
 
-    # SIGTERM and SIGINT go to libmilter's signal thread (they stop it);
-    # SIGHUP stays with this thread, see mailwarden.reload
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    # libmilter's own signal thread would stop at once on SIGHUP, SIGTERM
+    # and SIGINT, cutting the transactions in flight; all three stay with
+    # this thread instead (see mailwarden.reload for why that works): HUP
+    # reloads, TERM and INT drain the transactions in flight, then stop
     reload_wanted = threading.Event()
+    stop_wanted = threading.Event()
     signal.signal(signal.SIGHUP, lambda signum, frame: reload_wanted.set())
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: stop_wanted.set())
     reloader = Reloader(config_path or config.path, holder, metrics, log_setup)
     server = None
     if metrics is not None:
@@ -383,8 +438,17 @@ def serve(config: Config, config_path: str = "", log_setup=None) -> int:
     thread.start()
     try:
         while not stopped.is_set():
-            # the handler sets the event; the bounded wait notices a stop
-            if reload_wanted.wait(1.0):
+            if stop_wanted.is_set():
+                log.info("stopping: no new transactions, waiting up to %gs for %d in flight",
+                         config.milter.stop_timeout, drain.active)
+                left = drain.drain(config.milter.stop_timeout)
+                if left:
+                    log.warning("stopping with %d transactions still in flight (the MTA "
+                                "answers them per milter_default_action)", left)
+                libmilter.stop()
+                break
+            # the handlers set the events; the bounded wait notices them
+            if reload_wanted.wait(0.5):
                 reload_wanted.clear()
                 reloader.reload()
         thread.join()

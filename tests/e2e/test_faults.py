@@ -19,7 +19,6 @@ messages and two kills; 500 held sessions).
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import threading
 
@@ -73,23 +72,9 @@ def test_sigkill_mid_load_loses_and_duplicates_nothing(postfix, sink, mailwarden
 
 # ------------------------------------------------------------ SIGTERM
 
-def _milter_listening(mw) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(1)
-        try:
-            s.connect(str(mw.socket_path))
-            return True
-        except OSError:
-            return False
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "not yet: libmilter's worker pool stops serving sessions as soon as SIGTERM sets "
-    "its stop flag, so the message in flight is cut and Postfix answers 451 (nothing is "
-    "lost, the client retries); finishing it needs mailwarden to take SIGTERM itself, "
-    "refuse new sessions, wait for open ones (EngineHolder.in_use) with a bound, then "
-    "stop libmilter"))
 def test_sigterm_finishes_the_message_in_flight(postfix, sink, mailwarden):
+    """SIGTERM: the transaction in flight is finished and delivered, a new
+    one is told to retry (451 4.3.2), then the milter exits by itself."""
     mw = mailwarden()
     sink.clear()
     # one transaction stopped right before its final dot: the milter holds
@@ -98,17 +83,22 @@ def test_sigterm_finishes_the_message_in_flight(postfix, sink, mailwarden):
                           xclient={"ADDR": "198.51.100.201"})
     assert session.open()[2] == "ready"
     data, msgid = make_message("in flight at SIGTERM")
+    late_data, late_msgid = make_message("started after SIGTERM")
     try:
         assert session.command("MAIL FROM:<inflight@sender.example>")[0] == 250
         assert session.command("RCPT TO:<bob@rcpt.example>")[0] == 250
         assert session.command("DATA")[0] == 354
-        body = data + b"\r\n"
-        session.sock.sendall(body)
+        session.sock.sendall(data + b"\r\n")
         proc = mw._proc
         proc.send_signal(signal.SIGTERM)
-        # libmilter looks at its stop flag every 5 s: then it stops listening
-        wait_until(lambda: not _milter_listening(mw) or proc.poll() is not None, 15,
-                   "the milter to stop listening after SIGTERM", interval=0.1)
+        wait_until(lambda: "stopping: no new transactions" in mw.log_text(), 15,
+                   "the milter to start draining after SIGTERM", interval=0.1)
+        # while it drains, a new transaction is refused for now, not lost
+        late = smtp_send(postfix.smtp_port, xclient={"ADDR": "198.51.100.202"},
+                         mail_from="late@sender.example", rcpts=["bob@rcpt.example"],
+                         data=late_data)
+        assert not late.accepted and 400 <= late.code < 500, (late.code, late.text)
+        assert proc.poll() is None, "the milter exited with a transaction in flight"
         session.sock.sendall(b".\r\n")
         code, text = session._reply()
     finally:
@@ -121,6 +111,8 @@ def test_sigterm_finishes_the_message_in_flight(postfix, sink, mailwarden):
         pytest.fail("mailwarden did not exit within 30 s of SIGTERM once idle")
     assert code == 250, f"the message in flight at SIGTERM got {code} {text}"
     assert sink.wait_for_match(msgid.encode(), 30)
+    assert sink.find(late_msgid.encode()) == []
+    assert proc.returncode == 0
     assert "mailwarden stopped" in mw.log_text()
 
 

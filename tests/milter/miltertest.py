@@ -39,8 +39,9 @@ class RecordingCtx(TestCtx):
 class Session:
     """One SMTP connection through the adapter."""
 
-    def __init__(self, engine: Engine, macros: dict | None = None):
-        Milter.factory = lambda: MailwardenMilter(engine)
+    def __init__(self, engine: Engine, macros: dict | None = None, **milter_args):
+        # the factory libmilter calls at connect: set it for each session
+        Milter.factory = lambda: MailwardenMilter(engine, **milter_args)
         self.ctx = RecordingCtx()
         for name, value in (macros or {}).items():
             self.ctx._setsymval(name, value)

@@ -190,3 +190,26 @@ def test_authenticated_and_tls_macros_reach_the_engine(engine):
     assert seen["user"] == "alice" and seen["tls"] == "TLSv1.3"
     assert "authenticated" in seen["tags"]
     e.close()
+
+
+def test_a_draining_milter_finishes_transactions_and_refuses_new_ones(engine):
+    import threading
+    from mailwarden.milter import Drain
+
+    drain = Drain()
+    s = Session(engine, drain=drain)
+    assert s.connect("198.51.100.7") == Milter.CONTINUE
+    assert s.mail("a@sender.example") == Milter.CONTINUE
+    assert drain.active == 1
+    waiter = threading.Thread(target=drain.drain, args=(5.0,))
+    waiter.start()
+    while not drain.draining:
+        pass
+    assert Session(engine, drain=drain).connect("198.51.100.8") == Milter.TEMPFAIL
+    assert waiter.is_alive()                        # still waiting for ours
+    assert s.rcpt("b@test.example") == Milter.CONTINUE
+    assert s.data(b"Subject: x\r\n\r\nbody\r\n") == Milter.ACCEPT
+    waiter.join(5)
+    assert not waiter.is_alive() and drain.active == 0
+    assert s.mail("again@sender.example") == Milter.TEMPFAIL
+    assert s.reply == ("451", "4.3.2", "Mail filter shutting down, please try again later")
