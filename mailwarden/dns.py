@@ -369,24 +369,51 @@ class Resolver:
         return [f.result() for f in futures]
 
     def session(self, deadline: float | None = None, budget: int | None = None) -> "Lookup":
-        """A per-message view with its own budget and deadline (monotonic time)."""
-        if deadline is None:
-            deadline = time.monotonic() + self.options.message_deadline
-        return Lookup(self, deadline, self.options.message_budget if budget is None else budget)
+        """A per-message view with its own lookup budget and time limit.
+
+        ``deadline`` (this resolver's clock) overrides ``[dns]
+        message_deadline`` counted from now."""
+        now = self.clock()
+        limit = self.options.message_deadline if deadline is None else deadline - now
+        return Lookup(self, limit, self.options.message_budget if budget is None else budget,
+                      clock=self.clock)
 
 
 class Lookup:
-    """One message's lookups: bounded in number and in time."""
+    """One message's lookups: bounded in number and in time.
 
-    def __init__(self, resolver: Resolver, deadline: float, budget: int):
+    The time that counts is the milter's own: the engine pauses the session
+    between SMTP stages, so a client that takes a minute to send its body
+    does not use up the lookups of the end of message.  Running from its
+    creation until paused, so that a session used alone is bounded too.
+    """
+
+    def __init__(self, resolver: Resolver, limit: float, budget: int,
+                 clock: Callable[[], float] = time.monotonic):
         self.resolver = resolver
-        self.deadline = deadline
+        self.limit = limit
         self.budget = budget
         self.used = 0
+        self.clock = clock
+        self.spent = 0.0                  # time of the stages already paused
+        self._running_since = clock()     # None while paused
         self._lock = threading.Lock()
 
+    def pause(self) -> None:
+        with self._lock:
+            if self._running_since is not None:
+                self.spent += self.clock() - self._running_since
+                self._running_since = None
+
+    def resume(self) -> None:
+        with self._lock:
+            if self._running_since is None:
+                self._running_since = self.clock()
+
     def remaining(self) -> float:
-        return self.deadline - time.monotonic()
+        with self._lock:
+            running = 0.0 if self._running_since is None else self.clock() - self._running_since
+            return self.limit - self.spent - running
 
     def _take(self, n: int) -> int:
         with self._lock:

@@ -254,7 +254,11 @@ class Engine:
     def _stage(self, conn: Connection, msg: Optional[Message], stage: Stage, dns: Lookup,
                rcpt: Optional[str] = None) -> Optional[Verdict]:
         ctx = Context(self, conn, msg, stage, dns, rcpt)
-        new = self._run(ctx)
+        dns.resume()                # only the milter's own time counts, see Lookup
+        try:
+            new = self._run(ctx)
+        finally:
+            dns.pause()
         (msg.results if msg is not None and stage >= Stage.MAIL else conn.results).extend(new)
         ctx.new = []            # now stored above: ctx.results must not list them twice
         if not any(r.reply is not None for r in new):
@@ -270,7 +274,8 @@ class Engine:
     def helo(self, conn: Connection, name: str) -> Optional[Verdict]:
         conn.helo = name
         conn.results[:] = [r for r in conn.results if r.stage is not Stage.HELO]
-        conn.dns = self.resolver.session()
+        if conn.dns is None:        # connect and HELO share one time limit
+            conn.dns = self.resolver.session()
         return self._stage(conn, None, Stage.HELO, conn.dns)
 
     def new_message(self, conn: Connection, mail_from: str, params: dict) -> Message:
@@ -278,6 +283,7 @@ class Engine:
         msg = Message(mail_from=mail_from, mail_params=params,
                       body=Body(self.config.milter.spool_threshold))
         msg.dns = self.resolver.session()
+        msg.dns.pause()             # runs during this message's stages only
         return msg
 
     def mail(self, conn: Connection, msg: Message) -> Optional[Verdict]:
@@ -302,7 +308,11 @@ class Engine:
 
     def eom(self, conn: Connection, msg: Message) -> Verdict:
         ctx = Context(self, conn, msg, Stage.EOM, msg.dns)
-        msg.results.extend(self._run(ctx))
+        msg.dns.resume()
+        try:
+            msg.results.extend(self._run(ctx))
+        finally:
+            msg.dns.pause()
         results = conn.results + msg.results
         verdict = self.policy.decide(results, self.trust(conn), Stage.EOM, final=True)
         if verdict.action in ("accept", "add_header", "quarantine"):

@@ -117,3 +117,17 @@ def test_parallel_lookups_overlap():
     assert all(a.ok for a in answers)
     assert [a.records[0] for a in answers] == [f"192.0.2.{i}" for i in range(1, 9)]
     assert elapsed < 0.2 * 8 / 2, f"8 lookups of 0.2 s took {elapsed:.2f}s: not parallel"
+
+
+def test_session_counts_only_the_time_it_runs():
+    clock = Clock()
+    r, _ = resolver(clock=clock, message_deadline=10)
+    session = r.session()
+    clock.now += 4                     # a stage's own lookups
+    session.pause()
+    clock.now += 600                   # the client takes ten minutes to send
+    assert session.remaining() == 6
+    assert session.query("a.example", "A").ok
+    session.resume()
+    clock.now += 7                     # past the limit while running
+    assert session.query("txt.example", "TXT").status is Status.BUDGET

@@ -195,3 +195,41 @@ def test_independent_checks_of_one_stage_run_in_parallel():
     verdict, _, _ = run_offline(engine, client_ip="198.51.100.1", mail_from="a@b.example",
                                 rcpts=["c@d.example"], message=b"\r\n")
     assert [r.check for r in verdict.results] == ["left", "right"]
+
+
+class SlowClient(Check):
+    """Looks something up at MAIL FROM and again at end of message."""
+    name = "lookups"
+    symbols = {"LOOKUP_OK": 0.0, "LOOKUP_LATE": 0.0}
+
+    def on_mail(self, ctx):
+        return self.result("pass", "LOOKUP_OK") if ctx.dns.query("a.example", "A").ok else None
+
+    def on_eom(self, ctx):
+        answer = ctx.dns.query("b.example", "A")
+        return self.result("pass" if answer.ok else "temperror",
+                           "LOOKUP_OK" if answer.ok else "LOOKUP_LATE")
+
+
+def test_a_slow_client_does_not_use_up_the_message_deadline():
+    from mailwarden.model import Connection
+
+    class Clock:
+        now = 1000.0
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+    registry = make_registry(SlowClient)
+    cfg = loads(BASE + "[dns]\nmessage_deadline = 1s\n", registry=registry)
+    zone = "a.example. A 192.0.2.1\nb.example. A 192.0.2.2\n"
+    engine = Engine(cfg, resolver=Resolver(cfg.dns, backend=ZoneBackend(zone), clock=clock),
+                    registry=registry, hostname="mx.test.example")
+    conn = Connection()
+    msg = engine.new_message(conn, "a@b.example", {})
+    assert engine.mail(conn, msg) is None
+    clock.now += 120                   # the client sends its body for two minutes
+    verdict = engine.eom(conn, msg)
+    assert [r.symbol for r in verdict.results] == ["LOOKUP_OK", "LOOKUP_OK"]
+    engine.close()
