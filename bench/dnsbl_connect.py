@@ -14,10 +14,8 @@ times the number of lists (what one list after another would cost).
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,37 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mailwarden.config import loads                     # noqa: E402
 from mailwarden.engine import Engine                    # noqa: E402
 from mailwarden.model import Connection, parse_client_address   # noqa: E402
+from udpserver import UdpServer                         # noqa: E402
 
 
-class SlowDns:
-    """UDP DNS on 127.0.0.1 that answers after ``delay`` seconds."""
+class SlowDns(UdpServer):
+    """DNS on 127.0.0.1 that answers after ``delay`` seconds."""
 
     def __init__(self, delay: float):
+        super().__init__()
         self.delay = delay
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.queries = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def start(self) -> "SlowDns":
-        self._thread.start()
-        return self
-
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.queries += 1
-            threading.Thread(target=self._answer, args=(data, peer), daemon=True).start()
-
-    def _answer(self, data: bytes, peer) -> None:
+    def handle(self, data: bytes):
         query = dns.message.from_wire(data)
         response = dns.message.make_response(query)
         question = query.question[0]
@@ -70,16 +48,8 @@ class SlowDns:
                                                        "127.0.0.2"))
         else:
             response.set_rcode(dns.rcode.NXDOMAIN)
-        self._stop.wait(self.delay)                 # the server's simulated latency
-        try:
-            self.sock.sendto(response.to_wire(), peer)
-        except OSError:
-            pass
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        self._thread.join(timeout=5)
+        self.stopping.wait(self.delay)              # the server's simulated latency
+        return response.to_wire()
 
 
 def config_text(port: int, zones: int, iprev: bool) -> str:

@@ -21,7 +21,6 @@ import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from mailwarden.genkey import make_key, zone_line          # noqa: E402
 from mailwarden.mime import split_message                  # noqa: E402
 from mailwarden.model import Connection, parse_client_address   # noqa: E402
 from tests.e2e.harness import DnsServer                    # noqa: E402
+from udpserver import UdpServer                            # noqa: E402
 
 # Lookups that must follow one another, per stage, for the bench's message:
 #   connect  iprev: PTR of 127.0.0.1, then A of the name (the IP lists ask
@@ -50,36 +50,15 @@ from tests.e2e.harness import DnsServer                    # noqa: E402
 CHAINS = {"connect": 2, "helo": 1, "mail": 2, "rcpt": 0, "body": 0, "eom": 2}
 
 
-class DelayingProxy:
-    """UDP on 127.0.0.1: each query is forwarded upstream, its answer held back."""
+class DelayingProxy(UdpServer):
+    """DNS on 127.0.0.1: each query is forwarded upstream, its answer held back."""
 
     def __init__(self, upstream_port: int, delay: float):
+        super().__init__()
         self.upstream = ("127.0.0.1", upstream_port)
         self.delay = delay
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.queries = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def start(self) -> "DelayingProxy":
-        self._thread.start()
-        return self
-
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.queries += 1
-            threading.Thread(target=self._forward, args=(data, peer), daemon=True).start()
-
-    def _forward(self, data: bytes, peer) -> None:
+    def handle(self, data: bytes):
         started = time.monotonic()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
             up.settimeout(2)
@@ -87,17 +66,9 @@ class DelayingProxy:
                 up.sendto(data, self.upstream)
                 answer = up.recv(65535)
             except OSError:
-                return                          # the client times out, as with a lost answer
-        self._stop.wait(max(0.0, self.delay - (time.monotonic() - started)))
-        try:
-            self.sock.sendto(answer, peer)
-        except OSError:
-            pass
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        self._thread.join(timeout=5)
+                return None                     # the client times out, as with a lost answer
+        self.stopping.wait(max(0.0, self.delay - (time.monotonic() - started)))
+        return answer
 
 
 def one_message(engine: Engine, message: bytes) -> dict:
