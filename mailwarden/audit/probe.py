@@ -738,43 +738,13 @@ class Probe:
                 self.add(IMAP, FAIL, f"{label} STARTTLS", "not offered: offer STARTTLS or "
                          "serve IMAPS only")
             return
-        try:
-            opened = self._imap_open(port, self._context())
-        except TlsFailed as exc:
-            self.add(IMAP, FAIL, f"{label} STARTTLS", "offered, but the handshake failed",
-                     str(exc))
-            return
-        except ProbeError as exc:
-            self._session_error(label, exc)
-            return
-        if opened is None:
-            self._session_error(label, "the port no longer answers")
-            return
-        channel, _, _ = opened
-        info = _tls_info(channel)
-        self._imap_logout(channel)
-        self.add(IMAP, OK, f"{label} STARTTLS", "offered")
-        self._tls_findings(IMAP, label, info, lambda ctx: self._imap_reopen(port, ctx, False))
+        self._upgraded(IMAP, label, f"{label} STARTTLS", port, self._imap_open,
+                       self._imap_logout, self._imap_reopen)
 
     def probe_imaps(self, port: int) -> bool:
         """IMAP over TLS; whether it answered."""
-        label = f"imaps:{port}"
-        try:
-            opened = self._imap_open(port, self._context(), implicit=True)
-        except TlsFailed as exc:
-            self.add(IMAP, FAIL, label, "the TLS handshake failed", str(exc))
-            return True
-        except ProbeError as exc:
-            self._session_error(label, exc)
-            return True
-        if opened is None:
-            self.add(IMAP, OK, label, "nothing listens here")
-            return False
-        channel, _, _ = opened
-        info = _tls_info(channel)
-        self._imap_logout(channel)
-        self._tls_findings(IMAP, label, info, lambda ctx: self._imap_reopen(port, ctx, True))
-        return True
+        return self._implicit_tls(IMAP, f"imaps:{port}", port, self._imap_open,
+                                  self._imap_logout, self._imap_reopen)
 
     # -- POP3 ---------------------------------------------------------------
 
@@ -865,10 +835,23 @@ class Probe:
                 self.add(POP3, FAIL, f"{label} STLS", "not offered: offer STLS or serve "
                          "POP3S only", " ".join(sorted(caps)))
             return
+        self._upgraded(POP3, label, f"{label} STLS", port, self._pop3_open,
+                       self._pop3_quit, self._pop3_reopen)
+
+    def probe_pop3s(self, port: int) -> bool:
+        """POP3 over TLS; whether it answered."""
+        return self._implicit_tls(POP3, f"pop3s:{port}", port, self._pop3_open,
+                                  self._pop3_quit, self._pop3_reopen)
+
+    # -- IMAP and POP3 alike ------------------------------------------------
+
+    def _upgraded(self, area: str, label: str, subject: str, port: int,
+                  open_, close, reopen) -> None:
+        """The findings of a STARTTLS/STLS upgrade the server offered."""
         try:
-            opened = self._pop3_open(port, self._context())
+            opened = open_(port, self._context())
         except TlsFailed as exc:
-            self.add(POP3, FAIL, f"{label} STLS", "offered, but the handshake failed", str(exc))
+            self.add(area, FAIL, subject, "offered, but the handshake failed", str(exc))
             return
         except ProbeError as exc:
             self._session_error(label, exc)
@@ -878,27 +861,27 @@ class Probe:
             return
         channel, _, _ = opened
         info = _tls_info(channel)
-        self._pop3_quit(channel)
-        self.add(POP3, OK, f"{label} STLS", "offered")
-        self._tls_findings(POP3, label, info, lambda ctx: self._pop3_reopen(port, ctx, False))
+        close(channel)
+        self.add(area, OK, subject, "offered")
+        self._tls_findings(area, label, info, lambda ctx: reopen(port, ctx, False))
 
-    def probe_pop3s(self, port: int) -> bool:
-        label = f"pop3s:{port}"
+    def _implicit_tls(self, area: str, label: str, port: int, open_, close, reopen) -> bool:
+        """The findings of a TLS-only port (IMAPS, POP3S); whether it answered."""
         try:
-            opened = self._pop3_open(port, self._context(), implicit=True)
+            opened = open_(port, self._context(), implicit=True)
         except TlsFailed as exc:
-            self.add(POP3, FAIL, label, "the TLS handshake failed", str(exc))
+            self.add(area, FAIL, label, "the TLS handshake failed", str(exc))
             return True
         except ProbeError as exc:
             self._session_error(label, exc)
             return True
         if opened is None:
-            self.add(POP3, OK, label, "nothing listens here")
+            self.add(area, OK, label, "nothing listens here")
             return False
         channel, _, _ = opened
         info = _tls_info(channel)
-        self._pop3_quit(channel)
-        self._tls_findings(POP3, label, info, lambda ctx: self._pop3_reopen(port, ctx, True))
+        close(channel)
+        self._tls_findings(area, label, info, lambda ctx: reopen(port, ctx, True))
         return True
 
     # -- all ----------------------------------------------------------------
