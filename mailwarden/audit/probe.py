@@ -138,6 +138,17 @@ def _tls_info(channel: Channel) -> TlsInfo:
                    sock.getpeercert(binary_form=True))
 
 
+def _tls_version(open_, port: int, context, implicit: bool) -> Optional[str]:
+    """The TLS version a fresh IMAP/POP3 session with ``context`` gets, or None."""
+    opened = open_(port, context, implicit)
+    if opened is None:
+        return None
+    channel, _, tls = opened
+    version = channel.sock.version() if tls else None
+    channel.close()
+    return version
+
+
 # --------------------------------------------------------------------------
 # certificates
 
@@ -699,15 +710,6 @@ class Probe:
             pass
         channel.close()
 
-    def _imap_reopen(self, port, context, implicit) -> Optional[str]:
-        opened = self._imap_open(port, context, implicit)
-        if opened is None:
-            return None
-        channel, _, tls = opened
-        version = channel.sock.version() if tls else None
-        channel.close()
-        return version
-
     def probe_imap(self, port: int, imaps_port: int, imaps_open: bool) -> None:
         label = f"imap:{port}"
         try:
@@ -739,12 +741,12 @@ class Probe:
                          "serve IMAPS only")
             return
         self._upgraded(IMAP, label, f"{label} STARTTLS", port, self._imap_open,
-                       self._imap_logout, self._imap_reopen)
+                       self._imap_logout)
 
     def probe_imaps(self, port: int) -> bool:
         """IMAP over TLS; whether it answered."""
         return self._implicit_tls(IMAP, f"imaps:{port}", port, self._imap_open,
-                                  self._imap_logout, self._imap_reopen)
+                                  self._imap_logout)
 
     # -- POP3 ---------------------------------------------------------------
 
@@ -797,15 +799,6 @@ class Probe:
             pass
         channel.close()
 
-    def _pop3_reopen(self, port, context, implicit) -> Optional[str]:
-        opened = self._pop3_open(port, context, implicit)
-        if opened is None:
-            return None
-        channel, _, tls = opened
-        version = channel.sock.version() if tls else None
-        channel.close()
-        return version
-
     def probe_pop3(self, port: int, pop3s_port: int, pop3s_open: bool) -> None:
         label = f"pop3:{port}"
         try:
@@ -836,17 +829,17 @@ class Probe:
                          "POP3S only", " ".join(sorted(caps)))
             return
         self._upgraded(POP3, label, f"{label} STLS", port, self._pop3_open,
-                       self._pop3_quit, self._pop3_reopen)
+                       self._pop3_quit)
 
     def probe_pop3s(self, port: int) -> bool:
         """POP3 over TLS; whether it answered."""
         return self._implicit_tls(POP3, f"pop3s:{port}", port, self._pop3_open,
-                                  self._pop3_quit, self._pop3_reopen)
+                                  self._pop3_quit)
 
     # -- IMAP and POP3 alike ------------------------------------------------
 
     def _upgraded(self, area: str, label: str, subject: str, port: int,
-                  open_, close, reopen) -> None:
+                  open_, close) -> None:
         """The findings of a STARTTLS/STLS upgrade the server offered."""
         try:
             opened = open_(port, self._context())
@@ -863,9 +856,10 @@ class Probe:
         info = _tls_info(channel)
         close(channel)
         self.add(area, OK, subject, "offered")
-        self._tls_findings(area, label, info, lambda ctx: reopen(port, ctx, False))
+        self._tls_findings(area, label, info,
+                           lambda ctx: _tls_version(open_, port, ctx, False))
 
-    def _implicit_tls(self, area: str, label: str, port: int, open_, close, reopen) -> bool:
+    def _implicit_tls(self, area: str, label: str, port: int, open_, close) -> bool:
         """The findings of a TLS-only port (IMAPS, POP3S); whether it answered."""
         try:
             opened = open_(port, self._context(), implicit=True)
@@ -881,7 +875,8 @@ class Probe:
         channel, _, _ = opened
         info = _tls_info(channel)
         close(channel)
-        self._tls_findings(area, label, info, lambda ctx: reopen(port, ctx, True))
+        self._tls_findings(area, label, info,
+                           lambda ctx: _tls_version(open_, port, ctx, True))
         return True
 
     # -- all ----------------------------------------------------------------
