@@ -53,7 +53,7 @@ from mailwarden.genkey import make_key, zone_line        # noqa: E402
 from tests.e2e.harness import (                          # noqa: E402
     DnsServer, HarnessError, Mailwarden, Postfix, free_port, wait_until,
 )
-from throughput import SmtpSink, process_usage, sbin     # noqa: E402
+from throughput import SmtpSink, parse_set, process_usage, sbin     # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 DNS_ADDRESS = "127.0.0.153"
@@ -385,17 +385,6 @@ def addresses_for(workdir: Path) -> dict:
         out[name, "unix"] = f"unix:{workdir / 'run' / (name + '.sock')}"
         out[name, "tcp"] = f"inet:127.0.0.1:{free_port()}"
     return out
-
-
-def parse_set(values) -> dict:
-    overrides: dict = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        section, dot, name = key.rpartition(".")
-        if not sep or not dot:
-            raise SystemExit(f"--set wants section.key=value, got {item!r}")
-        overrides.setdefault(section, {})[name] = value
-    return overrides
 
 
 def report(figures: dict, args) -> bool:

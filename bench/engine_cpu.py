@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from throughput import parse_set  # noqa: E402
 from compare import (  # noqa: E402
     BENCH, DOMAIN, HELO, MAILWARDEN_SETTINGS, RCPT, SELECTOR, SENDER, make_signed_message,
 )
@@ -79,11 +80,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.messages <= 100_000:
         parser.error("--messages 1..100000")
-    extra: dict = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        section, _, name = key.rpartition(".")
-        extra.setdefault(section, {})[name] = value
+    extra = parse_set(args.set)
     private, txt = make_key("rsa", 2048)
     message = make_signed_message(args.length, private)
     zone = (BENCH / "compare.zone").read_text() + "\n" + zone_line(DOMAIN, SELECTOR, txt)
