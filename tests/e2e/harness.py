@@ -1068,6 +1068,22 @@ class SmtpResult:
         return f"{self.code} {self.text} (at {self.stage})"
 
 
+def read_smtp_reply(rfile, lost=ConnectionError) -> tuple:
+    """(code, text) of one SMTP reply, multi-line text joined by newlines;
+    ``lost`` is raised when the server closes or answers nonsense."""
+    lines = []
+    while True:
+        line = rfile.readline(8192)
+        if not line:
+            raise lost("connection closed by the server")
+        text = line.rstrip(b"\r\n").decode("utf-8", "replace")
+        if len(text) < 3 or not text[:3].isdigit():
+            raise lost(f"not an SMTP reply: {text!r}")
+        lines.append(text[4:])
+        if len(text) == 3 or text[3] != "-":
+            return int(text[:3]), "\n".join(lines)
+
+
 class _Conversation:
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -1088,20 +1104,9 @@ class _Conversation:
         self.rfile = self.sock.makefile("rb")
 
     def read_reply(self, command: str) -> tuple:
-        lines = []
-        while True:
-            line = self.rfile.readline(8192)
-            if not line:
-                raise ConnectionError("connection closed by the server")
-            text = line.rstrip(b"\r\n").decode("utf-8", "replace")
-            if len(text) < 3 or not text[:3].isdigit():
-                raise ConnectionError(f"not an SMTP reply: {text!r}")
-            lines.append(text[4:])
-            if len(text) == 3 or text[3] != "-":
-                code = int(text[:3])
-                reply = (code, "\n".join(lines))
-                self.replies.append((command, code, reply[1]))
-                return reply
+        reply = read_smtp_reply(self.rfile)
+        self.replies.append((command, *reply))
+        return reply
 
     def command(self, line: str) -> tuple:
         self.sock.sendall(line.encode("utf-8") + b"\r\n")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .harness import _xclient_value, dot_stuff, make_message
+from .harness import _xclient_value, dot_stuff, make_message, read_smtp_reply
 
 
 class SessionLost(Exception):
@@ -54,17 +54,7 @@ class SmtpSession:
         self.rfile = None
 
     def _reply(self) -> tuple:
-        lines = []
-        while True:
-            line = self.rfile.readline(8192)
-            if not line:
-                raise SessionLost("connection closed by the server")
-            text = line.rstrip(b"\r\n").decode("utf-8", "replace")
-            if len(text) < 3 or not text[:3].isdigit():
-                raise SessionLost(f"not an SMTP reply: {text!r}")
-            lines.append(text[4:])
-            if len(text) == 3 or text[3] != "-":
-                return int(text[:3]), "\n".join(lines)
+        return read_smtp_reply(self.rfile, SessionLost)
 
     def command(self, line: str) -> tuple:
         self.sock.sendall(line.encode("utf-8") + b"\r\n")
