@@ -38,8 +38,8 @@ import dns.reversename
 
 log = logging.getLogger("mailwarden.dns")
 
-__all__ = ["Status", "Answer", "Resolver", "Lookup", "DnspythonBackend", "ZoneBackend",
-           "reverse_name", "normalize"]
+__all__ = ["Status", "Answer", "Resolver", "Lookup", "CacheMiss", "DnspythonBackend",
+           "ZoneBackend", "reverse_name", "normalize"]
 
 
 class Status(enum.Enum):
@@ -290,8 +290,23 @@ class ZoneBackend:
                       float(self._ttl[(name, rdtype)]))
 
 
+class CacheMiss(BaseException):
+    """A speculative lookup (see :attr:`Lookup.speculative`) is not cached.
+
+    A BaseException, so that a library's ``except Exception`` around its DNS
+    function lets it through to the engine, which runs the check again,
+    normally, once the lookups it started have had time to answer.
+    """
+
+
 class Resolver:
-    """Cached, parallel lookups over one backend.  Shared by all threads."""
+    """Cached, parallel lookups over one backend.  Shared by all threads.
+
+    An answer in the cache is given by the calling thread at once; only
+    lookups that must go to the network use the thread pool, and a lookup
+    already on its way (``prefetch``, or another connection's) is waited
+    for, not asked again.
+    """
 
     def __init__(self, options, backend=None, clock: Callable[[], float] = time.monotonic,
                  on_query: Callable[[Answer, float], None] | None = None):
@@ -301,6 +316,7 @@ class Resolver:
         self.clock = clock
         self.on_query = on_query
         self._cache: OrderedDict = OrderedDict()
+        self._inflight: dict = {}         # key -> Future of a lookup under way
         self._lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=options.workers, thread_name_prefix="mailwarden-dns")
@@ -338,7 +354,76 @@ class Resolver:
             while len(self._cache) > size:
                 self._cache.popitem(last=False)
 
+    def missing(self, keys: Iterable[tuple[str, str]]) -> list:
+        """The (normalized name, TYPE) keys among ``keys`` not in the cache."""
+        return [key for key in keys
+                if key[0] and len(key[0]) <= 253 and self._cached(key) is None]
+
     # -- lookups ------------------------------------------------------------
+
+    def _timeout(self, timeout: float | None) -> float:
+        timeout = self.options.timeout if timeout is None else min(timeout, self.options.timeout)
+        return max(timeout, 0.001)
+
+    def _fetch(self, key, timeout: float) -> Answer:
+        """Ask the backend (no cache, no sharing); the answer is cached."""
+        name, rdtype = key
+        started = time.monotonic()
+        answer = self.backend.lookup(name, rdtype, timeout)
+        if self.on_query is not None:
+            self.on_query(answer, time.monotonic() - started)
+        if answer.temporary:
+            log.debug("dns %s", answer.describe())
+        self._store(key, answer)
+        return answer
+
+    def _shared_fetch(self, key, timeout: float, future: concurrent.futures.Future) -> None:
+        """Run a lookup registered in ``_inflight`` and hand its answer to
+        every waiter; cached before it leaves ``_inflight``, so none misses it."""
+        try:
+            answer = self._fetch(key, timeout)
+        except BaseException as exc:            # the waiters must not hang
+            with self._lock:
+                self._inflight.pop(key, None)
+            future.set_exception(exc)
+            raise
+        with self._lock:
+            self._inflight.pop(key, None)
+        future.set_result(answer)
+
+    def prefetch(self, keys: Iterable[tuple[str, str]], timeout: float | None = None) -> dict:
+        """Start these lookups in the pool without waiting: key -> Future of
+        its answer, for each key not cached (a lookup already under way is
+        joined, not asked again)."""
+        timeout = self._timeout(timeout)
+        futures: dict = {}
+        for key in keys:
+            name = key[0]
+            if key in futures or not name or len(name) > 253 or self._cached(key) is not None:
+                continue
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            with self._lock:
+                running = self._inflight.get(key)
+                if running is None:
+                    self._inflight[key] = future
+            if running is not None:
+                futures[key] = running
+                continue
+            futures[key] = future
+            try:
+                self._executor.submit(self._shared_fetch, key, timeout, future)
+            except RuntimeError:                # the pool is shut down (a reload)
+                with self._lock:
+                    self._inflight.pop(key, None)
+                future.set_result(self._fetch(key, timeout))
+        return futures
+
+    def _wait(self, key, future: concurrent.futures.Future, timeout: float | None) -> Answer:
+        timeout = self._timeout(timeout)
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            return Answer(key[0], key[1], Status.TIMEOUT, detail=f"no answer within {timeout:g}s")
 
     def query(self, name: str, rdtype: str, timeout: float | None = None) -> Answer:
         name = normalize(name)
@@ -349,24 +434,35 @@ class Resolver:
             return answer
         if not name or len(name) > 253:
             return Answer(name, rdtype, Status.ERROR, detail="bad name")
-        timeout = self.options.timeout if timeout is None else min(timeout, self.options.timeout)
-        started = time.monotonic()
-        answer = self.backend.lookup(name, rdtype, max(timeout, 0.001))
-        if self.on_query is not None:
-            self.on_query(answer, time.monotonic() - started)
-        if answer.temporary:
-            log.debug("dns %s", answer.describe())
-        self._store(key, answer)
-        return answer
+        timeout = self._timeout(timeout)
+        with self._lock:
+            pending = self._inflight.get(key)
+        if pending is None:
+            return self._fetch(key, timeout)
+        return self._wait(key, pending, timeout)
 
-    def query_many(self, queries: Iterable[tuple[str, str]],
-                   timeout: float | None = None) -> list[Answer]:
-        """Run several lookups at once; answers in the order asked."""
-        queries = list(queries)
-        if len(queries) <= 1:
-            return [self.query(n, t, timeout) for n, t in queries]
-        futures = [self._executor.submit(self.query, n, t, timeout) for n, t in queries]
-        return [f.result() for f in futures]
+    def query_many(self, queries: Iterable[tuple[str, str]], timeout: float | None = None,
+                   pending: dict | None = None) -> list[Answer]:
+        """Run several lookups at once; answers in the order asked.
+
+        Cached answers come at once; of the others, all but one start in
+        the pool and the calling thread asks the first itself.  ``pending``:
+        key -> Future of lookups this caller started before (``prefetch``)."""
+        keys = [(normalize(n), t.upper()) for n, t in queries]
+        answers = [self._cached(key) for key in keys]
+        missed = [i for i, answer in enumerate(answers) if answer is None]
+        if not missed:
+            return answers
+        futures = dict(pending or {})
+        ask = list(dict.fromkeys(keys[i] for i in missed if keys[i] not in futures))
+        if len(ask) > 1:
+            futures.update(self.prefetch(ask[1:], timeout))
+        for i in missed:
+            key = keys[i]
+            future = futures.get(key)
+            answers[i] = (self.query(key[0], key[1], timeout) if future is None
+                          else self._wait(key, future, timeout))
+        return answers
 
     def session(self, deadline: float | None = None, budget: int | None = None) -> "Lookup":
         """A per-message view with its own lookup budget and time limit.
@@ -386,6 +482,14 @@ class Lookup:
     between SMTP stages, so a client that takes a minute to send its body
     does not use up the lookups of the end of message.  Running from its
     creation until paused, so that a session used alone is bounded too.
+
+    The budget counts distinct lookups: asking again for a name and type
+    this message has already asked for costs nothing.
+
+    While ``speculative`` is set (the engine's first, thread-less pass over
+    a stage's checks), a lookup whose answer is not cached starts it in the
+    background, sets ``missed`` and raises :class:`CacheMiss` instead of
+    waiting.
     """
 
     def __init__(self, resolver: Resolver, limit: float, budget: int,
@@ -397,7 +501,11 @@ class Lookup:
         self.clock = clock
         self.spent = 0.0                  # time of the stages already paused
         self._running_since = clock()     # None while paused
+        self._asked: set = set()          # keys already counted against the budget
+        self._pending: dict = {}          # key -> Future, started by a speculative miss
         self._lock = threading.Lock()
+        self.speculative = False
+        self.missed = False
 
     def pause(self) -> None:
         with self._lock:
@@ -415,23 +523,47 @@ class Lookup:
             running = 0.0 if self._running_since is None else self.clock() - self._running_since
             return self.limit - self.spent - running
 
-    def _take(self, n: int) -> int:
+    def _grant(self, keys: list, take: bool) -> int:
+        """How many of ``keys`` (from the first) the budget allows; counted if ``take``."""
         with self._lock:
-            granted = max(0, min(n, self.budget - self.used))
-            self.used += granted
+            used = self.used
+            new: set = set()
+            granted = 0
+            for key in keys:
+                if key not in self._asked and key not in new:
+                    if used >= self.budget:
+                        break
+                    new.add(key)
+                    used += 1
+                granted += 1
+            if take:
+                self.used = used
+                self._asked |= new
             return granted
 
     def query(self, name: str, rdtype: str) -> Answer:
         return self.query_many([(name, rdtype)])[0]
 
     def query_many(self, queries: Iterable[tuple[str, str]]) -> list[Answer]:
-        queries = list(queries)
+        keys = [(normalize(n), t.upper()) for n, t in queries]
         left = self.remaining()
         if left <= 0:
-            return [Answer(normalize(n), t.upper(), Status.BUDGET, detail="message deadline passed")
-                    for n, t in queries]
-        granted = self._take(len(queries))
-        answers = self.resolver.query_many(queries[:granted], timeout=left)
-        answers += [Answer(normalize(n), t.upper(), Status.BUDGET, detail="lookup budget used up")
-                    for n, t in queries[granted:]]
+            return [Answer(n, t, Status.BUDGET, detail="message deadline passed")
+                    for n, t in keys]
+        if self.speculative:
+            allowed = keys[:self._grant(keys, take=False)]
+            missing = self.resolver.missing(allowed)
+            if missing:
+                started = self.resolver.prefetch(missing, timeout=left)
+                with self._lock:
+                    self._pending.update(started)
+                self.missed = True
+                raise CacheMiss(missing[0])
+        granted = self._grant(keys, take=True)
+        with self._lock:
+            pending = {key: self._pending.pop(key) for key in keys[:granted]
+                       if key in self._pending}
+        answers = self.resolver.query_many(keys[:granted], timeout=left, pending=pending)
+        answers += [Answer(n, t, Status.BUDGET, detail="lookup budget used up")
+                    for n, t in keys[granted:]]
         return answers

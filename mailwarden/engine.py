@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Optional
 from . import authresults
 from .checks import Check, registry as check_registry
 from .config import Config
-from .dns import Lookup, Resolver
+from .dns import CacheMiss, Lookup, Resolver
 from .model import Body, Connection, Message, Result, Stage
 from .policy import Policy, Verdict
 from .state import Store, make_store
@@ -232,6 +232,20 @@ class Engine:
             out = [out]
         return [dataclasses.replace(r, stage=ctx.stage) for r in out]
 
+    def _speculate(self, check: Check, ctx: Context) -> Optional[list]:
+        """Run a replayable check on cached DNS answers only: its results,
+        or None if it needed a lookup (which is now on its way)."""
+        dns = ctx.dns
+        dns.speculative, dns.missed = True, False
+        try:
+            out = self._call(check, ctx)
+        except CacheMiss:
+            return None
+        finally:
+            dns.speculative = False
+        # a library may have swallowed the CacheMiss: what it gave is not the answer
+        return None if dns.missed else out
+
     def _run(self, ctx: Context) -> list:
         for level in self.levels[ctx.stage]:
             tags = ctx.tags
@@ -240,13 +254,27 @@ class Engine:
                 for check in runnable:
                     ctx.new.extend(self._call(check, ctx))
             elif runnable:
-                # the calling thread runs the first check itself: the pool only
-                # carries the others, so a busy pool delays, never blocks, a stage
-                futures = [self._pool.submit(self._call, c, ctx) for c in runnable[1:]]
-                found = [self._call(runnable[0], ctx)]
-                found += [future.result() for future in futures]
-                for results in found:            # in level order, whatever finished first
-                    ctx.new.extend(results)
+                # first pass in this thread: a check whose lookups are all
+                # cached is done here, with no thread hand-off; one that
+                # needs the network has started its lookups and waits below
+                found: dict = {}
+                waiting = []
+                for check in runnable:
+                    out = self._speculate(check, ctx) if check.replayable else \
+                        self._call(check, ctx)
+                    if out is None:
+                        waiting.append(check)
+                    else:
+                        found[check.name] = out
+                if waiting:
+                    # the calling thread runs the first check itself: the pool only
+                    # carries the others, so a busy pool delays, never blocks, a stage
+                    futures = [(c, self._pool.submit(self._call, c, ctx)) for c in waiting[1:]]
+                    found[waiting[0].name] = self._call(waiting[0], ctx)
+                    for check, future in futures:
+                        found[check.name] = future.result()
+                for check in runnable:             # in level order, whatever finished first
+                    ctx.new.extend(found[check.name])
         if self.observer is not None and ctx.new:
             self.observer(ctx.new)
         return ctx.new

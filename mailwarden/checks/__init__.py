@@ -22,6 +22,11 @@ A check is a small class in ``checks/NAME.py``:
   ``on_mail``, ``on_rcpt``, ``on_body``, ``on_eom``, each taking the
   engine's :class:`~mailwarden.engine.Context` and returning a
   :class:`~mailwarden.model.Result`, several, or None;
+* ``replayable``: True if a stage method may be abandoned at any DNS
+  lookup and run again from the start: before its last lookup it does
+  nothing (counting, storing, logging) that must not happen twice.  The
+  engine then first runs it on cached answers alone, in the calling thread,
+  and only hands it to a thread when a lookup must go to the network;
 * ``on_close(conn)`` (optional): the SMTP connection ended; drop what the
   check holds for it elsewhere (a concurrency slot).  Errors are logged.
 
@@ -92,6 +97,7 @@ class Check:
     symbols: ClassVar[Mapping[str, float]] = {}
     requires: ClassVar[tuple] = ()
     skip_for: ClassVar[frozenset] = frozenset()
+    replayable: ClassVar[bool] = False
 
     def __init__(self, options, services):
         self.options = options

@@ -160,6 +160,7 @@ def from_domain(values: list) -> tuple:
 
 class DmarcCheck(Check):
     name = "dmarc"
+    replayable = True              # pure but for its lookups (see checks/__init__)
     method = "dmarc"
     Options = DmarcOptions
     requires = ("spf", "dkim")

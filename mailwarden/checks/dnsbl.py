@@ -223,6 +223,7 @@ class _Ask:
 
 class DnsblCheck(Check):
     name = "dnsbl"
+    replayable = True              # pure but for its lookups (see checks/__init__)
     Options = DnsblOptions
     Item = ListOptions
     requires = ("iplist",)

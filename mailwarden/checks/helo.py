@@ -107,6 +107,7 @@ def bare_address(text: str):
 
 class HeloCheck(Check):
     name = "helo"
+    replayable = True              # pure but for its lookups (see checks/__init__)
     Options = HeloOptions
     requires = ("iplist",)
     skip_for = frozenset({"allowlisted", "trusted", "authenticated"})

@@ -36,6 +36,7 @@ class IprevOptions(CheckOptions):
 
 class IprevCheck(Check):
     name = "iprev"
+    replayable = True              # pure but for its lookups (see checks/__init__)
     method = "iprev"
     Options = IprevOptions
     requires = ("iplist",)

@@ -106,6 +106,7 @@ def is_domain(name: str) -> bool:
 
 class SpfCheck(Check):
     name = "spf"
+    replayable = True              # pure but for its lookups (see checks/__init__)
     method = "spf"
     Options = SpfOptions
     skip_for = frozenset({"allowlisted", "authenticated", "trusted"})

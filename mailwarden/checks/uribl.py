@@ -224,6 +224,7 @@ def _fail_symbol(name: str) -> str:
 
 class UriblCheck(Check):
     name = "uribl"
+    replayable = True              # pure but for its lookups (see checks/__init__)
     Options = UriblOptions
     Item = UrlList
     skip_for = frozenset({"allowlisted", "trusted"})
@@ -247,8 +248,12 @@ class UriblCheck(Check):
 
     def on_eom(self, ctx):
         found = extract(ctx.msg.as_bytes(), self.options.limits)
-        if found.truncated:
+        results = self._lookups(ctx, found)
+        if found.truncated:          # after the lookups: a replayed run logs it once
             ctx.log.info("uribl: %s", "; ".join(n for n in found.notes if "limit" in n))
+        return results
+
+    def _lookups(self, ctx, found):
         skip = set(self.options.skip_domains)
         targets = [t for t in found.ordered if t not in skip][:self.options.max_domains]
         if not targets:

@@ -216,9 +216,9 @@ def test_all_lists_in_one_parallel_batch():
     engine, backend = make_engine()
     real = engine.resolver.query_many
 
-    def spy(queries, timeout=None):
+    def spy(queries, timeout=None, **kwargs):
         calls.append(list(queries))
-        return real(queries, timeout)
+        return real(queries, timeout, **kwargs)
     engine.resolver.query_many = spy
     conn = Connection(client_ip=parse_client_address("198.51.100.7"))
     engine.connect(conn)

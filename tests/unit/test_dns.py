@@ -131,3 +131,113 @@ def test_session_counts_only_the_time_it_runs():
     session.resume()
     clock.now += 7                     # past the limit while running
     assert session.query("txt.example", "TXT").status is Status.BUDGET
+
+
+class GatedBackend(ZoneBackend):
+    """A zone whose lookups of ``gated`` names wait for ``gate`` to open."""
+
+    def __init__(self, zone, gated=()):
+        super().__init__(zone)
+        import threading
+        self.gate = threading.Event()
+        self.gated = set(gated)
+        self.started = threading.Semaphore(0)
+
+    def lookup(self, name, rdtype, timeout):
+        if name in self.gated:
+            self.started.release()
+            assert self.gate.wait(5), "gate never opened"
+        return super().lookup(name, rdtype, timeout)
+
+
+class NoPool:
+    def submit(self, *args, **kwargs):
+        raise AssertionError("a cached answer went through the thread pool")
+
+    def shutdown(self, **kwargs):
+        pass
+
+
+def test_cached_answers_come_without_the_thread_pool():
+    r, backend = resolver()
+    r.query_many([("a.example", "A"), ("txt.example", "TXT"), ("nope.example", "A")])
+    r._executor = NoPool()
+    answers = r.query_many([("a.example", "A"), ("txt.example", "TXT"), ("nope.example", "A")])
+    assert [a.status for a in answers] == [Status.NOERROR, Status.NOERROR, Status.NXDOMAIN]
+    # one lookup not cached is asked by the calling thread itself
+    assert r.query_many([("mx.example", "MX"), ("a.example", "A")])[0].ok
+    assert len(backend.queries) == 4
+
+
+def test_a_lookup_under_way_is_waited_for_not_asked_again():
+    import threading
+    backend = GatedBackend(ZONE, gated={"a.example"})
+    r = Resolver(DnsOptions(), backend=backend)
+    r.prefetch([("a.example", "A")])
+    assert backend.started.acquire(timeout=5)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(r.query("A.example.", "a")))
+    waiter.start()
+    backend.gate.set()
+    waiter.join(5)
+    assert got and got[0].records == ("192.0.2.1", "192.0.2.2")
+    assert backend.queries.count(("a.example", "A")) == 1
+    assert r._inflight == {}
+    r.close()
+
+
+def test_a_wait_for_a_lookup_under_way_is_bounded_by_its_own_timeout():
+    backend = GatedBackend(ZONE, gated={"a.example"})
+    r = Resolver(DnsOptions(), backend=backend)
+    r.prefetch([("a.example", "A")])
+    assert backend.started.acquire(timeout=5)
+    answer = r.query("a.example", "A", timeout=0.05)
+    assert answer.status is Status.TIMEOUT and answer.temporary
+    backend.gate.set()
+    r.close()
+
+
+def test_a_speculative_lookup_starts_what_is_missing_and_says_so():
+    from mailwarden.dns import CacheMiss
+    backend = GatedBackend(ZONE, gated={"txt.example"})
+    r = Resolver(DnsOptions(), backend=backend)
+    r.query("a.example", "A")
+    session = r.session(budget=5)
+    session.speculative = True
+    assert session.query("a.example", "A").ok           # cached: answered
+    with pytest.raises(CacheMiss):
+        session.query_many([("a.example", "A"), ("txt.example", "TXT")])
+    assert session.missed
+    assert backend.started.acquire(timeout=5)            # the missing one is on its way
+    assert session.used == 1                             # a miss is not counted yet
+    session.speculative = False
+    backend.gate.set()
+    assert session.query("txt.example", "TXT").records == ("v=spf1 -all",)
+    assert backend.queries.count(("txt.example", "TXT")) == 1
+    r.close()
+
+
+def test_the_budget_counts_distinct_lookups():
+    r, backend = resolver()
+    session = r.session(budget=2)
+    for _ in range(3):
+        assert session.query("a.example", "A").ok       # asked again: free
+    assert session.query_many([("a.example", "A"), ("mx.example", "MX")])[1].ok
+    assert session.used == 2
+    assert session.query("txt.example", "TXT").status is Status.BUDGET
+
+
+def test_without_a_cache_a_started_lookup_is_still_not_asked_twice():
+    r, backend = resolver(cache_size=0)
+    session = r.session()
+    session.speculative = True
+    from mailwarden.dns import CacheMiss
+    with pytest.raises(CacheMiss):
+        session.query_many([("a.example", "A"), ("txt.example", "TXT"), ("mx.example", "MX")])
+    session.speculative = False
+    answers = session.query_many([("a.example", "A"), ("txt.example", "TXT"),
+                                  ("mx.example", "MX")])
+    assert all(a.ok for a in answers)
+    assert sorted(backend.queries) == [("a.example", "A"), ("mx.example", "MX"),
+                                       ("txt.example", "TXT")]
+    r.close()

@@ -233,3 +233,72 @@ def test_a_slow_client_does_not_use_up_the_message_deadline():
     verdict = engine.eom(conn, msg)
     assert [r.symbol for r in verdict.results] == ["LOOKUP_OK", "LOOKUP_OK"]
     engine.close()
+
+
+def lookup_check(name, qname, swallow=False, replayable=True, calls=None):
+    """A connect check that looks ``qname`` up; ``swallow`` catches everything
+    around the lookup, as some libraries do."""
+    sym_ok, sym_no = f"{name.upper()}_FOUND", f"{name.upper()}_MISSING"
+
+    def on_connect(self, ctx):
+        if calls is not None:
+            calls.append(name)
+        try:
+            found = ctx.dns.query(qname, "A").ok
+        except BaseException:           # noqa: B036 -- what a careless library does
+            if not swallow:
+                raise
+            found = False
+        return self.result("pass" if found else "fail", sym_ok if found else sym_no)
+    return type(name, (Check,), {"name": name, "symbols": {sym_ok: 0.0, sym_no: 0.0},
+                                 "replayable": replayable, "on_connect": on_connect})
+
+
+def test_a_check_whose_lookup_is_not_cached_runs_again_and_gets_the_answer():
+    zone = "a.example. A 192.0.2.1\nb.example. A 192.0.2.2\n"
+    calls: list = []
+    engine = engine_for(make_registry(lookup_check("left", "a.example", calls=calls),
+                                      lookup_check("right", "b.example", swallow=True,
+                                                   calls=calls)), zone=zone)
+    verdict, _, _ = run_offline(engine, client_ip="198.51.100.1")
+    assert [r.symbol for r in verdict.results] == ["LEFT_FOUND", "RIGHT_FOUND"]
+    assert sorted(calls) == ["left", "left", "right", "right"]     # tried, then run
+    calls.clear()
+    verdict, _, _ = run_offline(engine, client_ip="198.51.100.1")  # now cached: once each
+    assert [r.symbol for r in verdict.results] == ["LEFT_FOUND", "RIGHT_FOUND"]
+    assert calls == ["left", "right"]
+    engine.close()
+
+
+def test_a_check_not_marked_replayable_runs_exactly_once():
+    zone = "a.example. A 192.0.2.1\nb.example. A 192.0.2.2\n"
+    calls: list = []
+    engine = engine_for(make_registry(lookup_check("left", "a.example", calls=calls,
+                                                   replayable=False),
+                                      lookup_check("right", "b.example", calls=calls)),
+                        zone=zone)
+    verdict, _, _ = run_offline(engine, client_ip="198.51.100.1")
+    assert [r.symbol for r in verdict.results] == ["LEFT_FOUND", "RIGHT_FOUND"]
+    assert calls.count("left") == 1 and calls.count("right") == 2
+    engine.close()
+
+
+def test_lookups_of_independent_checks_not_cached_still_overlap():
+    import threading
+    barrier = threading.Barrier(2, timeout=5)
+
+    class Meeting(ZoneBackend):
+        def lookup(self, name, rdtype, timeout):
+            barrier.wait()          # both lookups must be under way at once
+            return super().lookup(name, rdtype, timeout)
+
+    registry = make_registry(lookup_check("left", "a.example"),
+                             lookup_check("right", "b.example"))
+    cfg = loads(BASE, registry=registry)
+    engine = Engine(cfg, resolver=Resolver(cfg.dns, backend=Meeting(
+        "a.example. A 192.0.2.1\nb.example. A 192.0.2.2\n")), registry=registry,
+        hostname="mx.test.example")
+    verdict, _, _ = run_offline(engine, client_ip="198.51.100.1")
+    assert [r.symbol for r in verdict.results] == ["LEFT_FOUND", "RIGHT_FOUND"]
+    assert not barrier.broken
+    engine.close()
