@@ -202,6 +202,37 @@ def test_dkim_fresh_keys_pass_then_fail_after_relay_changes(keys, which, selecto
     assert (bad.result, bad.symbol) == ("fail", "DKIM_BODY_MISMATCH")
 
 
+@pytest.mark.parametrize("which,selector", [("rsa", "rsa"), ("ed", "ed")])
+def test_dkim_a_from_added_above_the_signed_one_breaks_the_signature(keys, which, selector):
+    """RFC 6376 §8.15: a verifier asks for one From more than was signed."""
+    signed = dkimkeys.sign(message(), keys[which], selector, "mw-dkim.example")
+    forged = b"From: <boss@mw-dkim.example>\r\n" + signed
+    (bad,) = of(run(zone_extra=keys["zone"], msg=forged), "dkim")
+    assert (bad.result, bad.symbol) == ("fail", "DKIM_FAIL")
+
+
+def test_dkim_a_damaged_rsa_signature_fails(keys):
+    signed = dkimkeys.sign(message(), keys["rsa"], "rsa", "mw-dkim.example")
+    head, _, rest = signed.partition(b" b=")
+    damaged = head + b" b=" + (b"A" if rest[:1] != b"A" else b"B") + rest[1:]
+    (bad,) = of(run(zone_extra=keys["zone"], msg=damaged), "dkim")
+    assert (bad.result, bad.symbol) == ("fail", "DKIM_FAIL")
+    unreadable = head + b" b=!!" + rest[2:]
+    (bad,) = of(run(zone_extra=keys["zone"], msg=unreadable), "dkim")
+    assert (bad.result, bad.symbol) == ("neutral", "DKIM_INVALID")
+
+
+def test_dkim_body_length_tag_covers_only_what_was_signed(keys):
+    import dkim
+    msg = message()
+    signature = dkim.sign(msg, b"rsa", b"mw-dkim.example", keys["rsa"].private,
+                          include_headers=list(dkimkeys.SIGNED_HEADERS), length=True,
+                          canonicalize=(b"relaxed", b"relaxed"))
+    appended = signature + msg + b"-- \r\nA mailing list footer\r\n"
+    (ok,) = of(run(zone_extra=keys["zone"], msg=appended), "dkim")
+    assert (ok.result, ok.symbol) == ("pass", "DKIM_PASS")
+
+
 def test_dkim_folding_whitespace_is_verified_as_received(keys):
     """simple header canonicalization: a re-folded header would break it."""
     msg = message(extra=b"X-Long: one\r\n\ttwo  three\r\n")
