@@ -7,7 +7,7 @@ header.b=`` (the first 8 characters of ``b=``, RFC 6008).  A message
 without signatures gets ``dkim=none``.  Allow-listed clients are not
 checked (nothing is judged for them).
 
-The message handed to dkimpy is the header fields exactly as received
+The message checked is the header fields exactly as received
 (values untouched: no re-decoding, no re-folding, CRLF line ends) and the
 body as received.  The key is looked up here, through this message's
 :class:`~mailwarden.dns.Lookup`; that is what lets a DNS timeout be told
@@ -53,7 +53,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import logging
 import re
 from dataclasses import dataclass
 
@@ -63,14 +62,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
+from dkim.canonicalization import (
+    CanonicalizationPolicy, InvalidCanonicalizationPolicyError, Relaxed, correct_empty_body,
+    strip_trailing_lines,
+)
 from dkim.crypto import HASH_ALGORITHMS
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from ..config import opt, parse_choice, parse_int
 from . import Check, CheckOptions
-
-_dkimpy_log = logging.getLogger("mailwarden.dkimpy")
 
 _WS = re.compile(rb"\s+")
 
@@ -112,8 +112,7 @@ class DkimCheck(Check):
         count = sum(1 for name, _ in msg.headers if name.lower() == "dkim-signature")
         if not count:
             return self.result("none", "DKIM_NONE")
-        verifier = dkimpy.DKIM(msg.as_bytes(), logger=_dkimpy_log,
-                               minkey=self.options.min_key_bits)
+        verifier = _Signed(msg)
         out = []
         for idx in range(min(count, self.options.max_signatures)):
             out.append(self._verify_one(ctx, verifier, idx))
@@ -195,6 +194,26 @@ class DkimCheck(Check):
         return res("pass", "DKIM_PASS")
 
 
+class _Signed:
+    """The message as dkimpy reads one (``rfc822_parse``): header fields as
+    [name, value + CRLF] with CRLF line ends, and the body with CRLF line
+    ends; built from what the MTA gave, without joining and re-splitting."""
+
+    __slots__ = ("headers", "body")
+
+    def __init__(self, msg):
+        self.headers = [[name.encode("ascii", "surrogateescape"),
+                         (_CRLF.sub(b"\r\n", value) if b"\n" in value else value) + b"\r\n"]
+                        for name, value in msg.headers]
+        body = msg.body.read() if msg.body is not None else b""
+        if body.count(b"\n") != body.count(b"\r\n"):     # a bare LF is a line end too
+            body = _CRLF.sub(b"\r\n", body)
+        self.body = body
+
+
+_CRLF = re.compile(rb"\r?\n")
+
+
 class _Key:
     """A key record as read: dkimpy's parse, and for RSA the key for OpenSSL."""
 
@@ -228,6 +247,21 @@ def _b64(value: bytes, tag: str) -> bytes:
         raise dkimpy.MessageFormatError(f"{tag}= is not valid base64") from None
 
 
+_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
+_WSP_RUN = re.compile(rb"\t[\t ]*| [\t ]+")          # white space that is not one SP
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 §3.4.4, byte for byte as dkimpy's: no white space at line
+    ends, other runs of it made one SP, no empty lines at the end.  Most
+    bodies have nothing to change but the end: only then the regexes run."""
+    if b" \r\n" in body or b"\t\r\n" in body:
+        body = _TRAILING_WSP.sub(b"\r\n", body)
+    if b"\t" in body or b"  " in body:
+        body = _WSP_RUN.sub(b" ", body)
+    return correct_empty_body(strip_trailing_lines(body))
+
+
 def _verify(verifier, sig: dict, include_headers: list, sig_header: tuple, key: _Key) -> bool:
     """RFC 6376 §6.1.3 for one signature whose fields and key are checked:
     the body hash (else _BodyMismatch), then the header hash and signature."""
@@ -237,7 +271,8 @@ def _verify(verifier, sig: dict, include_headers: list, sig_header: tuple, key: 
         raise dkimpy.MessageFormatError(f"invalid c= value: {exc.args[0]}") from None
     algorithm = sig[b"a"].lower()
     hasher = HASH_ALGORITHMS[algorithm]
-    body = canon.canonicalize_body(verifier.body)
+    body = (relaxed_body(verifier.body) if canon.body_algorithm is Relaxed
+            else canon.canonicalize_body(verifier.body))
     if b"l" in sig:
         body = body[:int(sig[b"l"])]
     if hasher(body).digest() != _b64(sig[b"bh"], "bh"):
@@ -247,7 +282,9 @@ def _verify(verifier, sig: dict, include_headers: list, sig_header: tuple, key: 
     if b"from" in include_headers:
         include_headers = include_headers + [b"from"]
     h = hasher()
-    headers = canon.canonicalize_headers(verifier.headers)
+    wanted = set(include_headers)       # only these are hashed: canonicalize only these
+    headers = canon.canonicalize_headers([h for h in verifier.headers
+                                          if h[0].lower().rstrip() in wanted])
     dkimpy.hash_headers(h, canon, headers, include_headers, sig_header, sig)
     signature = _b64(sig[b"b"], "b")
     if key.ktag == b"rsa":

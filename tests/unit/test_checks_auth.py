@@ -566,3 +566,16 @@ def test_forged_authentication_results_removed_others_kept():
     v = run(mail_from="x@mw-reject.example", msg=message("a@mw-reject.example", extra=extra))
     assert [(n, val) for n, val, _ in v.headers_removed] == [
         ("Authentication-Results", "mx.test.example; dkim=pass header.d=mw-reject.example")]
+
+
+def test_dkim_relaxed_body_is_byte_for_byte_dkimpys():
+    import random
+    from dkim.canonicalization import Relaxed
+    from mailwarden.checks.dkim import relaxed_body
+    pieces = [b" ", b"  ", b"\t", b" \t ", b"\r\n", b"\r", b"\n", b"word", b"x", b"\r\n\r\n"]
+    rng = random.Random(6376)
+    bodies = [b"", b"\r\n", b"\r\n\r\n", b"a", b"a  \r\n", b" \r\n", b"\t"]
+    bodies += [b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40)))
+               for _ in range(3000)]
+    for body in bodies:
+        assert relaxed_body(body) == Relaxed.canonicalize_body(body), body
