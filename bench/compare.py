@@ -102,10 +102,10 @@ def make_signed_message(length: int, private_pem: bytes) -> bytes:
         "the news at https://news.two-shop.example/today.html; write to us via",
         "http://three-links.example/contact .", "",
     ]
-    filler = "The quick brown fox jumps over the lazy dog, again and again. "
+    filler = "The quick brown fox jumps over the lazy dog, again and again.\r\n"
     body = "\r\n".join(lines) + "\r\n"
-    while len(body) < length - 600:
-        body += filler.strip() + "\r\n"
+    missing = max(0, length - 600 - len(body))
+    body += filler * -(-missing // len(filler))        # whole lines, linear for 20 MB too
     head = (f"From: Bench News <{SENDER}>\r\nTo: <{RCPT}>\r\n"
             "Subject: the weekly bench letter\r\nDate: Mon, 01 Jan 2024 00:00:00 +0000\r\n"
             f"Message-ID: <bench.1@{DOMAIN}>\r\nMIME-Version: 1.0\r\n"

@@ -12,6 +12,7 @@ import ipaddress
 import itertools
 import re
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -140,30 +141,38 @@ _CRLF = re.compile(rb"\r?\n")
 
 
 class Body:
-    """The message body, spooled to disk past a bound and counted exactly."""
+    """The message body, spooled to disk past a bound and counted exactly.
+
+    Checks of one stage may read it at once from several threads: every
+    read says where it starts, under the body's lock."""
 
     def __init__(self, spool_threshold: int = 1024 * 1024):
         self._file = tempfile.SpooledTemporaryFile(max_size=spool_threshold)
+        self._lock = threading.Lock()
         self.size = 0
 
     def write(self, chunk: bytes) -> None:
-        self._file.write(chunk)
-        self.size += len(chunk)
+        with self._lock:
+            self._file.seek(0, 2)
+            self._file.write(chunk)
+            self.size += len(chunk)
 
     def read(self) -> bytes:
-        self._file.seek(0)
-        data = self._file.read()
-        self._file.seek(0, 2)
-        return data
+        with self._lock:
+            self._file.seek(0)
+            return self._file.read()
 
     def chunks(self, size: int = 65536):
-        self._file.seek(0)
+        """The body in blocks of ``size`` bytes: never all of it at once."""
+        offset = 0
         while True:
-            block = self._file.read(size)
+            with self._lock:
+                self._file.seek(offset)
+                block = self._file.read(size)
             if not block:
                 break
+            offset += len(block)
             yield block
-        self._file.seek(0, 2)
 
     @property
     def spooled(self) -> bool:
@@ -218,6 +227,22 @@ class Message:
     def as_bytes(self) -> bytes:
         body = self.body.read() if self.body else b""
         return self.raw_headers() + b"\r\n" + body
+
+    def as_buffer(self) -> bytearray:
+        """The message as :meth:`as_bytes`, held once: the body is copied
+        block by block into one buffer of the final size, never read whole
+        first and joined after."""
+        head = self.raw_headers() + b"\r\n"
+        size = self.body.size if self.body else 0
+        buf = bytearray(len(head) + size)
+        buf[:len(head)] = head
+        at = len(head)
+        if self.body is not None:
+            for block in self.body.chunks():
+                buf[at:at + len(block)] = block
+                at += len(block)
+        del buf[at:]                  # the body cannot grow now; this only guards
+        return buf
 
     def close(self) -> None:
         if self.body is not None:

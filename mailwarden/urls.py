@@ -651,10 +651,12 @@ def _multipart_parts(data: bytes, start: int, end: int, boundary: bytes) -> tupl
 
 
 def extract(message: bytes, limits: Limits = Limits()) -> Extraction:
-    """Every URL host of ``message`` (raw bytes, headers and body)."""
+    """Every URL host of ``message`` (raw bytes or a bytearray, headers and
+    body; read, never copied whole)."""
     out = _Collector(limits)
     state = {"parts": 0, "budget": limits.max_bytes}
-    message = bytes(message)
+    if not isinstance(message, (bytes, bytearray)):
+        message = bytes(message)
     _walk(message, 0, len(message), 0, "text/plain", out, state, "1")
     ordered = tuple(out.targets)
     domains = tuple(sorted(t for t, k in out.targets.items() if k == "name"))

@@ -63,8 +63,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import (
-    CanonicalizationPolicy, InvalidCanonicalizationPolicyError, Relaxed, correct_empty_body,
-    strip_trailing_lines,
+    CanonicalizationPolicy, InvalidCanonicalizationPolicyError, Relaxed,
 )
 from dkim.crypto import HASH_ALGORITHMS
 from dkim.util import InvalidTagValueList, parse_tag_value
@@ -196,8 +195,8 @@ class DkimCheck(Check):
 
 class _Signed:
     """The message as dkimpy reads one (``rfc822_parse``): header fields as
-    [name, value + CRLF] with CRLF line ends, and the body with CRLF line
-    ends; built from what the MTA gave, without joining and re-splitting."""
+    [name, value + CRLF] with CRLF line ends, built from what the MTA gave;
+    the body read in chunks from where it is kept (memory or spool file)."""
 
     __slots__ = ("headers", "body")
 
@@ -205,10 +204,10 @@ class _Signed:
         self.headers = [[name.encode("ascii", "surrogateescape"),
                          (_CRLF.sub(b"\r\n", value) if b"\n" in value else value) + b"\r\n"]
                         for name, value in msg.headers]
-        body = msg.body.read() if msg.body is not None else b""
-        if body.count(b"\n") != body.count(b"\r\n"):     # a bare LF is a line end too
-            body = _CRLF.sub(b"\r\n", body)
-        self.body = body
+        self.body = msg.body
+
+    def body_chunks(self):
+        return self.body.chunks() if self.body is not None else iter(())
 
 
 _CRLF = re.compile(rb"\r?\n")
@@ -247,19 +246,73 @@ def _b64(value: bytes, tag: str) -> bytes:
         raise dkimpy.MessageFormatError(f"{tag}= is not valid base64") from None
 
 
-_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
 _WSP_RUN = re.compile(rb"\t[\t ]*| [\t ]+")          # white space that is not one SP
 
 
-def relaxed_body(body: bytes) -> bytes:
-    """RFC 6376 §3.4.4, byte for byte as dkimpy's: no white space at line
-    ends, other runs of it made one SP, no empty lines at the end.  Most
-    bodies have nothing to change but the end: only then the regexes run."""
-    if b" \r\n" in body or b"\t\r\n" in body:
-        body = _TRAILING_WSP.sub(b"\r\n", body)
-    if b"\t" in body or b"  " in body:
-        body = _WSP_RUN.sub(b" ", body)
-    return correct_empty_body(strip_trailing_lines(body))
+class BodyHash:
+    """The body hash of RFC 6376 §3.4.3 (simple) or §3.4.4 (relaxed), fed in
+    chunks, so that a large spooled body is never held whole.
+
+    Byte for byte what dkimpy computes on the whole body: lines end at LF
+    (a CR before it belongs to the line end); relaxed drops white space at
+    line ends and makes other runs one SP; empty lines at the end are
+    dropped; a last line without its CRLF gets one; an empty body is CRLF
+    (simple) or nothing (relaxed).  ``limit``: the l= tag, bytes hashed at
+    most."""
+
+    def __init__(self, hasher, relaxed: bool, limit: int | None = None):
+        self.hash = hasher()
+        self.relaxed = relaxed
+        self.left = limit
+        self.partial = b""          # a line not ended yet
+        self.empty = 0              # empty lines held back: they count only if more follows
+        self.wrote = False
+
+    def _emit(self, data: bytes) -> None:
+        if self.left is not None:
+            data = data[:self.left]
+            self.left -= len(data)
+        self.hash.update(data)
+
+    def _lines(self, text: bytes) -> None:
+        """Complete lines, their line ends removed, joined by LF."""
+        for line in text.split(b"\n"):
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if self.relaxed:
+                line = line.rstrip(b" \t")
+                if b"\t" in line or b"  " in line:
+                    line = _WSP_RUN.sub(b" ", line)
+            if not line:
+                self.empty += 1
+                continue
+            if self.empty:
+                self._emit(b"\r\n" * self.empty)
+                self.empty = 0
+            self._emit(line + b"\r\n")
+            self.wrote = True
+
+    def update(self, chunk: bytes) -> None:
+        data = self.partial + chunk if self.partial else chunk
+        end = data.rfind(b"\n")
+        if end < 0:
+            self.partial = data
+            return
+        self.partial = data[end + 1:]
+        self._lines(data[:end])
+
+    def digest(self) -> bytes:
+        last = self.partial
+        if last:                    # no line end after it: one is added (RFC 6376 §3.4.3)
+            if self.relaxed and (b"\t" in last or b"  " in last):
+                last = _WSP_RUN.sub(b" ", last)
+            if self.empty:
+                self._emit(b"\r\n" * self.empty)
+            self._emit(last + b"\r\n")
+        elif not self.wrote and not self.relaxed:
+            self._emit(b"\r\n")   # an empty body is one CRLF in simple
+        self.partial, self.empty = b"", 0
+        return self.hash.digest()
 
 
 def _verify(verifier, sig: dict, include_headers: list, sig_header: tuple, key: _Key) -> bool:
@@ -271,11 +324,11 @@ def _verify(verifier, sig: dict, include_headers: list, sig_header: tuple, key: 
         raise dkimpy.MessageFormatError(f"invalid c= value: {exc.args[0]}") from None
     algorithm = sig[b"a"].lower()
     hasher = HASH_ALGORITHMS[algorithm]
-    body = (relaxed_body(verifier.body) if canon.body_algorithm is Relaxed
-            else canon.canonicalize_body(verifier.body))
-    if b"l" in sig:
-        body = body[:int(sig[b"l"])]
-    if hasher(body).digest() != _b64(sig[b"bh"], "bh"):
+    body = BodyHash(hasher, canon.body_algorithm is Relaxed,
+                    int(sig[b"l"]) if b"l" in sig else None)
+    for chunk in verifier.body_chunks():
+        body.update(chunk)
+    if body.digest() != _b64(sig[b"bh"], "bh"):
         raise _BodyMismatch()
     # a From field added above the signed one must break the signature
     # (RFC 6376 §8.15): ask for one instance more than the signer signed

@@ -247,7 +247,7 @@ class UriblCheck(Check):
         return symbols
 
     def on_eom(self, ctx):
-        found = extract(ctx.msg.as_bytes(), self.options.limits)
+        found = extract(ctx.msg.as_buffer(), self.options.limits)
         results = self._lookups(ctx, found)
         if found.truncated:          # after the lookups: a replayed run logs it once
             ctx.log.info("uribl: %s", "; ".join(n for n in found.notes if "limit" in n))

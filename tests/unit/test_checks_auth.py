@@ -568,14 +568,61 @@ def test_forged_authentication_results_removed_others_kept():
         ("Authentication-Results", "mx.test.example; dkim=pass header.d=mw-reject.example")]
 
 
-def test_dkim_relaxed_body_is_byte_for_byte_dkimpys():
+@pytest.mark.parametrize("relaxed", [True, False])
+def test_dkim_body_hash_in_chunks_is_byte_for_byte_dkimpys(relaxed):
+    import hashlib
     import random
-    from dkim.canonicalization import Relaxed
-    from mailwarden.checks.dkim import relaxed_body
+    import re
+    from dkim.canonicalization import Relaxed, Simple
+    from mailwarden.checks.dkim import BodyHash
+    canon = Relaxed if relaxed else Simple
     pieces = [b" ", b"  ", b"\t", b" \t ", b"\r\n", b"\r", b"\n", b"word", b"x", b"\r\n\r\n"]
     rng = random.Random(6376)
-    bodies = [b"", b"\r\n", b"\r\n\r\n", b"a", b"a  \r\n", b" \r\n", b"\t"]
+    bodies = [b"", b"\r\n", b"\r\n\r\n", b"a", b"a  \r\n", b" \r\n", b"\t", b"a\r\n \t"]
     bodies += [b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40)))
                for _ in range(3000)]
     for body in bodies:
-        assert relaxed_body(body) == Relaxed.canonicalize_body(body), body
+        # dkimpy's reading of a body: lines split at CR? LF, joined by CRLF
+        expected = canon.canonicalize_body(b"\r\n".join(re.split(b"\r?\n", body)))
+        for limit in (None, 7):
+            h = BodyHash(hashlib.sha256, relaxed, limit)
+            cuts = sorted(rng.sample(range(len(body) + 1), min(3, len(body) + 1)))
+            for start, end in zip([0] + cuts, cuts + [len(body)]):
+                h.update(body[start:end])
+            want = expected if limit is None else expected[:limit]
+            assert h.digest() == hashlib.sha256(want).digest(), (body, limit)
+
+
+def test_a_spooled_body_is_read_by_several_threads_at_once_without_mixing():
+    import threading
+    from mailwarden.model import Body
+    body = Body(spool_threshold=1000)
+    data = b"".join(b"line %06d of the body\r\n" % i for i in range(20000))
+    for start in range(0, len(data), 4096):
+        body.write(data[start:start + 4096])
+    assert body.spooled
+    seen: list = []
+
+    def reader(kind):
+        got = body.read() if kind == "read" else b"".join(body.chunks(777))
+        seen.append(got == data)
+    threads = [threading.Thread(target=reader, args=(k,)) for k in ("read", "chunks") * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == [True] * 8
+    body.close()
+
+
+@pytest.mark.parametrize("size", [0, 5000, 300_000])
+def test_the_message_buffer_is_the_message_bytes(size):
+    from mailwarden.model import Body, Message
+    msg = Message(body=Body(spool_threshold=100_000))
+    msg.add_header("From", b" <a@example.org>")
+    msg.add_header("X-Folded", b" one\n\ttwo")
+    payload = bytes(range(256)) * (size // 256) + b"end\r\n"
+    for start in range(0, len(payload), 65000):
+        msg.body.write(payload[start:start + 65000])
+    assert bytes(msg.as_buffer()) == msg.as_bytes()
+    msg.close()

@@ -31,6 +31,13 @@ def test_corpus_message_yields_exactly_its_domains(path):
     assert set(found.ordered) == set(expected)
 
 
+@pytest.mark.parametrize("path", sorted(CORPUS.glob("*.eml")), ids=lambda p: p.name)
+def test_a_bytearray_is_read_as_the_same_bytes(path):
+    """uribl hands the message over as one bytearray (Message.as_buffer)."""
+    raw = path.read_bytes()
+    assert extract(bytearray(raw)) == extract(raw)
+
+
 def test_broken_parts_are_skipped_with_a_note():
     found = extract((CORPUS / "hostile-broken-parts.eml").read_bytes())
     notes = " | ".join(found.notes)
