@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import functools
 import html
 import ipaddress
 import re
@@ -100,9 +101,15 @@ def _tld():
     return _extractor
 
 
+@functools.lru_cache(maxsize=8192)
 def registered_domain(host: str) -> str:
     """``a.b.example.co.uk`` -> ``example.co.uk``; '' when the host has no
-    public suffix (``intranet``, ``foo.local``).  ``host`` is normalised ASCII."""
+    public suffix (``intranet``, ``foo.local``).  ``host`` is normalised ASCII.
+
+    The one Public Suffix List reader of mailwarden (URL lists and domain
+    DNSBLs alike), private domains included: ``a.b.blogspot.com`` ->
+    ``b.blogspot.com``.  Recent answers are kept: the same names come back
+    message after message."""
     r = _tld()(host)
     if r.suffix and r.domain:
         return f"{r.domain}.{r.suffix}"

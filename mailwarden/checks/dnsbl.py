@@ -4,7 +4,8 @@ Each list is a ``[check.dnsbl.NAME]`` section; an admin adds one without
 code.  An IP list is asked for the client address (IPv4 as reversed
 octets, IPv6 as reversed nibbles, under the list's zone); a domain list for
 the HELO name, the envelope sender's domain and the client's verified PTR
-name (each name as given, and its registered domain when that differs).
+name (each name as given, and its registered domain when that differs, by
+the Public Suffix List with its private domains, as the URL lists read it).
 Every list of a stage is queried at once, in parallel, so a stage takes
 about one round trip whatever the number of lists, bounded by ``[dns]``
 ``timeout`` and the connection's or message's DNS deadline.
@@ -56,7 +57,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import threading
 from dataclasses import dataclass
 
 from ..config import Networks, ValueProblem, opt, parse_bool, parse_choice, parse_float, \
@@ -64,6 +64,7 @@ from ..config import Networks, ValueProblem, opt, parse_bool, parse_choice, pars
 from ..dns import normalize, reverse_name
 from ..model import Reply
 from . import Check, CheckOptions
+from ..urls import registered_domain
 from .helo import is_domain
 
 log = logging.getLogger("mailwarden")
@@ -389,25 +390,6 @@ def _verified_ptr(ctx) -> str:
     if not name or name.lower() == "unknown" or name.startswith("["):
         return ""
     return normalize(name)
-
-
-_extractor = None
-_extractor_lock = threading.Lock()
-
-
-def registered_domain(name: str) -> str:
-    """The registrable domain of ``name`` by the bundled Public Suffix List
-    (offline), or "" when it has none (a single label, an unknown suffix)."""
-    global _extractor
-    if _extractor is None:
-        with _extractor_lock:
-            if _extractor is None:
-                import tldextract
-                _extractor = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
-    parts = _extractor(name)
-    if not parts.suffix or not parts.domain:
-        return ""
-    return f"{parts.domain}.{parts.suffix}".lower()
 
 
 CHECKS = (DnsblCheck,)
