@@ -1,7 +1,8 @@
 """The one resolver: every lookup mailwarden makes goes through here.
 
 * nameservers, port and per-query timeout come from ``[dns]``;
-* a TTL-respecting cache is shared by all connections (thread-safe, bounded);
+* a TTL-respecting cache is shared by all connections (thread-safe, bounded,
+  oldest out first, read without a lock);
 * several lookups run in parallel (``query_many``);
 * a per-message :class:`Lookup` session enforces a lookup budget and a
   deadline, so that a slow DNS server cannot hold a message for longer than
@@ -327,16 +328,19 @@ class Resolver:
     # -- cache --------------------------------------------------------------
 
     def _cached(self, key):
-        with self._lock:
-            entry = self._cache.get(key)
-            if entry is None:
-                return None
-            expires, answer = entry
-            if expires <= self.clock():
-                del self._cache[key]
-                return None
-            self._cache.move_to_end(key)
-            return answer
+        # no lock to read: one dict lookup is atomic, and this is the path
+        # every check of every message takes.  The cache evicts the oldest
+        # entry first; entries live no longer than their TTL anyway.
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        expires, answer = entry
+        if expires <= self.clock():
+            with self._lock:
+                if self._cache.get(key) is entry:
+                    del self._cache[key]
+            return None
+        return answer
 
     def _store(self, key, answer: Answer) -> None:
         size = self.options.cache_size
@@ -349,8 +353,8 @@ class Resolver:
         if ttl <= 0:
             return
         with self._lock:
+            self._cache.pop(key, None)          # a refreshed entry is the newest
             self._cache[key] = (self.clock() + ttl, answer)
-            self._cache.move_to_end(key)
             while len(self._cache) > size:
                 self._cache.popitem(last=False)
 
