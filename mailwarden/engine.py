@@ -60,6 +60,7 @@ class Context:
         self.dns = dns
         self.rcpt = rcpt
         self.new: list = []
+        self.trust = engine.trust(conn)       # the client's trust class, for this stage
 
     @property
     def results(self) -> list:
@@ -73,7 +74,7 @@ class Context:
         tags = set()
         for r in self.results:
             tags |= r.tags
-        tags.add(self.engine.trust(self.conn))
+        tags.add(self.trust)
         return frozenset(tags)
 
     @property
@@ -230,7 +231,7 @@ class Engine:
             return []
         if isinstance(out, Result):
             out = [out]
-        return [dataclasses.replace(r, stage=ctx.stage) for r in out]
+        return [r.at_stage(ctx.stage) for r in out]
 
     def _speculate(self, check: Check, ctx: Context) -> Optional[list]:
         """Run a replayable check on cached DNS answers only: its results,

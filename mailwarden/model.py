@@ -88,6 +88,16 @@ class Result:
         if self.result not in RESULTS:
             raise ValueError(f"unknown result {self.result!r}")
 
+    def at_stage(self, stage: "Stage") -> "Result":
+        """This result as found at ``stage``: a copy (the fields were checked
+        when it was made; ``dataclasses.replace`` would check them again)."""
+        if self.stage is stage:
+            return self
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__["stage"] = stage
+        return copy
+
 
 _ids = itertools.count(1)
 

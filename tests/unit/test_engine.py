@@ -302,3 +302,13 @@ def test_lookups_of_independent_checks_not_cached_still_overlap():
     assert [r.symbol for r in verdict.results] == ["LEFT_FOUND", "RIGHT_FOUND"]
     assert not barrier.broken
     engine.close()
+
+
+def test_a_result_at_a_stage_is_a_copy_equal_but_for_the_stage():
+    from mailwarden.model import Result, Stage
+    found = Result(check="x", result="pass", symbol="X_HIT", properties=(("a", "b"),))
+    placed = found.at_stage(Stage.MAIL)
+    assert placed.stage is Stage.MAIL and found.stage is None
+    assert placed == Result(check="x", result="pass", symbol="X_HIT", properties=(("a", "b"),),
+                            stage=Stage.MAIL)
+    assert placed.at_stage(Stage.MAIL) is placed
