@@ -6,7 +6,14 @@ in globals, and gets its resolver and clock injected, so the milter adapter,
 
 Ordering: within a stage, checks run in levels of the ``requires`` graph;
 the checks of one level do not depend on each other and run in parallel
-(their DNS waits overlap).  A cycle is refused at start-up.  An exception in
+(their DNS waits overlap).  A cycle is refused at start-up.
+
+Parallel costs thread hand-offs, and most lookups are answered from the
+cache; so a level is first run in the calling thread with the DNS
+session in speculative mode: a ``replayable`` check whose lookups are all
+cached finishes there; one that needs the network has its lookups started
+in the background (``CacheMiss``) and is run again, in parallel with the
+other such checks, joining those lookups.  An exception in
 a check becomes a ``temperror`` result with the check's ``NAME_ERROR``
 symbol and a log line with the queue id, never a crashed milter.
 """
