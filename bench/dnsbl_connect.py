@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mailwarden.config import loads                     # noqa: E402
 from mailwarden.engine import Engine                    # noqa: E402
 from mailwarden.model import Connection, parse_client_address   # noqa: E402
-from udpserver import UdpServer                         # noqa: E402
+from tests.udpserver import UdpServer                   # noqa: E402
 
 
 class SlowDns(UdpServer):

@@ -17,7 +17,6 @@ total against the sum of those chains (target: at most 1.3 times).
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from mailwarden.genkey import make_key, zone_line          # noqa: E402
 from mailwarden.mime import split_message                  # noqa: E402
 from mailwarden.model import Connection, parse_client_address   # noqa: E402
 from tests.e2e.harness import DnsServer                    # noqa: E402
-from udpserver import UdpServer                            # noqa: E402
+from tests.udpserver import UdpServer, forward            # noqa: E402
 
 # Lookups that must follow one another, per stage, for the bench's message:
 #   connect  iprev: PTR of 127.0.0.1, then A of the name (the IP lists ask
@@ -55,18 +54,14 @@ class DelayingProxy(UdpServer):
 
     def __init__(self, upstream_port: int, delay: float):
         super().__init__()
-        self.upstream = ("127.0.0.1", upstream_port)
+        self.upstream_port = upstream_port
         self.delay = delay
 
     def handle(self, data: bytes):
         started = time.monotonic()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
-            up.settimeout(2)
-            try:
-                up.sendto(data, self.upstream)
-                answer = up.recv(65535)
-            except OSError:
-                return None                     # the client times out, as with a lost answer
+        answer = forward(data, self.upstream_port)
+        if answer is None:
+            return None
         self.stopping.wait(max(0.0, self.delay - (time.monotonic() - started)))
         return answer
 

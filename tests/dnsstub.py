@@ -7,10 +7,6 @@ get SERVFAIL, names in ``silent`` get no answer at all (a timeout), and
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import dns.flags
 import dns.message
 import dns.name
@@ -20,8 +16,10 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from tests.udpserver import UdpServer
 
-class StubDns:
+
+class StubDns(UdpServer):
     def __init__(self, zone_text: str = "", servfail=(), silent=(), delay: float = 0.0):
         self.records = {}
         for raw in zone_text.splitlines():
@@ -40,46 +38,20 @@ class StubDns:
         self.servfail = {n.rstrip(".").lower() for n in servfail}
         self.silent = {n.rstrip(".").lower() for n in silent}
         self.delay = delay
-        self.queries = 0
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        super().__init__()
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
-
-    def _serve(self):
-        while not self._stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(data, peer), daemon=True).start()
-
-    def _answer(self, data, peer):
-        self.queries += 1
+    def handle(self, data: bytes):
         try:
             query = dns.message.from_wire(data)
         except Exception:          # garbage in a test server: ignore it
-            return
+            return None
         q = query.question[0]
         name = q.name.to_text(omit_final_dot=True).lower()
         rdtype = dns.rdatatype.to_text(q.rdtype)
         if name in self.silent:
-            return
+            return None
         if self.delay:
-            time.sleep(self.delay)
+            self.stopping.wait(self.delay)
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
         if name in self.servfail:
@@ -92,7 +64,4 @@ class StubDns:
             pass                      # NODATA
         else:
             response.set_rcode(dns.rcode.NXDOMAIN)
-        try:
-            self.sock.sendto(response.to_wire(), peer)
-        except OSError:
-            pass
+        return response.to_wire()

@@ -9,14 +9,13 @@ agree: same action, same Authentication-Results.
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
-import threading
 
 import dns.message
 import pytest
 
 from tests import dkimkeys
+from tests.udpserver import UdpServer, forward
 
 from .harness import AUTHSERV_ID, make_message, smtp_send, wait_until
 
@@ -38,47 +37,22 @@ def keys(dns_server):
     return made
 
 
-class DroppingDns:
+class DroppingDns(UdpServer):
     """A UDP DNS forwarder to unbound that never answers some names (a timeout)."""
 
     def __init__(self, upstream_port: int, drop: set):
+        super().__init__()
         self.upstream_port = upstream_port
         self.drop = {n.lower().rstrip(".") for n in drop}
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.running = True
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
 
-    def _serve(self):
-        while self.running:
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                name = dns.message.from_wire(data).question[0].name.to_text(True).lower()
-            except (dns.exception.DNSException, IndexError):
-                continue
-            if name in self.drop:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
-                up.settimeout(2)
-                up.sendto(data, ("127.0.0.1", self.upstream_port))
-                try:
-                    answer, _ = up.recvfrom(65535)
-                except socket.timeout:
-                    continue
-            self.sock.sendto(answer, peer)
-
-    def stop(self):
-        self.running = False
-        self.thread.join(2)
-        self.sock.close()
+    def handle(self, data: bytes):
+        try:
+            name = dns.message.from_wire(data).question[0].name.to_text(True).lower()
+        except (dns.exception.DNSException, IndexError):
+            return None
+        if name in self.drop:
+            return None
+        return forward(data, self.upstream_port)
 
 
 def our_ar(message) -> list:
@@ -288,7 +262,7 @@ def test_forged_authentication_results_removed(postfix, sink, mailwarden):
     ({"check.dmarc": {"tempfail_on_error": "no"}}, "delivered"),
 ])
 def test_dmarc_dns_timeout(postfix, sink, mailwarden, dns_server, overrides, expected):
-    proxy = DroppingDns(dns_server.port, {"_dmarc.mw-dnsfail.example"})
+    proxy = DroppingDns(dns_server.port, {"_dmarc.mw-dnsfail.example"}).start()
     try:
         mw = mailwarden(overrides, dns_port=proxy.port)
         outcome, ar, _report = scenario(postfix, sink, mw, RELAY, "a@mw-dnsfail.example",

@@ -1,4 +1,4 @@
-"""A UDP server on 127.0.0.1 for the benches' DNS stand-ins.
+"""A UDP server on 127.0.0.1 for the DNS stand-ins of the tests and benches.
 
 Each datagram is handled in a thread of its own by ``handle(data)``, which
 returns the answer to send back (or None for no answer).  ``self.stopping``
@@ -52,3 +52,21 @@ class UdpServer:
         self.stopping.set()
         self.sock.close()
         self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def forward(data: bytes, port: int, timeout: float = 2.0):
+    """Ask the DNS server on 127.0.0.1:``port``; its answer, or None if it
+    gave none in time (the client then times out, as with a lost answer)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
+        up.settimeout(timeout)
+        try:
+            up.sendto(data, ("127.0.0.1", port))
+            return up.recv(65535)
+        except OSError:
+            return None
