@@ -42,13 +42,12 @@ linear in the input whatever it holds.
 from __future__ import annotations
 
 import binascii
-import codecs
 import functools
 import html
 import ipaddress
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import idna
