@@ -291,6 +291,11 @@ class ZoneBackend:
                       float(self._ttl[(name, rdtype)]))
 
 
+def _askable(name: str) -> bool:
+    """A normalized name that can be sent at all (RFC 1035: 253 characters)."""
+    return bool(name) and len(name) <= 253
+
+
 class CacheMiss(BaseException):
     """A speculative lookup (see :attr:`Lookup.speculative`) is not cached.
 
@@ -360,8 +365,7 @@ class Resolver:
 
     def missing(self, keys: Iterable[tuple[str, str]]) -> list:
         """The (normalized name, TYPE) keys among ``keys`` not in the cache."""
-        return [key for key in keys
-                if key[0] and len(key[0]) <= 253 and self._cached(key) is None]
+        return [key for key in keys if _askable(key[0]) and self._cached(key) is None]
 
     # -- lookups ------------------------------------------------------------
 
@@ -387,12 +391,11 @@ class Resolver:
         try:
             answer = self._fetch(key, timeout)
         except BaseException as exc:            # the waiters must not hang
-            with self._lock:
-                self._inflight.pop(key, None)
             future.set_exception(exc)
             raise
-        with self._lock:
-            self._inflight.pop(key, None)
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
         future.set_result(answer)
 
     def prefetch(self, keys: Iterable[tuple[str, str]], timeout: float | None = None) -> dict:
@@ -402,8 +405,7 @@ class Resolver:
         timeout = self._timeout(timeout)
         futures: dict = {}
         for key in keys:
-            name = key[0]
-            if key in futures or not name or len(name) > 253 or self._cached(key) is not None:
+            if key in futures or not _askable(key[0]) or self._cached(key) is not None:
                 continue
             future: concurrent.futures.Future = concurrent.futures.Future()
             with self._lock:
@@ -436,7 +438,7 @@ class Resolver:
         answer = self._cached(key)
         if answer is not None:
             return answer
-        if not name or len(name) > 253:
+        if not _askable(name):
             return Answer(name, rdtype, Status.ERROR, detail="bad name")
         timeout = self._timeout(timeout)
         with self._lock:
