@@ -226,13 +226,16 @@ class Message:
     def size(self) -> int:
         return self.header_bytes + 2 + (self.body.size if self.body else 0)
 
+    def wire_headers(self) -> list:
+        """(name, value) as bytes, as on the wire: each value as after the
+        colon, its line ends CRLF and a CRLF at its end (how DKIM reads them)."""
+        return [(name.encode("ascii", "surrogateescape"),
+                 (_CRLF.sub(b"\r\n", value) if b"\n" in value else value) + b"\r\n")
+                for name, value in self.headers]
+
     def raw_headers(self) -> bytes:
         """Headers as on the wire (CRLF line ends), values untouched."""
-        out = []
-        for name, value in self.headers:
-            value = _CRLF.sub(b"\r\n", value)
-            out.append(name.encode("ascii", "surrogateescape") + b":" + value + b"\r\n")
-        return b"".join(out)
+        return b"".join(name + b":" + value for name, value in self.wire_headers())
 
     def as_bytes(self) -> bytes:
         body = self.body.read() if self.body else b""

@@ -111,10 +111,10 @@ class DkimCheck(Check):
         count = sum(1 for name, _ in msg.headers if name.lower() == "dkim-signature")
         if not count:
             return self.result("none", "DKIM_NONE")
-        verifier = _Signed(msg)
+        headers = msg.wire_headers()
         out = []
         for idx in range(min(count, self.options.max_signatures)):
-            out.append(self._verify_one(ctx, verifier, idx))
+            out.append(self._verify_one(ctx, headers, idx))
         if count > self.options.max_signatures:
             ctx.log.info("dkim: %d signatures, checked the first %d", count,
                          self.options.max_signatures)
@@ -122,8 +122,8 @@ class DkimCheck(Check):
 
     # -- one signature -------------------------------------------------------
 
-    def _verify_one(self, ctx, verifier, idx: int):
-        sig_header = [h for h in verifier.headers if h[0].lower() == b"dkim-signature"][idx]
+    def _verify_one(self, ctx, headers: list, idx: int):
+        sig_header = [h for h in headers if h[0].lower() == b"dkim-signature"][idx]
         raw = sig_header[1]
         try:
             tags = parse_tag_value(raw)
@@ -177,7 +177,7 @@ class DkimCheck(Check):
         if key.tlsrpt:
             return res("neutral", "DKIM_INVALID", "key is for TLSRPT (s=tlsrpt), not mail")
         try:
-            valid = _verify(verifier, tags, signed, sig_header, key)
+            valid = _verify(headers, ctx.msg.body, tags, signed, sig_header, key)
         except _BodyMismatch:
             return res("fail", "DKIM_BODY_MISMATCH", "body hash mismatch")
         except dkimpy.ValidationError as exc:
@@ -191,26 +191,6 @@ class DkimCheck(Check):
         if algorithm == b"rsa-sha1" and self.options.rsa_sha1 != "pass":
             return res(self.options.rsa_sha1, "DKIM_SHA1", "rsa-sha1 is not accepted (RFC 8301)")
         return res("pass", "DKIM_PASS")
-
-
-class _Signed:
-    """The message as dkimpy reads one (``rfc822_parse``): header fields as
-    [name, value + CRLF] with CRLF line ends, built from what the MTA gave;
-    the body read in chunks from where it is kept (memory or spool file)."""
-
-    __slots__ = ("headers", "body")
-
-    def __init__(self, msg):
-        self.headers = [[name.encode("ascii", "surrogateescape"),
-                         (_CRLF.sub(b"\r\n", value) if b"\n" in value else value) + b"\r\n"]
-                        for name, value in msg.headers]
-        self.body = msg.body
-
-    def body_chunks(self):
-        return self.body.chunks() if self.body is not None else iter(())
-
-
-_CRLF = re.compile(rb"\r?\n")
 
 
 class _Key:
@@ -315,20 +295,24 @@ class BodyHash:
         return self.hash.digest()
 
 
-def _verify(verifier, sig: dict, include_headers: list, sig_header: tuple, key: _Key) -> bool:
+def _verify(headers: list, body, sig: dict, include_headers: list, sig_header: tuple,
+            key: _Key) -> bool:
     """RFC 6376 §6.1.3 for one signature whose fields and key are checked:
-    the body hash (else _BodyMismatch), then the header hash and signature."""
+    the body hash (else _BodyMismatch), then the header hash and signature.
+    ``headers``: the message's as :meth:`~mailwarden.model.Message.wire_headers`
+    gives them; ``body``: its :class:`~mailwarden.model.Body` (or None),
+    read block by block."""
     try:
         canon = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
     except InvalidCanonicalizationPolicyError as exc:
         raise dkimpy.MessageFormatError(f"invalid c= value: {exc.args[0]}") from None
     algorithm = sig[b"a"].lower()
     hasher = HASH_ALGORITHMS[algorithm]
-    body = BodyHash(hasher, canon.body_algorithm is Relaxed,
-                    int(sig[b"l"]) if b"l" in sig else None)
-    for chunk in verifier.body_chunks():
-        body.update(chunk)
-    if body.digest() != _b64(sig[b"bh"], "bh"):
+    body_hash = BodyHash(hasher, canon.body_algorithm is Relaxed,
+                         int(sig[b"l"]) if b"l" in sig else None)
+    for chunk in (body.chunks() if body is not None else ()):
+        body_hash.update(chunk)
+    if body_hash.digest() != _b64(sig[b"bh"], "bh"):
         raise _BodyMismatch()
     # a From field added above the signed one must break the signature
     # (RFC 6376 §8.15): ask for one instance more than the signer signed
@@ -336,9 +320,9 @@ def _verify(verifier, sig: dict, include_headers: list, sig_header: tuple, key: 
         include_headers = include_headers + [b"from"]
     h = hasher()
     wanted = set(include_headers)       # only these are hashed: canonicalize only these
-    headers = canon.canonicalize_headers([h for h in verifier.headers
-                                          if h[0].lower().rstrip() in wanted])
-    dkimpy.hash_headers(h, canon, headers, include_headers, sig_header, sig)
+    signed = canon.canonicalize_headers([field for field in headers
+                                         if field[0].lower().rstrip() in wanted])
+    dkimpy.hash_headers(h, canon, signed, include_headers, sig_header, sig)
     signature = _b64(sig[b"b"], "b")
     if key.ktag == b"rsa":
         try:
