@@ -387,6 +387,13 @@ def addresses_for(workdir: Path) -> dict:
     return out
 
 
+def per_round(figures: dict, setup: str, base: str) -> list:
+    """msg/s of ``setup`` over that of ``base``, for each round that has both."""
+    bases = {r["round"]: r["msg_per_s"] for r in figures.get(base) or []}
+    return [r["msg_per_s"] / bases[r["round"]] for r in figures.get(setup) or []
+            if bases.get(r["round"])]
+
+
 def report(figures: dict, args) -> bool:
     def median(setup, key="msg_per_s"):
         runs = figures.get(setup) or []
@@ -395,7 +402,7 @@ def report(figures: dict, args) -> bool:
     print(f"\n{args.messages} messages of {args.length} bytes (DKIM-signed, 3 URLs), "
           f"{args.sessions} sessions, median of {args.rounds} round(s)\n")
     print(f"{'setup':16s} {'msg/s':>7s} {'/postfix':>8s} {'/null':>6s} {'/peers':>7s} "
-          f"{'at sink':>12s} {'CPU ms/msg':>10s} {'peak RSS':>9s}")
+          f"{'range':>11s} {'at sink':>12s} {'CPU ms/msg':>10s} {'peak RSS':>9s}")
     ok = True
     for setup in args.setups:
         runs = figures.get(setup) or []
@@ -414,19 +421,25 @@ def report(figures: dict, args) -> bool:
         ok &= complete
         cpu = f"{median(setup, 'cpu_ms'):.2f}" if setup != "postfix" else "-"
         rss = f"{max(r['rss_mb'] for r in runs):.1f} MB" if setup != "postfix" else "-"
+        rates = [r["msg_per_s"] for r in runs]
+        spread = f"{min(rates):.0f}-{max(rates):.0f}"
         print(f"{setup:16s} {rate:7.1f} {ratios[0]:>8s} {ratios[1]:>6s} {ratios[2]:>7s} "
-              f"{at_sink:>12s} {cpu:>10s} {rss:>9s}" + ("" if complete else "  INCOMPLETE"))
-    mw_unix, mw_tcp = median("mailwarden-unix"), median("mailwarden-tcp")
-    peers, null = median("peers-unix"), median("null-unix")
+              f"{spread:>11s} {at_sink:>12s} {cpu:>10s} {rss:>9s}"
+              + ("" if complete else "  INCOMPLETE"))
+    # a target's ratio is taken within each round, whose setups ran minutes
+    # apart, then the median of those: the machine's drift between rounds
+    # stays out of it; every round's figure is shown, so is the spread
     print()
-    if mw_unix and peers:
-        print(f"target 1: mailwarden / OpenDKIM+OpenDMARC (unix) = {mw_unix / peers:.2f} "
-              f"(want >= 1.2)")
-    if mw_unix and null:
-        print(f"target 1: mailwarden / do-nothing milter (unix) = {mw_unix / null:.2f} "
-              f"(want >= 0.9)")
-    if mw_unix and mw_tcp:
-        print(f"target 2: mailwarden tcp / unix = {mw_tcp / mw_unix:.2f} (want >= 0.9)")
+    for label, setup, base, want in (
+            ("target 1: mailwarden / OpenDKIM+OpenDMARC (unix)", "mailwarden-unix",
+             "peers-unix", 1.2),
+            ("target 1: mailwarden / do-nothing milter (unix)", "mailwarden-unix",
+             "null-unix", 0.9),
+            ("target 2: mailwarden tcp / unix", "mailwarden-tcp", "mailwarden-unix", 0.9)):
+        ratios = per_round(figures, setup, base)
+        if ratios:
+            print(f"{label} = {statistics.median(ratios):.2f} (want >= {want}; rounds: "
+                  f"{', '.join(f'{r:.2f}' for r in ratios)})")
     return ok
 
 
@@ -498,6 +511,7 @@ def main(argv=None) -> int:
                 cpu_after, peak = usage(daemons)
                 result["cpu_ms"] = 1000 * (cpu_after - cpu_before) / max(1, result["count"])
                 result["rss_mb"] = peak
+                result["round"] = round_no
                 problem = check_sample(setup, result["dump"]) if result["count"] else ""
                 if problem:
                     print(f"round {round_no} {setup}: the milters did not do their work: "
