@@ -426,9 +426,9 @@ def report(figures: dict, args) -> bool:
         print(f"{setup:16s} {rate:7.1f} {ratios[0]:>8s} {ratios[1]:>6s} {ratios[2]:>7s} "
               f"{spread:>11s} {at_sink:>12s} {cpu:>10s} {rss:>9s}"
               + ("" if complete else "  INCOMPLETE"))
-    # a target's ratio is taken within each round, whose setups ran minutes
-    # apart, then the median of those: the machine's drift between rounds
-    # stays out of it; every round's figure is shown, so is the spread
+    # a target's ratio is taken within each round (its setups run back to
+    # back), then the median of those: the machine's drift from one round
+    # to the next stays out of it; every round's figure is shown
     print()
     for label, setup, base, want in (
             ("target 1: mailwarden / OpenDKIM+OpenDMARC (unix)", "mailwarden-unix",
