@@ -388,7 +388,11 @@ def addresses_for(workdir: Path) -> dict:
 
 
 def per_round(figures: dict, setup: str, base: str) -> list:
-    """msg/s of ``setup`` over that of ``base``, for each round that has both."""
+    """msg/s of ``setup`` over that of ``base``, for each round that has both.
+
+    A ratio is taken within a round (its setups run back to back), and the
+    table shows the median of those: the machine's drift from one round to
+    the next stays out of it."""
     bases = {r["round"]: r["msg_per_s"] for r in figures.get(base) or []}
     return [r["msg_per_s"] / bases[r["round"]] for r in figures.get(setup) or []
             if bases.get(r["round"])]
@@ -414,8 +418,8 @@ def report(figures: dict, args) -> bool:
         transport = setup.rsplit("-", 1)[-1]
         ratios = []
         for other in ("postfix", f"null-{transport}", f"peers-{transport}"):
-            base = median(other)
-            ratios.append(f"{rate / base:.2f}" if base and setup != "postfix" else "-")
+            within = per_round(figures, setup, other) if setup != "postfix" else []
+            ratios.append(f"{statistics.median(within):.2f}" if within else "-")
         at_sink = f"{sum(r['count'] for r in runs)}/{args.messages * len(runs)}"
         complete = all(r["complete"] for r in runs)
         ok &= complete
@@ -426,9 +430,7 @@ def report(figures: dict, args) -> bool:
         print(f"{setup:16s} {rate:7.1f} {ratios[0]:>8s} {ratios[1]:>6s} {ratios[2]:>7s} "
               f"{spread:>11s} {at_sink:>12s} {cpu:>10s} {rss:>9s}"
               + ("" if complete else "  INCOMPLETE"))
-    # a target's ratio is taken within each round (its setups run back to
-    # back), then the median of those: the machine's drift from one round
-    # to the next stays out of it; every round's figure is shown
+    # the targets, with every round's ratio shown
     print()
     for label, setup, base, want in (
             ("target 1: mailwarden / OpenDKIM+OpenDMARC (unix)", "mailwarden-unix",
