@@ -31,7 +31,7 @@ from compare import (  # noqa: E402
     DOMAIN, HELO, RCPT, SELECTOR, SENDER, BenchDns, MailwardenDaemon, make_signed_message,
 )
 from mailwarden.genkey import make_key, zone_line          # noqa: E402
-from tests.e2e.harness import Postfix, Sink, smtp_send, wait_until   # noqa: E402
+from tests.e2e.harness import HarnessError, Postfix, Sink, smtp_send, wait_until   # noqa: E402
 
 
 def peak_mb(pid: int) -> float:
@@ -41,16 +41,33 @@ def peak_mb(pid: int) -> float:
     return 0.0
 
 
-def milter_connections(pid: int) -> int:
-    """Open sockets of the process less its listener (one per MTA connection)."""
+def milter_connections(path: str) -> int:
+    """Connections accepted on the milter's UNIX socket ``path``: in
+    /proc/net/unix an accepted socket carries the listener's path, state
+    connected (03), and is not the listener itself.  (Counting the
+    process's sockets less those open at start counted any socket that was
+    open only then; one run timed out there, not reproduced since.)"""
     count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+    with open("/proc/net/unix", encoding="ascii", errors="replace") as fh:
+        next(fh)
+        for line in fh:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == path and fields[5] == "03":
                 count += 1
-        except OSError:
-            continue
     return count
+
+
+def reply(client: socket.socket) -> bytes:
+    """One whole SMTP reply: up to its last line (``NNN `` then text)."""
+    data = b""
+    while True:
+        chunk = client.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+        lines = data.split(b"\r\n")
+        if len(lines) > 1 and lines[-2][3:4] == b" ":
+            return data
 
 
 def main(argv=None) -> int:
@@ -81,21 +98,27 @@ def main(argv=None) -> int:
         postfix.start()
         pid = mw.proc.pid
         start_peak = peak_mb(pid)
-        base = milter_connections(pid)
+        socket_path = address[len("unix:"):]
         for _ in range(args.connections):
             client = socket.create_connection(("127.0.0.1", postfix.smtp_port), timeout=30)
             clients.append(client)
-            client.recv(1024)                                     # the greeting
+            reply(client)                                         # the greeting
             client.sendall(f"EHLO {HELO}\r\n".encode())
         for client in clients:
-            client.recv(4096)
+            reply(client)
             # Postfix connects the milters of an XCLIENT-authorized client
             # (all of loopback here) only once a transaction starts
             client.sendall(f"MAIL FROM:<{SENDER}>\r\n".encode())
-        for client in clients:
-            client.recv(4096)
-        wait_until(lambda: milter_connections(pid) - base >= args.connections, 60,
-                   f"{args.connections} milter connections")
+        refused = [text for text in (reply(client) for client in clients)
+                   if not text.startswith(b"250")]
+        if refused:
+            raise SystemExit(f"{len(refused)} of {args.connections} clients could not start "
+                             f"a transaction, the first: {refused[0]!r}")
+        try:
+            wait_until(lambda: milter_connections(socket_path) >= args.connections, 60,
+                       f"{args.connections} milter connections")
+        except HarnessError as exc:
+            raise SystemExit(f"{exc}: {milter_connections(socket_path)} open") from None
         open_peak = peak_mb(pid)
         started = time.monotonic()
         result = smtp_send(postfix.smtp_port, helo=HELO, mail_from=SENDER, rcpts=[RCPT],
