@@ -155,7 +155,7 @@ class MailwardenMilter(Milter.Base):
         if status == Milter.CONTINUE:
             opts[0] = self._actions = self._actions & USED_ACTIONS
             if self.reply_always:           # over TCP, see mailwarden.sockopt
-                opts[1] = self._protocol = self._protocol & ~sockopt.NO_REPLY_BITS
+                opts[1] = self._protocol = self._protocol & ~sockopt.TCP_CLEARED_BITS
         return status
 
     def connect(self, hostname, family, hostaddr):

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from .harness import AUTHSERV_ID, BlackholeDns, make_message, smtp_send
+from .harness import AUTHSERV_ID, BlackholeDns, free_port, make_message, smtp_send
 
 SENDER = "alice@sender.example"
 RCPT = "bob@rcpt.example"
@@ -91,6 +91,41 @@ def test_iprev_pass_ipv6(postfix, sink, mailwarden):
     (ar,) = our_ar(got)
     # ':' is not a token character: RFC 8601 needs the address quoted
     assert re.search(r'\biprev=pass policy\.iprev="2001:db8::25" \(v6\.sender\.example\)', ar), ar
+
+
+# -- the milter on TCP --------------------------------------------------------
+
+
+def test_mail_flows_over_tcp(postfix, sink, mailwarden, milter_socket_path):
+    """On ``inet:`` the milter negotiates another protocol (a reply to every
+    step, the DATA step kept: see mailwarden.sockopt); the same mail goes
+    through, rejected and accepted alike, headers changed at end of message."""
+    address = f"inet:127.0.0.1:{free_port()}"      # Postfix's notation
+    mw = mailwarden({"milter": {"socket": address}, **BLOCK_AND_ALLOW, **SMALL})
+    postfix.postconf(smtpd_milters=address, non_smtpd_milters=address)
+    postfix.restart()
+    try:
+        for n in range(2):
+            got = deliver(postfix, sink, mw, PASS_CLIENT, f"over tcp {n}")
+            (ar,) = our_ar(got)
+            assert re.search(r"\biprev=pass\b", ar), ar
+            assert got.data.startswith(b"Authentication-Results:")
+        data, blocked = make_message("blocked over tcp")
+        result = send(postfix, BLOCKED_CLIENT, data)
+        assert (result.stage, result.code) == ("xclient", 554), result
+        data, too_big = make_message("too big over tcp", body=("y" * 70 + "\n") * 300)
+        result = send(postfix, PASS_CLIENT, data)
+        assert (result.stage, result.code, result.enhanced) == ("data", 552, "5.3.4"), result
+        for msgid in (blocked, too_big):
+            assert_not_delivered(postfix, sink, msgid.encode())
+    finally:
+        unix = f"unix:{milter_socket_path}"
+        postfix.postconf(smtpd_milters=unix, non_smtpd_milters=unix)
+        postfix.restart()
+    log = mw.log_text()
+    port = address.rsplit(":", 1)[1]
+    assert f"listening on inet:{port}@127.0.0.1" in log
+    assert "Traceback" not in log
 
 
 # -- size --------------------------------------------------------------------

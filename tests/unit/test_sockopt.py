@@ -36,10 +36,23 @@ def test_tcp_socket_asks_for_a_reply_to_every_step():
         opts = list(offered)
         assert cls(engine=None).negotiate(opts) == Milter.CONTINUE
         return opts[1]
-    assert negotiated(Probe) & Milter.P_NR_HDR        # UNIX socket: headers need no reply
+    unix = negotiated(Probe)
+    assert unix & Milter.P_NR_HDR                     # UNIX socket: headers need no reply
+    assert unix & Milter.P_NODATA                     # and the DATA step is skipped
     sockopt.tune_for_tcp("unix:/run/x.sock", Probe)
     assert not Probe.reply_always
     sockopt.tune_for_tcp("inet:127.0.0.1:0", Probe)   # no listener of that port: only a warning
     assert Probe.reply_always
-    assert negotiated(Probe) & sockopt.NO_REPLY_BITS == 0
+    tcp = negotiated(Probe)
+    assert tcp & sockopt.NO_REPLY_BITS == 0
+    # Postfix sends the DATA macros even for a skipped step: over TCP the
+    # step stays, so that they travel with a command that gets a reply
+    assert tcp & Milter.P_NODATA == 0
+    # nothing else changes: the steps skipped on both are the same but DATA
+    assert (unix & ~sockopt.TCP_CLEARED_BITS) == (tcp & ~sockopt.TCP_CLEARED_BITS)
     assert not MailwardenMilter.reply_always
+
+
+def test_data_step_over_tcp_continues():
+    # libmilter calls the data callback once the step is negotiated
+    assert MailwardenMilter(engine=None).data() == Milter.CONTINUE
