@@ -13,7 +13,9 @@ each setup one after the other:
   lists, one domain list), limits, spf, dkim, dmarc, uribl (two lists),
   size, relay, submission;
 
-each of the milters on a UNIX socket and on TCP (``inet:``).  DNS is one
+each of the milters on a UNIX socket and on TCP (``inet:``); and
+``mailwarden-untuned-tcp``: mailwarden on TCP without its TCP tuning
+(``bench/untuned.py``), the "before" of that tuning.  DNS is one
 unbound on 127.0.0.153:53 serving ``bench/compare.zone`` and the DKIM key
 made for the run (port 53, because OpenDMARC and libspf2 can only use
 resolv.conf: OpenDMARC runs in its own mount namespace whose
@@ -65,7 +67,7 @@ RCPT = "someone@rcpt.bench.example"
 AUTHSERV = "mx.test.example"
 PEER_PACKAGES = ("opendkim", "opendkim-tools", "opendmarc", "dbconfig-no-thanks")
 SETUPS = ("postfix", "null-unix", "null-tcp", "peers-unix", "peers-tcp",
-          "mailwarden-unix", "mailwarden-tcp")
+          "mailwarden-unix", "mailwarden-tcp", "mailwarden-untuned-tcp")
 
 # every inbound check on, the lists in bench/compare.zone; the client
 # (127.0.0.1) is a stranger, so nothing is skipped for it
@@ -286,13 +288,15 @@ def null_milter(workdir: Path, address: str) -> Daemon:
 class MailwardenDaemon(Daemon):
     """The harness's ``mailwarden run``, with the bench's settings on top."""
 
-    def __init__(self, workdir: Path, address: str, extra: dict):
+    def __init__(self, workdir: Path, address: str, extra: dict, untuned: bool = False):
         settings = {k: dict(v) for k, v in MAILWARDEN_SETTINGS.items()}
         for section, values in extra.items():
             settings.setdefault(section, {}).update(values)
         settings["milter"]["socket"] = address
         self.mw = Mailwarden(workdir, 53, settings,
-                             socket_path=address[5:] if address.startswith("unix:") else None)
+                             socket_path=address[5:] if address.startswith("unix:") else None,
+                             program=[sys.executable, str(BENCH / "untuned.py")] if untuned
+                             else None)
         super().__init__("mailwarden", [], address, self.mw.log_path)
 
     def start(self) -> "MailwardenDaemon":
@@ -352,6 +356,7 @@ EXPECTED = {
     "mailwarden": [r"iprev=pass", r"spf=pass", r"dkim=pass", r"dmarc=pass",
                    r"X-Mailwarden-Status: No"],
 }
+EXPECTED["mailwarden-untuned"] = EXPECTED["mailwarden"]
 
 
 def check_sample(setup: str, dump: Path) -> str:
@@ -375,13 +380,13 @@ def start_setup(setup: str, workdir: Path, addresses: dict, extra: dict) -> list
     if kind == "peers":
         return [opendkim(workdir / setup, addresses["opendkim", transport]).start(),
                 opendmarc(workdir / setup, addresses["opendmarc", transport]).start()]
-    return [MailwardenDaemon(workdir / setup, addresses["mailwarden", transport],
-                             extra).start()]
+    return [MailwardenDaemon(workdir / setup, addresses[kind, transport], extra,
+                             untuned=kind == "mailwarden-untuned").start()]
 
 
 def addresses_for(workdir: Path) -> dict:
     out = {}
-    for name in ("null", "opendkim", "opendmarc", "mailwarden"):
+    for name in ("null", "opendkim", "opendmarc", "mailwarden", "mailwarden-untuned"):
         out[name, "unix"] = f"unix:{workdir / 'run' / (name + '.sock')}"
         out[name, "tcp"] = f"inet:127.0.0.1:{free_port()}"
     return out
@@ -405,13 +410,13 @@ def report(figures: dict, args) -> bool:
 
     print(f"\n{args.messages} messages of {args.length} bytes (DKIM-signed, 3 URLs), "
           f"{args.sessions} sessions, median of {args.rounds} round(s)\n")
-    print(f"{'setup':16s} {'msg/s':>7s} {'/postfix':>8s} {'/null':>6s} {'/peers':>7s} "
+    print(f"{'setup':22s} {'msg/s':>7s} {'/postfix':>8s} {'/null':>6s} {'/peers':>7s} "
           f"{'range':>11s} {'at sink':>12s} {'CPU ms/msg':>10s} {'peak RSS':>9s}")
     ok = True
     for setup in args.setups:
         runs = figures.get(setup) or []
         if not runs:
-            print(f"{setup:16s} every run failed")
+            print(f"{setup:22s} every run failed")
             ok = False
             continue
         rate = median(setup)
@@ -427,7 +432,7 @@ def report(figures: dict, args) -> bool:
         rss = f"{max(r['rss_mb'] for r in runs):.1f} MB" if setup != "postfix" else "-"
         rates = [r["msg_per_s"] for r in runs]
         spread = f"{min(rates):.0f}-{max(rates):.0f}"
-        print(f"{setup:16s} {rate:7.1f} {ratios[0]:>8s} {ratios[1]:>6s} {ratios[2]:>7s} "
+        print(f"{setup:22s} {rate:7.1f} {ratios[0]:>8s} {ratios[1]:>6s} {ratios[2]:>7s} "
               f"{spread:>11s} {at_sink:>12s} {cpu:>10s} {rss:>9s}"
               + ("" if complete else "  INCOMPLETE"))
     # the targets, with every round's ratio shown
@@ -437,7 +442,9 @@ def report(figures: dict, args) -> bool:
              "peers-unix", 1.2),
             ("target 1: mailwarden / do-nothing milter (unix)", "mailwarden-unix",
              "null-unix", 0.9),
-            ("target 2: mailwarden tcp / unix", "mailwarden-tcp", "mailwarden-unix", 0.9)):
+            ("target 2: mailwarden tcp / unix", "mailwarden-tcp", "mailwarden-unix", 0.9),
+            ("target 2, before (untuned): mailwarden tcp / unix", "mailwarden-untuned-tcp",
+             "mailwarden-unix", 0.9)):
         ratios = per_round(figures, setup, base)
         if ratios:
             print(f"{label} = {statistics.median(ratios):.2f} (want >= {want}; rounds: "
@@ -507,7 +514,7 @@ def main(argv=None) -> int:
                     result = smtp_source_run(postfix, sink, f"{setup}-{round_no}",
                                              message_file, args)
                 except (HarnessError, subprocess.TimeoutExpired, OSError) as exc:
-                    print(f"round {round_no} {setup:16s} FAILED: {exc}", flush=True)
+                    print(f"round {round_no} {setup:22s} FAILED: {exc}", flush=True)
                     failed.append(setup)
                     continue
                 cpu_after, peak = usage(daemons)
@@ -520,7 +527,7 @@ def main(argv=None) -> int:
                           f"{problem}", flush=True)
                     failed.append(setup)
                 figures.setdefault(setup, []).append(result)
-                print(f"round {round_no} {setup:16s} {result['msg_per_s']:7.1f} msg/s  "
+                print(f"round {round_no} {setup:22s} {result['msg_per_s']:7.1f} msg/s  "
                       f"at sink {result['count']}/{args.messages}  "
                       f"CPU {result['cpu_ms']:.2f} ms/msg  peak RSS {peak:.1f} MB", flush=True)
     finally:

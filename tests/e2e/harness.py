@@ -897,8 +897,10 @@ class Mailwarden:
     """
 
     def __init__(self, workdir, dns_port: int, overrides: Optional[dict] = None,
-                 socket_path=None):
+                 socket_path=None, program: Optional[list] = None):
         self.workdir = Path(workdir).resolve()
+        # what runs as ``mailwarden`` (the bench runs a variant: bench/untuned.py)
+        self.program = list(program) if program else [str(MAILWARDEN_BIN)]
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.dns_port = dns_port
         self.socket_path = Path(socket_path) if socket_path else self.workdir / "milter.sock"
@@ -946,7 +948,7 @@ class Mailwarden:
         self._log_offset = log.tell()
         try:
             self._proc = subprocess.Popen(
-                [str(MAILWARDEN_BIN), "run", "-c", str(self.config_path)],
+                [*self.program, "run", "-c", str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=str(self.workdir))
         finally:
