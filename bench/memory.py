@@ -31,7 +31,9 @@ from compare import (  # noqa: E402
     DOMAIN, HELO, RCPT, SELECTOR, SENDER, BenchDns, MailwardenDaemon, make_signed_message,
 )
 from mailwarden.genkey import make_key, zone_line          # noqa: E402
-from tests.e2e.harness import HarnessError, Postfix, Sink, smtp_send, wait_until   # noqa: E402
+from tests.e2e.harness import (                                     # noqa: E402
+    HarnessError, Postfix, Sink, read_smtp_reply, smtp_send, wait_until,
+)
 
 
 def peak_mb(pid: int) -> float:
@@ -57,19 +59,6 @@ def milter_connections(path: str) -> int:
     return count
 
 
-def reply(client: socket.socket) -> bytes:
-    """One whole SMTP reply: up to its last line (``NNN `` then text)."""
-    data = b""
-    while True:
-        chunk = client.recv(4096)
-        if not chunk:
-            return data
-        data += chunk
-        lines = data.split(b"\r\n")
-        if len(lines) > 1 and lines[-2][3:4] == b" ":
-            return data
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=100)
@@ -88,6 +77,7 @@ def main(argv=None) -> int:
     address = f"unix:{workdir / 'run' / 'mailwarden.sock'}"
     dns_server = sink = postfix = mw = None
     clients: list = []
+    replies: list = []          # each client's reading side
     try:
         dns_server = BenchDns(workdir / "dns", zone_line(DOMAIN, SELECTOR, txt)).start()
         sink = Sink().start()
@@ -102,18 +92,18 @@ def main(argv=None) -> int:
         for _ in range(args.connections):
             client = socket.create_connection(("127.0.0.1", postfix.smtp_port), timeout=30)
             clients.append(client)
-            reply(client)                                         # the greeting
+            replies.append(client.makefile("rb"))
+            read_smtp_reply(replies[-1])                          # the greeting
             client.sendall(f"EHLO {HELO}\r\n".encode())
-        for client in clients:
-            reply(client)
+        for client, rfile in zip(clients, replies):
+            read_smtp_reply(rfile)
             # Postfix connects the milters of an XCLIENT-authorized client
             # (all of loopback here) only once a transaction starts
             client.sendall(f"MAIL FROM:<{SENDER}>\r\n".encode())
-        refused = [text for text in (reply(client) for client in clients)
-                   if not text.startswith(b"250")]
+        refused = [reply for reply in map(read_smtp_reply, replies) if reply[0] != 250]
         if refused:
             raise SystemExit(f"{len(refused)} of {args.connections} clients could not start "
-                             f"a transaction, the first: {refused[0]!r}")
+                             f"a transaction, the first: {refused[0]}")
         try:
             wait_until(lambda: milter_connections(socket_path) >= args.connections, 60,
                        f"{args.connections} milter connections")
@@ -130,8 +120,8 @@ def main(argv=None) -> int:
         results = " ".join(got.header_values("Authentication-Results"))
         big_peak = peak_mb(pid)
     finally:
-        for client in clients:
-            client.close()
+        for stream in replies + clients:
+            stream.close()
         if postfix is not None:
             postfix.stop()
         if mw is not None:
