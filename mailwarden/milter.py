@@ -19,6 +19,7 @@ import logging
 import os
 import pwd
 import re
+import select
 import signal
 import threading
 import time
@@ -296,6 +297,64 @@ class Drain:
             return self.active
 
 
+class Signals:
+    """SIGHUP, SIGTERM and SIGINT as flags the main thread polls.
+
+    A Python signal handler runs in the main thread between two of its
+    bytecodes, possibly while that thread holds a lock, so the handlers here
+    take none: ``threading.Event.set()`` in a handler deadlocks when the
+    signal lands while the main thread is inside that event's ``wait()`` or
+    ``clear()`` (a burst of SIGHUPs did that).  Each handler sets a plain
+    attribute and writes one byte to a pipe whose other end :meth:`wait`
+    selects on, so a signal ends the wait at once.  The pipe stays open for
+    the life of the process: a signal may come at any time until it exits.
+    """
+
+    def __init__(self):
+        self.reload = False
+        self.stop = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def install(self) -> None:
+        signal.signal(signal.SIGHUP, self._on_hup)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_stop)
+
+    def _on_hup(self, signum, frame) -> None:
+        self.reload = True
+        self._wake()
+
+    def _on_stop(self, signum, frame) -> None:
+        self.stop = True
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:         # the pipe is full: a wake-up is pending
+            pass
+
+    def wait(self, timeout: float) -> None:
+        """Until a signal came (or had come since the last call), at most ``timeout`` s."""
+        select.select([self._wake_r], [], [], timeout)
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def take_reload(self) -> bool:
+        """Whether a SIGHUP came since the last call.  One landing after this
+        returns is seen by the next call; one landing before is folded into
+        the reload about to run, which reads the file after it."""
+        if not self.reload:
+            return False
+        self.reload = False
+        return True
+
+
 # --------------------------------------------------------------------------
 # start-up
 
@@ -410,11 +469,8 @@ def serve(config: Config, config_path: str = "", log_setup=None) -> int:
     # and SIGINT, cutting the transactions in flight; all three stay with
     # this thread instead (see mailwarden.reload for why that works): HUP
     # reloads, TERM and INT drain the transactions in flight, then stop
-    reload_wanted = threading.Event()
-    stop_wanted = threading.Event()
-    signal.signal(signal.SIGHUP, lambda signum, frame: reload_wanted.set())
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda signum, frame: stop_wanted.set())
+    signals = Signals()
+    signals.install()
     reloader = Reloader(config_path or config.path, holder, metrics, log_setup)
     server = None
     if metrics is not None:
@@ -438,7 +494,7 @@ def serve(config: Config, config_path: str = "", log_setup=None) -> int:
     thread.start()
     try:
         while not stopped.is_set():
-            if stop_wanted.is_set():
+            if signals.stop:
                 log.info("stopping: no new transactions, waiting up to %gs for %d in flight",
                          config.milter.stop_timeout, drain.active)
                 left = drain.drain(config.milter.stop_timeout)
@@ -447,9 +503,10 @@ def serve(config: Config, config_path: str = "", log_setup=None) -> int:
                                 "answers them per milter_default_action)", left)
                 libmilter.stop()
                 break
-            # the handlers set the events; the bounded wait notices them
-            if reload_wanted.wait(0.5):
-                reload_wanted.clear()
+            # the handlers set the flags and end the wait; the bound on it
+            # notices libmilter stopping on its own
+            signals.wait(0.5)
+            if signals.take_reload():
                 reloader.reload()
         thread.join()
     finally:
