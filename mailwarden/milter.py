@@ -38,6 +38,22 @@ log = logging.getLogger("mailwarden")
 
 USED_ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
 
+# The macros mailwarden reads, per stage, asked for at negotiation where the
+# MTA lets a milter choose (SETSYMLIST: Postfix >= 2.5, Sendmail >= 8.14), so
+# that the AUTH policy and the queue id in the log never depend on the MTA's
+# macro settings: Postfix then sends these lists in place of its
+# milter_*_macros.  RCPT and end of header are left to the MTA: mailwarden
+# reads nothing there (MAIL's values last the whole transaction), and
+# Postfix sends a macro packet before every header whatever the list, an
+# empty one too (captured).
+MACROS = {
+    Milter.M_CONNECT: ("j", "{client_addr}"),
+    Milter.M_HELO: ("{tls_version}", "{cipher}"),
+    Milter.M_ENVFROM: ("i", "{auth_type}", "{auth_authen}", "{tls_version}", "{cipher}"),
+    Milter.M_DATA: ("i",),
+    Milter.M_EOM: ("i", "{auth_authen}", "{tls_version}", "{cipher}"),
+}
+
 _REPLY_UNSAFE = re.compile(r"[^\x20-\x7e]")
 
 _ACTION_CODES = {
@@ -154,7 +170,12 @@ class MailwardenMilter(Milter.Base):
     def negotiate(self, opts):
         status = super().negotiate(opts)
         if status == Milter.CONTINUE:
-            opts[0] = self._actions = self._actions & USED_ACTIONS
+            used = USED_ACTIONS
+            if self._actions & Milter.SETSYMLIST:
+                for stage, names in MACROS.items():
+                    self._ctx.setsymlist(stage, " ".join(names))
+                used |= Milter.SETSYMLIST
+            opts[0] = self._actions = self._actions & used
             if self.reply_always:           # over TCP, see mailwarden.sockopt
                 opts[1] = self._protocol = self._protocol & ~sockopt.TCP_CLEARED_BITS
         return status

@@ -153,6 +153,35 @@ def test_sender_login_map(postfix, sink, mailwarden, files):
     assert "submission refused for login alice" in mw.log_text()
 
 
+def test_auth_policy_holds_when_main_cf_sends_no_auth_macros(postfix, sink, mailwarden, files):
+    """mailwarden asks Postfix for the macros it reads (SETSYMLIST): a main.cf
+    whose lists leave out {auth_authen} and the queue id still gives it both."""
+    before = {k: postfix.settings.get(k) for k in ("milter_mail_macros",
+                                                   "milter_end_of_data_macros")}
+    postfix.postconf(milter_mail_macros="{mail_addr}", milter_end_of_data_macros="{mail_addr}")
+    postfix.restart()
+    try:
+        mw = mailwarden(settings(files, sign=False))
+        result, _, _ = send(postfix, alice(), mail_from="bob@outbound.example",
+                            rcpts=["friend@elsewhere.example"])
+        assert (result.stage, result.code, result.enhanced) == ("mail", 553, "5.7.1"), result
+        assert "submission refused for login alice" in mw.log_text()
+        result, _, msgid = send(postfix, alice(), rcpts=["friend@elsewhere.example"])
+        assert result.accepted, result
+        sink.wait_for_match(msgid.encode(), timeout=30)
+        verdict = [line for line in mw.log_text().splitlines() if "action=" in line][-1]
+        queue_id = result.text.split()[-1]           # "2.0.0 Ok: queued as QUEUEID"
+        assert f"{queue_id}: action=" in verdict and "auth=alice" in verdict, verdict
+    finally:
+        for key, value in before.items():
+            if value is None:
+                postfix.settings.pop(key, None)
+            else:
+                postfix.settings[key] = value
+        postfix.postconf()
+        postfix.restart()
+
+
 def test_authenticated_submission_without_tls_refused(postfix, sink, mailwarden, files):
     mw = mailwarden(settings(files, tls="yes", sign=False))
     result, data, _ = send(postfix, alice(), rcpts=["friend@elsewhere.example"])

@@ -79,9 +79,33 @@ def full(session, message=MSG, sender="a@sender.example", rcpt="b@test.example")
 def test_negotiates_only_the_actions_it_uses(engine):
     s = Session(engine)
     s.ctx._negotiate()
-    assert s.ctx._opts[0] == USED_ACTIONS
+    # the actions it takes, and the macro lists it asks for (offered here)
+    assert s.ctx._opts[0] == USED_ACTIONS | Milter.SETSYMLIST
     assert s.ctx._protocol & Milter.P_HDR_LEADSPC          # leading space is asked for
     assert s.ctx._protocol & Milter.P_NR_HDR                # header needs no reply
+
+
+def test_asks_for_the_macros_it_reads(engine):
+    s = Session(engine)
+    s.ctx._negotiate()
+    lists = s.ctx._symlist
+    assert lists[Milter.M_CONNECT] == {b"j", b"{client_addr}"}
+    assert lists[Milter.M_ENVFROM] == {b"i", b"{auth_type}", b"{auth_authen}",
+                                       b"{tls_version}", b"{cipher}"}
+    assert lists[Milter.M_EOM] >= {b"i", b"{auth_authen}"}
+    # nothing read there: the MTA's own lists stay
+    assert lists[Milter.M_EOH] is None and lists[Milter.M_ENVRCPT] is None
+
+
+def test_an_mta_without_setsymlist_keeps_its_own_macro_lists(engine, monkeypatch):
+    from Milter.testctx import TestCtx
+    # _negotiate reads the class's list (and the milter writes into it)
+    monkeypatch.setattr(TestCtx, "default_opts",
+                        [Milter.CURR_ACTS & ~Milter.SETSYMLIST, 0x1fffff, 0, 0])
+    s = Session(engine)
+    s.ctx._negotiate()
+    assert s.ctx._opts[0] == USED_ACTIONS
+    assert all(names is None for names in s.ctx._symlist)
 
 
 def test_accept_adds_results_and_removes_forged(engine):
