@@ -23,7 +23,7 @@ from mailwarden.cli import main         # noqa: E402
 
 
 def untuned(socket_spec: str, milter_class) -> None:
-    """Neither TCP_NODELAY on the listener nor a reply to every step."""
+    """Neither TCP_NODELAY on the listener nor the DATA step kept."""
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ class MailwardenMilter(Milter.Base):
     is told when the connection ends, so a retired engine is closed once
     idle; ``metrics`` (:class:`~mailwarden.metrics.Metrics`) is fed here."""
 
-    reply_always = False        # set for a TCP socket by sockopt.tune_for_tcp
+    tcp_protocol = False        # set for a TCP socket by sockopt.tune_for_tcp
 
     def __init__(self, engine: Engine, holder=None, metrics=None, drain=None):
         super().__init__()
@@ -176,7 +176,7 @@ class MailwardenMilter(Milter.Base):
                     self._ctx.setsymlist(stage, " ".join(names))
                 used |= Milter.SETSYMLIST
             opts[0] = self._actions = self._actions & used
-            if self.reply_always:           # over TCP, see mailwarden.sockopt
+            if self.tcp_protocol:           # over TCP, see mailwarden.sockopt
                 opts[1] = self._protocol = self._protocol & ~sockopt.TCP_CLEARED_BITS
         return status
 

@@ -97,9 +97,9 @@ def test_iprev_pass_ipv6(postfix, sink, mailwarden):
 
 
 def test_mail_flows_over_tcp(postfix, sink, mailwarden, milter_socket_path):
-    """On ``inet:`` the milter negotiates another protocol (a reply to every
-    step, the DATA step kept: see mailwarden.sockopt); the same mail goes
-    through, rejected and accepted alike, headers changed at end of message."""
+    """On ``inet:`` the milter negotiates another protocol (the DATA step
+    kept: see mailwarden.sockopt); the same mail goes through, rejected and
+    accepted alike, headers changed at end of message."""
     address = f"inet:127.0.0.1:{free_port()}"      # Postfix's notation
     mw = mailwarden({"milter": {"socket": address}, **BLOCK_AND_ALLOW, **SMALL})
     postfix.postconf(smtpd_milters=address, non_smtpd_milters=address)

@@ -27,7 +27,7 @@ def test_nodelay_set_on_listener_and_inherited_by_accepted_sockets():
         idle.close()
 
 
-def test_tcp_socket_asks_for_a_reply_to_every_step():
+def test_tcp_socket_keeps_the_data_step_and_nothing_else_changes():
     class Probe(MailwardenMilter):
         pass
     # no SETSYMLIST offered: the macro lists need a context (tests/milter)
@@ -41,17 +41,19 @@ def test_tcp_socket_asks_for_a_reply_to_every_step():
     assert unix & Milter.P_NR_HDR                     # UNIX socket: headers need no reply
     assert unix & Milter.P_NODATA                     # and the DATA step is skipped
     sockopt.tune_for_tcp("unix:/run/x.sock", Probe)
-    assert not Probe.reply_always
+    assert not Probe.tcp_protocol
     sockopt.tune_for_tcp("inet:127.0.0.1:0", Probe)   # no listener of that port: only a warning
-    assert Probe.reply_always
+    assert Probe.tcp_protocol
     tcp = negotiated(Probe)
-    assert tcp & sockopt.NO_REPLY_BITS == 0
     # Postfix sends the DATA macros even for a skipped step: over TCP the
-    # step stays, so that they travel with a command that gets a reply
-    assert tcp & Milter.P_NODATA == 0
-    # nothing else changes: the steps skipped on both are the same but DATA
+    # step stays, with a reply, so that they never travel alone
+    assert tcp & (Milter.P_NODATA | Milter.P_NR_DATA) == 0
+    # headers and end of headers still go without a reply: Postfix sends
+    # them in one write with the body, which gets one
+    assert tcp & Milter.P_NR_HDR and tcp & Milter.P_NR_EOH
+    # nothing else changes
     assert (unix & ~sockopt.TCP_CLEARED_BITS) == (tcp & ~sockopt.TCP_CLEARED_BITS)
-    assert not MailwardenMilter.reply_always
+    assert not MailwardenMilter.tcp_protocol
 
 
 def test_data_step_over_tcp_continues():
