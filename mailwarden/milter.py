@@ -228,15 +228,12 @@ class MailwardenMilter(Milter.Base):
         self.msg.add_header(name, value)
         return Milter.CONTINUE
 
-    @Milter.noreply
-    def eoh(self):
-        # the queue id (Postfix: milter_end_of_header_macros), so that a stop
-        # during the body is logged under it too
+    def body(self, chunk):
+        # the queue id (the DATA step's macros, sent even when the step is
+        # skipped), so that a stop during the body is logged under it too;
+        # no end-of-headers step is negotiated only to read it there
         if self.msg is not None and not self.msg.queue_id:
             self.msg.queue_id = _macro(self, "i")
-        return Milter.CONTINUE
-
-    def body(self, chunk):
         return self._stage_verdict(self._timed("body", self.engine.body, self.conn, self.msg,
                                                bytes(chunk)))
 

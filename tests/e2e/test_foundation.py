@@ -12,7 +12,8 @@ import re
 
 import pytest
 
-from .harness import AUTHSERV_ID, BlackholeDns, free_port, make_message, smtp_send
+from .harness import (AUTHSERV_ID, BlackholeDns, free_port, make_message, smtp_send,
+                      wait_until)
 
 SENDER = "alice@sender.example"
 RCPT = "bob@rcpt.example"
@@ -142,12 +143,21 @@ def test_declared_size_over_limit_refused_at_mail_from(postfix, sink, mailwarden
 
 
 def test_body_over_limit_refused_at_end_of_data(postfix, sink, mailwarden):
-    mailwarden(SMALL)
+    mw = mailwarden(SMALL)
     data, msgid = make_message("too big", body="x" * 70 + "\n" * 1 + ("y" * 70 + "\n") * 300)
     assert len(data) > 10 * 1024
     result = send(postfix, PASS_CLIENT, data)
     assert (result.stage, result.code, result.enhanced) == ("data", 552, "5.3.4"), result
     assert_not_delivered(postfix, sink, msgid.encode())
+    # the stop during the body is logged under the queue id Postfix logs it with
+    found = []
+
+    def refusal_logged():
+        found[:] = re.findall(r"(\w+): milter-reject: END-OF-MESSAGE .*5\.3\.4",
+                              postfix.log_path.read_text(errors="replace"))
+        return bool(found)
+    wait_until(refusal_logged, 15, "Postfix to log the refusal")
+    assert f"{found[-1]}: stage=body action=reject" in mw.log_text(), mw.log_text()[-2000:]
 
 
 def test_message_under_limit_passes(postfix, sink, mailwarden):

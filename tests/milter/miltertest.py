@@ -83,7 +83,13 @@ class Session:
         rc = self.ctx._eoh()
         if rc not in (Milter.CONTINUE, Milter.NOREPLY):
             return rc
-        rc = self.ctx._feed_body(io.BytesIO(body))
+        # libmilter answers getsymval in the body with every macro sent so
+        # far; TestCtx knows no body stage: it answers with the DATA step's
+        self.ctx._stage = Milter.M_DATA
+        try:
+            rc = self.ctx._feed_body(io.BytesIO(body))
+        finally:
+            self.ctx._stage = None
         if rc != Milter.CONTINUE:
             return rc
         return self.ctx._eom()

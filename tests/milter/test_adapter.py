@@ -83,6 +83,7 @@ def test_negotiates_only_the_actions_it_uses(engine):
     assert s.ctx._opts[0] == USED_ACTIONS | Milter.SETSYMLIST
     assert s.ctx._protocol & Milter.P_HDR_LEADSPC          # leading space is asked for
     assert s.ctx._protocol & Milter.P_NR_HDR                # header needs no reply
+    assert s.ctx._protocol & Milter.P_NOEOH                 # end of headers: not asked for
 
 
 def test_asks_for_the_macros_it_reads(engine):
