@@ -703,9 +703,16 @@ def _milter(cfg: PostfixSettings, mx: dict, milter_address: Optional[str]) -> li
                                 "every macro mailwarden reads is sent"))
     for param, macros in missing.items():
         names = " ".join(m if len(m) == 1 else "{" + m + "}" for m in macros)
-        findings.append(Finding(MILTER, WARN, param,
-                                f"mailwarden needs {names} here (see contrib/postfix/main.cf)",
-                                mx.get(param, "")))
+        if value.strip() == "6":
+            # mailwarden names its macros at negotiation (SETSYMLIST), and
+            # Postfix then sends those whatever main.cf lists
+            findings.append(Finding(MILTER, OK, param,
+                                    f"{names} not listed: mailwarden asks for them itself "
+                                    "(milter protocol 6)", mx.get(param, "")))
+        else:
+            findings.append(Finding(MILTER, WARN, param,
+                                    f"mailwarden needs {names} here (see "
+                                    "contrib/postfix/main.cf)", mx.get(param, "")))
     return findings
 
 
