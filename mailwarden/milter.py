@@ -39,7 +39,7 @@ log = logging.getLogger("mailwarden")
 USED_ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
 
 # The macros mailwarden reads, per stage, asked for at negotiation where the
-# MTA lets a milter choose (SETSYMLIST: Postfix >= 2.5, Sendmail >= 8.14), so
+# MTA lets a milter choose (SETSYMLIST, with milter protocol 6), so
 # that the AUTH policy and the queue id in the log never depend on the MTA's
 # macro settings: Postfix then sends these lists in place of its
 # milter_*_macros.  RCPT and end of header are left to the MTA: mailwarden

@@ -76,11 +76,6 @@ def nodelay_on_listeners(fd_dir: str = "/proc/self/fd") -> int:
     return done
 
 
-
-# every step of the milter protocol (version 6) that can go without a reply
-NO_REPLY_BITS = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT
-                 | Milter.P_NR_DATA | Milter.P_NR_UNKN | Milter.P_NR_EOH | Milter.P_NR_BODY
-                 | Milter.P_NR_HDR)
 # what a TCP socket clears from the negotiated protocol: the DATA step is
 # not skipped (its macros would come alone) and gets a reply (see above)
 TCP_CLEARED_BITS = Milter.P_NODATA | Milter.P_NR_DATA
