@@ -34,6 +34,7 @@ smtpd processes may serve a connection or two with the old settings).
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
 import ipaddress
@@ -793,6 +794,24 @@ class Postfix:
         """Change main.cf settings (call :meth:`reload` to apply them)."""
         self.settings.update({k: str(v) for k, v in settings.items()})
         self._write_config()
+
+    @contextlib.contextmanager
+    def settings_changed(self, **settings):
+        """main.cf ``settings`` in force (restarted) inside the block; the
+        ones before, or none where there was none, after it."""
+        before = {key: self.settings.get(key) for key in settings}
+        self.postconf(**settings)
+        self.restart()
+        try:
+            yield self
+        finally:
+            for key, value in before.items():
+                if value is None:
+                    self.settings.pop(key, None)
+                else:
+                    self.settings[key] = value
+            self.postconf()
+            self.restart()
 
     def reload(self) -> None:
         """``postfix reload``: smtpd processes already running may still take

@@ -33,16 +33,8 @@ def routing_left_to_the_milter(postfix):
     """Postfix refuses sender-specified routing (``%``, ``!``, ``@`` in the
     local part) from untrusted clients itself (``allow_untrusted_routing =
     no``): allow it here, so that what refuses the tricks is mailwarden."""
-    before = postfix.settings.get("allow_untrusted_routing")
-    postfix.postconf(allow_untrusted_routing="yes")
-    postfix.restart()
-    yield
-    if before is None:
-        postfix.settings.pop("allow_untrusted_routing", None)
-        postfix.postconf()
-    else:
-        postfix.postconf(allow_untrusted_routing=before)
-    postfix.restart()
+    with postfix.settings_changed(allow_untrusted_routing="yes"):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -156,11 +148,8 @@ def test_sender_login_map(postfix, sink, mailwarden, files):
 def test_auth_policy_holds_when_main_cf_sends_no_auth_macros(postfix, sink, mailwarden, files):
     """mailwarden asks Postfix for the macros it reads (SETSYMLIST): a main.cf
     whose lists leave out {auth_authen} and the queue id still gives it both."""
-    before = {k: postfix.settings.get(k) for k in ("milter_mail_macros",
-                                                   "milter_end_of_data_macros")}
-    postfix.postconf(milter_mail_macros="{mail_addr}", milter_end_of_data_macros="{mail_addr}")
-    postfix.restart()
-    try:
+    with postfix.settings_changed(milter_mail_macros="{mail_addr}",
+                                  milter_end_of_data_macros="{mail_addr}"):
         mw = mailwarden(settings(files, sign=False))
         result, _, _ = send(postfix, alice(), mail_from="bob@outbound.example",
                             rcpts=["friend@elsewhere.example"])
@@ -172,14 +161,6 @@ def test_auth_policy_holds_when_main_cf_sends_no_auth_macros(postfix, sink, mail
         verdict = [line for line in mw.log_text().splitlines() if "action=" in line][-1]
         queue_id = result.text.split()[-1]           # "2.0.0 Ok: queued as QUEUEID"
         assert f"{queue_id}: action=" in verdict and "auth=alice" in verdict, verdict
-    finally:
-        for key, value in before.items():
-            if value is None:
-                postfix.settings.pop(key, None)
-            else:
-                postfix.settings[key] = value
-        postfix.postconf()
-        postfix.restart()
 
 
 def test_authenticated_submission_without_tls_refused(postfix, sink, mailwarden, files):
