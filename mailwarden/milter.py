@@ -464,7 +464,6 @@ def serve(config: Config, config_path: str = "", log_setup=None) -> int:
     libmilter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
     libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
     libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
-    libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
     libmilter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
     libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
     libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
