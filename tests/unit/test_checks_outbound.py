@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dkim
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mailwarden.config import ConfigError, loads
@@ -507,6 +507,8 @@ _FROM_PARTS = st.sampled_from([
 
 
 @given(parts=st.lists(_FROM_PARTS, max_size=8))
+@example(parts=["alice@outbound.example"])
+@example(parts=["bob@outbound.example"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_signed_from_is_always_the_logins_own(keydir_module, login_map_module, parts):
     """Whatever the From text, a signature for alice means its one address is
@@ -522,6 +524,8 @@ def test_signed_from_is_always_the_logins_own(keydir_module, login_map_module, p
                                   rcpts=["x@elsewhere.example"], message=message)
     if msg is not None:
         msg.close()
+    if value in ("alice@outbound.example", "ALICE@OUTBOUND.EXAMPLE", "alice+x@outbound.example"):
+        assert len(sigs_of(verdict)) == 2, value        # her own address: signed
     if sigs_of(verdict):
         froms = msg.header_texts("From")
         assert len(froms) == 1
