@@ -163,6 +163,22 @@ def test_sender_counted_per_network_follows_ipv4_and_ipv6_prefixes():
     engine.close()
 
 
+def test_recipients_per_sender_keyed_the_same_way():
+    engine = engine_for("recipients_per_sender = 2/1h")
+    two = ("r1@test.example", "r2@test.example")
+    # forged from elsewhere: its own count, the victim's stays whole
+    assert send(engine, ip="198.51.100.1", mail_from="ceo@victim.example", rcpts=two)[0] \
+        .action == "accept"
+    assert send(engine, ip="198.51.100.1", mail_from="ceo@victim.example")[0].action == \
+        "tempfail"
+    # SPF passes from both of the victim's addresses: one count for them
+    assert send(engine, ip="192.0.2.10", mail_from="ceo@victim.example")[0].action == "accept"
+    assert send(engine, ip="192.0.2.11", mail_from="ceo@victim.example")[0].action == "accept"
+    verdict = send(engine, ip="192.0.2.10", mail_from="ceo@victim.example")[0]
+    assert verdict.action == "tempfail" and symbols(verdict) == ["LIMIT_RECIPIENTS_SENDER"]
+    engine.close()
+
+
 @given(sender=st.text(max_size=40), other=st.text(max_size=40),
        user=st.text(max_size=12), net=st.sampled_from(["198.51.100.0/24", "2001:db8::/64", ""]))
 @settings(max_examples=400, deadline=None)
