@@ -415,8 +415,9 @@ def test_trusted_signing_only_for_listed_networks_and_domains(keydir):
     assert len(sigs_of(run(text, client_ip="127.0.0.1",
                            message=make_message("news@lists.outbound.example")))) == 2
     assert not sigs_of(run(text, client_ip="127.0.0.1"))          # the parent is not listed
-    # IPv6 loopback, as Postfix presents sendmail(1) mail with inet_protocols = ipv6, all
-    text = sign_text(keydir, "sign_trusted_networks = ::1\nsign_trusted_domains = outbound.example\n")
+    # IPv6 loopback, as Postfix presents sendmail(1) mail with inet_protocols = ipv6
+    text = sign_text(keydir, "sign_trusted_networks = ::1\n"
+                             "sign_trusted_domains = outbound.example\n")
     assert not sigs_of(run(text, client_ip="127.0.0.1"))
     assert not sigs_of(run(text, client_ip="IPv6:::1"))         # not in [relay] trusted_networks
     assert len(sigs_of(run(text.replace("127.0.0.0/8", "127.0.0.0/8 ::1"),
