@@ -144,27 +144,24 @@ def test_an_unknown_client_address_is_not_trusted_even_with_no_trusted_networks(
         engine.close()
 
 
-@given(st.text(max_size=60))
+@pytest.fixture(scope="module")
+def trust_engine():
+    engine = engine_for(make_registry())
+    yield engine
+    engine.close()
+
+
+@given(text=st.text(max_size=60))
 @settings(max_examples=300, deadline=None)
-def test_any_unreadable_client_address_text_is_other(text):
+def test_any_unreadable_client_address_text_is_other(trust_engine, text):
     from mailwarden.model import parse_client_address
-    engine = _TRUST_ENGINE
-    expected = "trusted" if parse_client_address(text) in engine.config.relay.trusted_networks \
-        else "other"
-    assert _trust_of(engine, text) == expected
-    if parse_client_address(text) is None:
-        assert expected == "other"
-
-
-_TRUST_ENGINE = None
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _trust_engine():
-    global _TRUST_ENGINE
-    _TRUST_ENGINE = engine_for(make_registry())
-    yield
-    _TRUST_ENGINE.close()
+    ip = parse_client_address(text)
+    trust = _trust_of(trust_engine, text)
+    if ip is None:
+        assert trust == "other"
+    else:
+        assert trust == ("trusted" if ip in trust_engine.config.relay.trusted_networks
+                         else "other")
 
 
 @dataclass(frozen=True)
