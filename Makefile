@@ -16,6 +16,11 @@ PYTEST_ARGS ?=
 
 # mailwarden will not keep root: started as root with no [milter] user
 # (the case of the sample file), make run has it drop to RUN_USER.
+# It listens on the [milter] socket of $(CONFIG): inet:127.0.0.1:8894 in the
+# sample file, loopback TCP, which every local process can reach (and then
+# claim any client or login): fine for trying it out; in production use a
+# UNIX socket writable only by the MTA's group (README, "Attaching it to
+# the MTA").
 RUN_USER ?= nobody
 run: deps-run
 	@if [ "$$(id -u)" -eq 0 ] && ! grep -Eq '^(user *= *[^ ]|allow_root *= *yes)' $(CONFIG); then \

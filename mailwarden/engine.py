@@ -207,9 +207,15 @@ class Engine:
     # -- trust --------------------------------------------------------------
 
     def trust(self, conn: Connection) -> str:
+        """The client's trust class: ``authenticated`` (SMTP AUTH),
+        ``trusted`` (its address is in ``[relay] trusted_networks``) or
+        ``other``.  A client whose address the MTA did not give, or gave in
+        a form we cannot read, is never trusted: it is ``other``.  (Postfix
+        presents mail submitted with sendmail(1) to ``non_smtpd_milters`` as
+        ``localhost[127.0.0.1]``, or ``::1``: trusted only as loopback is.)"""
         if conn.authenticated:
             return "authenticated"
-        if conn.client_ip is None or conn.client_ip in self.config.relay.trusted_networks:
+        if conn.client_ip is not None and conn.client_ip in self.config.relay.trusted_networks:
             return "trusted"
         return "other"
 

@@ -12,6 +12,19 @@ is refused does not push its own window further out.
 * per envelope sender (not the null sender) and per authenticated user:
   messages per window (counted at MAIL FROM, ``451 4.7.1``) and recipients
   per window (counted at each RCPT TO, ``451 4.7.1`` for that recipient).
+  Anyone can write any MAIL FROM, so a sender is counted by what was
+  verified of it, never by the bare address (else mail forged from many
+  networks in a victim's name would lock the victim out):
+
+  - an authenticated client: per login and sender (``<sender> user LOGIN``);
+  - a sender for which SPF passed (the ``smtp.mailfrom`` identity): the
+    sender alone, whatever the client (its domain vouches for it);
+  - any other: per client network (``ipv4_prefix``/``ipv6_prefix``) and
+    sender (``<sender> from NETWORK``): a forger fills only its own
+    network's count.  A client with no address counts as network
+    ``unknown``.
+
+  The per-user limits count the authenticated login alone.
 * recipients per message: ``452 4.5.3`` for the recipients past the limit,
   the reply RFC 5321 section 4.5.3.1.10 gives for it (the client sends the
   rest in another transaction).
@@ -29,7 +42,7 @@ INI keys (``[check.limits]``):
   ipv6_prefix             64
   concurrent_per_ip       0      open connections per client network
   connections_per_ip      0      new connections per client network, COUNT/WINDOW
-  messages_per_sender     0      COUNT/WINDOW per envelope sender
+  messages_per_sender     0      COUNT/WINDOW per envelope sender (keyed as above)
   recipients_per_sender   0
   messages_per_user       0      COUNT/WINDOW per authenticated user
   recipients_per_user     0
@@ -109,10 +122,27 @@ class LimitsOptions(CheckOptions):
     exempt: frozenset = opt(frozenset({"allowlisted", "trusted"}), parse_tags)
 
 
+def sender_key(sender: str, *, user: str = "", spf_pass: bool = False,
+               network: str = "") -> tuple:
+    """(store key part, log label) of the counter of ``sender`` (lower case).
+
+    The kinds live in disjoint key spaces (``auth:``, ``spf:``, ``net:``),
+    and the variable parts are length-prefixed, so no sender text can name
+    another kind's counter or another network's.
+    """
+    if user:
+        return f"auth:{len(user)}:{user}:{sender}", f"<{sender}> user {user}"
+    if spf_pass:
+        return f"spf:{sender}", f"<{sender}>"
+    network = network or "unknown"
+    return f"net:{len(network)}:{network}:{sender}", f"<{sender}> from {network}"
+
+
 class LimitsCheck(Check):
     name = "limits"
     Options = LimitsOptions
-    requires = ("iplist",)          # its allowlisted tag exempts
+    # iplist: its allowlisted tag exempts; spf: a sender it passed is counted alone
+    requires = ("iplist", "spf")
     symbols = {
         "LIMIT_CONCURRENT_IP": 0.0,
         "LIMIT_CONNECTIONS_IP": 0.0,
@@ -139,6 +169,20 @@ class LimitsCheck(Check):
 
     def _token(self, conn) -> str:
         return f"{self.instance}:{conn.id}"
+
+    def _sender_key(self, ctx, sender: str) -> tuple:
+        """See :func:`sender_key`: what was verified of this sender."""
+        conn = ctx.conn
+        if conn.authenticated:
+            return sender_key(sender, user=conn.auth_user)
+        spf_pass = any(r.result == "pass" and
+                       any(p[0] == "smtp.mailfrom" and str(p[1]).lower() == sender
+                           for p in r.properties)
+                       for r in ctx.results_of("spf"))
+        if spf_pass:
+            return sender_key(sender, spf_pass=True)
+        network = self._network(conn.client_ip) if conn.client_ip is not None else ""
+        return sender_key(sender, network=network)
 
     def _exempt(self, ctx) -> bool:
         return bool(self.options.exempt & ctx.tags)
@@ -194,8 +238,9 @@ class LimitsCheck(Check):
         now = ctx.now()
         try:
             if o.messages_per_sender and sender:
+                key, label = self._sender_key(ctx, sender)
                 found = self._rate(ctx, "LIMIT_MESSAGES_SENDER", "messages_per_sender",
-                                   f"msg:sender:{sender}", f"<{sender}>", o.messages_per_sender,
+                                   f"msg:sender:{key}", label, o.messages_per_sender,
                                    now, "Too many messages from this sender")
                 if found is not None:
                     return found
@@ -226,8 +271,9 @@ class LimitsCheck(Check):
         now = ctx.now()
         try:
             if o.recipients_per_sender and sender:
+                key, label = self._sender_key(ctx, sender)
                 found = self._rate(ctx, "LIMIT_RECIPIENTS_SENDER", "recipients_per_sender",
-                                   f"rcpt:sender:{sender}", f"<{sender}>",
+                                   f"rcpt:sender:{key}", label,
                                    o.recipients_per_sender, now,
                                    "Too many recipients from this sender")
                 if found is not None:

@@ -92,6 +92,23 @@ class LoginMap:
         return f"{local}@{domain}" in addresses or domain in domains
 
 
+def from_refusal(login_map: LoginMap, login: str, froms: list, delimiters: str) -> Optional[str]:
+    """Why the From field (``froms``, the values of every From field) is not
+    ``login``'s to use, or None when it is: exactly one From field, every
+    address in it readable and given to the login by ``login_map``.  The
+    one rule for this check's refusal and for dkim_sign, which signs an
+    authenticated client's mail only when this lets it through."""
+    if len(froms) != 1:
+        return f"Message must have exactly one From header field, has {len(froms)}"
+    addresses = header_addresses(froms)
+    if not addresses or any(not addr or "@" not in addr for _name, addr in addresses):
+        return f"Unreadable From header field: {froms[0][:200]}"
+    for _name, addr in addresses:
+        if not login_map.allows(login, addr, delimiters):
+            return f"From address <{addr}> not owned by user {login}"
+    return None
+
+
 def parse_login_map(lines, delimiters: str) -> LoginMap:
     """Raises MapProblem(lineno, message) for the first bad line."""
     entries: dict = {}
@@ -167,7 +184,7 @@ class SubmissionOptions(CheckOptions):
         return dataclasses.replace(self, login_map=login_map, login_map_stamp=stamp)
 
 
-class _MapFile:
+class LoginMapFile:
     """The login map, read again when its file changes (thread-safe)."""
 
     def __init__(self, options: SubmissionOptions):
@@ -211,7 +228,7 @@ class SubmissionCheck(Check):
 
     def __init__(self, options, services):
         super().__init__(options, services)
-        self._map = _MapFile(options) if options.login_map is not None else None
+        self._map = LoginMapFile(options) if options.login_map is not None else None
 
     def _refuse(self, symbol: str, why: str, ctx):
         ctx.log.warning("submission refused for login %s: %s", ctx.conn.auth_user, why)
@@ -250,21 +267,10 @@ class SubmissionCheck(Check):
         conn = ctx.conn
         if not conn.authenticated or self._map is None:
             return None
-        froms = ctx.msg.header_texts("From")
-        if len(froms) != 1:
-            return self._refuse("SUBMISSION_FROM_MISMATCH",
-                                f"Message must have exactly one From header field, has {len(froms)}",
-                                ctx)
-        addresses = header_addresses(froms)
-        if not addresses or any(not addr or "@" not in addr for _name, addr in addresses):
-            return self._refuse("SUBMISSION_FROM_MISMATCH",
-                                f"Unreadable From header field: {froms[0][:200]}", ctx)
-        login_map = self._map.get(ctx)
-        for _name, addr in addresses:
-            if not login_map.allows(conn.auth_user, addr, self.options.extension_delimiters):
-                return self._refuse("SUBMISSION_FROM_MISMATCH",
-                                    f"From address <{addr}> not owned by user {conn.auth_user}",
-                                    ctx)
+        why = from_refusal(self._map.get(ctx), conn.auth_user, ctx.msg.header_texts("From"),
+                           self.options.extension_delimiters)
+        if why is not None:
+            return self._refuse("SUBMISSION_FROM_MISMATCH", why, ctx)
         return None
 
 

@@ -282,11 +282,24 @@ def test_connection_rate_per_ip(postfix, mailwarden):
 
 
 def test_messages_per_sender(postfix, mailwarden):
+    """Anyone may write any MAIL FROM: a sender SPF did not pass for is
+    counted per client network, so forgeries elsewhere cannot lock it out;
+    one SPF passed for (limits.zone) is counted alone, whatever the client."""
     mw = mailwarden({"check.limits": {"messages_per_sender": "1/1h"}})
     assert _send(postfix, mail_from="bulk@sender.example").accepted
-    refused = _send(postfix, addr="198.51.100.65", mail_from="bulk@sender.example")
+    refused = _send(postfix, mail_from="bulk@sender.example")
     assert (refused.stage, refused.code, refused.enhanced) == ("mail", 451, "4.7.1"), refused
-    assert "messages_per_sender exceeded for <bulk@sender.example>: 1 of 1" in mw.log_text()
+    assert ("messages_per_sender exceeded for <bulk@sender.example> from 198.51.100.60/32: "
+            "1 of 1") in mw.log_text()
+    # the same address forged from other networks: their own counts
+    for addr in ("198.51.100.65", "203.0.113.65", "IPV6:2001:db8:65::1"):
+        assert _send(postfix, addr=addr, mail_from="bulk@sender.example").accepted, addr
+    # SPF passes: one count for every address the domain gives
+    assert _send(postfix, addr="198.51.100.66", mail_from="news@limits.sender.example").accepted
+    refused = _send(postfix, addr="198.51.100.67", mail_from="news@limits.sender.example")
+    assert (refused.stage, refused.code, refused.enhanced) == ("mail", 451, "4.7.1"), refused
+    assert "messages_per_sender exceeded for <news@limits.sender.example>: 1 of 1" in \
+        mw.log_text()
 
 
 def test_recipients_per_user_and_per_message(postfix, mailwarden):

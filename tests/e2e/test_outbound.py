@@ -227,6 +227,83 @@ def test_outbound_signed_rsa_and_ed25519_inbound_unsigned(postfix, sink, mailwar
     assert not [h for h in out["headers_added"] if h[0] == "DKIM-Signature"]
 
 
+LOOPBACK = {"ADDR": "127.0.0.1", "NAME": "localhost", "HELO": "localhost"}
+UNKNOWN = {"ADDR": "[UNAVAILABLE]", "NAME": "[UNAVAILABLE]", "HELO": "nowhere.example"}
+TRUSTED_SIGNING = {"sign_trusted_networks": "127.0.0.1/32, ::1/128",
+                   "sign_trusted_domains": "outbound.example"}
+
+
+def _signatures(sink, msgid):
+    return sink.wait_for_match(msgid.encode(), timeout=30).header_values("DKIM-Signature")
+
+
+def test_unauthenticated_loopback_and_local_submission_signed_only_by_choice(
+        postfix, sink, mailwarden, files, dns_server):
+    """127/8 is trusted (it relays) but not signed by default: any local
+    process reaches smtpd over loopback, and sendmail(1) mail reaches
+    non_smtpd_milters as localhost[127.0.0.1].  With sign_trusted_networks
+    and sign_trusted_domains both are signed, and nothing else is."""
+    rcpts = ["friend@elsewhere.example"]
+    mw = mailwarden(settings(files))
+    result, data, msgid = send(postfix, LOOPBACK, rcpts=rcpts)
+    assert result.accepted, result
+    assert _signatures(sink, msgid) == []
+    assert not [h for h in scan(mw, data, LOOPBACK, rcpts=rcpts)["headers_added"]
+                if h[0] == "DKIM-Signature"]
+    local, msgid = make_message("local submission", sender="alice@outbound.example",
+                                to=rcpts[0])
+    proc = postfix.sendmail("alice@outbound.example", rcpts, local)
+    assert proc.returncode == 0, proc.stderr
+    assert _signatures(sink, msgid) == []
+    log = mw.log_text()
+    assert "dkim_sign: not signed for outbound.example (trusted client)" in log
+    assert "not in sign_trusted_networks" in log and "dkim_sign: signed" not in log
+
+    # a client whose address Postfix does not know: libmilter itself refuses
+    # such a connect (family inet, address "unknown"): never signed
+    result, _, _ = send(postfix, UNKNOWN, rcpts=["bob@outbound.example"])
+    assert not result.accepted and result.code == 451, result
+
+    overrides = settings(files)
+    overrides["check.dkim_sign"].update(TRUSTED_SIGNING)
+    mw = mailwarden(overrides)
+    result, data, msgid = send(postfix, LOOPBACK, rcpts=rcpts)
+    assert result.accepted, result
+    got = sink.wait_for_match(msgid.encode(), timeout=30)
+    assert len(got.header_values("DKIM-Signature")) == 2
+    assert _verify(got.data, dns_server, 2) == [True, True]
+    assert len([h for h in scan(mw, data, LOOPBACK, rcpts=rcpts)["headers_added"]
+                if h[0] == "DKIM-Signature"]) == 2
+    local, msgid = make_message("local submission signed", sender="alice@outbound.example",
+                                to=rcpts[0])
+    proc = postfix.sendmail("alice@outbound.example", rcpts, local)
+    assert proc.returncode == 0, proc.stderr
+    got = sink.wait_for_match(msgid.encode(), timeout=30)
+    assert _verify(got.data, dns_server, 2) == [True, True]
+    # another loopback address is trusted but not listed; a From domain not listed
+    other = dict(LOOPBACK, ADDR="127.0.0.2")
+    result, _, msgid = send(postfix, other, rcpts=rcpts)
+    assert result.accepted and _signatures(sink, msgid) == [], result
+    result, _, msgid = send(postfix, LOOPBACK, rcpts=rcpts, mail_from="x@lists.outbound.example",
+                            sender="x@lists.outbound.example")
+    assert result.accepted and _signatures(sink, msgid) == [], result
+
+
+def test_authenticated_signed_only_for_its_own_from(postfix, sink, mailwarden, files):
+    """The login map decides signing, whatever the policy does with the
+    submission check's refusal (here: a dry run lets the message through)."""
+    overrides = settings(files)
+    overrides["policy"] = {"dry_run": "yes"}
+    mw = mailwarden(overrides)
+    rcpts = ["friend@elsewhere.example"]
+    result, _, msgid = send(postfix, alice(), rcpts=rcpts, sender="bob@outbound.example")
+    assert result.accepted, result                     # dry run: not refused
+    assert _signatures(sink, msgid) == []
+    assert "From address <bob@outbound.example> not owned by user alice" in mw.log_text()
+    result, _, msgid = send(postfix, alice(), rcpts=rcpts)
+    assert result.accepted and len(_signatures(sink, msgid)) == 2, result
+
+
 def test_bad_key_stops_start_up(mailwarden, files, tmp_path):
     bad = tmp_path / "open.private"
     shutil.copy(files / "outbound-rsa2026.private", bad)

@@ -3,6 +3,8 @@
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.engine import run_offline
@@ -22,9 +24,15 @@ class Clock:
         return self.now
 
 
+# victim.example sends from 192.0.2.10 and 192.0.2.11 only; bulk.example
+# from 203.0.113.0/24
+ZONE = ('victim.example. IN TXT "v=spf1 ip4:192.0.2.10 ip4:192.0.2.11 -all"\n'
+        'bulk.example. IN TXT "v=spf1 ip4:203.0.113.0/24 -all"\n')
+
+
 def engine_for(limits: str, extra: str = "", clock=None):
     cfg = loads(BASE + "[check.limits]\n" + limits + "\n" + extra)
-    return Engine(cfg, resolver=Resolver(cfg.dns, backend=ZoneBackend("")),
+    return Engine(cfg, resolver=Resolver(cfg.dns, backend=ZoneBackend(ZONE)),
                   clock=clock or Clock(), hostname="mx.test.example")
 
 
@@ -108,6 +116,87 @@ def test_messages_per_sender():
     assert send(engine, mail_from="other@sender.example")[0].action == "accept"
     assert send(engine, mail_from="")[0].action == "accept"
     engine.close()
+
+
+def test_forged_sender_from_many_networks_does_not_lock_out_the_victim(caplog):
+    """Anyone may write MAIL FROM:<ceo@victim.example>: forgeries from 40
+    networks fill only their own networks' counts, never the victim's."""
+    engine = engine_for("messages_per_sender = 3/1h\nrecipients_per_sender = 5/1h")
+    forged = []
+    for i in range(40):
+        for _ in range(4):                  # over the limit, from each network
+            forged.append(send(engine, ip=f"198.51.{100 + i // 20}.{i % 20 + 1}",
+                               mail_from="ceo@victim.example")[0].action)
+    # each forging network is itself limited: 3 messages, then 451
+    assert forged.count("accept") == 40 * 3 and forged.count("tempfail") == 40
+    # the real ceo: from the addresses SPF gives it (a pass), and authenticated
+    for ip in ("192.0.2.10", "192.0.2.11", "192.0.2.10"):
+        verdict = send(engine, ip=ip, mail_from="ceo@victim.example")[0]
+        assert verdict.action == "accept", verdict.reply
+    assert send(engine, ip="198.51.100.1", mail_from="CEO@victim.example",
+                auth_user="ceo")[0].action == "accept"
+    # the SPF-passing sender has one count for all its addresses
+    with caplog.at_level(logging.WARNING, logger="mailwarden"):
+        verdict = send(engine, ip="192.0.2.11", mail_from="ceo@victim.example")[0]
+    assert verdict.action == "tempfail" and symbols(verdict) == ["LIMIT_MESSAGES_SENDER"]
+    assert any("messages_per_sender exceeded for <ceo@victim.example>: 3 of 3" in r.getMessage()
+               for r in caplog.records)
+    # a forger's refusal names its network
+    with caplog.at_level(logging.WARNING, logger="mailwarden"):
+        send(engine, ip="198.51.100.1", mail_from="ceo@victim.example")
+    assert any("<ceo@victim.example> from 198.51.100.1/32" in r.getMessage()
+               for r in caplog.records)
+    engine.close()
+
+
+def test_sender_counted_per_network_follows_ipv4_and_ipv6_prefixes():
+    engine = engine_for("messages_per_sender = 1/1h\nipv4_prefix = 24")
+    assert send(engine, ip="198.51.100.1", mail_from="x@elsewhere.example")[0].action == "accept"
+    # the same /24: the same count
+    assert send(engine, ip="198.51.100.2", mail_from="x@elsewhere.example")[0].action == \
+        "tempfail"
+    assert send(engine, ip="198.51.101.2", mail_from="x@elsewhere.example")[0].action == "accept"
+    assert send(engine, ip="2001:db8:1:2::1", mail_from="x@elsewhere.example")[0].action == \
+        "accept"
+    assert send(engine, ip="2001:db8:1:2::2", mail_from="x@elsewhere.example")[0].action == \
+        "tempfail"
+    engine.close()
+
+
+def test_recipients_per_sender_keyed_the_same_way():
+    engine = engine_for("recipients_per_sender = 2/1h")
+    two = ("r1@test.example", "r2@test.example")
+    # forged from elsewhere: its own count, the victim's stays whole
+    assert send(engine, ip="198.51.100.1", mail_from="ceo@victim.example", rcpts=two)[0] \
+        .action == "accept"
+    assert send(engine, ip="198.51.100.1", mail_from="ceo@victim.example")[0].action == \
+        "tempfail"
+    # SPF passes from both of the victim's addresses: one count for them
+    assert send(engine, ip="192.0.2.10", mail_from="ceo@victim.example")[0].action == "accept"
+    assert send(engine, ip="192.0.2.11", mail_from="ceo@victim.example")[0].action == "accept"
+    verdict = send(engine, ip="192.0.2.10", mail_from="ceo@victim.example")[0]
+    assert verdict.action == "tempfail" and symbols(verdict) == ["LIMIT_RECIPIENTS_SENDER"]
+    engine.close()
+
+
+@given(sender=st.text(max_size=40), other=st.text(max_size=40),
+       user=st.text(max_size=12), net=st.sampled_from(["198.51.100.0/24", "2001:db8::/64", ""]))
+@settings(max_examples=400, deadline=None)
+def test_no_sender_text_names_another_counter(sender, other, user, net):
+    """The counter of an unverified sender is never a verified one's, nor
+    another network's, whatever the sender writes."""
+    from mailwarden.checks.limits import sender_key
+    unverified = sender_key(sender, network=net)[0]
+    assert unverified != sender_key(other, spf_pass=True)[0]
+    assert (unverified == sender_key(other, network=net)[0]) == (sender == other)
+    if user:
+        assert unverified != sender_key(other, user=user)[0]
+        assert sender_key(sender, user=user)[0] != sender_key(other, spf_pass=True)[0]
+        same = sender_key(sender, user=user)[0] == sender_key(other, user="x")[0]
+        assert same == (user == "x" and sender == other)
+    for elsewhere in ("203.0.113.0/24", "2001:db8:1::/64", ""):
+        if elsewhere != net:
+            assert unverified != sender_key(other, network=elsewhere)[0]
 
 
 def test_recipients_per_sender_refuses_only_the_recipients_past_it():
@@ -224,8 +313,8 @@ def test_two_engines_on_one_redis_admit_exactly_the_limit(redis_server):
         engine.close_connection(c)
     assert admitted == 5
 
-    # messages per sender, from different client addresses
-    results = [send(e, ip=f"203.0.113.{i}", mail_from="bulk@sender.example")[0].action
+    # messages per sender, from different client addresses its SPF gives it
+    results = [send(e, ip=f"203.0.113.{i}", mail_from="bulk@bulk.example")[0].action
                for i, e in enumerate((a, b) * 6)]
     assert results.count("accept") == 7
     assert results[7:] == ["tempfail"] * 5

@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailwarden.checks import Check, CheckOptions
 from mailwarden.config import loads
@@ -106,6 +108,60 @@ def test_temperror_action_follows_trust_class():
     verdict, _, _ = run_offline(engine, client_ip="198.51.100.1", mail_from="a@b.example",
                                 rcpts=["c@d.example"], message=b"\r\n")
     assert verdict.action == "accept"
+
+
+# -- trust ---------------------------------------------------------------------
+
+def _trust_of(engine, client_ip, auth_user=""):
+    from mailwarden.model import Connection, parse_client_address
+    return engine.trust(Connection(client_ip=parse_client_address(client_ip),
+                                   auth_user=auth_user))
+
+
+@pytest.mark.parametrize("address", [None, "", "unknown", "localhost", "[UNAVAILABLE]",
+                                     "IPv6:", "127.0.0.1.", "/run/x.sock"])
+def test_an_unknown_client_address_is_never_trusted(address):
+    engine = engine_for(make_registry())
+    try:
+        assert _trust_of(engine, address) == "other"
+        # an authenticated client is authenticated, whatever its address
+        assert _trust_of(engine, address, auth_user="alice") == "authenticated"
+        # the loopback a trusted network holds stays trusted, as Postfix
+        # presents sendmail(1) mail (non_smtpd_milters): localhost[127.0.0.1]
+        assert _trust_of(engine, "127.0.0.1") == "trusted"
+        assert _trust_of(engine, "IPv6:::1") == "trusted"
+        assert _trust_of(engine, "198.51.100.1") == "other"
+    finally:
+        engine.close()
+
+
+def test_an_unknown_client_address_is_not_trusted_even_with_no_trusted_networks():
+    engine = engine_for(make_registry(), BASE + "[relay]\ntrusted_networks =\n")
+    try:
+        assert _trust_of(engine, None) == "other"
+        assert _trust_of(engine, "127.0.0.1") == "other"
+    finally:
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def trust_engine():
+    engine = engine_for(make_registry())
+    yield engine
+    engine.close()
+
+
+@given(text=st.text(max_size=60))
+@settings(max_examples=300, deadline=None)
+def test_any_unreadable_client_address_text_is_other(trust_engine, text):
+    from mailwarden.model import parse_client_address
+    ip = parse_client_address(text)
+    trust = _trust_of(trust_engine, text)
+    if ip is None:
+        assert trust == "other"
+    else:
+        assert trust == ("trusted" if ip in trust_engine.config.relay.trusted_networks
+                         else "other")
 
 
 @dataclass(frozen=True)

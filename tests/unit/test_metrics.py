@@ -155,7 +155,7 @@ def test_limits_fail_open_through_the_counting_store_is_counted():
     config = loads(BASE + "[check.limits]\nconnections_per_ip = 5/1m\n")
     engine = Engine(config, resolver=Resolver(config.dns, backend=ZoneBackend(ZONE)),
                     hostname="mx.test.example",
-                    registry={n: registry()[n] for n in ("iplist", "limits")},
+                    registry={n: registry()[n] for n in ("iplist", "spf", "limits")},
                     state=CountingStore(BrokenStore(), metrics.state_errors.inc))
     try:
         verdict, _, msg = run_offline(engine, client_ip="198.51.100.7", mail_from="a@b.example",

@@ -7,8 +7,8 @@ import pytest
 from mailwarden.config import ConfigError, loads
 from mailwarden.engine import run_offline
 
-from .test_checks_outbound import (BASE, OUTSIDE, engine_for, keydir, make_message, run,  # noqa: F401
-                                   sign_text)
+from .test_checks_outbound import (BASE, LOOPBACK_SIGNING, OUTSIDE, engine_for, keydir,  # noqa: F401
+                                   make_message, run, sign_text)
 
 AUTH = {"auth_user": "alice", "tls_version": "TLSv1.3"}
 
@@ -48,7 +48,7 @@ def test_recipients_per_user_limit_applies_to_outbound_mail():
 
 def test_hold_quarantines_scoring_outbound_mail(keydir):
     # a weight on a symbol outbound mail gets (DKIM_SIGNED) makes it score
-    text = sign_text(keydir) + "[scores]\nDKIM_SIGNED = 6\n"
+    text = sign_text(keydir, LOOPBACK_SIGNING) + "[scores]\nDKIM_SIGNED = 6\n"
     held = text.replace("[relay]\n", "[policy]\noutbound_action = hold\n[relay]\n")
     for who in ({"client_ip": "127.0.0.1"}, AUTH):
         assert run(text, **who).action == "add_header"
