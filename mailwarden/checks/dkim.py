@@ -570,20 +570,28 @@ def _body_digests(body, work: list, over_budget) -> dict:
     return out
 
 
-def select_headers(fields: list, names: list) -> list:
+def select_headers(fields: list, names: list, key=bytes.lower) -> list:
     """The fields ``names`` (an h= list, lower case) asks for, in its order:
     each name takes the last instance of that name not taken yet, from the
     bottom up (RFC 6376 §5.4.2); a name with none left takes nothing.
-    Linear: the instances are indexed once."""
+    ``key(field name)`` is the name compared.  Linear: the instances of the
+    names asked for are indexed once."""
+    wanted = set(names)
     instances: dict = {}
     for field in fields:
-        instances.setdefault(field[0].lower(), []).append(field)
+        name = key(field[0])
+        if name in wanted:
+            instances.setdefault(name, []).append(field)
     out = []
     for name in names:
         left = instances.get(name)
         if left:
             out.append(left.pop())
     return out
+
+
+def _relaxed_name(name: bytes) -> bytes:
+    return name.lower().rstrip()
 
 
 def _verify_headers(headers: list, work: _Work) -> bool:
@@ -594,18 +602,21 @@ def _verify_headers(headers: list, work: _Work) -> bool:
     # (RFC 6376 §8.15): ask for one instance more than the signer signed
     if b"from" in include:
         include = include + [b"from"]
-    wanted = set(include)       # only these are hashed: canonicalize only these
     canon = work.canon
-    candidates = canon.canonicalize_headers([field for field in headers
-                                             if field[0].lower().rstrip() in wanted])
+    # fields are selected by their name as canonicalized (relaxed: lower
+    # case, no white space before the colon), and only those selected are
+    # canonicalized
+    relaxed = canon.header_algorithm is Relaxed
+    selected = select_headers(headers, include, _relaxed_name if relaxed else bytes.lower)
     h = HASH_ALGORITHMS[work.algorithm]()
-    for name, value in select_headers(candidates, include):
+    for name, value in canon.canonicalize_headers(selected):
         h.update(name)
         h.update(b":")
         h.update(value)
     # the signature itself, b= emptied, without its trailing CRLF (§3.7)
     sig_name, sig_value = work.sig_header
-    ((name, value),) = canon.canonicalize_headers([(sig_name, dkimpy.RE_BTAG.sub(b"\\1", sig_value))])
+    emptied = dkimpy.RE_BTAG.sub(b"\\1", sig_value)
+    ((name, value),) = canon.canonicalize_headers([(sig_name, emptied)])
     h.update(name)
     h.update(b":")
     h.update(value.rstrip())

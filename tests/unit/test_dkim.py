@@ -164,6 +164,21 @@ def test_the_body_is_hashed_once_per_canonicalization_and_hash(ed, monkeypatch, 
     assert sorted(p.bytes for p in made) == sorted(canonical_sizes)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["From", "from ", "TO", "x", "X\t"]),
+                          st.sampled_from([" a\r\n", "  b \r\n c\r\n"])), max_size=20),
+       st.lists(st.sampled_from(["from", "to", "x", "y"]), max_size=20),
+       st.sampled_from([b"relaxed/relaxed", b"simple/simple"]))
+def test_selecting_raw_fields_then_canonicalizing_is_dkimpys_order(fields, names, c):
+    raw = [(n.encode(), v.encode()) for n, v in fields]
+    wanted = [n.encode() for n in names]
+    canon = dkim.canonicalization.CanonicalizationPolicy.from_c_value(c)
+    relaxed = canon.header_algorithm is dkim.canonicalization.Relaxed
+    ours = canon.canonicalize_headers(dkimcheck.select_headers(
+        raw, wanted, dkimcheck._relaxed_name if relaxed else bytes.lower))
+    assert ours == dkim.select_headers(canon.canonicalize_headers(raw), wanted)
+
+
 class StepClock:
     """A CPU clock that moves ``step`` seconds each time it is read."""
 
