@@ -239,8 +239,11 @@ def test_cpu_budget_and_header_cap_are_checked_at_start_up():
     from mailwarden.config import ConfigError, loads
     with pytest.raises(ConfigError, match="max_signed_headers"):
         loads("[check.dkim]\nmax_signed_headers = 0\n")
-    with pytest.raises(ConfigError, match="cpu_budget"):
-        loads("[check.dkim]\ncpu_budget = soon\n")
+    for bad in ("soon", "0", "0ms"):
+        with pytest.raises(ConfigError, match="cpu_budget"):
+            loads(f"[check.dkim]\ncpu_budget = {bad}\n")
+    good = loads("[authserv]\nid = mx.test.example\n[check.dkim]\ncpu_budget = 250ms\n")
+    assert good.checks["dkim"].cpu_budget == 0.25
 
 
 # -- point 12: RFC 6376 where dkimpy departs from it -------------------------------
