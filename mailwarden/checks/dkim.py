@@ -140,6 +140,10 @@ def key_name(selector: bytes, domain: bytes) -> tuple:
         for label in text.split("."):
             if not label:
                 return None, f"{tag}= has an empty label"
+            # checked before IDNA too: an A-label is never shorter than its
+            # U-label, and Punycode of a long text is slow
+            if len(label) > 63:
+                return None, f"{tag}= has a label of {len(label)} characters (63 at most)"
             if not label.isascii():
                 try:
                     label = idna.encode(label, uts46=True, std3_rules=False).decode("ascii")

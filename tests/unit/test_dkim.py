@@ -95,6 +95,14 @@ def test_key_name_is_a_name_the_dns_can_carry_or_a_reason(selector, domain):
         assert name.endswith("." + dkimcheck.key_name(b"x", domain)[0].split(".", 2)[2])
 
 
+def test_a_long_international_label_is_refused_before_it_is_encoded(monkeypatch):
+    def no_idna(*_a, **_k):
+        raise AssertionError("IDNA asked")
+    monkeypatch.setattr(dkimcheck.idna, "encode", no_idna)
+    name, why = dkimcheck.key_name("ü".encode() * 30000, b"x.example")
+    assert name is None and "63 at most" in why
+
+
 def test_key_name_accepts_ordinary_and_international_names():
     assert dkimcheck.key_name(b"s2048", b"Mail.Example.COM") == \
         ("s2048._domainkey.Mail.Example.COM", None)
