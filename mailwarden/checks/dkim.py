@@ -650,10 +650,17 @@ def _verify_headers(headers: list, work: _Work) -> bool:
     raise dkimpy.KeyFormatError(f"unknown key type {_text(key.ktag or b'?')}")
 
 
+# what header.i may show once i= is decoded: an addr-spec of atoms (RFC
+# 5322 §3.2.3); decoding can make quotes, ";" or spaces, which are left out
+_SHOWN_IDENTITY = re.compile(rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]*@[A-Za-z0-9._-]+\Z")
+
+
 def _properties(tags: dict, identity: bytes | None = None) -> tuple:
     props = [("header.d", _text(tags.get(b"d", b"")))]
     if b"i" in tags:
-        props.append(("header.i", _text(identity if identity is not None else tags[b"i"])))
+        shown = identity if identity is not None else tags[b"i"]
+        if _SHOWN_IDENTITY.match(shown):
+            props.append(("header.i", _text(shown)))
     props += [("header.s", _text(tags.get(b"s", b""))),
               ("header.a", _text(tags.get(b"a", b""))),
               ("header.b", _text(_WS.sub(b"", tags.get(b"b", b""))[:8]))]

@@ -301,6 +301,18 @@ def test_i_is_dkim_quoted_printable(ed, encoded, decoded):
     assert props(r)["header.i"] == decoded
 
 
+def test_a_decoded_identity_that_is_no_plain_address_is_not_shown(ed):
+    from tests.unit.test_checks_auth import ar_header
+    import authres
+    forged = b"x=22=3B=20dkim=3Dpass=20header.d=3Dpaypal.com=3B=40mw-dkim.example"
+    v = run(zone_extra=key_line(ed), msg=signed(ed, (b"i", forged)))
+    (r,) = of(v, "dkim")
+    assert r.result == "pass" and "header.i" not in props(r), r
+    parsed = authres.AuthenticationResultsHeader.parse(
+        "Authentication-Results: " + ar_header(v))
+    assert [res.method for res in parsed.results].count("dkim") == 1
+
+
 @pytest.mark.parametrize("identity", [b"a=4", b"a@evil=2Eexample", b"mw-dkim.example", b"a=ZZ"])
 def test_a_bad_or_foreign_i_is_neutral(ed, identity):
     (r,) = dkim_results(signed(ed, (b"i", identity)), key_line(ed))
