@@ -4,9 +4,9 @@ plus keys made here)."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
+import re
 
 import dkim
 import dns.name
@@ -185,6 +185,37 @@ def test_selecting_raw_fields_then_canonicalizing_is_dkimpys_order(fields, names
     ours = canon.canonicalize_headers(dkimcheck.select_headers(
         raw, wanted, dkimcheck._relaxed_name if relaxed else bytes.lower))
     assert ours == dkim.select_headers(canon.canonicalize_headers(raw), wanted)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b" ", b"\t", b"  ", b"\r\n", b"\n", b"\r", b"ab", b"c"]),
+                max_size=60),
+       st.lists(st.tuples(st.booleans(), st.sampled_from([b"rsa-sha256", b"rsa-sha1"]),
+                          st.one_of(st.none(), st.integers(0, 80))), min_size=1, max_size=6),
+       st.integers(1, 17))
+def test_one_pass_gives_every_signatures_body_hash(pieces, sigs, chunk):
+    """_body_digests (one canonicalization per c=, one hash per (c=, a=),
+    l= from copies) gives what dkimpy's canonicalization and a hash of each
+    prefix give."""
+    from types import SimpleNamespace
+
+    from mailwarden.model import Body
+    raw = b"".join(pieces)
+    body = Body()
+    body.write(raw)
+    work = [SimpleNamespace(algorithm=a, limit=limit,
+                            body_key=(relaxed, a.partition(b"-")[2], limit))
+            for relaxed, a, limit in sigs]
+    body.chunks = lambda size=chunk: (raw[i:i + size] for i in range(0, len(raw), size))
+    got = dkimcheck._body_digests(body, work, lambda: False)
+    for w in work:
+        policy = dkim.canonicalization.CanonicalizationPolicy.from_c_value(
+            b"simple/relaxed" if w.body_key[0] else b"simple/simple")
+        canonical = policy.canonicalize_body(b"\r\n".join(re.split(b"\r?\n", raw)))
+        if w.limit is not None:
+            canonical = canonical[:w.limit]
+        assert got[w.body_key] == getattr(hashlib, w.body_key[1].decode())(canonical).digest()
+    body.close()
 
 
 class StepClock:
