@@ -10,6 +10,9 @@ Signing reuses dkimpy's parser, canonicalization and header selection, so
 what we sign is exactly what dkimpy (and every verifier agreeing with it)
 checks; the private-key operation itself is done by ``cryptography``
 (OpenSSL), about ten times faster for RSA than dkimpy's pure-Python RSA.
+The dkimpy internals used here (``rfc822_parse``, ``fold``, ``RE_BTAG``,
+``hash_headers``) are pinned to a release range in setup.cfg and checked by
+tests/unit/test_dkimpy_contract.py.
 """
 
 from __future__ import annotations

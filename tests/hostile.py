@@ -152,6 +152,27 @@ def _text_faults() -> list:
          + b"\r\n--a\r\n" + TEXT_PART + b"--a--\r\n"),
         ("dkim-garbage", b"DKIM-Signature: v=1; a=rsa-sha256; d=\x00; s=; b=!!; bh=\r\n"
                          b"DKIM-Signature: " + b"x" * 70000 + b"\r\n" + HEAD + b"\r\nx\r\n"),
+        # DKIM tags that once made work or errors: names that cannot exist
+        # in the DNS, h= naming thousands of fields, encoded and listed tags
+        ("dkim-impossible-names", b"".join(
+            b"DKIM-Signature: v=1; a=rsa-sha256; d=" + d + b"; s=" + s
+            + b"; h=from; bh=AAAA; b=AAAA\r\n"
+            for s, d in [(b"a" * 70, b"sender.example"), (b"a..b", b"sender.example"),
+                         (b"sel", b"sender.example."), (b"x\\y", b"sender.example"),
+                         (b".".join([b"a" * 63] * 4), b"sender.example"),
+                         (b"sel", "b\u00fccher.example".encode()), (b"sel", b"\xff.example")])
+         + HEAD + b"\r\nx\r\n"),
+        ("dkim-h-thousands", b"".join(
+            b"DKIM-Signature: v=1; a=rsa-sha256; d=sender.example; s=sel; h="
+            + b":".join(b"x-%d" % i for i in range(4000)) + b":from; bh=AAAA; b=AAAA\r\n"
+            for _ in range(10)) + b"".join(b"X-%d: v\r\n" % i for i in range(4000))
+         + HEAD + b"\r\nx\r\n"),
+        ("dkim-tag-encodings", b"DKIM-Signature: v=1; a=ed25519-sha256; d=sender.example;"
+                               b" s=sel; q=dns/txt:x:" + b":" * 5000 + b"; i=a=4=ZZ=40=; "
+                               b"l=99999999999999999999; h=from; bh=AAAA; b=AAAA\r\n"
+                               b"DKIM-Signature: i=sender.example; d=sender.example; v=1;"
+                               b" a=rsa-sha1; s=s; h=from; bh=AAAA; b=AAAA\r\n"
+                               + HEAD + b"\r\nx\r\n"),
         ("ar-garbage", b"Authentication-Results: ((((((((\r\n"
                        b"Authentication-Results: \"unterminated\r\n" + HEAD + b"\r\nx\r\n"),
         ("from-many", b"From: " + b", ".join(b"u%d@d%d.example" % (i, i) for i in range(2000))

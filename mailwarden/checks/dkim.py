@@ -12,10 +12,21 @@ The message checked is the header fields exactly as received
 body as received.  The key is looked up here, through this message's
 :class:`~mailwarden.dns.Lookup`; that is what lets a DNS timeout be told
 from a missing key.  dkimpy parses the signature, reads the key record and
-canonicalizes (RFC 6376 §3.4); the hashes and the signature are checked
-here (§6.1.3), the RSA signature by OpenSSL (``cryptography``), so that
-the arithmetic is not done in Python.  A key record read once is kept,
-parsed, by its exact text (``_read_key``).
+canonicalizes header fields (RFC 6376 §3.4); the rest of RFC 6376 where
+dkimpy departs from it is checked here (``q=`` and the key's ``s=``, ``t=``
+and ``h=`` as colon-separated lists, ``i=`` decoded from
+dkim-quoted-printable, a key record without ``p=``), and so are the body
+hash, the header selection and the signature (§6.1.3), the RSA signature by
+OpenSSL (``cryptography``), so that the arithmetic is not done in Python.
+A key record read once is kept, parsed, by its exact text (``_read_key``).
+
+Work is bounded per message: every signature is first read and its key
+fetched; then the body is read once, and hashed once per (body
+canonicalization, hash algorithm), whatever the ``l=`` values; header
+fields are selected in linear time; ``h=`` may name ``max_signed_headers``
+fields at most; and verification stops when ``cpu_budget`` seconds of CPU
+are spent on the message (the signatures left are ``policy``,
+``DKIM_CPU_BUDGET``, and a line is logged).
 
 Results (RFC 8601 §2.7.1), each with its own symbol:
 
@@ -26,14 +37,24 @@ Results (RFC 8601 §2.7.1), each with its own symbol:
   as a failed check);
 * ``policy``: the signature may verify but local policy does not accept
   it: an RSA key shorter than ``min_key_bits`` (``DKIM_KEY_TOO_SHORT``, RFC
-  8301 §3.2), or rsa-sha1 when ``rsa_sha1 = policy`` (``DKIM_SHA1``);
+  8301 §3.2), rsa-sha1 when ``rsa_sha1 = policy`` (``DKIM_SHA1``), or the
+  message's CPU budget was used up before it was checked
+  (``DKIM_CPU_BUDGET``);
 * ``neutral``: the signature cannot be processed: a syntax error, ``From``
-  not signed, an unknown algorithm (``DKIM_INVALID``), or an ``x=`` in
-  the past (``DKIM_EXPIRED``; RFC 6376 §6.1.1 lets a verifier ignore it);
+  not signed, an unknown algorithm or no known ``q=`` method
+  (``DKIM_INVALID``), or an ``x=`` in the past (``DKIM_EXPIRED``; RFC 6376
+  §6.1.1 lets a verifier ignore it);
 * ``temperror``: SERVFAIL, timeout or an exhausted lookup budget on the
   key (``DKIM_TEMPERROR``);
-* ``permerror``: no key published (``DKIM_NO_KEY``) or a key that cannot be
-  used (malformed, or of another type than ``a=``: ``DKIM_KEY_INVALID``).
+* ``permerror``: no key published (``DKIM_NO_KEY``); a key that cannot be
+  used (malformed, without ``p=``, of another type than ``a=``, not for
+  email in ``s=``, not allowing the hash of ``a=`` in ``h=``, or with
+  ``t=s`` and an ``i=`` in a subdomain of ``d=``: ``DKIM_KEY_INVALID``); a
+  key name that cannot exist in the DNS (``s=`` and ``d=`` with an empty
+  label, a label over 63 octets, a name over 253, a character outside
+  letters, digits, ``-`` and ``_``: ``DKIM_BAD_NAME``; asked of no
+  server); more than ``max_signed_headers`` names in ``h=``
+  (``DKIM_TOO_MANY_HEADERS``).
 
 rsa-sha1 (``rsa_sha1``): RFC 8301 §3.1 says verifiers must not consider
 such signatures valid, so by default a verifying rsa-sha1 signature is a
@@ -46,6 +67,8 @@ INI keys (``[check.dkim]``):
   max_signatures      10     signatures checked at most, from the top
   min_key_bits        1024   shorter RSA keys give "policy" (RFC 8301)
   rsa_sha1            fail   fail, policy or pass
+  max_signed_headers  100    names in one signature's h= at most (more: permerror)
+  cpu_budget          5s     CPU time for all signatures of one message
 """
 
 from __future__ import annotations
@@ -54,9 +77,11 @@ import base64
 import binascii
 import functools
 import re
+import time
 from dataclasses import dataclass
 
 import dkim as dkimpy
+import idna
 import nacl.exceptions
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -68,10 +93,17 @@ from dkim.canonicalization import (
 from dkim.crypto import HASH_ALGORITHMS
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from ..config import opt, parse_choice, parse_int
+from ..config import ValueProblem, opt, parse_choice, parse_int, parse_seconds
 from . import Check, CheckOptions
 
 _WS = re.compile(rb"\s+")
+
+
+def _budget(text: str) -> float:
+    seconds = parse_seconds(text)
+    if seconds <= 0:
+        raise ValueProblem("a CPU budget must be more than 0 (nothing would be checked)")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -79,10 +111,74 @@ class DkimOptions(CheckOptions):
     max_signatures: int = opt(10, parse_int(1, 100))
     min_key_bits: int = opt(1024, parse_int(512, 16384))
     rsa_sha1: str = opt("fail", parse_choice("fail", "policy", "pass"))
+    max_signed_headers: int = opt(100, parse_int(5, 10000))
+    cpu_budget: float = opt(5.0, _budget)
 
 
 def _text(value: bytes) -> str:
     return value.decode("ascii", "replace")
+
+
+# -- names and tags -----------------------------------------------------------
+
+_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}\Z")
+
+
+def key_name(selector: bytes, domain: bytes) -> tuple:
+    """(``SELECTOR._domainkey.DOMAIN``, None), or (None, why) for a name
+    that cannot exist in the DNS, so that no server is asked (RFC 1035
+    §2.3.4: labels of 1 to 63 octets, names of 253 at most; RFC 6376 §3.1:
+    the selector and domain are sub-domains).  U-labels (RFC 8616) are
+    turned into A-labels by UTS #46."""
+    labels = []
+    for tag, raw in (("s", selector), ("d", domain)):
+        raw = _WS.sub(b"", raw)         # folding white space a signer put inside
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, f"{tag}= is not UTF-8"
+        for label in text.split("."):
+            if not label:
+                return None, f"{tag}= has an empty label"
+            # checked before IDNA too: an A-label is never shorter than its
+            # U-label, and Punycode of a long text is slow
+            if len(label) > 63:
+                return None, f"{tag}= has a label of {len(label)} characters (63 at most)"
+            if not label.isascii():
+                try:
+                    label = idna.encode(label, uts46=True, std3_rules=False).decode("ascii")
+                except (idna.IDNAError, UnicodeError):
+                    return None, f"{tag}= has a label that is no valid IDN"
+            if len(label) > 63:
+                return None, f"{tag}= has a label of {len(label)} octets (63 at most)"
+            if not _LABEL.match(label):
+                return None, f"{tag}= has a character a DNS label here cannot have"
+            labels.append(label)
+        if tag == "s":
+            labels.append("_domainkey")
+    name = ".".join(labels)
+    if len(name) > 253:
+        return None, f"the key name has {len(name)} octets (253 at most)"
+    return name, None
+
+
+_QP_BYTE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def decode_qp(value: bytes) -> bytes:
+    """A dkim-quoted-printable value (RFC 6376 §2.11), decoded: white space
+    is dropped, ``=XX`` is the octet XX; any other ``=`` is a syntax error
+    (ValueError)."""
+    value = _WS.sub(b"", value)
+    decoded = _QP_BYTE.sub(lambda m: bytes((int(m.group(1), 16),)), value)
+    if b"=" in _QP_BYTE.sub(b"", value):
+        raise ValueError("i= is not valid dkim-quoted-printable")
+    return decoded
+
+
+def colon_list(value: bytes) -> list:
+    """A colon-separated tag value, each item stripped and lower-cased."""
+    return [item.strip().lower() for item in value.split(b":")]
 
 
 class DkimCheck(Check):
@@ -104,32 +200,50 @@ class DkimCheck(Check):
         "DKIM_TEMPERROR": 0.0,
         "DKIM_NO_KEY": 0.5,
         "DKIM_KEY_INVALID": 0.5,
+        "DKIM_BAD_NAME": 0.5,
+        "DKIM_TOO_MANY_HEADERS": 0.5,
+        "DKIM_CPU_BUDGET": 0.5,
     }
+
+    # CPU seconds of the calling thread; an instance attribute may replace
+    # it (tests move it by hand)
+    cpu_clock = staticmethod(time.thread_time)
 
     def on_eom(self, ctx):
         msg = ctx.msg
-        count = sum(1 for name, _ in msg.headers if name.lower() == "dkim-signature")
-        if not count:
-            return self.result("none", "DKIM_NONE")
         headers = msg.wire_headers()
-        out = []
-        for idx in range(min(count, self.options.max_signatures)):
-            out.append(self._verify_one(ctx, headers, idx))
-        if count > self.options.max_signatures:
-            ctx.log.info("dkim: %d signatures, checked the first %d", count,
-                         self.options.max_signatures)
-        return out
+        sig_fields = [h for h in headers if h[0].lower() == b"dkim-signature"]
+        if not sig_fields:
+            return self.result("none", "DKIM_NONE")
+        limit = self.options.max_signatures
+        # first every signature's fields and key (all lookups happen here,
+        # so that a replay after a lookup repeats no hashing) ...
+        prepared = [self._prepare(ctx, field) for field in sig_fields[:limit]]
+        if len(sig_fields) > limit:
+            ctx.log.info("dkim: %d signatures, checked the first %d", len(sig_fields), limit)
+        # ... then the hashing, under one CPU budget
+        return self._verify_all(ctx, headers, prepared)
 
-    # -- one signature -------------------------------------------------------
+    # -- one signature: fields and key ---------------------------------------
 
-    def _verify_one(self, ctx, headers: list, idx: int):
-        sig_header = [h for h in headers if h[0].lower() == b"dkim-signature"][idx]
+    def _prepare(self, ctx, sig_header: tuple):
+        """A final Result, or the _Work to verify."""
         raw = sig_header[1]
         try:
             tags = parse_tag_value(raw)
         except InvalidTagValueList as exc:
             return self.result("neutral", "DKIM_INVALID", f"signature syntax: {exc}")
-        props = _properties(tags)
+        identity = None
+        if b"i" in tags:
+            try:
+                identity = decode_qp(tags[b"i"])
+            except ValueError as exc:
+                return self.result("neutral", "DKIM_INVALID", str(exc),
+                                   properties=_properties(tags))
+            if b"@" not in identity:          # RFC 6376 §3.5: [Local-part] "@" domain-name
+                return self.result("neutral", "DKIM_INVALID", "i= has no @",
+                                   properties=_properties(tags, identity))
+        props = _properties(tags, identity)
 
         def res(result, symbol, reason=""):
             return self.result(result, symbol, reason, properties=props)
@@ -138,48 +252,114 @@ class DkimCheck(Check):
         expires = tags.get(b"x", b"").strip()
         if expires.isdigit() and int(expires) < ctx.now():
             return res("neutral", "DKIM_EXPIRED", f"signature expired (x={_text(expires)})")
+        # RFC 6376 §3.5: q= is a list, unknown methods are ignored; i= is
+        # compared decoded.  dkimpy checks the rest of the fields.
+        checked = dict(tags)
+        if b"q" in checked:
+            if b"dns/txt" not in colon_list(checked[b"q"]):
+                return res("neutral", "DKIM_INVALID",
+                           f"no known query method in q={_text(checked[b'q'])}")
+            del checked[b"q"]
+        if identity is not None:
+            checked[b"i"] = identity
         try:
-            dkimpy.validate_signature_fields(tags)
+            dkimpy.validate_signature_fields(checked)
         except dkimpy.ValidationError as exc:
             return res("neutral", "DKIM_INVALID", str(exc))
         signed = [h.strip().lower() for h in tags[b"h"].split(b":")]     # RFC 6376 §3.5
+        if len(signed) > self.options.max_signed_headers:
+            return res("permerror", "DKIM_TOO_MANY_HEADERS",
+                       f"h= names {len(signed)} header fields, more than "
+                       f"{self.options.max_signed_headers}")
         if b"from" not in signed:
             # RFC 6376 §6.1.1: a signature not covering From is ignored
             return res("neutral", "DKIM_INVALID", "From is not signed")
 
-        domain, selector = _text(tags[b"d"]), _text(tags[b"s"])
-        key_name = f"{selector}._domainkey.{domain}"
-        answer = ctx.dns.query(key_name, "TXT")
+        name, problem = key_name(tags[b"s"], tags[b"d"])
+        if name is None:
+            return res("permerror", "DKIM_BAD_NAME", f"no such key name: {problem}")
+        answer = ctx.dns.query(name, "TXT")
         if answer.temporary:
             return res("temperror", "DKIM_TEMPERROR", f"key lookup: {answer.describe()}")
         if not answer.ok or not answer.records:
-            return res("permerror", "DKIM_NO_KEY", f"no key at {key_name}")
+            return res("permerror", "DKIM_NO_KEY", f"no key at {name}")
         key_text = answer.records[0].encode("utf-8", "replace")
         try:
             key_tags = parse_tag_value(key_text)
         except InvalidTagValueList as exc:
             return res("permerror", "DKIM_KEY_INVALID", f"key record syntax: {exc}")
-        if not _WS.sub(b"", key_tags.get(b"p", b"")):
+        if b"p" not in key_tags:
+            # RFC 6376 §3.6.1: p= is required; only an empty one revokes
+            return res("permerror", "DKIM_KEY_INVALID", "key record without p=")
+        if not _WS.sub(b"", key_tags[b"p"]):
             return res("fail", "DKIM_KEY_REVOKED", "key revoked")
+        algorithm = tags[b"a"].lower()
+        problem = _key_refuses(key_tags, algorithm, identity, tags[b"d"])
+        if problem:
+            return res("permerror", "DKIM_KEY_INVALID", problem)
+        services = colon_list(key_tags.get(b"s", b"*"))
+        if b"*" not in services and b"email" not in services and b"tlsrpt" in services:
+            return res("neutral", "DKIM_INVALID", "key is for TLSRPT (s=tlsrpt), not mail")
         try:
-            key = _read_key(key_name, key_text)
+            key = _read_key(name, _for_dkimpy(key_tags))
         except (dkimpy.KeyFormatError, ValueError) as exc:
             return res("permerror", "DKIM_KEY_INVALID", f"unusable key: {exc}")
-        keysize, ktag = key.size, key.ktag
-        algorithm = tags[b"a"].lower()
+        ktag = key.ktag
         if ktag is None or not algorithm.startswith(ktag + b"-"):
             return res("permerror", "DKIM_KEY_INVALID",
                        f"key type {_text(ktag or b'?')} does not match a={_text(algorithm)}")
-        if ktag == b"rsa" and keysize < self.options.min_key_bits:
+        if ktag == b"rsa" and key.size < self.options.min_key_bits:
             return res("policy", "DKIM_KEY_TOO_SHORT",
-                       f"RSA key of {keysize} bits, less than {self.options.min_key_bits}")
-
-        if key.tlsrpt:
-            return res("neutral", "DKIM_INVALID", "key is for TLSRPT (s=tlsrpt), not mail")
+                       f"RSA key of {key.size} bits, less than {self.options.min_key_bits}")
         try:
-            valid = _verify(headers, ctx.msg.body, tags, signed, sig_header, key)
-        except _BodyMismatch:
-            return res("fail", "DKIM_BODY_MISMATCH", "body hash mismatch")
+            canon = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
+        except InvalidCanonicalizationPolicyError as exc:
+            return res("neutral", "DKIM_INVALID", f"invalid c= value: {exc.args[0]}")
+        limit = int(tags[b"l"]) if b"l" in tags else None
+        return _Work(tags, props, signed, sig_header, key, canon, algorithm, limit)
+
+    # -- hashing, under the budget -------------------------------------------
+
+    def _verify_all(self, ctx, headers: list, prepared: list) -> list:
+        started = self.cpu_clock()
+        budget = self.options.cpu_budget
+
+        def spent() -> float:
+            return self.cpu_clock() - started
+
+        work = [w for w in prepared if isinstance(w, _Work)]
+        digests = {}
+        if work:
+            try:
+                digests = _body_digests(ctx.msg.body, work, lambda: spent() > budget)
+            except _OverBudget:
+                digests = None
+        out = []
+        skipped = 0
+        for item in prepared:
+            if not isinstance(item, _Work):
+                out.append(item)
+                continue
+            if digests is None or spent() > budget:
+                skipped += 1
+                out.append(self.result("policy", "DKIM_CPU_BUDGET",
+                                       f"not checked: the CPU budget of {budget:g}s "
+                                       f"for this message is used up", properties=item.props))
+                continue
+            out.append(self._verify_one(item, headers, digests))
+        if skipped:
+            ctx.log.warning("dkim: CPU budget of %gs used up (%.2fs); %d of %d signatures "
+                            "not checked", budget, spent(), skipped, len(work))
+        return out
+
+    def _verify_one(self, work: "_Work", headers: list, digests: dict):
+        def res(result, symbol, reason=""):
+            return self.result(result, symbol, reason, properties=work.props)
+
+        try:
+            if digests[work.body_key] != _b64(work.tags[b"bh"], "bh"):
+                return res("fail", "DKIM_BODY_MISMATCH", "body hash mismatch")
+            valid = _verify_headers(headers, work)
         except dkimpy.ValidationError as exc:
             return res("neutral", "DKIM_INVALID", str(exc))
         except (dkimpy.MessageFormatError, dkimpy.ParameterError) as exc:
@@ -188,9 +368,33 @@ class DkimCheck(Check):
             return res("permerror", "DKIM_KEY_INVALID", str(exc))
         if not valid:
             return res("fail", "DKIM_FAIL", "signature did not verify")
-        if algorithm == b"rsa-sha1" and self.options.rsa_sha1 != "pass":
+        if work.algorithm == b"rsa-sha1" and self.options.rsa_sha1 != "pass":
             return res(self.options.rsa_sha1, "DKIM_SHA1", "rsa-sha1 is not accepted (RFC 8301)")
         return res("pass", "DKIM_PASS")
+
+
+def _key_refuses(key_tags: dict, algorithm: bytes, identity, domain: bytes) -> str:
+    """Why the key record does not allow this signature (RFC 6376 §3.6.1,
+    §6.1.2), or ""."""
+    if b"h" in key_tags:
+        hash_name = algorithm.partition(b"-")[2]
+        if hash_name not in colon_list(key_tags[b"h"]):
+            return (f"the key allows h={_text(key_tags[b'h'])}, not the hash of "
+                    f"a={_text(algorithm)}")
+    services = colon_list(key_tags.get(b"s", b"*"))
+    if not {b"*", b"email", b"tlsrpt"} & set(services):
+        return f"the key is not for email (s={_text(key_tags[b's'])})"
+    if identity is not None and b"s" in colon_list(key_tags.get(b"t", b"")):
+        i_domain = identity.rpartition(b"@")[2].lower()
+        if i_domain != domain.strip().lower():
+            return "the key has t=s: i= must be in d= itself, not a subdomain"
+    return ""
+
+
+def _for_dkimpy(key_tags: dict) -> bytes:
+    """The key record as dkimpy reads it: s= (which dkimpy takes as one
+    value, not a list) and h= are checked here and left out."""
+    return b"; ".join(k + b"=" + v for k, v in key_tags.items() if k not in (b"s", b"h"))
 
 
 class _Key:
@@ -212,7 +416,19 @@ def _read_key(key_name: str, key_text: bytes) -> _Key:
     return _Key(*dkimpy.evaluate_pk(key_name, key_text))
 
 
-class _BodyMismatch(Exception):
+class _Work:
+    """A signature whose fields and key are good: what hashing needs."""
+
+    __slots__ = ("tags", "props", "signed", "sig_header", "key", "canon", "algorithm",
+                 "limit", "body_key")
+
+    def __init__(self, tags, props, signed, sig_header, key, canon, algorithm, limit):
+        self.tags, self.props, self.signed, self.sig_header = tags, props, signed, sig_header
+        self.key, self.canon, self.algorithm, self.limit = key, canon, algorithm, limit
+        self.body_key = (canon.body_algorithm is Relaxed, algorithm.partition(b"-")[2], limit)
+
+
+class _OverBudget(Exception):
     pass
 
 
@@ -227,50 +443,77 @@ def _b64(value: bytes, tag: str) -> bytes:
 
 
 _WSP_RUN = re.compile(rb"\t[\t ]*| [\t ]+")          # white space that is not one SP
+_WSP_EOL = re.compile(rb"[ \t]+\n")                  # white space at a line end
 
 
-class BodyHash:
-    """The body hash of RFC 6376 §3.4.3 (simple) or §3.4.4 (relaxed), fed in
-    chunks, so that a large spooled body is never held whole.
+class _Prefixes:
+    """One running hash of a canonical body, and its digests at each l=
+    (a copy of the hash state where the prefix ends): one pass, whatever
+    the number of l= values."""
+
+    def __init__(self, hasher, limits):
+        self.hash = hasher()
+        self.at = 0
+        self.limits = sorted(set(limits))
+        self.digests: dict = {}
+
+    def update(self, data: bytes) -> None:
+        while self.limits and self.limits[0] <= self.at + len(data):
+            take = self.limits[0] - self.at
+            self.hash.update(data[:take])
+            self.at += take
+            data = data[take:]
+            self.digests[self.limits.pop(0)] = self.hash.copy().digest()
+        self.hash.update(data)
+        self.at += len(data)
+
+    def finish(self) -> dict:
+        full = self.hash.digest()
+        for limit in self.limits:          # l= past the end: the whole body
+            self.digests[limit] = full
+        self.limits = []
+        self.digests[None] = full
+        return self.digests
+
+
+class _CanonicalBody:
+    """RFC 6376 §3.4.3 (simple) or §3.4.4 (relaxed) body canonicalization,
+    fed in chunks, so that a large spooled body is never held whole; what
+    it makes goes to every sink (``update(bytes)``).
 
     Byte for byte what dkimpy computes on the whole body: lines end at LF
     (a CR before it belongs to the line end); relaxed drops white space at
     line ends and makes other runs one SP; empty lines at the end are
     dropped; a last line without its CRLF gets one; an empty body is CRLF
-    (simple) or nothing (relaxed).  ``limit``: the l= tag, bytes hashed at
-    most."""
+    (simple) or nothing (relaxed).  Each block of whole lines is done by a
+    few bytes operations, not line by line."""
 
-    def __init__(self, hasher, relaxed: bool, limit: int | None = None):
-        self.hash = hasher()
+    def __init__(self, relaxed: bool, sinks: list):
         self.relaxed = relaxed
-        self.left = limit
+        self.sinks = sinks
         self.partial = b""          # a line not ended yet
         self.empty = 0              # empty lines held back: they count only if more follows
         self.wrote = False
 
     def _emit(self, data: bytes) -> None:
-        if self.left is not None:
-            data = data[:self.left]
-            self.left -= len(data)
-        self.hash.update(data)
+        for sink in self.sinks:
+            sink.update(data)
 
-    def _lines(self, text: bytes) -> None:
-        """Complete lines, their line ends removed, joined by LF."""
-        for line in text.split(b"\n"):
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if self.relaxed:
-                line = line.rstrip(b" \t")
-                if b"\t" in line or b"  " in line:
-                    line = _WSP_RUN.sub(b" ", line)
-            if not line:
-                self.empty += 1
-                continue
-            if self.empty:
-                self._emit(b"\r\n" * self.empty)
-                self.empty = 0
-            self._emit(line + b"\r\n")
-            self.wrote = True
+    def _lines(self, block: bytes) -> None:
+        """Whole lines, each ending in LF (a CR before it already removed)."""
+        if self.relaxed:
+            block = _WSP_EOL.sub(b"\n", block)
+            if b"\t" in block or b"  " in block:
+                block = _WSP_RUN.sub(b" ", block)
+        text = block.rstrip(b"\n")
+        if not text:                             # nothing but empty lines
+            self.empty += len(block)
+            return
+        if self.empty:
+            self._emit(b"\r\n" * self.empty)
+        self._emit((text + b"\n").replace(b"\n", b"\r\n"))
+        self.empty = len(block) - len(text) - 1
+        self.wrote = True
 
     def update(self, chunk: bytes) -> None:
         data = self.partial + chunk if self.partial else chunk
@@ -279,9 +522,9 @@ class BodyHash:
             self.partial = data
             return
         self.partial = data[end + 1:]
-        self._lines(data[:end])
+        self._lines(data[:end + 1].replace(b"\r\n", b"\n"))
 
-    def digest(self) -> bytes:
+    def finish(self) -> None:
         last = self.partial
         if last:                    # no line end after it: one is added (RFC 6376 §3.4.3)
             if self.relaxed and (b"\t" in last or b"  " in last):
@@ -292,41 +535,107 @@ class BodyHash:
         elif not self.wrote and not self.relaxed:
             self._emit(b"\r\n")   # an empty body is one CRLF in simple
         self.partial, self.empty = b"", 0
-        return self.hash.digest()
 
 
-def _verify(headers: list, body, sig: dict, include_headers: list, sig_header: tuple,
-            key: _Key) -> bool:
-    """RFC 6376 §6.1.3 for one signature whose fields and key are checked:
-    the body hash (else _BodyMismatch), then the header hash and signature.
-    ``headers``: the message's as :meth:`~mailwarden.model.Message.wire_headers`
-    gives them; ``body``: its :class:`~mailwarden.model.Body` (or None),
-    read block by block."""
-    try:
-        canon = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
-    except InvalidCanonicalizationPolicyError as exc:
-        raise dkimpy.MessageFormatError(f"invalid c= value: {exc.args[0]}") from None
-    algorithm = sig[b"a"].lower()
-    hasher = HASH_ALGORITHMS[algorithm]
-    body_hash = BodyHash(hasher, canon.body_algorithm is Relaxed,
-                         int(sig[b"l"]) if b"l" in sig else None)
+class BodyHash:
+    """One body hash (``hasher``, relaxed or simple, ``limit``: the l= tag),
+    fed in chunks: ``update(chunk)`` then ``digest()``."""
+
+    def __init__(self, hasher, relaxed: bool, limit: int | None = None):
+        self._prefixes = _Prefixes(hasher, [] if limit is None else [limit])
+        self._limit = limit
+        self._canon = _CanonicalBody(relaxed, [self._prefixes])
+
+    def update(self, chunk: bytes) -> None:
+        self._canon.update(chunk)
+
+    def digest(self) -> bytes:
+        self._canon.finish()
+        return self._prefixes.finish()[self._limit]
+
+
+def _body_digests(body, work: list, over_budget) -> dict:
+    """(relaxed, hash name, l=) -> digest for every signature in ``work``:
+    the body is read once, canonicalized once per canonicalization and
+    hashed once per (canonicalization, hash); ``over_budget()`` is asked
+    after each block (_OverBudget when it says so)."""
+    wanted: dict = {}                      # (relaxed, hash name) -> (hasher, limits)
+    for w in work:
+        hasher, limits = wanted.setdefault(w.body_key[:2], (HASH_ALGORITHMS[w.algorithm], []))
+        if w.limit is not None:
+            limits.append(w.limit)
+    prefixes = {key: _Prefixes(hasher, limits) for key, (hasher, limits) in wanted.items()}
+    canons = [_CanonicalBody(relaxed, [p for (r, _h), p in prefixes.items() if r == relaxed])
+              for relaxed in {r for r, _h in prefixes}]
     for chunk in (body.chunks() if body is not None else ()):
-        body_hash.update(chunk)
-    if body_hash.digest() != _b64(sig[b"bh"], "bh"):
-        raise _BodyMismatch()
+        for canon in canons:
+            canon.update(chunk)
+        if over_budget():
+            raise _OverBudget()
+    for canon in canons:
+        canon.finish()
+    out = {}
+    for (relaxed, hash_name), p in prefixes.items():
+        for limit, digest in p.finish().items():
+            out[(relaxed, hash_name, limit)] = digest
+    return out
+
+
+def select_headers(fields: list, names: list, key=bytes.lower) -> list:
+    """The fields ``names`` (an h= list, lower case) asks for, in its order:
+    each name takes the last instance of that name not taken yet, from the
+    bottom up (RFC 6376 §5.4.2); a name with none left takes nothing.
+    ``key(field name)`` is the name compared.  Linear: the instances of the
+    names asked for are indexed once."""
+    wanted = set(names)
+    instances: dict = {}
+    for field in fields:
+        name = key(field[0])
+        if name in wanted:
+            instances.setdefault(name, []).append(field)
+    out = []
+    for name in names:
+        left = instances.get(name)
+        if left:
+            out.append(left.pop())
+    return out
+
+
+def _relaxed_name(name: bytes) -> bytes:
+    return name.lower().rstrip()
+
+
+def _verify_headers(headers: list, work: _Work) -> bool:
+    """RFC 6376 §6.1.3 for one signature whose body hash matched: the
+    header hash and the signature."""
+    include = work.signed
     # a From field added above the signed one must break the signature
     # (RFC 6376 §8.15): ask for one instance more than the signer signed
-    if b"from" in include_headers:
-        include_headers = include_headers + [b"from"]
-    h = hasher()
-    wanted = set(include_headers)       # only these are hashed: canonicalize only these
-    signed = canon.canonicalize_headers([field for field in headers
-                                         if field[0].lower().rstrip() in wanted])
-    dkimpy.hash_headers(h, canon, signed, include_headers, sig_header, sig)
-    signature = _b64(sig[b"b"], "b")
+    if b"from" in include:
+        include = include + [b"from"]
+    canon = work.canon
+    # fields are selected by their name as canonicalized (relaxed: lower
+    # case, no white space before the colon), and only those selected are
+    # canonicalized
+    relaxed = canon.header_algorithm is Relaxed
+    selected = select_headers(headers, include, _relaxed_name if relaxed else bytes.lower)
+    h = HASH_ALGORITHMS[work.algorithm]()
+    for name, value in canon.canonicalize_headers(selected):
+        h.update(name)
+        h.update(b":")
+        h.update(value)
+    # the signature itself, b= emptied, without its trailing CRLF (§3.7)
+    sig_name, sig_value = work.sig_header
+    emptied = dkimpy.RE_BTAG.sub(b"\\1", sig_value)
+    ((name, value),) = canon.canonicalize_headers([(sig_name, emptied)])
+    h.update(name)
+    h.update(b":")
+    h.update(value.rstrip())
+    signature = _b64(work.tags[b"b"], "b")
+    key = work.key
     if key.ktag == b"rsa":
         try:
-            key.rsa.verify(signature, h.digest(), padding.PKCS1v15(), _PREHASHED[algorithm])
+            key.rsa.verify(signature, h.digest(), padding.PKCS1v15(), _PREHASHED[work.algorithm])
         except InvalidSignature:
             return False
         except ValueError as exc:
@@ -341,10 +650,17 @@ def _verify(headers: list, body, sig: dict, include_headers: list, sig_header: t
     raise dkimpy.KeyFormatError(f"unknown key type {_text(key.ktag or b'?')}")
 
 
-def _properties(tags: dict) -> tuple:
+# what header.i may show once i= is decoded: an addr-spec of atoms (RFC
+# 5322 §3.2.3); decoding can make quotes, ";" or spaces, which are left out
+_SHOWN_IDENTITY = re.compile(rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]*@[A-Za-z0-9._-]+\Z")
+
+
+def _properties(tags: dict, identity: bytes | None = None) -> tuple:
     props = [("header.d", _text(tags.get(b"d", b"")))]
     if b"i" in tags:
-        props.append(("header.i", _text(tags[b"i"])))
+        shown = identity if identity is not None else tags[b"i"]
+        if _SHOWN_IDENTITY.match(shown):
+            props.append(("header.i", _text(shown)))
     props += [("header.s", _text(tags.get(b"s", b""))),
               ("header.a", _text(tags.get(b"a", b""))),
               ("header.b", _text(_WS.sub(b"", tags.get(b"b", b""))[:8]))]

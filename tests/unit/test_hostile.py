@@ -148,6 +148,7 @@ def _scan_in_process(path: Path, rcpts: int) -> tuple:
 
 WORST = ["message-30mb", "attachment-11mb-base64", "parts-10000", "nested-1000",
          "header-1mb-folded", "header-1mb-many-fields", "recipients-1000", "url-pathological"]
+WORST += ["dkim-h-thousands", "dkim-impossible-names", "dkim-tag-encodings"]
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +193,22 @@ def test_ordinary_comments_in_from_still_parse():
         "a@b.example"]
     assert header_addresses(['"(((" <a@b.example>']) == [("(((", "a@b.example")]
     assert from_domain(["Alice (work) <a@B.example>"]) == ("b.example", None)
+
+
+def test_hostile_dkim_tags_are_judged_never_a_temporary_error(engine):
+    items = {i.name: i for i in corpus(big=False)}
+    seen = {}
+    for name in ("dkim-impossible-names", "dkim-h-thousands", "dkim-tag-encodings"):
+        verdict, conn, msg = run_offline(
+            engine, client_ip="198.51.100.7", client_name="mail.sender.example",
+            helo="mail.sender.example", mail_from="alice@sender.example",
+            rcpts=["bob@rcpt.example"], message=items[name].data, queue_id="HOSTILE")
+        if msg is not None:
+            msg.close()
+        engine.close_connection(conn)
+        seen[name] = [(r.result, r.symbol) for r in verdict.results if r.check == "dkim"]
+    bad_name = ("permerror", "DKIM_BAD_NAME")
+    assert seen["dkim-impossible-names"][:5] == [bad_name] * 5
+    assert seen["dkim-impossible-names"][6] == bad_name
+    assert seen["dkim-h-thousands"] == [("permerror", "DKIM_TOO_MANY_HEADERS")] * 10
+    assert seen["dkim-tag-encodings"] == [("neutral", "DKIM_INVALID")] * 2
