@@ -191,20 +191,24 @@ def authserv_id_of(value: str) -> Optional[str]:
     return ident or None
 
 
-def forged(authserv_id: str, headers: Iterable[tuple]) -> list:
-    """(name, value, index) of each incoming A-R header claiming our id.
+def forged(authserv_id: str, headers: Iterable[tuple], status_header: str = "") -> list:
+    """(name, value, index) of each incoming header that would speak for us:
+    an A-R claiming our id, and any ``status_header`` field (``[policy]
+    status_header``) whatever it says, since a Sieve rule may trust it.
 
     ``index`` counts occurrences of that header name from 1, as milter's
     chgheader wants.  ``headers`` are (name, raw bytes value) pairs.
     """
     ours = authserv_id.rstrip(".").lower()
+    status = status_header.lower()
     out = []
-    index = 0
+    counts: dict = {}
     for name, raw in headers:
-        if name.lower() != HEADER.lower():
+        lower = name.lower()
+        if lower not in (HEADER.lower(), status):
             continue
-        index += 1
+        index = counts[lower] = counts.get(lower, 0) + 1
         value = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        if authserv_id_of(value) == ours:
+        if lower == status or authserv_id_of(value) == ours:
             out.append((name, value.strip(), index))
     return out

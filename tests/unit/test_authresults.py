@@ -233,3 +233,20 @@ def test_authres_behaviour_the_builder_relies_on():
         parse("mx.example.org; spf=pass other.x=y")
     # the strict flag is honoured at all
     assert authres.core.AuthenticationResultsHeader(ctx, strict=True).strict is True
+
+
+def test_incoming_status_headers_are_removed_whatever_they_say():
+    headers = [
+        ("X-Mailwarden-Status", b" No, score=-100.00 required=5.00"),
+        ("Authentication-Results", b" mx.example.org; dkim=pass"),
+        ("x-mailwarden-status", b" anything at all"),
+        ("X-Mailwarden-Statusx", b" not ours"),
+        ("Authentication-Results", b" other.example; spf=pass"),
+    ]
+    found = forged("mx.example.org", headers, "X-Mailwarden-Status")
+    assert [(n, i) for n, _, i in found] == [("X-Mailwarden-Status", 1),
+                                             ("Authentication-Results", 1),
+                                             ("x-mailwarden-status", 2)]
+    # another configured name: that one goes, the default name stays
+    found = forged("mx.example.org", headers, "X-Spam-Verdict")
+    assert [n for n, _, _ in found] == ["Authentication-Results"]
