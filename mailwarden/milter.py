@@ -55,6 +55,26 @@ MACROS = {
 }
 
 _REPLY_UNSAFE = re.compile(r"[^\x20-\x7e]")
+# libmilter's smfi_setreply refuses a text over 980 characters (MAXREPLYLEN
+# in libmilter/smfi.c); the call then fails and the message is tempfailed
+REPLY_TEXT_MAX = 980
+
+
+def reply_text(text: str, most: int = REPLY_TEXT_MAX) -> str:
+    """A reply text libmilter accepts: printable ASCII (no CR/LF), each
+    ``%`` doubled (libmilter ignores a text with a single one), at most
+    ``most`` characters, cut between characters and never inside a ``%%``;
+    a cut text ends in "...".  The code and enhanced code are not in it:
+    they are set apart and kept whole."""
+    text = _REPLY_UNSAFE.sub("?", text).replace("%", "%%")
+    if len(text) <= most:
+        return text
+    cut = text[:most - 3]
+    # an odd run of % at the end would leave one % alone
+    run = len(cut) - len(cut.rstrip("%"))
+    if run % 2:
+        cut = cut[:-1]
+    return cut + "..."
 
 _ACTION_CODES = {
     "reject": Milter.REJECT,
@@ -122,8 +142,7 @@ class MailwardenMilter(Milter.Base):
     def _reply(self, verdict) -> int:
         reply = verdict.reply
         if reply is not None:
-            text = _REPLY_UNSAFE.sub("?", reply.text).replace("%", "%%")
-            self.setreply(str(reply.code), reply.xcode, text)
+            self.setreply(str(reply.code), reply.xcode, reply_text(reply.text))
         return _ACTION_CODES[verdict.action]
 
     def _timed(self, stage: str, call, *args):

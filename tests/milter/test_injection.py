@@ -135,3 +135,37 @@ def test_dnsbl_txt_reason_cannot_split_a_header(logged):
         assert_one_line_each(logged.getvalue())
     finally:
         engine.close()
+
+
+# -- a reply longer than libmilter takes --------------------------------------
+
+LONG_EXP = " ".join(['"' + ("%%-" * 5 + "a\\034\\\"b%%" + "x" * 220)[:250] + '"'] * 6)
+EXP_ZONE = ZONE + ("evil.example. TXT \"v=spf1 -all exp=exp.evil.example\"\n"
+                   f"exp.evil.example. TXT {LONG_EXP}\n")
+
+
+def test_a_long_sender_text_in_a_reject_is_cut_and_the_reject_kept():
+    from mailwarden.milter import reply_text
+    from tests.milter.miltertest import LibmilterReplyCtx
+    cfg = loads(BASE + "[check.spf]\nreject_fail = yes\n[check.submission]\nenabled = no\n")
+    from mailwarden.checks import registry
+    engine = make_engine(cfg, EXP_ZONE, registry=registry())
+    try:
+        s = Session(engine, ctx_class=LibmilterReplyCtx)
+        assert s.connect("198.51.100.7", "mail.sender.example") == Milter.CONTINUE
+        assert s.helo("mail.sender.example") == Milter.CONTINUE
+        assert s.mail("x@evil.example") == Milter.REJECT
+    finally:
+        engine.close()
+    code, xcode, text = s.reply
+    assert (code, xcode) == ("550", "5.7.23")
+    assert len(text) <= 980 and text.endswith("...")
+    assert text.startswith("%%-%%-")              # the sender's %, doubled for libmilter
+    assert not re.search(r"(?<!%)%(%%)*(?!%)", text)        # never a % alone
+    assert all(0x20 <= ord(c) < 0x7f for c in text)
+    # the cut: every length, every run of %
+    for n in range(0, 40):
+        for body in ("%" * n, "a" * n + "%" * 7, "%" * n + "\r\n\u00e9" * 3):
+            out = reply_text(body, most=20)
+            assert len(out) <= 20
+            assert not re.search(r"(?<!%)%(%%)*(?!%)", out), (body, out)
