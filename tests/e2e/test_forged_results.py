@@ -21,6 +21,7 @@ CLIENT = {"ADDR": "198.51.100.143", "NAME": "[UNAVAILABLE]", "HELO": "mail.mw-ho
 DOMAIN = "mw-hostile.example"
 SENDER = f"bounce@{DOMAIN}"
 RCPT = "bob@rcpt.example"
+LONG_PIECE = ("100%% sure: " + "x" * 240)[:250]          # %% is a % once expanded
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,8 @@ def hostile_zone(dns_server):
     dns_server.add("\n".join([
         f'{DOMAIN}. TXT "v=spf1 -all exp=exp.{DOMAIN}"',
         f'exp.{DOMAIN}. TXT "{explanation}"',
+        f'long.{DOMAIN}. TXT "v=spf1 -all exp=exp.long.{DOMAIN}"',
+        f'exp.long.{DOMAIN}. TXT ' + " ".join(['"' + LONG_PIECE + '"'] * 6),
     ]))
     return explanation
 
@@ -96,3 +99,18 @@ def test_incoming_status_header_does_not_survive(postfix, sink, mailwarden, host
     report = mw.scan(data, client_ip=CLIENT["ADDR"], helo=CLIENT["HELO"], mail_from=SENDER,
                      rcpts=[RCPT])
     assert [n.lower() for n, _ in report["headers_removed"]] == ["x-mailwarden-status"] * 2
+
+
+def test_a_long_explanation_is_rejected_not_tempfailed(postfix, sink, mailwarden,
+                                                       hostile_zone):
+    """Six 250-character strings: over libmilter's 980-character reply text
+    and over the 512 octets of an SMTP reply line."""
+    mailwarden({"check.spf": {"reject_fail": "yes"}})
+    data, _msgid = make_message("long exp", sender=f"a@long.{DOMAIN}")
+    result = smtp_send(postfix.smtp_port, xclient=CLIENT, helo=CLIENT["HELO"],
+                       mail_from=f"x@long.{DOMAIN}", rcpts=[RCPT], data=data)
+    assert not result.accepted
+    assert (result.code, result.enhanced) == (550, "5.7.23"), result
+    # Postfix gives the client each %% as one %; the line fits RFC 5321's 512
+    assert result.text.startswith("5.7.23 100% sure: xxx") and result.text.endswith("..."), result
+    assert len(f"550 {result.text}\r\n") <= 512, len(result.text)

@@ -161,6 +161,8 @@ def test_a_long_sender_text_in_a_reject_is_cut_and_the_reject_kept():
     assert (code, xcode) == ("550", "5.7.23")
     assert len(text) <= 980 and text.endswith("...")
     assert text.startswith("%%-%%-")              # the sender's %, doubled for libmilter
+    # the line the client sees (each %% a % again) fits RFC 5321's 512 octets
+    assert len(f"{code} {xcode} {text}\r\n".replace("%%", "%")) <= 512
     assert not re.search(r"(?<!%)%(%%)*(?!%)", text)        # never a % alone
     assert all(0x20 <= ord(c) < 0x7f for c in text)
     # the cut: every length, every run of %
@@ -169,6 +171,10 @@ def test_a_long_sender_text_in_a_reject_is_cut_and_the_reject_kept():
             out = reply_text(body, most=20)
             assert len(out) <= 20
             assert not re.search(r"(?<!%)%(%%)*(?!%)", out), (body, out)
+    # all %: within libmilter's 980 whatever the line room
+    out = reply_text("%" * 2000, "5.7.1")
+    assert len(out) <= 980 and not re.search(r"(?<!%)%(%%)*(?!%)", out)
+    assert len("550 5.7.1 " + out.replace("%%", "%") + "\r\n") <= 512
 
 
 # -- sender text in the Authentication-Results the adapter adds ----------------
