@@ -250,3 +250,45 @@ def test_incoming_status_headers_are_removed_whatever_they_say():
     # another configured name: that one goes, the default name stays
     found = forged("mx.example.org", headers, "X-Spam-Verdict")
     assert [n for n, _, _ in found] == ["Authentication-Results"]
+
+
+# --------------------------------------------------------------------------
+# the hostile texts through scan's engine: as an SPF explanation and a HELO
+
+def _zone_text(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= ord(ch) < 0x7f:
+            out.append(ch)
+        else:
+            out.extend(f"\\{b:03d}" for b in ch.encode("utf-8", "surrogateescape"))
+    return "".join(out)
+
+
+@pytest.mark.parametrize("text", [t for t in HOSTILE_TEXTS if t.strip()])
+def test_hostile_texts_through_the_engine_read_back_as_produced(text):
+    from mailwarden.config import loads
+    from mailwarden.dns import Resolver, ZoneBackend
+    from mailwarden.engine import Engine, run_offline
+    zone = ("forged.example. TXT \"v=spf1 -all exp=exp.forged.example\"\n"
+            f"exp.forged.example. TXT \"{_zone_text(text)}\"\n")
+    cfg = loads("[authserv]\nid = mx.example.org\n[check.spf]\nhelo = yes\n")
+    engine = Engine(cfg, resolver=Resolver(cfg.dns, backend=ZoneBackend(zone)),
+                    hostname="mx.example.org")
+    try:
+        verdict, conn, msg = run_offline(
+            engine, client_ip="198.51.100.7", helo=text, mail_from="x@forged.example",
+            rcpts=["b@rcpt.example"],
+            message=b"From: a@forged.example\r\nSubject: x\r\n\r\nbody\r\n")
+        if msg is not None:
+            msg.close()
+        engine.close_connection(conn)
+    finally:
+        engine.close()
+    (value,) = [v for n, v in verdict.headers_added if n == "Authentication-Results"]
+    _assert_reads_back_as_produced(_ordered(verdict.results), value)
+    spf = [r for r in verdict.results if r.check == "spf" and r.properties
+           and r.properties[0][0] == "smtp.mailfrom"]
+    assert [r.result for r in spf] == ["fail"]
