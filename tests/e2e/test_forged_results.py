@@ -52,11 +52,11 @@ def _strict(value: str):
     return header
 
 
-def _send(postfix, sink, extra_headers=()):
+def _send(postfix, sink, extra_headers=(), mail_from=SENDER):
     data, msgid = make_message("hostile exp", sender=f"a@{DOMAIN}",
                                extra_headers=extra_headers)
     result = smtp_send(postfix.smtp_port, xclient=CLIENT, helo=CLIENT["HELO"],
-                       mail_from=SENDER, rcpts=[RCPT], data=data)
+                       mail_from=mail_from, rcpts=[RCPT], data=data)
     assert result.accepted, result
     return sink.wait_for_match(msgid.encode(), timeout=10), data
 
@@ -114,3 +114,26 @@ def test_a_long_explanation_is_rejected_not_tempfailed(postfix, sink, mailwarden
     # Postfix gives the client each %% as one %; the line fits RFC 5321's 512
     assert result.text.startswith("5.7.23 100% sure: xxx") and result.text.endswith("..."), result
     assert len(f"550 {result.text}\r\n") <= 512, len(result.text)
+
+
+def test_hostile_dkim_tags_read_back_as_what_was_found(postfix, sink, mailwarden, hostile_zone):
+    """Tag values of a DKIM-Signature are the sender's text too."""
+    mailwarden()
+    sig = ("DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=" + DOMAIN + ";"
+           ' s=x" (@) dkim=pass; i=a (b)@' + DOMAIN + " dmarc=pass header.from=paypal.com;"
+           " h=from:subject; bh=AAAA; b=BB/B+BB=")
+    # a MAIL FROM domain without SPF: only the signature is hostile here
+    got, _data = _send(postfix, sink, extra_headers=[sig], mail_from=f"b@nospf.{DOMAIN}")
+    (ar,) = _ours(got)
+    parsed = _strict(ar)
+    assert [r.method for r in parsed.results] == ["iprev", "spf", "spf", "dkim", "dmarc"], ar
+    (dkim,) = [r for r in parsed.results if r.method == "dkim"]
+    assert dkim.result in ("fail", "permerror", "neutral"), ar
+    assert not [r for r in parsed.results if r.result == "pass"], ar
+    values = {f"{p.type}.{p.name}": re.sub(r"\\(.)", r"\1", str(p.value))
+              for p in dkim.properties}
+    assert values.get("header.d") == DOMAIN, ar
+    # what was kept is the tag exactly; what could not be kept is absent
+    for key, tag in (("header.s", 'x" (@) dkim=pass'),
+                     ("header.i", f"a (b)@{DOMAIN} dmarc=pass header.from=paypal.com")):
+        assert values.get(key, tag) == tag, (key, ar)
