@@ -48,8 +48,8 @@ _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
 # [local-part] "@" domain-name, local-part a dot-atom or a quoted-string
-_ADDRESS = re.compile(rf"(?:{_ATOM}(?:\.{_ATOM})*|\"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*\")?"
-                      rf"@{_DOMAIN}")
+_QUOTED = r"\"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])+\""
+_ADDRESS = re.compile(rf"(?:{_ATOM}(?:\.{_ATOM})*|{_QUOTED})?@{_DOMAIN}")
 _KEY_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+?^_`{|}~-]+)*")
 _RESULT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 

@@ -109,11 +109,14 @@ def _printable(text: str, most: int) -> str:
 
 
 def _plain(value: str) -> bool:
-    """A token, or a dot-atom address: what may stand unquoted."""
+    """A token, or an address (dot-atom or quoted local part): what may
+    stand unquoted, and what authres hands back as written."""
     atom = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
     label = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    quoted = r'"(?:[ !#-\[\]-~]|\\[ -~])+"'
     return bool(re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+", value)
-                or re.fullmatch(rf"(?:{atom}(?:\.{atom})*)?@{label}(?:\.{label})*", value))
+                or re.fullmatch(rf"(?:{atom}(?:\.{atom})*|{quoted})?@{label}(?:\.{label})*",
+                                value))
 
 
 def _ordered(results):
@@ -175,6 +178,16 @@ HOSTILE = st.one_of(st.text(alphabet=HOSTILE_CHAR, max_size=60),
                     st.sampled_from(HOSTILE_TEXTS),
                     st.builds(lambda a, b: f"{a}@{b}", st.text(alphabet=HOSTILE_CHAR, max_size=20),
                               st.from_regex(r"[a-z0-9]{1,10}(\.[a-z]{2,5}){1,2}", fullmatch=True)))
+
+
+QUOTED_LOCAL = st.from_regex(r'"(?:[ !#-\[\]-~]|\\[ -~]){0,12}"', fullmatch=True)
+
+
+@given(QUOTED_LOCAL, st.sampled_from(["smtp.mailfrom", "header.i", "smtp.auth"]), st.booleans())
+def test_quoted_local_parts_read_back_as_written(local, key, more):
+    props = ((key, local + "@ex.example"),) + ((("header.s", "a b"),) if more else ())
+    r = Result("dkim", "fail", method="dkim", reason="x", properties=props)
+    _assert_reads_back_as_produced([r], build("mx.example.org", [r]))
 
 
 @st.composite
