@@ -358,7 +358,8 @@ class Engine:
         results = conn.results + msg.results
         verdict = self.policy.decide(results, self.trust(conn), Stage.EOM, final=True)
         if verdict.action in ("accept", "add_header", "quarantine"):
-            removed = tuple(authresults.forged(self.config.authserv.id, msg.headers))
+            removed = tuple(authresults.forged(self.config.authserv.id, msg.headers,
+                                               self.config.policy.status_header))
             added = tuple(h for r in results for h in r.add_headers) + (
                 (authresults.HEADER, authresults.build(self.config.authserv.id, results)),
                 self.policy.status_header(verdict.action, verdict.score, verdict.symbols,

@@ -55,6 +55,36 @@ MACROS = {
 }
 
 _REPLY_UNSAFE = re.compile(r"[^\x20-\x7e]")
+# libmilter's smfi_setreply refuses a text over 980 characters (MAXREPLYLEN
+# in libmilter/smfi.c); the call then fails and the message is tempfailed.
+# The client sees the line "CODE XCODE TEXT", at most 512 octets with its
+# CRLF (RFC 5321 4.5.3.1.5).
+REPLY_TEXT_MAX = 980
+REPLY_LINE_MAX = 512
+
+
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[:most - 3] + "..."
+
+
+def reply_text(text: str, xcode: str = "", most: int = REPLY_TEXT_MAX) -> str:
+    """A reply text libmilter accepts: printable ASCII (no CR/LF), each
+    ``%`` doubled (libmilter ignores a text with a single one), cut between
+    characters, never inside a ``%%``, so that the line the client sees
+    fits in 512 octets and the text handed to libmilter in ``most``; a cut
+    text ends in "...".  The code and enhanced code are not in it: they are
+    set apart and kept whole."""
+    room = REPLY_LINE_MAX - len("550  \r\n") - len(xcode)
+    text = _cut(_REPLY_UNSAFE.sub("?", text), room).replace("%", "%%")
+    if len(text) <= most:
+        return text
+    cut = text[:most - 3]
+    # an odd run of % at the end would leave one % alone
+    run = len(cut) - len(cut.rstrip("%"))
+    if run % 2:
+        cut = cut[:-1]
+    return cut + "..."
+
 
 _ACTION_CODES = {
     "reject": Milter.REJECT,
@@ -122,8 +152,7 @@ class MailwardenMilter(Milter.Base):
     def _reply(self, verdict) -> int:
         reply = verdict.reply
         if reply is not None:
-            text = _REPLY_UNSAFE.sub("?", reply.text).replace("%", "%%")
-            self.setreply(str(reply.code), reply.xcode, text)
+            self.setreply(str(reply.code), reply.xcode, reply_text(reply.text, reply.xcode))
         return _ACTION_CODES[verdict.action]
 
     def _timed(self, stage: str, call, *args):

@@ -15,6 +15,7 @@ means.  Precedence, strongest first:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional
 
@@ -143,12 +144,21 @@ class Policy:
         return (self.options.status_header, value)
 
 
+_NOT_WORD = re.compile(r"[^A-Za-z0-9._:/-]")
+
+
+def _word(text) -> str:
+    """An option as shown in a header or a reply: options come from the
+    message (listed domains), so anything but a plain word is ``?``."""
+    return _NOT_WORD.sub("?", str(text))[:64]
+
+
 def _options(results: Iterable[Result], most: int = 5) -> dict:
     """symbol -> "[a,b]": the options results gave for it, at most ``most``."""
     found: dict = {}
     for r in results:
         if r.symbol and r.options:
             words = found.setdefault(r.symbol, [])
-            words.extend(o for o in r.options if o not in words)
+            words.extend(w for w in map(_word, r.options) if w not in words)
     return {s: "[" + ",".join(w[:most]) + (",..." if len(w) > most else "") + "]"
             for s, w in found.items()}

@@ -245,6 +245,33 @@ def _mutations(count: int) -> list:
     return out
 
 
+# Text a sender controls that reaches our Authentication-Results, a reply,
+# a log line or a terminal: SPF exp= explanations, DKIM tag values, PTR and
+# HELO names, DNS TXT.  Each tries to end a value or a comment early, to
+# write results of its own, to break the header or the line, or to reach
+# the terminal.
+FORGED_RESULTS = ('a" (@); dkim=pass header.d=paypal.com; '
+                  'dmarc=pass header.from=paypal.com')
+HOSTILE_TEXTS = (
+    FORGED_RESULTS,
+    "x@y; dkim=pass header.d=paypal.com",
+    "pass) (; spf=pass smtp.mailfrom=ceo@bank.example",
+    '\\"; dmarc=pass',
+    "a\r\nAuthentication-Results: mx.example.org; dkim=pass",
+    "(((((((((( )",
+    "reason=pass header.from=bank.example",
+    "d=bank.example; s=sel; b=abc/def+=",
+    "caf\u00e9 \u043f\u0440\u0438\u0432\u0435\u0442 \udcff",
+    "\x1b[2J\x1b]0;owned\x07\x1b[31mred",
+    "100% of %s %n",
+    "",
+    " ",
+    "=",
+    "@",
+    '"',
+)
+
+
 def corpus(big: bool = True) -> list:
     items = [Hostile(n, d) for n, d in _boundaries() + _encodings() + _text_faults()]
     items += [Hostile(n, d, r, b) for n, d, r, b in _sizes(big)]

@@ -4,11 +4,16 @@ Every audit (``audit DOMAIN``, ``audit-postfix``, ``probe``) returns a list
 of :class:`Finding`; :func:`render` prints them as a table (colour only on a
 terminal) or JSON, and :func:`exit_code` gives 0 (nothing fails), 1 (a
 finding fails) or 2 (the audit itself could not be done).
+
+What an audit shows comes from DNS, remote servers and files: a TXT
+record or a banner may hold terminal escapes.  :func:`printable` is the one
+way any of it reaches a terminal (JSON escapes control characters itself).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import asdict, dataclass
 from typing import Iterable, TextIO
@@ -33,6 +38,30 @@ class Finding:
     def __post_init__(self):
         if self.level not in LEVELS:
             raise ValueError(f"unknown level {self.level!r}")
+
+
+# C0, DEL and C1 controls (C1 0x9b is a CSI on some terminals), the
+# directional formatting characters (they reorder what is shown), lone
+# surrogates (bytes that were not UTF-8), and the backslash that escapes them
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\\\u061c\u200e\u200f\u202a-\u202e"
+                          r"\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(match) -> str:
+    ch = match.group()
+    if ch == "\\":
+        return "\\\\"
+    o = ord(ch)
+    if 0xdc80 <= o <= 0xdcff:               # a byte kept by surrogateescape
+        return f"\\x{o & 0xff:02x}"
+    return f"\\x{o:02x}" if o <= 0xff else f"\\u{o:04x}"
+
+
+def printable(text) -> str:
+    """``text`` with every control character escaped (``\\x1b``), so that
+    nothing an audited party wrote can move the cursor, recolour or retitle
+    the terminal, or start a line of its own."""
+    return _UNPRINTABLE.sub(_escape, str(text))
 
 
 class AuditError(Exception):
@@ -62,10 +91,11 @@ def render_table(title: str, findings: list, out: TextIO, colour: bool | None = 
     if colour is None:
         colour = out.isatty()
     headers = ("AREA", "RESULT", "SUBJECT", "FINDING")
-    rows = [(f.area, f.level, f.subject,
-             f.message + (f" [{f.value}]" if f.value else "")) for f in findings]
+    rows = [(printable(f.area), f.level, printable(f.subject),
+             printable(f.message) + (f" [{printable(f.value)}]" if f.value else ""))
+            for f in findings]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers[:3])]
-    out.write(f"{title}\n")
+    out.write(f"{printable(title)}\n")
     out.write("  ".join(h.ljust(w) for h, w in zip(headers[:3], widths)) + "  " + headers[3] + "\n")
     for row in rows:
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2])]
@@ -75,7 +105,7 @@ def render_table(title: str, findings: list, out: TextIO, colour: bool | None = 
     counts = {lvl: sum(1 for f in findings if f.level == lvl) for lvl in LEVELS}
     out.write(f"{counts[OK]} ok, {counts[WARN]} warn, {counts[FAIL]} fail\n")
     for error in errors:
-        out.write(f"incomplete: {error}\n")
+        out.write(f"incomplete: {printable(error)}\n")
 
 
 def render(title: str, findings: list, as_json: bool, out: TextIO | None = None,

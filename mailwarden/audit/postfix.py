@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .findings import FAIL, OK, WARN, AuditError, Finding, render
+from .findings import FAIL, OK, WARN, AuditError, Finding, printable, render
 
 RELAY, TLS, LIMITS, DEFAULTS, MILTER = "relay", "tls", "limits", "defaults", "milter"
 
@@ -752,7 +752,7 @@ def cmd_audit_postfix(args) -> int:
         cfg = read_postconf(args.config_dir, args.postconf)
         findings = audit(cfg, _milter_address(args))
     except AuditError as exc:
-        print(f"mailwarden: audit-postfix: {exc}", file=sys.stderr)
+        print(f"mailwarden: audit-postfix: {printable(exc)}", file=sys.stderr)
         return 2
     title = f"Postfix in {cfg.config_dir or '/etc/postfix'}"
     return render(title, findings, args.json)

@@ -32,7 +32,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .findings import FAIL, OK, WARN, AuditError, Finding, render
+from .findings import FAIL, OK, WARN, AuditError, Finding, printable, render
 
 SMTP, SUBMISSION, IMAP, POP3, CERT = "smtp", "submission", "imap", "pop3", "tls"
 
@@ -912,7 +912,7 @@ def cmd_probe(args) -> int:
     try:
         findings, errors = Probe(options).run()
     except AuditError as exc:
-        print(f"mailwarden: probe: {exc}", file=sys.stderr)
+        print(f"mailwarden: probe: {printable(exc)}", file=sys.stderr)
         return 2
     return render(f"probe {args.host}", findings, args.json, errors=errors)
 

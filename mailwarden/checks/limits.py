@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config import ValueProblem, opt, parse_int, parse_list, parse_seconds
+from ..explain import clean
 from ..model import Reply
 from ..state import StateError
 from . import Check, CheckOptions
@@ -188,14 +189,14 @@ class LimitsCheck(Check):
         return bool(self.options.exempt & ctx.tags)
 
     def _failed(self, ctx, exc: StateError):
-        ctx.log.warning("limits: state store failed, not limiting: %s", exc)
+        ctx.log.warning("limits: state store failed, not limiting: %s", clean(exc))
         return self.result("temperror", "LIMITS_TEMPERROR", f"state store: {exc}",
                            tempfail=False)
 
     def _over(self, ctx, symbol: str, limit: str, key: str, count, reply: Reply):
         ctx.log.warning("limits: %s exceeded for %s: %d of %s, refused with %s",
-                        limit, key, count.count, _limit_text(count, self.options, limit),
-                        reply.line())
+                        limit, clean(key), count.count, _limit_text(count, self.options, limit),
+                        clean(reply.line()))
         return self.result("fail", symbol,
                            f"{limit} {key}: {count.count} of {count.limit}", reply=reply)
 
@@ -296,7 +297,7 @@ class LimitsCheck(Check):
         except StateError as exc:
             # the lease frees the slot in the end
             log.warning("conn#%d: limits: could not give back the connection slot: %s",
-                        conn.id, exc)
+                        conn.id, clean(exc))
 
     def _rate(self, ctx, symbol, limit, key, label, rate: Rate, now, text):
         taken = self.store.take(key, 1, rate.count, rate.window, now)

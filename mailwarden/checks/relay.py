@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from ..address import analyze
 from ..config import opt, parse_str
+from ..explain import clean
 from ..model import Reply
 from . import Check, CheckOptions
 
@@ -56,7 +57,7 @@ class RelayCheck(Check):
             why = (f"recipient <{route.address}> routes to non-local "
                    f"{', '.join(dict.fromkeys(foreign))}")
         ctx.log.info("relay denied: %s, client %s not authenticated nor trusted",
-                     why, ctx.conn.label())
+                     clean(why), clean(ctx.conn.label()))
         return self.result("fail", "RELAY_DENIED", why,
                            reply=Reply("reject", 554, "5.7.1", self.options.reject_text))
 

@@ -40,6 +40,7 @@ from typing import Optional
 
 from ..address import AddressProblem, header_addresses, normalize_domain
 from ..config import ConfigError, opt, parse_bool, parse_path, parse_str
+from ..explain import clean
 from ..model import Reply
 from . import Check, CheckOptions
 
@@ -231,7 +232,8 @@ class SubmissionCheck(Check):
         self._map = LoginMapFile(options) if options.login_map is not None else None
 
     def _refuse(self, symbol: str, why: str, ctx):
-        ctx.log.warning("submission refused for login %s: %s", ctx.conn.auth_user, why)
+        ctx.log.warning("submission refused for login %s: %s", clean(ctx.conn.auth_user),
+                        clean(why))
         return self.result("fail", symbol, why,
                            reply=Reply("reject", 553, "5.7.1", why))
 
@@ -240,7 +242,7 @@ class SubmissionCheck(Check):
         if conn.authenticated:
             if self.options.require_tls_for_auth and not conn.tls_version:
                 ctx.log.warning("authenticated submission by %s without TLS refused",
-                                conn.auth_user)
+                                clean(conn.auth_user))
                 return self.result("fail", "SUBMISSION_NO_TLS",
                                    f"login {conn.auth_user} without TLS",
                                    reply=Reply("reject", 530, "5.7.0",

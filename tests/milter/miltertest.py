@@ -36,13 +36,36 @@ class RecordingCtx(TestCtx):
         self.quarantined = reason
 
 
+class LibmilterReplyCtx(RecordingCtx):
+    """Refuses a reply as libmilter's smfi_setreply does (libmilter/smfi.c):
+    a code that is not 4xx/5xx, an enhanced code of another class, CR or LF
+    in the text, a text over 980 characters.  pymilter turns the failure
+    into ``milter.error``; under libmilter the callback then tempfails."""
+
+    MAX_TEXT = 980
+
+    def setreply(self, rcode, xcode, *msg):
+        import re
+
+        import milter
+        if not re.fullmatch(r"[45]\d\d", rcode or ""):
+            raise milter.error("cannot set reply")
+        if xcode is not None and not re.fullmatch(rf"{rcode[0]}\.\d{{1,3}}\.\d{{1,3}}", xcode):
+            raise milter.error("cannot set reply")
+        for text in msg:
+            if text is not None and (re.search(r"[\r\n]", text) or len(text) > self.MAX_TEXT):
+                raise milter.error("cannot set reply")
+        super().setreply(rcode, xcode, *msg)
+
+
 class Session:
     """One SMTP connection through the adapter."""
 
-    def __init__(self, engine: Engine, macros: dict | None = None, **milter_args):
+    def __init__(self, engine: Engine, macros: dict | None = None, ctx_class=None,
+                 **milter_args):
         # the factory libmilter calls at connect: set it for each session
         Milter.factory = lambda: MailwardenMilter(engine, **milter_args)
-        self.ctx = RecordingCtx()
+        self.ctx = (ctx_class or RecordingCtx)()
         for name, value in (macros or {}).items():
             self.ctx._setsymval(name, value)
 

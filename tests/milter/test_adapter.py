@@ -120,6 +120,21 @@ def test_accept_adds_results_and_removes_forged(engine):
     assert s.ctx.changed == [("Authentication-Results", 2, "")]    # ours, second of its name
 
 
+def test_incoming_status_header_removed_as_forged_results_are(engine):
+    forged = (b"X-Mailwarden-Status: No, score=-50.00 required=5.00\r\n"
+              b"X-MAILWARDEN-STATUS: No\r\n")
+    s = Session(engine, {"i": "4QUEUE", "j": "mx.test.example"})
+    assert full(s, message=forged + MSG) == Milter.ACCEPT
+    assert sorted(s.ctx.changed) == [("Authentication-Results", 2, ""),
+                                     ("X-MAILWARDEN-STATUS", 2, ""),
+                                     ("X-Mailwarden-Status", 1, "")]
+    # the last occurrence first: indexes count occurrences of each name
+    status = [i for n, i, _ in s.ctx.changed if n.lower() == "x-mailwarden-status"]
+    assert status == [2, 1]
+    ours = [v for n, v, _ in s.ctx.added if n == "X-Mailwarden-Status"]
+    assert len(ours) == 1 and "-50.00" not in ours[0]
+
+
 def test_blocked_client_rejected_at_connect(engine):
     s = Session(engine)
     assert s.connect("203.0.113.9") == Milter.REJECT

@@ -135,3 +135,94 @@ def test_dnsbl_txt_reason_cannot_split_a_header(logged):
         assert_one_line_each(logged.getvalue())
     finally:
         engine.close()
+
+
+# -- a reply longer than libmilter takes --------------------------------------
+
+LONG_EXP = " ".join(['"' + ("%%-" * 5 + "a\\034\\\"b%%" + "x" * 220)[:250] + '"'] * 6)
+EXP_ZONE = ZONE + ("evil.example. TXT \"v=spf1 -all exp=exp.evil.example\"\n"
+                   f"exp.evil.example. TXT {LONG_EXP}\n")
+
+
+def test_a_long_sender_text_in_a_reject_is_cut_and_the_reject_kept():
+    from mailwarden.milter import reply_text
+    from tests.milter.miltertest import LibmilterReplyCtx
+    cfg = loads(BASE + "[check.spf]\nreject_fail = yes\n[check.submission]\nenabled = no\n")
+    from mailwarden.checks import registry
+    engine = make_engine(cfg, EXP_ZONE, registry=registry())
+    try:
+        s = Session(engine, ctx_class=LibmilterReplyCtx)
+        assert s.connect("198.51.100.7", "mail.sender.example") == Milter.CONTINUE
+        assert s.helo("mail.sender.example") == Milter.CONTINUE
+        assert s.mail("x@evil.example") == Milter.REJECT
+    finally:
+        engine.close()
+    code, xcode, text = s.reply
+    assert (code, xcode) == ("550", "5.7.23")
+    assert len(text) <= 980 and text.endswith("...")
+    assert text.startswith("%%-%%-")              # the sender's %, doubled for libmilter
+    # the line the client sees (each %% a % again) fits RFC 5321's 512 octets
+    assert len(f"{code} {xcode} {text}\r\n".replace("%%", "%")) <= 512
+    assert not re.search(r"(?<!%)%(%%)*(?!%)", text)        # never a % alone
+    assert all(0x20 <= ord(c) < 0x7f for c in text)
+    # the cut: every length, every run of %
+    for n in range(0, 40):
+        for body in ("%" * n, "a" * n + "%" * 7, "%" * n + "\r\n\u00e9" * 3):
+            out = reply_text(body, most=20)
+            assert len(out) <= 20
+            assert not re.search(r"(?<!%)%(%%)*(?!%)", out), (body, out)
+    # all %: within libmilter's 980 whatever the line room
+    out = reply_text("%" * 2000, "5.7.1")
+    assert len(out) <= 980 and not re.search(r"(?<!%)%(%%)*(?!%)", out)
+    assert len("550 5.7.1 " + out.replace("%%", "%") + "\r\n") <= 512
+
+
+# -- sender text in the Authentication-Results the adapter adds ----------------
+
+def _exp_zone():
+    from tests.hostile import FORGED_RESULTS
+    text = FORGED_RESULTS.replace("\\", "\\\\").replace('"', '\\"')
+    return ZONE + ("forged.example. TXT \"v=spf1 -all exp=exp.forged.example\"\n"
+                   f"exp.forged.example. TXT \"{text}\"\n")
+
+
+def _hostile_helos():
+    from tests.hostile import HOSTILE_TEXTS
+    return [t for t in HOSTILE_TEXTS if t] + [EVIL]
+
+
+@pytest.mark.parametrize("helo", _hostile_helos())
+def test_added_authentication_results_read_back_as_found(helo):
+    import authres
+
+    from mailwarden.checks import registry
+    from tests.hostile import FORGED_RESULTS
+    cfg = loads(BASE + "[check.submission]\nenabled = no\n[check.spf]\nhelo = yes\n")
+    engine = make_engine(cfg, _exp_zone(), registry=registry())
+    try:
+        s = Session(engine, {"i": "4QUEUE", "j": "mx.test.example"})
+        assert s.connect("198.51.100.7", "mail.sender.example") == Milter.CONTINUE
+        assert s.helo(helo) == Milter.CONTINUE
+        assert s.mail("x@forged.example") == Milter.CONTINUE
+        assert s.rcpt("b@rcpt.example") == Milter.CONTINUE
+        assert s.data(MESSAGE) == Milter.ACCEPT
+    finally:
+        engine.close()
+    (value,) = [v for n, v, _ in s.ctx.added if n == "Authentication-Results"]
+    header = authres.core.AuthenticationResultsHeader(authres.core_features(), strict=True)
+    header._parse_text = value.replace("\n", "").strip()
+    header._parse()
+    found = [(r.method, r.result) for r in header.results]
+    assert ("spf", "fail") in found and ("dkim", "pass") not in found
+    assert ("dmarc", "pass") not in found
+    (mailfrom,) = [r for r in header.results
+                   if [p.name for p in r.properties] == ["mailfrom"]]
+    assert re.sub(r"\\(.)", r"\1", mailfrom.reason) == FORGED_RESULTS
+    helo_props = [p.value for r in header.results for p in r.properties if p.name == "helo"]
+    # the HELO name as the engine kept it (trimmed), made printable, not cut
+    # short by a quote or a parenthesis in it
+    clean = re.sub(r"[^\x20-\x7e]", "?", helo)
+    for value in helo_props:
+        value = re.sub(r"\\(.)", r"\1", value)
+        assert value and value in clean, (value, clean)
+        assert value == clean.strip("? ") or value == clean.strip(), (value, clean)

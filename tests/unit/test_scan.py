@@ -41,6 +41,10 @@ def test_scan_reports_removed_headers_and_rejects(tmp_path, capsys):
     msg = b"Authentication-Results: mx.test.example; spf=pass\r\nSubject: x\r\n\r\nhi\r\n"
     out = scan(tmp_path, capsys, message=msg)
     assert out["headers_removed"] == [["Authentication-Results", "mx.test.example; spf=pass"]]
+    forged = b"X-Mailwarden-Status: No, score=-9.00 required=5.00\r\n"
+    out = scan(tmp_path, capsys, message=forged + msg)
+    assert out["headers_removed"] == [["X-Mailwarden-Status", "No, score=-9.00 required=5.00"],
+                                      ["Authentication-Results", "mx.test.example; spf=pass"]]
     out = scan(tmp_path, capsys, "--esmtp-size", "99999", ini="[check.size]\nmax_size = 1K\n")
     assert out["action"] == "reject"
     assert out["smtp_reply"].startswith("552 5.3.4 ")
