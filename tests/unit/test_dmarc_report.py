@@ -626,3 +626,31 @@ def test_the_history_keeps_bounded_fields_and_reports_stay_valid(sigs, from_doma
         reports, _ = make_reports(config, since=3600, now=time.time() + 1)
         assert [r.policy_domain for r in reports] == ["bounded.example"]
         SCHEMA.validate(reports[0].xml)
+
+
+def test_long_dkim_tags_of_a_real_message_are_kept_bounded(tmp_path):
+    """Through the engine: 30 signatures whose d= and s= run to 1,600 and
+    900 characters, with control characters, reach the history bounded."""
+    config = config_for(tmp_path)
+    engine = Engine(config, resolver=Resolver(config.dns, backend=ZoneBackend(ZONE)),
+                    hostname="mx.test.example")
+    sigs = b"".join(b"DKIM-Signature: v=1; a=rsa-sha256; d=" + b"x\x01y" * 400
+                    + b"%d.example; s=" % i + b"s" * 900 + b"; h=from; bh=AAAA; b=AAAA\r\n"
+                    for i in range(30))
+    message = sigs + b"From: a@rep-a.example\r\nTo: b@test.example\r\nSubject: s\r\n\r\nhi\r\n"
+    try:
+        _verdict, _conn, msg = run_offline(engine, client_ip="198.51.100.7",
+                                           helo="mail.sender.example",
+                                           mail_from="a@rep-a.example",
+                                           rcpts=["b@test.example"], message=message)
+        if msg is not None:
+            msg.close()
+    finally:
+        engine.close()
+    with sqlite3.connect(config.checks["dmarc"].history) as conn:
+        rows = conn.execute("SELECT domain, selector FROM dmarc_dkim").fetchall()
+    assert 1 <= len(rows) <= 20
+    assert all(len(d) <= 253 and len(s) <= 253 and "\x01" not in d for d, s in rows), \
+        max(len(d) for d, _s in rows)
+    reports, _ = make_reports(config, since=3600, now=time.time() + 1)
+    SCHEMA.validate(reports[0].xml)
