@@ -118,7 +118,7 @@ _DKIM_RESULTS = {"none", "pass", "fail", "policy", "neutral", "temperror", "perm
 _SPF_RESULTS = {"none", "neutral", "pass", "fail", "softfail", "temperror", "permerror"}
 _OVERRIDES = {"forwarded", "sampled_out", "trusted_forwarder", "mailing_list", "local_policy",
               "other"}
-_SIZE = re.compile(r"(\d{1,15})([kmgt]?)", re.I)
+_SIZE = re.compile(r"(\d{1,20})([kmgt]?)", re.I)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 # A destination is one strict addr-spec (RFC 5322 §3.4.1): a dot-atom local
@@ -184,7 +184,7 @@ def parse_destination(uri: str) -> tuple:
     head, bang, tail = rest.rpartition("!")
     if bang:
         m = _SIZE.fullmatch(tail)
-        if m is None or "!" in head:
+        if m is None or "!" in head or int(m.group(1)) >= 1 << 64:
             return None, "a \"!\" that is not a size suffix (RFC 7489 §6.4)"
         rest, size = head, int(m.group(1)) * _UNITS[m.group(2).lower()]
     path = rest.split("?", 1)[0]        # header fields (RFC 6068) are not used
@@ -211,8 +211,8 @@ def check_rua(text: str) -> tuple:
         dest, why = parse_destination(uri)
         if dest is None:
             refused.append((uri[:200], why))
-        elif dest in out:
-            continue
+        elif any(d.address.lower() == dest.address.lower() for d in out):
+            continue                    # one mail per address, the first size given
         elif len(out) >= MAX_URIS:
             refused.append((uri[:200], f"more than {MAX_URIS} destinations"))
         else:

@@ -165,6 +165,10 @@ def test_parse_rua_sizes_and_encoding():
         "mailto:e@v.example!5!6": 'a "!" that is not a size suffix (RFC 7489 §6.4)',
         "mailto:f@u.example!x": 'a "!" that is not a size suffix (RFC 7489 §6.4)'}
     assert parse_rua("") == []
+    # one mail per address, whatever its case; RFC 7489's size fits 64 bits
+    assert parse_rua("mailto:a@x.example!1k,mailto:A@x.example") == [
+        Destination("a@x.example", 1024)]
+    assert parse_rua("mailto:a@x.example!18446744073709551616") == []
 
 
 def _fake_sendmail(tmp_path) -> str:
