@@ -425,6 +425,11 @@ class DmarcReportOptions:
     sender: str = opt("", parse_str)
     # the local MTA's sendmail(1) command line, arguments allowed
     sendmail: str = opt("/usr/sbin/sendmail", parse_str)
+    # per run: reports written (policy domains; the others wait), report
+    # mails sent, report mails to one destination domain (the rest waits)
+    max_reports_per_run: int = opt(1000, parse_int(1, 10 ** 6))
+    max_mails_per_run: int = opt(2000, parse_int(1, 10 ** 6))
+    max_mails_per_domain: int = opt(200, parse_int(1, 10 ** 6))
 
 
 CORE_SECTIONS: Mapping[str, type] = MappingProxyType({

@@ -26,6 +26,36 @@ not sent there (and the output says so).  A destination outside the policy
 domain's organizational domain gets reports only if it published
 ``<policy-domain>._report._dmarc.<destination-domain> TXT "v=DMARC1..."``
 (§7.1), checked through ``[dns]``.
+
+A ``rua`` is text the policy domain publishes, so every URI must be one
+strict addr-spec once %-decoded (:func:`strict_address`: no list, group,
+angle brackets, quotes, white space or control characters, no bang path or
+percent hack, no leading ``-``); anything else is refused and shown, never
+split or repaired.  At most :data:`MAX_URIS` destinations per record.
+sendmail runs once per address, as ``sendmail -i -f SENDER -- ADDRESS``.
+
+Delivery is recorded per (report, address) in ``dmarc_delivery``: pending
+when the report is saved, ``sent`` only once sendmail exited 0.  A failure
+(sendmail, a DNS temperror) stays pending and the next ``--send`` run tries
+again with the saved file, up to :data:`MAX_ATTEMPTS` runs; a refusal (not
+authorized, over ``!size``) is final.  One bad destination never stops the
+others.
+
+Bounds (``[dmarc_report]``): ``max_reports_per_run`` reports written per run
+(the domains waiting longest first; the rest wait), ``max_mails_per_run``
+report mails per run and ``max_mails_per_domain`` to one destination domain
+(the rest stay pending for the next run).  The history keeps sender-
+controlled text bounded (:func:`bound_text`, :func:`bound_rua`,
+:func:`bound_identities`): names at most 253 characters, ``rua`` 1024, at
+most 20 DKIM signatures per message.
+
+INI keys (``[dmarc_report]``):
+  org_name, domain, email     report_metadata, the Submitter (required to write)
+  sender                      From of report mail (default: email)
+  sendmail             /usr/sbin/sendmail  the local MTA's command line
+  max_reports_per_run  1000
+  max_mails_per_run    2000
+  max_mails_per_domain 200
 """
 
 from __future__ import annotations
@@ -69,14 +99,40 @@ CREATE TABLE IF NOT EXISTS dmarc_reported (
     message_id    INTEGER PRIMARY KEY,      -- dmarc_message.id
     report_id     TEXT NOT NULL REFERENCES dmarc_report (report_id)
 );
+-- Mail of a report to one rua address (--send): pending until sendmail took
+-- it, so that a failure is tried again by the next run, never lost.
+CREATE TABLE IF NOT EXISTS dmarc_delivery (
+    report_id     TEXT NOT NULL REFERENCES dmarc_report (report_id),
+    address       TEXT NOT NULL,            -- one strict addr-spec
+    max_size      INTEGER,                  -- its rua !size, NULL: none
+    state         TEXT NOT NULL,            -- pending, sent, skipped, abandoned
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    detail        TEXT NOT NULL DEFAULT '',
+    updated       INTEGER NOT NULL,
+    PRIMARY KEY (report_id, address)
+);
+CREATE INDEX IF NOT EXISTS dmarc_delivery_state ON dmarc_delivery (state);
 """
 
 _DKIM_RESULTS = {"none", "pass", "fail", "policy", "neutral", "temperror", "permerror"}
 _SPF_RESULTS = {"none", "neutral", "pass", "fail", "softfail", "temperror", "permerror"}
 _OVERRIDES = {"forwarded", "sampled_out", "trusted_forwarder", "mailing_list", "local_policy",
               "other"}
-_SIZE = re.compile(r"^(\d+)([kmgt]?)$", re.I)
+_SIZE = re.compile(r"(\d{1,20})([kmgt]?)", re.I)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+# A destination is one strict addr-spec (RFC 5322 §3.4.1): a dot-atom local
+# part and a host name, nothing else.  Of atext, "!", "%", "/" and "|" are
+# left out (bang paths, the percent hack and pipes route mail elsewhere in
+# some MTAs), and so is a leading "-" (an option to a sendmail that does not
+# know "--").  No quoted local part, no address literal, no non-ASCII: a
+# report address needs none of them, and each is a way to smuggle a second
+# recipient or an option into the MTA's command line.
+_LOCAL = re.compile(r"[A-Za-z0-9#$&'*+=?^_`{}~-]+(?:\.[A-Za-z0-9#$&'*+=?^_`{}~-]+)*")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"(?:{_LABEL}\.)+{_LABEL}")
+MAX_ADDRESS = 254               # RFC 5321 §4.5.3.1.3 (path 256, less the brackets)
+MAX_URIS = 5                    # destinations taken from one rua (RFC 7489 §6.2: MAY limit)
 
 
 class ReportError(Exception):
@@ -95,24 +151,114 @@ class Destination:
         return self.address.rpartition("@")[2].lower().rstrip(".")
 
 
-def parse_rua(text: str) -> list:
-    """The mailto destinations of a ``rua`` value (other schemes are skipped)."""
-    out = []
-    for item in text.split(","):
-        uri = item.strip()
-        if not uri.lower().startswith("mailto:"):
+def strict_address(text: str) -> str:
+    """Why ``text`` is not one strict addr-spec we may hand to sendmail ('' if it is)."""
+    if not text:
+        return "empty address"
+    if len(text) > MAX_ADDRESS:
+        return f"address longer than {MAX_ADDRESS} characters"
+    if not text.isascii() or not text.isprintable():
+        return "control or non-ASCII characters in the address"
+    for ch, what in ((",", "a list of addresses"), (";", "a group"), ("<", "an angle address"),
+                     (">", "an angle address"), (" ", "white space"), ('"', "a quoted part"),
+                     ("(", "a comment"), (")", "a comment")):
+        if ch in text:
+            return f"{what} ({ch!r}), not one address"
+    local, at, host = text.rpartition("@")
+    if not at or "@" in local:
+        return "not exactly one @"
+    if not local or len(local) > 64 or local.startswith("-") or not _LOCAL.fullmatch(local):
+        return "not a plain local part"
+    if len(host) > 253 or not _HOST.fullmatch(host) or host.rpartition(".")[2].isdigit():
+        return "not a host name after the @"
+    return ""
+
+
+def parse_destination(uri: str) -> tuple:
+    """(Destination or None, why not) for one ``rua`` URI (RFC 7489 §6.4:
+    ``URI [ "!" size ]``, a literal "!" or "," in the URI itself encoded)."""
+    if uri[:7].lower() != "mailto:":
+        return None, "not a mailto: URI"
+    rest = uri[7:]
+    size = None
+    head, bang, tail = rest.rpartition("!")
+    if bang:
+        m = _SIZE.fullmatch(tail)
+        if m is None or "!" in head or int(m.group(1)) >= 1 << 64:
+            return None, "a \"!\" that is not a size suffix (RFC 7489 §6.4)"
+        rest, size = head, int(m.group(1)) * _UNITS[m.group(2).lower()]
+    path = rest.split("?", 1)[0]        # header fields (RFC 6068) are not used
+    address = urllib.parse.unquote(path, errors="replace")
+    why = strict_address(address)
+    if why:
+        return None, why
+    return Destination(address, size), ""
+
+
+def check_rua(text: str) -> tuple:
+    """(destinations, refused): the mailto destinations of a ``rua`` value,
+    and (uri, why) for each URI that was refused.  Other schemes are
+    skipped; at most :data:`MAX_URIS` destinations are kept."""
+    out, refused = [], []
+    for item in (text or "").split(","):
+        uri = item.strip(" \t")
+        if not uri:
             continue
-        rest = uri[len("mailto:"):]
-        size = None
-        head, bang, tail = rest.rpartition("!")
-        if bang:
-            m = _SIZE.match(tail)
-            if m:
-                rest, size = head, int(m.group(1)) * _UNITS[m.group(2).lower()]
-        address = urllib.parse.unquote(rest.split("?", 1)[0]).strip()
-        if "@" in address:
-            out.append(Destination(address, size))
-    return out
+        if uri[:7].lower() != "mailto:":
+            if ":" not in uri or not uri.isprintable():
+                refused.append((uri[:80], "not a URI"))
+            continue
+        dest, why = parse_destination(uri)
+        if dest is None:
+            refused.append((uri[:200], why))
+        elif any(d.address.lower() == dest.address.lower() for d in out):
+            continue                    # one mail per address, the first size given
+        elif len(out) >= MAX_URIS:
+            refused.append((uri[:200], f"more than {MAX_URIS} destinations"))
+        else:
+            out.append(dest)
+    return out, refused
+
+
+def parse_rua(text: str) -> list:
+    """The mailto destinations of a ``rua`` value that may be mailed."""
+    return check_rua(text)[0]
+
+
+# --------------------------------------------------------------------------
+# bounds of what the history keeps of text others control: a DKIM d= or s=,
+# a From or envelope domain, the rua of a record.  Over its bound a name is
+# cut and marked with "..." (so it can never pass for a real name), a rua
+# keeps only its whole URIs; characters XML 1.0 cannot carry become "?".
+
+MAX_NAME = 253                  # a domain name (RFC 1035 §2.3.4), a selector
+MAX_RUA = 1024
+MAX_SHORT = 32                  # fo, a result word
+MAX_DKIM_ROWS = 20              # DKIM signatures kept per message
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+
+
+def bound_text(text, limit: int = MAX_NAME) -> str:
+    text = _NOT_XML.sub("?", "" if text is None else str(text))
+    if len(text) > limit:
+        return text[:limit - 3] + "..."
+    return text
+
+
+def bound_rua(text) -> str:
+    text = _NOT_XML.sub("?", text or "")
+    if len(text) <= MAX_RUA:
+        return text
+    cut = text.rfind(",", 0, MAX_RUA + 1)
+    return text[:cut] if cut > 0 else ""
+
+
+def bound_identities(dkim: list, spf: list) -> tuple:
+    """(dkim, spf) as the history keeps them: at most :data:`MAX_DKIM_ROWS`
+    signatures, every field bounded."""
+    return ([(bound_text(d), bound_text(s), bound_text(r, MAX_SHORT))
+             for d, s, r in list(dkim)[:MAX_DKIM_ROWS]],
+            [(bound_text(d), bound_text(r, MAX_SHORT)) for d, r in list(spf)[:2]])
 
 
 @dataclass
@@ -128,6 +274,7 @@ class Report:
     messages: int
     destinations: list = field(default_factory=list)
     path: str = ""
+    refused: list = field(default_factory=list)     # (uri, why) of rua URIs not used
 
 
 # --------------------------------------------------------------------------
@@ -153,12 +300,13 @@ def _pending(conn: sqlite3.Connection, begin: int, end: int) -> list:
 
 
 def _auth_results(conn: sqlite3.Connection, message_id: int) -> tuple:
-    dkim = tuple(tuple(r) for r in conn.execute(
+    # bounded again here: rows written before the history bounded them
+    dkim = tuple((bound_text(d), bound_text(s), r) for d, s, r in conn.execute(
         "SELECT domain, selector, result FROM dmarc_dkim WHERE message_id = ?"
-        " ORDER BY domain, selector, result", (message_id,)))
-    spf = tuple(tuple(r) for r in conn.execute(
+        " ORDER BY domain, selector, result LIMIT ?", (message_id, MAX_DKIM_ROWS)))
+    spf = tuple((bound_text(d), sc, r) for d, sc, r in conn.execute(
         "SELECT domain, scope, result FROM dmarc_spf WHERE message_id = ?"
-        " ORDER BY domain, scope, result", (message_id,)))
+        " ORDER BY domain, scope, result LIMIT 2", (message_id,)))
     return dkim, spf
 
 
@@ -178,7 +326,7 @@ def _ip(text: str) -> str:
 def _sub(parent, name: str, text=None):
     el = ET.SubElement(parent, f"{{{NAMESPACE}}}{name}")
     if text is not None:
-        el.text = str(text)
+        el.text = _NOT_XML.sub("?", str(text))
     return el
 
 
@@ -247,9 +395,15 @@ def build_xml(options, policy_domain: str, begin: int, end: int, report_id: str,
 # making reports
 
 
+_POLICY_DOMAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*")
+
+
 def make_reports(config, since: float, now: Optional[float] = None) -> tuple:
     """(reports, skipped): reports of rows in [now - since, now] not yet
-    reported; ``skipped`` counts rows of domains that asked for none."""
+    reported; ``skipped`` counts rows of domains that asked for none (or
+    whose name cannot stand in a file name).  At most ``[dmarc_report]
+    max_reports_per_run`` reports, for the domains waiting longest; the
+    rows of the others wait for the next run."""
     options = config.dmarc_report
     missing = [k for k in ("org_name", "domain", "email") if not getattr(options, k)]
     if missing:
@@ -266,9 +420,15 @@ def make_reports(config, since: float, now: Optional[float] = None) -> tuple:
             if not parse_rua(row["rua"]):
                 skipped += 1            # this domain did not ask for reports
                 continue
-            by_domain.setdefault(row["policy_domain"], []).append(row)
+            domain = row["policy_domain"]
+            if len(domain) > MAX_NAME or not _POLICY_DOMAIN.fullmatch(domain):
+                skipped += 1            # it names the file: never a path
+                continue
+            by_domain.setdefault(domain, []).append(row)
+        # rows come oldest first, and so do the domains in by_domain
+        chosen = sorted(list(by_domain.items())[:options.max_reports_per_run])
         reports = []
-        for domain, domain_rows in sorted(by_domain.items()):
+        for domain, domain_rows in chosen:
             groups: dict = {}
             for row in domain_rows:
                 dkim, spf = _auth_results(conn, row["id"])
@@ -284,16 +444,19 @@ def make_reports(config, since: float, now: Optional[float] = None) -> tuple:
             buf = io.BytesIO()
             with gzip.GzipFile(filename=filename[:-3], mode="wb", fileobj=buf, mtime=now) as gz:
                 gz.write(xml)
+            destinations, refused = check_rua(latest["rua"])
             reports.append(Report(domain, begin, end, report_id, filename, xml, buf.getvalue(),
                                   [r["id"] for r in domain_rows], len(domain_rows),
-                                  parse_rua(latest["rua"])))
+                                  destinations, refused=refused))
         return reports, skipped
     finally:
         conn.close()
 
 
-def save(config, reports: list, out_dir: str) -> None:
-    """Write each report to ``out_dir`` and mark its rows as reported."""
+def save(config, reports: list, out_dir: str, queue: bool = False) -> None:
+    """Write each report to ``out_dir`` and mark its rows as reported; with
+    ``queue``, its mail to each destination is recorded as pending in the
+    same transaction (:func:`deliver` sends it)."""
     os.makedirs(out_dir, exist_ok=True)
     conn = _connect(config.checks["dmarc"].history)
     try:
@@ -310,6 +473,12 @@ def save(config, reports: list, out_dir: str) -> None:
                               int(time.time()), path, report.messages))
                 conn.executemany("INSERT INTO dmarc_reported (message_id, report_id) VALUES (?,?)",
                                  [(mid, report.report_id) for mid in report.message_ids])
+                if queue:
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO dmarc_delivery (report_id, address, max_size,"
+                        " state, updated) VALUES (?,?,?,'pending',?)",
+                        [(report.report_id, d.address, d.max_size, int(time.time()))
+                         for d in report.destinations])
                 conn.execute("COMMIT")
             except sqlite3.Error:
                 conn.execute("ROLLBACK")
@@ -338,6 +507,8 @@ def authorized(resolver, policy_domain: str, destination: Destination) -> tuple:
     if organizational(destination.domain) == organizational(policy_domain):
         return True, ""
     name = f"{policy_domain}._report._dmarc.{destination.domain}"
+    if len(name) > 253 or ".." in name:
+        return False, f"external destination not authorized: {name[:80]}... is no DNS name"
     answer = resolver.query(name, "TXT")
     if answer.temporary:
         return False, f"{name}: {answer.status.value}, try again later"
@@ -364,32 +535,135 @@ def report_message(options, report: Report, destination: Destination) -> bytes:
     return msg.as_bytes()
 
 
-def send(config, report: Report, resolver) -> list:
-    """Mail ``report`` to its destinations; (address, outcome) for each."""
+def run_sendmail(argv: list, data: bytes) -> tuple:
+    """(exit status, stderr text) of one sendmail(1) run."""
+    done = subprocess.run(argv, input=data, capture_output=True, timeout=120)
+    return done.returncode, done.stderr.decode("utf-8", "replace")
+
+
+class Caps:
+    """What one run may still send: ``[dmarc_report] max_mails_per_run`` in
+    all, ``max_mails_per_domain`` to one destination domain."""
+
+    def __init__(self, options):
+        self.left = options.max_mails_per_run
+        self.per_domain = options.max_mails_per_domain
+        self.domains: dict = {}
+
+    def refusal(self, domain: str) -> str:
+        if self.left <= 0:
+            return "max_mails_per_run reached, left for the next run"
+        if self.domains.get(domain, 0) >= self.per_domain:
+            return f"max_mails_per_domain reached for {domain}, left for the next run"
+        return ""
+
+    def take(self, domain: str) -> None:
+        self.left -= 1
+        self.domains[domain] = self.domains.get(domain, 0) + 1
+
+
+def send_one(config, report: Report, dest: Destination, resolver, caps: Caps,
+             runner=None) -> str:
+    """Mail ``report`` to one destination.  The outcome starts with
+    ``sent``, ``skipped:`` (never to be sent there: not allowed, too big),
+    ``deferred:`` (over a cap; the next run sends it) or ``failed:``
+    (sendmail did not take it, or DNS could not say whether the destination
+    is allowed; the next run tries again)."""
     options = config.dmarc_report
-    command = shlex.split(options.sendmail)
-    outcomes = []
-    for dest in report.destinations:
+    why = strict_address(dest.address)    # whatever built the Destination
+    if why:
+        return f"skipped: {why}"
+    try:
         ok, why = authorized(resolver, report.policy_domain, dest)
-        if not ok:
-            outcomes.append((dest.address, f"skipped: {why}"))
-            continue
+    except (ValueError, UnicodeError) as exc:
+        ok, why = False, f"external destination not authorized: {exc}"
+    if not ok:        # a DNS failure is tried again by the next run, as a sendmail one
+        return ("failed: " if why.endswith("try again later") else "skipped: ") + why
+    refusal = caps.refusal(dest.domain)
+    if refusal:
+        return f"deferred: {refusal}"
+    try:
         data = report_message(options, report, dest)
-        if dest.max_size is not None and len(data) > dest.max_size:
-            outcomes.append((dest.address, f"skipped: {len(data)} bytes is over its "
-                                           f"!{dest.max_size} limit"))
-            continue
-        try:
-            done = subprocess.run([*command, "-i", "-f", options.sender or options.email, "--",
-                                   dest.address], input=data, capture_output=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            outcomes.append((dest.address, f"failed: {exc}"))
-            continue
-        if done.returncode != 0:
-            outcomes.append((dest.address, f"failed: sendmail exited {done.returncode}: "
-                             + done.stderr.decode("utf-8", "replace").strip()[:200]))
-        else:
-            outcomes.append((dest.address, f"sent ({len(data)} bytes)"))
+    except (ValueError, TypeError) as exc:
+        return f"skipped: the report mail cannot be made: {exc}"
+    if dest.max_size is not None and len(data) > dest.max_size:
+        return f"skipped: {len(data)} bytes is over its !{dest.max_size} limit"
+    argv = [*shlex.split(options.sendmail), "-i", "-f", options.sender or options.email,
+            "--", dest.address]
+    caps.take(dest.domain)
+    try:
+        status, errors = (runner or run_sendmail)(argv, data)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"failed: {_printable(str(exc))[:200]}"
+    if status != 0:
+        return f"failed: sendmail exited {status}: " + _printable(errors.strip())[:200]
+    return f"sent ({len(data)} bytes)"
+
+
+def send(config, report: Report, resolver, runner=None, caps: Optional[Caps] = None) -> list:
+    """Mail ``report`` to its destinations, one sendmail run per address;
+    (address, outcome) for each, refused rua URIs included.  Nothing is
+    recorded: :func:`deliver` does that."""
+    caps = caps or Caps(config.dmarc_report)
+    outcomes = [(uri, f"skipped: refused rua URI: {why}") for uri, why in report.refused]
+    for dest in report.destinations:
+        outcomes.append((dest.address, send_one(config, report, dest, resolver, caps, runner)))
+    return outcomes
+
+
+def _printable(text: str) -> str:
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", "?", text)
+
+
+MAX_ATTEMPTS = 5                # runs that try a failing delivery before it is abandoned
+
+
+def deliver(config, resolver, runner=None) -> list:
+    """Send every pending report mail of the history (those :func:`save`
+    queued now and those earlier runs could not send), within the caps;
+    (report_id, file, address, outcome) for each.  A delivery is marked
+    sent only once sendmail took it; a failure stays pending for the next
+    run, up to :data:`MAX_ATTEMPTS` runs."""
+    caps = Caps(config.dmarc_report)
+    conn = _connect(config.checks["dmarc"].history)
+    outcomes = []
+    try:
+        pending = conn.execute(
+            "SELECT d.report_id, d.address, d.max_size, d.attempts, r.policy_domain, r.begin,"
+            " r.end, r.file, r.messages FROM dmarc_delivery d JOIN dmarc_report r"
+            " ON r.report_id = d.report_id WHERE d.state = 'pending'"
+            " ORDER BY r.created, d.rowid").fetchall()
+        loaded: tuple = ("", b"")        # the last report file read: its rows come together
+        for row in pending:
+            dest = Destination(row["address"], row["max_size"])
+            path = row["file"]
+            if loaded[0] != path:
+                try:
+                    with open(path, "rb") as fh:
+                        loaded = (path, fh.read())
+                except OSError as exc:
+                    loaded = (path, exc)
+            gz = loaded[1]
+            if isinstance(gz, OSError):
+                outcome = f"failed: the report file cannot be read: {gz}"
+            else:
+                report = Report(row["policy_domain"], row["begin"], row["end"],
+                                row["report_id"], os.path.basename(path), b"", gz, [],
+                                row["messages"], [dest], path)
+                outcome = send_one(config, report, dest, resolver, caps, runner)
+            attempts = row["attempts"] + outcome.startswith("failed")
+            state = ("sent" if outcome.startswith("sent") else
+                     "skipped" if outcome.startswith("skipped") else
+                     "abandoned" if attempts >= MAX_ATTEMPTS else "pending")
+            if state == "abandoned":
+                outcome += f" (tried {attempts} times: given up)"
+            conn.execute("UPDATE dmarc_delivery SET state = ?, attempts = ?, detail = ?,"
+                         " updated = ? WHERE report_id = ? AND address = ?",
+                         (state, attempts, outcome[:300], int(time.time()), row["report_id"],
+                          row["address"]))
+            outcomes.append((row["report_id"], path, dest.address, outcome))
+    finally:
+        conn.close()
     return outcomes
 
 
@@ -413,25 +687,36 @@ def cmd_dmarc_report(args) -> int:
     config = _load_config(args.config)
     try:
         reports, skipped = make_reports(config, args.since)
-        save(config, reports, args.out)
+        save(config, reports, args.out, queue=args.send)
     except ReportError as exc:
         print(f"mailwarden: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except (sqlite3.Error, OSError) as exc:
         print(f"mailwarden: dmarc-report: {exc}", file=sys.stderr)
         return EXIT_FAIL
-    resolver = Resolver(config.dns) if args.send else None
     failed = False
-    try:
-        for report in reports:
-            print(f"{report.path}: {report.policy_domain}, {report.messages} messages")
-            if resolver is not None:
-                for address, outcome in send(config, report, resolver):
-                    print(f"  {address}: {outcome}")
-                    failed |= outcome.startswith("failed")
-    finally:
-        if resolver is not None:
+    outcomes: dict = {}
+    if args.send:
+        resolver = Resolver(config.dns)
+        try:
+            for report_id, path, address, outcome in deliver(config, resolver):
+                outcomes.setdefault(report_id, (path, []))[1].append((address, outcome))
+                failed |= outcome.startswith("failed")
+        except sqlite3.Error as exc:
+            print(f"mailwarden: dmarc-report: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+        finally:
             resolver.close()
+    for report in reports:
+        print(f"{report.path}: {report.policy_domain}, {report.messages} messages")
+        for uri, why in report.refused:
+            print(f"  {uri!r}: skipped: refused rua URI: {why}")
+        for address, outcome in outcomes.pop(report.report_id, ("", []))[1]:
+            print(f"  {address}: {outcome}")
+    for report_id, (path, items) in outcomes.items():
+        print(f"{path}: report {report_id} of an earlier run, tried again")
+        for address, outcome in items:
+            print(f"  {address}: {outcome}")
     if not reports:
         print("no records to report")
     if skipped:

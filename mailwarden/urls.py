@@ -8,7 +8,11 @@ What is read:
 * every MIME entity, nested multiparts and attached ``message/rfc822``
   included, with its Content-Transfer-Encoding (quoted-printable, base64)
   undone and its charset decoded; a part that cannot be decoded is skipped
-  with a note, never an exception;
+  with a note, never an exception.  Only the charsets of :data:`CHARSETS`
+  (the usual mail charsets, all decoded by C codecs in linear time) are
+  decoded as named; a part in any other (``punycode``, whose Python codec
+  is quadratic, ``rot13``, an unknown name) is read as UTF-8 with
+  replacement characters, and a note says so;
 * ``text/plain`` (and other ``text/*``): URLs with a scheme (http, https,
   ftp; ``mailto:`` gives the host after ``@``), ``www.`` hosts without a
   scheme, bare dotted IPv4 hosts;
@@ -33,7 +37,9 @@ suffix itself is its own registered domain: that is how RFC 5782's ``TEST``
 and ``INVALID`` entries of a domain list are reached.
 
 Everything is bounded (:class:`Limits`): MIME entities, nesting depth,
-characters scanned, distinct URLs, distinct domains.  The scanners use
+characters scanned, distinct URLs, distinct domains.  A multipart body is
+split as it is walked, one delimiter at a time, so the delimiters after
+``max_parts`` are never even looked for.  The scanners use
 ``str.find`` and regular expressions without nested quantifiers, and every
 position of the input is examined a bounded number of times, so the time is
 linear in the input whatever it holds.
@@ -615,45 +621,109 @@ def _decode_cte(data: bytes, start: int, end: int, cte: str, budget: int) -> tup
     return raw, ""
 
 
+# The charsets read: those mail is written in (the IANA names and the
+# aliases clients put in Content-Type), each mapped to the Python codec that
+# decodes it.  Every one of these codecs is written in C and linear in its
+# input.  Any other name (``punycode``, ``idna``, ``rot13``, ``base64``,
+# ``x-klingon``) is not handed to Python's codec machinery at all: some
+# codecs are pure Python and far from linear (``punycode``: quadratic), some
+# are not text encodings.  Such a part is read as UTF-8 with replacement
+# characters, which keeps every ASCII URL of an ASCII-compatible text.
+_CHARSET_CODECS = {
+    "ascii": ("usascii", "ascii", "us", "ansix341968", "iso646us", "cp367", "ibm367"),
+    "utf-8": ("utf8",),
+    "utf-16": ("utf16",), "utf-16-le": ("utf16le",), "utf-16-be": ("utf16be",),
+    "utf-32": ("utf32",), "utf-32-le": ("utf32le",), "utf-32-be": ("utf32be",),
+    "utf-7": ("utf7",),
+    "latin-1": ("iso88591", "latin1", "l1", "cp819", "ibm819"),
+    "iso8859-2": ("iso88592", "latin2", "l2"),
+    "iso8859-3": ("iso88593", "latin3", "l3"),
+    "iso8859-4": ("iso88594", "latin4", "l4"),
+    "iso8859-5": ("iso88595", "cyrillic"),
+    "iso8859-6": ("iso88596", "arabic"),
+    "iso8859-7": ("iso88597", "greek"),
+    "iso8859-8": ("iso88598", "iso88598i", "hebrew"),
+    "iso8859-9": ("iso88599", "latin5", "l5"),
+    "iso8859-10": ("iso885910", "latin6", "l6"),
+    "iso8859-11": ("iso885911",),
+    "iso8859-13": ("iso885913", "latin7", "l7"),
+    "iso8859-14": ("iso885914", "latin8", "l8"),
+    "iso8859-15": ("iso885915", "latin9", "l9"),
+    "iso8859-16": ("iso885916", "latin10", "l10"),
+    "cp1250": ("windows1250", "cp1250", "xcp1250"),
+    "cp1251": ("windows1251", "cp1251", "xcp1251"),
+    "cp1252": ("windows1252", "cp1252", "xcp1252"),
+    "cp1253": ("windows1253", "cp1253"),
+    "cp1254": ("windows1254", "cp1254"),
+    "cp1255": ("windows1255", "cp1255"),
+    "cp1256": ("windows1256", "cp1256"),
+    "cp1257": ("windows1257", "cp1257"),
+    "cp1258": ("windows1258", "cp1258"),
+    "cp874": ("windows874", "cp874"),
+    "tis-620": ("tis620",),
+    "koi8-r": ("koi8r",), "koi8-u": ("koi8u",),
+    "mac-roman": ("macintosh", "macroman", "xmacroman"),
+    "cp437": ("cp437", "ibm437"), "cp850": ("cp850", "ibm850"), "cp866": ("cp866", "ibm866"),
+    "gbk": ("gb2312", "gbk", "cp936", "xgbk", "euccn", "xeuccn"),
+    "gb18030": ("gb18030",),
+    "big5": ("big5", "csbig5", "xxbig5"), "big5hkscs": ("big5hkscs",), "cp950": ("cp950",),
+    "shift_jis": ("shiftjis", "sjis", "xsjis", "csshiftjis", "mskanji"),
+    "cp932": ("cp932", "windows31j", "cswindows31j"),
+    "euc_jp": ("eucjp", "xeucjp", "cseucpkdfmtjapanese"),
+    "iso2022_jp": ("iso2022jp", "csiso2022jp"),
+    "iso2022_jp_2": ("iso2022jp2",),
+    "euc_kr": ("euckr", "cseuckr"),
+    "cp949": ("ksc56011987", "ksc5601", "cp949", "windows949", "uhc"),
+    "iso2022_kr": ("iso2022kr", "csiso2022kr"),
+}
+CHARSETS = {alias: codec for codec, aliases in _CHARSET_CODECS.items() for alias in aliases}
+_NOT_ALNUM = re.compile(r"[^a-z0-9]")
+
+
+def charset_codec(name: str) -> Optional[str]:
+    """The Python codec for a MIME charset name, None when it is not one of
+    :data:`CHARSETS` (compared without case and punctuation: ``ISO_8859-1``,
+    ``iso8859-1`` and ``latin1`` are one)."""
+    return CHARSETS.get(_NOT_ALNUM.sub("", name.lower()[:40]))
+
+
 def _decode_charset(data: bytes, charset: str) -> tuple:
     charset = (charset or "").strip().strip('"').lower()[:40] or "us-ascii"
-    try:
-        return data.decode(charset, "replace"), ""
-    except (LookupError, UnicodeError, ValueError, TypeError):
-        # unknown names, and codecs that are not text encodings (rot13, base64)
+    codec = charset_codec(charset)
+    if codec is None:
         return data.decode("utf-8", "replace"), f"unknown charset {charset!r}, read as UTF-8"
+    return data.decode(codec, "replace"), ""
 
 
-def _multipart_parts(data: bytes, start: int, end: int, boundary: bytes) -> tuple:
+def _multipart_parts(data: bytes, start: int, end: int, boundary: bytes, seen: dict):
     """The (start, end) of each entity between ``--boundary`` delimiter lines
-    (RFC 2046 §5.1.1), and whether the close delimiter was seen."""
+    (RFC 2046 §5.1.1), one at a time: the caller stops at its bound and the
+    delimiters after it are never looked for.  ``seen["closed"]`` tells
+    whether the close delimiter was met, ``seen["done"]`` whether the body
+    was read to its end."""
     delim = b"--" + boundary
-    starts = []
-    pos = start
-    if data.startswith(delim, start, end):
-        starts.append(start)
-        pos = start + len(delim)
-    while True:
+    size = len(delim)
+
+    def following(pos: int) -> int:
         i = data.find(b"\n" + delim, pos, end)
-        if i < 0:
-            break
-        starts.append(i + 1)
-        pos = i + 1 + len(delim)
-    parts = []
-    closed = False
-    for k, s in enumerate(starts):
-        after = s + len(delim)
+        return i + 1 if i >= 0 else -1
+
+    s = start if data.startswith(delim, start, end) else following(start)
+    while s >= 0:
+        after = s + size
         if data.startswith(b"--", after, end):
-            closed = True
+            seen["closed"] = True
             break
         line_end = data.find(b"\n", after, end)
         if line_end < 0:
             break
-        e = starts[k + 1] - 1 if k + 1 < len(starts) else end    # the LF before it
-        if k + 1 < len(starts) and e > line_end and data[e - 1:e] == b"\r":
+        nxt = following(after)
+        e = nxt - 1 if nxt >= 0 else end                      # the LF before it
+        if nxt >= 0 and e > line_end and data[e - 1:e] == b"\r":
             e -= 1                       # the CRLF before a delimiter belongs to it
-        parts.append((line_end + 1, max(e, line_end + 1)))
-    return parts, closed
+        yield line_end + 1, max(e, line_end + 1)
+        s = nxt
+    seen["done"] = True
 
 
 def extract(message: bytes, limits: Limits = Limits()) -> Extraction:
@@ -699,10 +769,9 @@ def _walk(data: bytes, start: int, end: int, depth: int, default_type: str,
             out.note(f"part {where}: {ctype} without a usable boundary, read as text")
             _leaf(data, body, end, "text/plain", fields, params, out, state, where)
             return
-        parts, closed = _multipart_parts(data, body, end,
-                                         boundary.encode("utf-8", "surrogateescape"))
-        if not closed:
-            out.note(f"part {where}: multipart without its closing delimiter")
+        seen = {"closed": False, "done": False}
+        parts = _multipart_parts(data, body, end, boundary.encode("utf-8", "surrogateescape"),
+                                 seen)
         child_default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
         for i, (s, e) in enumerate(parts, 1):
             if state["parts"] >= out.limits.max_parts:
@@ -711,6 +780,8 @@ def _walk(data: bytes, start: int, end: int, depth: int, default_type: str,
             _walk(data, s, e, depth + 1, child_default, out, state, f"{where}.{i}")
             if out.full:
                 break
+        if seen["done"] and not seen["closed"]:
+            out.note(f"part {where}: multipart without its closing delimiter")
         return
     if ctype in ("message/rfc822", "message/global"):
         cte = fields.get("content-transfer-encoding", "").strip().lower()

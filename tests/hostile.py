@@ -4,7 +4,8 @@
 boundaries, multiparts nested 100 deep, 10,000 parts, a 1 MB header, NUL
 bytes, invalid UTF-8, invalid base64 and quoted-printable, header lines
 without a colon, CR-only and LF-only line ends, a 30 MB message, 1,000
-recipients, and seeded mutations of well-formed messages.  ``big=False``
+recipients, charsets whose codecs are slow or no text encodings (punycode),
+2.6 MB of multipart delimiter lines, and seeded mutations of well-formed messages.  ``big=False``
 leaves out the few multi-megabyte ones (for a quick run).
 
 ``python -m tests.hostile DIR`` writes the corpus as ``DIR/NAME.eml`` files
@@ -201,6 +202,18 @@ def _sizes(big: bool) -> list:
         ("header-1mb-many-fields", HEAD + b"".join(b"X-H%d: value\r\n" % i for i in range(60000))
          + b"\r\nx\r\n", 1, False),
         ("recipients-1000", HEAD + b"\r\nto many\r\n", 1000, False),
+        # a pure-Python codec that is quadratic in its input (320 KB: 7 s)
+        ("charset-punycode-320k", HEAD + b"Content-Type: text/plain; charset=punycode\r\n\r\n-"
+         + b"9" * (320 << 10) + b" http://test.surbl.org/\r\n", 1, False),
+        ("charset-python-codecs", _mp(b"cs", [b"Content-Type: text/plain; charset=" + name
+                                              + b"\r\n\r\n" + b"9" * 20000 + b" http://test.surbl.org/"
+                                              for name in (b"idna", b"punycode", b"uu", b"rot13",
+                                                           b"zlib", b"base64", b"hex", b"utf-7",
+                                                           b"x-klingon")]), 1, False),
+        # 2.6 MB of delimiter lines: 520,000 parts if all of them were listed
+        ("delimiters-2.6mb", HEAD + b"Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\n"
+         + TEXT_PART.replace(b"www.example.com", b"test.surbl.org") + b"--a\r\n" * 520_000,
+         1, False),
     ]
     if big:
         line = b"filler text http://big.example.org/path and more words to fill\r\n"

@@ -56,6 +56,7 @@ from typing import Optional
 
 from ..address import header_addresses
 from ..config import opt, parse_bool, parse_choice, parse_str
+from ..dmarc_report import MAX_SHORT, bound_identities, bound_rua, bound_text
 from ..dns import Status
 from ..model import Reply
 from . import Check, CheckOptions
@@ -403,11 +404,15 @@ class History:
         msg = ctx.msg
         sender = msg.mail_from
         rcpt = msg.rcpts[0] if msg.rcpts else ""
-        row = (int(ctx.now()), msg.queue_id or "", str(ctx.conn.client_ip or ""), domain,
-               sender.rpartition("@")[2].lower() if sender else "",
-               rcpt.rpartition("@")[2].lower(), record.domain, record.p, record.sp,
-               record.np, record.pct, record.adkim, record.aspf, record.fo, record.rua,
+        # what the sender controls is bounded before it is kept
+        row = (int(ctx.now()), bound_text(msg.queue_id or ""), str(ctx.conn.client_ip or ""),
+               bound_text(domain),
+               bound_text(sender.rpartition("@")[2].lower()) if sender else "",
+               bound_text(rcpt.rpartition("@")[2].lower()), bound_text(record.domain),
+               record.p, record.sp, record.np, record.pct, record.adkim, record.aspf,
+               bound_text(record.fo, MAX_SHORT), bound_rua(record.rua),
                result, int(dkim_aligned), int(spf_aligned), disposition, override)
+        dkim_identities, spf_identities = bound_identities(dkim_identities, spf_identities)
         scope = "mfrom" if sender else "helo"
         try:
             with self._lock:

@@ -131,3 +131,39 @@ def test_dmarc_report_sent_through_postfix(postfix, sink, mailwarden, tmp_path):
                             "--since", "1h", "--out", str(out), "--send"],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "no records to report" in again.stdout, again.stdout
+
+
+def test_dmarc_report_rua_list_reaches_no_victim_through_postfix(postfix, sink, mailwarden,
+                                                                 tmp_path):
+    """Postfix's sendmail splits one argument with commas into several
+    recipients: an encoded comma list in a rua must never get that far."""
+    history = tmp_path / "dmarc.sqlite"
+    sendmail = subprocess.run(["postconf", "-h", "sendmail_path"], capture_output=True,
+                              text=True).stdout.strip() or "/usr/sbin/sendmail"
+    mw = mailwarden({
+        "check.dmarc": {"history": str(history)},
+        "dmarc_report": {"org_name": "Test Receiver Org", "domain": "mx.test.example",
+                         "email": "postmaster@test.example",
+                         "sendmail": f"{sendmail} -C {postfix.config_dir}"},
+    })
+    data, msgid = make_message("dmarc report evil", sender="a@rep-evil-e2e.example")
+    result = smtp_send(postfix.smtp_port, xclient=CLIENT, mail_from="a@rep-evil-e2e.example",
+                       rcpts=[RCPT], data=data)
+    assert result.accepted, result
+    sink.wait_for_match(msgid.encode())
+
+    run = subprocess.run([str(MAILWARDEN_BIN), "dmarc-report", "-c", str(mw.config_path),
+                          "--since", "1h", "--out", str(tmp_path / "reports"), "--send"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, (run.stdout, run.stderr)
+
+    def reports():
+        return [m for m in sink.messages if b"Report Domain: rep-evil-e2e.example" in m.data]
+    wait_until(lambda: bool(reports()), 60, "the report mail to agg@rep-evil-e2e.example",
+               interval=0.2)
+    postfix.wait_queue_empty(60)          # whatever sendmail was given has been delivered
+    rcpts = sorted(r for m in reports() for r in m.rcpts)
+    assert rcpts == ["agg@rep-evil-e2e.example"], rcpts
+    assert not any("victim" in r for m in sink.messages for r in m.rcpts)
+    assert "skipped: refused rua URI: a list of addresses" in run.stdout, run.stdout
+    assert re.search(r"agg@rep-evil-e2e\.example: sent", run.stdout), run.stdout

@@ -153,11 +153,22 @@ def test_reporter_settings_are_required(tmp_path):
 
 
 def test_parse_rua_sizes_and_encoding():
-    assert parse_rua("mailto:a@x.example!10m, mailto:b%21c@y.example,https://z.example/r,"
-                     "mailto:d@w.example!5") == [
-        Destination("a@x.example", 10 << 20), Destination("b!c@y.example", None),
-        Destination("d@w.example", 5)]
+    from mailwarden.dmarc_report import check_rua
+    rua = ("mailto:a@x.example!10m, mailto:b%21c@y.example,https://z.example/r,"
+           "mailto:d@w.example!5,mailto:e@v.example!5!6,mailto:f@u.example!x")
+    destinations, refused = check_rua(rua)
+    assert destinations == [Destination("a@x.example", 10 << 20), Destination("d@w.example", 5)]
+    assert destinations == parse_rua(rua)
+    # "!" is routing syntax (bang paths) and RFC 7489 §6.4's size separator
+    assert dict(refused) == {
+        "mailto:b%21c@y.example": "not a plain local part",
+        "mailto:e@v.example!5!6": 'a "!" that is not a size suffix (RFC 7489 §6.4)',
+        "mailto:f@u.example!x": 'a "!" that is not a size suffix (RFC 7489 §6.4)'}
     assert parse_rua("") == []
+    # one mail per address, whatever its case; RFC 7489's size fits 64 bits
+    assert parse_rua("mailto:a@x.example!1k,mailto:A@x.example") == [
+        Destination("a@x.example", 1024)]
+    assert parse_rua("mailto:a@x.example!18446744073709551616") == []
 
 
 def _fake_sendmail(tmp_path) -> str:
@@ -218,3 +229,432 @@ def test_command_writes_files_and_marks_rows(history, tmp_path, capsys):
     assert cli.main(["dmarc-report", "-c", str(ini), "--since", "1h", "--out", str(out)]) == 0
     assert "no records to report" in capsys.readouterr().out
     assert len(list(out.iterdir())) == 1
+
+
+# --------------------------------------------------------------------------
+# where reports may go (RFC 7489 §7.1), and that none is lost
+
+import functools  # noqa: E402
+import sqlite3  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import types  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from mailwarden import dmarc_report  # noqa: E402
+from mailwarden.dmarc_report import Report  # noqa: E402
+
+SEND_ZONE = """
+evil.example._report._dmarc.reports.example. TXT "v=DMARC1"
+"""
+# who may get evil.example's reports: its own organization, and
+# reports.example, which published evil.example._report._dmarc
+ALLOWED = {"evil.example", "sub.evil.example", "reports.example"}
+# one strict addr-spec, as the test reads RFC 5322 §3.4.1 (dot-atom, host name)
+ADDR_SPEC = re.compile(r"[A-Za-z0-9#$&'*+=?^_`{}~-]+(?:\.[A-Za-z0-9#$&'*+=?^_`{}~-]+)*"
+                       r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
+SEND_CONFIG = loads("[authserv]\nid = mx.test.example\n" + REPORTER
+                    + "sender = dmarc-noreply@test.example\nsendmail = /usr/sbin/sendmail -oi\n")
+
+
+ORGANIZATIONAL = (functools.lru_cache(maxsize=None)(dmarc_report.organizational)
+                  if hasattr(dmarc_report, "organizational") else None)
+
+
+class FakeRun:
+    """subprocess.run as the report sender calls it: records each sendmail
+    run, fails (exit 75) for the addresses in ``fail``."""
+
+    def __init__(self, fail=()):
+        self.fail = set(fail)
+        self.calls = []
+
+    def __call__(self, argv, input=None, **kwargs):
+        self.calls.append((list(argv), input))
+        rc = 75 if argv[-1] in self.fail else 0
+        return subprocess.CompletedProcess(argv, rc, b"", b"451 try later\n" if rc else b"")
+
+    @property
+    def recipients(self) -> list:
+        return [argv[argv.index("--") + 1:] for argv, _ in self.calls]
+
+
+def _report(policy_domain: str, rua: str) -> Report:
+    return Report(policy_domain, 0, 3600, "r1@mx.test.example",
+                  f"mx.test.example!{policy_domain}!0!3600!r1.xml.gz", b"<x/>",
+                  gzip.compress(b"<x/>"), [1], 1, parse_rua(rua))
+
+
+def _send_patched(report: Report, fake: FakeRun) -> list:
+    resolver = Resolver(SEND_CONFIG.dns, backend=ZoneBackend(SEND_ZONE))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(dmarc_report.subprocess, "run", fake)
+            if ORGANIZATIONAL is not None:     # the same answers, without the rebuild per call
+                mp.setattr(dmarc_report, "organizational", ORGANIZATIONAL)
+            return send(SEND_CONFIG, report, resolver)
+    finally:
+        resolver.close()
+
+
+def _assert_only_strict_allowed(fake: FakeRun, rua: str) -> None:
+    assert len(fake.calls) <= rua.lower().count("mailto:")
+    for argv, data in fake.calls:
+        cut = argv.index("--")
+        assert "-i" in argv[:cut]
+        assert len(argv) == cut + 2, argv               # one recipient per run
+        address = argv[-1]
+        assert ADDR_SPEC.fullmatch(address), address
+        assert not address.startswith("-")
+        assert address.rpartition("@")[2].lower() in ALLOWED, address
+        msg = email.message_from_bytes(data, policy=email.policy.default)
+        assert msg["To"] == address
+
+
+def test_the_comma_list_of_the_issue_goes_to_no_victim():
+    rua = ("mailto:ceo%40victim-one.example%2Cabuse%40victim-two.example%2C"
+           "reports@evil.example")
+    fake = FakeRun()
+    outcomes = dict(_send_patched(_report("evil.example", rua), fake))
+    assert fake.calls == []
+    _assert_only_strict_allowed(fake, rua)
+    assert outcomes == {} or all(o.startswith("skipped") for o in outcomes.values())
+
+
+_LOCALS = st.sampled_from(["ceo", "abuse", "reports", "a.b", "x+y", "-oQ/tmp/q", "-C/etc/x",
+                           "-bs", "%2D%2Dhelp", "-f", "--", "-", "%2DoQ", "a..b", ".a", ""])
+_JUNK = st.sampled_from(["%2C", ",", "%0A", "%0D%0A", "%0a", "\n", "\r", "%3C", "<", "%3E", ">",
+                         "%20", " ", "%3B", ";", "%00", "%22", '"', "%28x%29", "(", "%40", "@",
+                         "%09", "\t", "!", "%21", "?to=ceo@victim-one.example", "%5C", "\\",
+                         "%25", "%", "|", "%7C", "/", "%C3%A9", "\u00e9", "%FF", "%"])
+_DOMAINS = st.sampled_from(["evil.example", "sub.evil.example", "reports.example",
+                            "victim-one.example", "victim-two.example", "[127.0.0.1]",
+                            "127.0.0.1", "evil.example.", "EVIL.example", "evil", "-evil.example"])
+_SIZES = st.sampled_from(["", "!10m", "!1", "!99999k", "!x", "!!5", "!5k!6", "!"])
+_URI = st.builds(lambda parts, size: "mailto:" + "".join(parts) + size,
+                 st.lists(st.one_of(_LOCALS, _JUNK, _DOMAINS.map(lambda d: "@" + d)),
+                          min_size=1, max_size=8), _SIZES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_URI, min_size=1, max_size=4), st.sampled_from([",", " , ", ",\t"]))
+def test_sendmail_only_ever_gets_one_strict_allowed_address(uris, sep):
+    rua = sep.join(uris)
+    fake = FakeRun()
+    _send_patched(_report("evil.example", rua), fake)
+    _assert_only_strict_allowed(fake, rua)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.from_regex(r"[a-z][a-z0-9]{0,8}(\.[a-z0-9]{1,5})?", fullmatch=True),
+                          st.sampled_from(sorted(ALLOWED | {"victim-one.example"}))),
+                min_size=1, max_size=5, unique=True))
+def test_plain_addresses_are_sent_where_allowed(pairs):
+    rua = ",".join(f"mailto:{local}@{domain}" for local, domain in pairs)
+    fake = FakeRun()
+    _send_patched(_report("evil.example", rua), fake)
+    assert fake.recipients == [[f"{local}@{domain}"] for local, domain in pairs
+                               if domain in ALLOWED]
+
+
+# --------------------------------------------------------------------------
+# delivery state: a report is sent once sendmail took it, retried otherwise
+
+def _send_config(tmp_path, extra=""):
+    return config_for(tmp_path, "sender = dmarc-noreply@test.example\n"
+                                "sendmail = /usr/sbin/sendmail\n" + extra)
+
+
+def _states(config) -> dict:
+    with sqlite3.connect(config.checks["dmarc"].history) as conn:
+        return {a: (s, n) for a, s, n in conn.execute(
+            "SELECT address, state, attempts FROM dmarc_delivery")}
+
+
+def _deliver(config, fake, zone=ZONE):
+    from mailwarden.dmarc_report import deliver
+    resolver = Resolver(config.dns, backend=ZoneBackend(zone))
+    try:
+        return deliver(config, resolver, runner=lambda argv, data: fake(argv, data))
+    finally:
+        resolver.close()
+
+
+class FakeRunner(FakeRun):
+    def __call__(self, argv, data):
+        self.calls.append((list(argv), data))
+        return (75, "451 4.3.0 try later") if argv[-1] in self.fail else (0, "")
+
+
+def test_a_failing_destination_stays_pending_and_the_others_are_sent(history, tmp_path):
+    config = _send_config(tmp_path)
+    reports, _ = make_reports(config, since=3600, now=time.time() + 1)
+    save(config, reports, str(tmp_path / "out"), queue=True)
+    assert {a: s for a, (s, _n) in _states(config).items()} == {
+        "dmarc@rep-a.example": "pending", "agg@reports.example": "pending",
+        "tiny@reports.example": "pending", "x@unauth.example": "pending"}
+
+    first = FakeRunner(fail={"agg@reports.example"})
+    outcomes = {a: o for _r, _p, a, o in _deliver(config, first)}
+    assert outcomes["agg@reports.example"].startswith("failed: sendmail exited 75")
+    assert outcomes["dmarc@rep-a.example"].startswith("sent")
+    assert _states(config) == {
+        "dmarc@rep-a.example": ("sent", 0), "agg@reports.example": ("pending", 1),
+        "tiny@reports.example": ("skipped", 0), "x@unauth.example": ("skipped", 0)}
+
+    second = FakeRunner()
+    _deliver(config, second)
+    assert second.recipients == [["agg@reports.example"]]     # only what was not sent
+    assert _states(config)["agg@reports.example"] == ("sent", 1)
+    msg = email.message_from_bytes(second.calls[0][1], policy=email.policy.default)
+    part = next(msg.iter_attachments())
+    assert part.get_content() == reports[0].gz                 # the saved report, unchanged
+
+    third = FakeRunner()
+    assert _deliver(config, third) == [] and third.calls == []
+
+
+def test_a_destination_failing_every_run_is_given_up_after_max_attempts(history, tmp_path):
+    config = _send_config(tmp_path)
+    reports, _ = make_reports(config, since=3600, now=time.time() + 1)
+    save(config, reports, str(tmp_path / "out"), queue=True)
+    failing = FakeRunner(fail={"agg@reports.example"})
+    for _ in range(dmarc_report.MAX_ATTEMPTS + 2):
+        _deliver(config, failing)
+    tries = [r for r in failing.recipients if r == ["agg@reports.example"]]
+    assert len(tries) == dmarc_report.MAX_ATTEMPTS
+    assert _states(config)["agg@reports.example"] == ("abandoned", dmarc_report.MAX_ATTEMPTS)
+
+
+def test_a_dns_failure_on_the_authorization_is_tried_again(history, tmp_path):
+    config = _send_config(tmp_path)
+    reports, _ = make_reports(config, since=3600, now=time.time() + 1)
+    save(config, reports, str(tmp_path / "out"), queue=True)
+    line = 'rep-a.example._report._dmarc.reports.example. TXT "v=DMARC1"'
+    assert line in ZONE
+    broken = ZONE.replace(line, "rep-a.example._report._dmarc.reports.example. SERVFAIL")
+    first = FakeRunner()
+    outcomes = {a: o for _r, _p, a, o in _deliver(config, first, broken)}
+    assert outcomes["agg@reports.example"].startswith("failed: ")
+    assert ["agg@reports.example"] not in first.recipients
+    assert _states(config)["agg@reports.example"] == ("pending", 1)
+    second = FakeRunner()
+    _deliver(config, second)
+    assert second.recipients == [["agg@reports.example"]]
+
+
+def test_cap_on_mails_per_destination_domain_leaves_the_rest_for_the_next_run(tmp_path):
+    zone = ZONE.replace("mailto:tiny@reports.example!1k,", "mailto:other@reports.example,")
+    config = _send_config(tmp_path, "max_mails_per_domain = 1\n")
+    _history_from(config, zone)
+    reports, _ = make_reports(config, since=3600, now=time.time() + 1)
+    save(config, reports, str(tmp_path / "out"), queue=True)
+    first = FakeRunner()
+    outcomes = {a: o for _r, _p, a, o in _deliver(config, first, zone)}
+    assert sorted(first.recipients) == [["agg@reports.example"], ["dmarc@rep-a.example"]]
+    assert outcomes["other@reports.example"].startswith("deferred: max_mails_per_domain")
+    second = FakeRunner()
+    _deliver(config, second, zone)
+    assert second.recipients == [["other@reports.example"]]
+
+
+def test_cap_on_mails_per_run(history, tmp_path):
+    config = _send_config(tmp_path, "max_mails_per_run = 1\n")
+    reports, _ = make_reports(config, since=3600, now=time.time() + 1)
+    save(config, reports, str(tmp_path / "out"), queue=True)
+    runs = []
+    for _ in range(3):
+        fake = FakeRunner()
+        _deliver(config, fake)
+        runs.append(fake.recipients)
+    assert runs == [[["dmarc@rep-a.example"]], [["agg@reports.example"]], []]
+
+
+def test_cap_on_reports_per_run_keeps_the_other_domains_for_later(tmp_path):
+    zone = ZONE + ('rep-b.example. TXT "v=spf1 ip4:198.51.100.0/24 -all"\n'
+                   '_dmarc.rep-b.example. TXT "v=DMARC1; p=none; rua=mailto:d@rep-b.example"\n')
+    config = _send_config(tmp_path, "max_reports_per_run = 1\n")
+    engine = Engine(config, resolver=Resolver(config.dns, backend=ZoneBackend(zone)),
+                    hostname="mx.test.example")
+    try:
+        deliver(engine, "198.51.100.7", "a@rep-b.example", "a@rep-b.example", 1)   # oldest
+        deliver(engine, "198.51.100.7", "a@rep-a.example", "a@rep-a.example", 2)
+    finally:
+        engine.close()
+    first, _ = make_reports(config, since=3600, now=time.time() + 1)
+    assert [(r.policy_domain, r.messages) for r in first] == [("rep-b.example", 1)]
+    save(config, first, str(tmp_path / "out"))
+    second, _ = make_reports(config, since=3600, now=time.time() + 1)
+    assert [(r.policy_domain, r.messages) for r in second] == [("rep-a.example", 2)]
+
+
+def _history_from(config, zone):
+    engine = Engine(config, resolver=Resolver(config.dns, backend=ZoneBackend(zone)),
+                    hostname="mx.test.example")
+    try:
+        deliver(engine, "198.51.100.7", "a@rep-a.example", "a@rep-a.example", 1)
+    finally:
+        engine.close()
+
+
+def _sendmail_script(tmp_path, fail_flag=None) -> Path:
+    """A sendmail(1) that spools each message as SPOOL/<n>.json, or exits 75
+    while ``fail_flag`` exists."""
+    spool = tmp_path / "spool"
+    spool.mkdir(exist_ok=True)
+    script = tmp_path / "sendmail-flag"
+    script.write_text(f"""#!{sys.executable}
+import json, os, sys, pathlib
+if {str(fail_flag)!r} != 'None' and os.path.exists({str(fail_flag)!r}):
+    sys.stderr.write("451 4.3.0 queue file write error\\n")
+    sys.exit(75)
+spool = pathlib.Path({str(spool)!r})
+n = len(list(spool.iterdir()))
+(spool / f"{{n}}.json").write_text(json.dumps({{"args": sys.argv[1:],
+                                               "data": sys.stdin.buffer.read().decode()}}))
+""")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+@pytest.fixture
+def zone_dns(monkeypatch):
+    """The command's resolver answers from a zone: no lookup leaves the process."""
+    import mailwarden.dns
+    real = mailwarden.dns.Resolver
+    zones = {"text": ZONE}
+    monkeypatch.setattr(mailwarden.dns, "Resolver",
+                        lambda cfg: real(cfg, backend=ZoneBackend(zones["text"])))
+    return zones
+
+
+def _spooled(tmp_path) -> list:
+    return [json.loads(p.read_text())["args"][-1]
+            for p in sorted((tmp_path / "spool").iterdir(), key=lambda p: int(p.stem))]
+
+
+NEWLINE_ZONE = """
+rep-b.example. TXT "v=spf1 ip4:198.51.100.0/24 -all"
+_dmarc.rep-b.example. TXT "v=DMARC1; p=none; rua=mailto:bad%0aline@rep-b.example,mailto:agg@rep-b.example"
+rep-c.example. TXT "v=spf1 ip4:198.51.100.0/24 -all"
+_dmarc.rep-c.example. TXT "v=DMARC1; p=none; rua=mailto:agg@rep-c.example"
+"""
+
+
+def test_a_newline_in_one_rua_loses_no_report(tmp_path, capsys, zone_dns):
+    """A %0a used to raise in the middle of --send, after every report had
+    been marked as reported: the reports after it were never sent."""
+    zone_dns["text"] = NEWLINE_ZONE
+    ini = tmp_path / "m.ini"
+    ini.write_text(f"[authserv]\nid = mx.test.example\n[check.dmarc]\nhistory = "
+                   f"{tmp_path / 'dmarc.sqlite'}\n" + REPORTER
+                   + f"sendmail = {_sendmail_script(tmp_path)}\n")
+    config = loads(ini.read_text())
+    engine = Engine(config, resolver=Resolver(config.dns, backend=ZoneBackend(NEWLINE_ZONE)),
+                    hostname="mx.test.example")
+    try:
+        deliver(engine, "198.51.100.7", "a@rep-b.example", "a@rep-b.example", 1)
+        deliver(engine, "198.51.100.7", "a@rep-c.example", "a@rep-c.example", 1)
+    finally:
+        engine.close()
+    rc = cli.main(["dmarc-report", "-c", str(ini), "--since", "1h", "--out",
+                   str(tmp_path / "out"), "--send"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert sorted(_spooled(tmp_path)) == ["agg@rep-b.example", "agg@rep-c.example"]
+    assert "'mailto:bad%0aline@rep-b.example': skipped: refused rua URI" in out
+
+
+def test_reports_sendmail_refused_are_sent_by_the_next_run(history, tmp_path, capsys,
+                                                           zone_dns):
+    flag = tmp_path / "mta-down"
+    flag.touch()
+    ini = tmp_path / "m.ini"
+    ini.write_text(f"[authserv]\nid = mx.test.example\n[check.dmarc]\nhistory = "
+                   f"{tmp_path / 'dmarc.sqlite'}\n" + REPORTER
+                   + f"sendmail = {_sendmail_script(tmp_path, flag)}\n")
+    argv = ["dmarc-report", "-c", str(ini), "--since", "1h", "--out", str(tmp_path / "out"),
+            "--send"]
+    assert cli.main(argv) == cli.EXIT_FAIL
+    out = capsys.readouterr().out
+    assert "dmarc@rep-a.example: failed: sendmail exited 75: 451 4.3.0" in out
+    assert _spooled(tmp_path) == []
+    flag.unlink()
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "no records to report" in out and "of an earlier run, tried again" in out
+    assert sorted(_spooled(tmp_path)) == ["agg@reports.example", "dmarc@rep-a.example"]
+    assert cli.main(argv) == 0
+    assert len(_spooled(tmp_path)) == 2                       # sent once, not again
+
+
+# --------------------------------------------------------------------------
+# what the history keeps of sender-controlled fields
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=40).map(lambda t: t * 30)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_TEXT, _TEXT), min_size=0, max_size=40), _TEXT, _TEXT, _TEXT)
+def test_the_history_keeps_bounded_fields_and_reports_stay_valid(sigs, from_domain, fo, rua):
+    from mailwarden.checks.dmarc import History, Record
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/h.sqlite"
+        history = History(path)
+        ctx = types.SimpleNamespace(
+            msg=types.SimpleNamespace(mail_from="x@" + from_domain, rcpts=["b@" + from_domain],
+                                      queue_id="Q1"),
+            conn=types.SimpleNamespace(client_ip="198.51.100.7"), now=time.time,
+            log=types.SimpleNamespace(warning=lambda *a: None))
+        record = Record(domain="bounded.example", p="none", fo=fo,
+                        rua="mailto:a@bounded.example," + rua)
+        try:
+            history.record(ctx, from_domain, record, "fail", "none", "", False, False,
+                           [(from_domain, "fail")], [(d, s, "fail") for d, s in sigs])
+        finally:
+            history.close()
+        with sqlite3.connect(path) as conn:
+            row = conn.execute("SELECT header_from, envelope_from, envelope_to, fo, rua"
+                               " FROM dmarc_message").fetchone()
+            dkim = conn.execute("SELECT domain, selector FROM dmarc_dkim").fetchall()
+            spf = conn.execute("SELECT domain FROM dmarc_spf").fetchall()
+        assert all(len(v) <= 253 for v in row[:3])
+        assert len(row[3]) <= 32 and len(row[4]) <= 1024
+        assert row[4].startswith("mailto:a@bounded.example")
+        assert len(dkim) == min(len(sigs), 20)
+        assert all(len(d) <= 253 and len(s) <= 253 for d, s in dkim + [(d, "") for d, in spf])
+        config = loads(f"[authserv]\nid = mx.test.example\n[check.dmarc]\nhistory = {path}\n"
+                       + REPORTER)
+        reports, _ = make_reports(config, since=3600, now=time.time() + 1)
+        assert [r.policy_domain for r in reports] == ["bounded.example"]
+        SCHEMA.validate(reports[0].xml)
+
+
+def test_long_dkim_tags_of_a_real_message_are_kept_bounded(tmp_path):
+    """Through the engine: 30 signatures whose d= and s= run to 1,600 and
+    900 characters, with control characters, reach the history bounded."""
+    config = config_for(tmp_path)
+    engine = Engine(config, resolver=Resolver(config.dns, backend=ZoneBackend(ZONE)),
+                    hostname="mx.test.example")
+    sigs = b"".join(b"DKIM-Signature: v=1; a=rsa-sha256; d=" + b"x\x01y" * 400
+                    + b"%d.example; s=" % i + b"s" * 900 + b"; h=from; bh=AAAA; b=AAAA\r\n"
+                    for i in range(30))
+    message = sigs + b"From: a@rep-a.example\r\nTo: b@test.example\r\nSubject: s\r\n\r\nhi\r\n"
+    try:
+        _verdict, _conn, msg = run_offline(engine, client_ip="198.51.100.7",
+                                           helo="mail.sender.example",
+                                           mail_from="a@rep-a.example",
+                                           rcpts=["b@test.example"], message=message)
+        if msg is not None:
+            msg.close()
+    finally:
+        engine.close()
+    with sqlite3.connect(config.checks["dmarc"].history) as conn:
+        rows = conn.execute("SELECT domain, selector FROM dmarc_dkim").fetchall()
+    assert 1 <= len(rows) <= 20
+    assert all(len(d) <= 253 and len(s) <= 253 and "\x01" not in d for d, s in rows), \
+        max(len(d) for d, _s in rows)
+    reports, _ = make_reports(config, since=3600, now=time.time() + 1)
+    SCHEMA.validate(reports[0].xml)

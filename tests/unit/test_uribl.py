@@ -209,3 +209,45 @@ def test_an_undefined_list_name_is_refused():
     with pytest.raises(ConfigError) as err:
         loads(BASE.format(extra="lists = surbl, nosuchlist", sections=""))
     assert "[check.uribl] lists:" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["charset-punycode-320k", "charset-python-codecs",
+                                  "delimiters-2.6mb"])
+def test_hostile_content_costs_bounded_work_with_uribl_on(name):
+    """The content-parsing classes of the hostile corpus through the engine
+    with uribl on: no pure-Python codec decodes a part (their Python steps
+    are counted, and stopped past a budget) and the multipart delimiters
+    are not all listed (peak memory traced, was +100 MB)."""
+    import tracemalloc
+
+    from tests.hostile import corpus
+    from tests.unit.test_urls import _codec_steps
+
+    item = {i.name: i for i in corpus(big=False)}[name]
+    config = loads(BASE.format(extra="", sections=""))
+    engine = Engine(config, resolver=Resolver(config.dns, backend=ZoneBackend(ZONE)))
+    out = []
+
+    def run():
+        verdict, _, msg = run_offline(engine, client_ip="198.51.100.7",
+                                      helo="mail.sender.example", mail_from="a@sender.example",
+                                      rcpts=["b@example.org"], message=item.data)
+        if msg is not None:
+            msg.close()
+        out.append(verdict)
+
+    try:
+        tracemalloc.start()
+        try:
+            steps = _codec_steps(run)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    finally:
+        engine.close()
+    assert steps <= 200, f"{steps} Python steps in codecs"
+    # the engine holds the message and its body: a few copies of 2.6 MB at most
+    assert peak < 8 * len(item.data) + (16 << 20), f"peak {peak / 1e6:.1f} MB"
+    assert not [r for r in out[0].results if "internal error" in (r.reason or "")]
+    # the link beside the hostile content is still found and looked up
+    assert "SURBL_PH" in {r.symbol for r in out[0].results if r.check == "uribl"}

@@ -206,3 +206,188 @@ def test_random_bytes_never_raise():
             body = b"--z\r\n" + body + b"\r\n--z--"
         found = extract(_message(body, rng.choice(templates)))
         assert isinstance(found.domains, tuple)
+
+
+# --------------------------------------------------------------------------
+# bounded work in content parsing: charsets and multipart delimiters
+
+class _OverBudget(BaseException):
+    """Raised by the tracer: not an Exception, so no ``except`` in the code
+    under test can swallow it."""
+
+
+def _codec_steps(fn, budget: int = 20000) -> int:
+    """Python lines run inside the ``encodings`` package while ``fn`` runs:
+    the work a pure-Python codec does (C codecs run none).  Stops ``fn``
+    when ``budget`` is spent, so a runaway codec fails the test at once."""
+    import sys
+    steps = 0
+
+    def local(frame, event, arg):
+        nonlocal steps
+        if event == "line":
+            steps += 1
+            if steps > budget:
+                raise _OverBudget(f"over {budget} codec steps")
+        return local
+
+    def calls(frame, event, arg):
+        return local if "/encodings/" in frame.f_code.co_filename.replace("\\", "/") else None
+
+    old = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        fn()
+    finally:
+        sys.settrace(old)
+    return steps
+
+
+def _python_codec_names() -> list:
+    import encodings.aliases
+    names = set(encodings.aliases.aliases) | set(encodings.aliases.aliases.values())
+    names |= {"punycode", "idna", "utf-7", "x-klingon", "unicode_escape", "raw_unicode_escape",
+              "undefined", "mbcs", "oem", "palmos", "charmap"}
+    return sorted(names)
+
+
+def _warm(name: str) -> None:
+    """Import the codec's module before counting: its import is not decoding."""
+    try:
+        b"".decode(name)
+    except (LookupError, ValueError, TypeError, UnicodeError):
+        pass
+
+
+@pytest.mark.parametrize("name", _python_codec_names())
+def test_no_charset_name_makes_python_code_decode_the_part(name):
+    """Every codec Python has, named as a part's charset: the part costs at
+    most a few Python steps in the codec machinery, whatever its size (the
+    allowed charsets decode in C; the rest are read as UTF-8)."""
+    _warm(name)
+    ctype = b"text/plain; charset=\"" + name.encode() + b"\""
+    extract(_message(b"x", ctype))         # codec lookups, once per name, are not decoding
+    body = b"-" + b"9" * 4000 + b" http://cs.example.org/ \xe9\x00+AGEA-"
+    message = _message(body, ctype)
+    found = []
+    steps = _codec_steps(lambda: found.append(extract(message)))
+    assert steps <= 10, f"{name}: {steps} Python steps in the codec"
+    assert found[0].parts == 1
+
+
+def test_punycode_part_of_320k_is_never_given_to_the_punycode_codec(monkeypatch):
+    """The 7-second case: the punycode codec is never called (it would raise here)."""
+    import encodings.punycode
+    called = []
+
+    def refuse(text, errors):
+        called.append(len(text))
+        raise _OverBudget("the punycode codec was called")
+
+    monkeypatch.setattr(encodings.punycode, "punycode_decode", refuse)
+    found = extract(_message(b"-" + b"9" * (320 << 10) + b" http://after.example.org/",
+                             b"text/plain; charset=punycode"))
+    assert called == []
+    assert "unknown charset 'punycode', read as UTF-8" in found.notes[0]
+    assert found.domains == ("example.org",)
+
+
+@pytest.mark.parametrize("label, codec", [
+    ("UTF-8", "utf-8"), ("utf8", "utf-8"), ("ISO-8859-1", "latin-1"), ("iso_8859-15", "iso8859-15"),
+    ("Windows-1252", "cp1252"), ("KOI8-R", "koi8-r"), ("GB2312", "gbk"), ("Shift_JIS", "shift_jis"),
+    ("ISO-2022-JP", "iso2022_jp"), ("ks_c_5601-1987", "cp949"), ("us-ascii", "ascii"),
+    ("punycode", None), ("idna", None), ("rot13", None), ("x-unknown", None), ("", None)])
+def test_the_charset_allow_list(label, codec):
+    from mailwarden.urls import charset_codec
+    assert charset_codec(label) == codec
+
+
+def test_allowed_charsets_decode_what_they_name():
+    from mailwarden.urls import CHARSETS
+    text = "http://xn--bcher-kva.example/ caf\u00e9"
+    for codec in set(CHARSETS.values()):
+        try:
+            data = text.encode(codec)
+        except UnicodeEncodeError:
+            data = "http://plain.example.org/".encode(codec)
+        found = extract(_message(data, b"text/plain; charset=" + codec.encode()))
+        assert found.notes == (), (codec, found.notes)
+        assert found.domains in (("xn--bcher-kva.example",), ("example.org",)), codec
+
+
+class _CountingBytes(bytes):
+    """The message, counting the searches the MIME walk makes in it."""
+
+    finds = 0
+
+    def find(self, *args):
+        type(self).finds += 1
+        return super().find(*args)
+
+
+def test_delimiters_past_max_parts_are_never_looked_for():
+    """2.6 MB of ``--a`` lines: 520,000 delimiters, 100 MB when all were
+    listed before max_parts applied.  Now the walk stops at the bound."""
+    import tracemalloc
+    body = b"--a\r\n" * 520_000
+    message = _CountingBytes(_message(body, b"multipart/mixed; boundary=a"))
+    _CountingBytes.finds = 0
+    tracemalloc.start()
+    try:
+        found = extract(message, Limits(max_parts=200))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found.parts == 200 and found.truncated
+    assert "stopped at the limit of 200 MIME parts" in found.notes
+    assert _CountingBytes.finds < 5 * 200 + 20, _CountingBytes.finds
+    assert peak < 1 << 20, f"peak {peak} bytes"
+
+
+def _reference_parts(data: bytes, start: int, end: int, boundary: bytes) -> tuple:
+    """Every entity between delimiters, listed whole (the shape of the
+    splitter before it streamed): the behaviour the streaming one keeps."""
+    delim = b"--" + boundary
+    starts = []
+    pos = start
+    if data.startswith(delim, start, end):
+        starts.append(start)
+        pos = start + len(delim)
+    while True:
+        i = data.find(b"\n" + delim, pos, end)
+        if i < 0:
+            break
+        starts.append(i + 1)
+        pos = i + 1 + len(delim)
+    parts, closed = [], False
+    for k, s in enumerate(starts):
+        after = s + len(delim)
+        if data.startswith(b"--", after, end):
+            closed = True
+            break
+        line_end = data.find(b"\n", after, end)
+        if line_end < 0:
+            break
+        e = starts[k + 1] - 1 if k + 1 < len(starts) else end
+        if k + 1 < len(starts) and e > line_end and data[e - 1:e] == b"\r":
+            e -= 1
+        parts.append((line_end + 1, max(e, line_end + 1)))
+    return parts, closed
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"--b", b"--b--", b"--bb", b"\r\n", b"\n", b"\r", b"x",
+                                 b"Content-Type: text/plain", b"--", b"b"]), max_size=40),
+       st.integers(0, 5))
+def test_streaming_split_finds_the_same_parts(pieces, skip):
+    from mailwarden.urls import _multipart_parts
+    data = b"".join(pieces)
+    start = min(skip, len(data))
+    seen = {"closed": False, "done": False}
+    got = list(_multipart_parts(data, start, len(data), b"b", seen))
+    want, closed = _reference_parts(data, start, len(data), b"b")
+    assert got == want
+    assert seen["done"] and seen["closed"] == closed
