@@ -50,6 +50,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .orgdomain import organizational
+
 log = logging.getLogger("mailwarden.dmarc_report")
 
 NAMESPACE = "http://dmarc.org/dmarc-xml/0.1"
@@ -320,17 +322,6 @@ def save(config, reports: list, out_dir: str) -> None:
 
 # --------------------------------------------------------------------------
 # sending
-
-
-def organizational(domain: str) -> str:
-    """The organizational domain (RFC 7489 §3.2), as the dmarc check finds it."""
-    import tldextract
-    parts = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)(domain)
-    if not parts.suffix:
-        return ".".join(domain.split(".")[-2:])
-    if not parts.domain:
-        return domain
-    return f"{parts.domain}.{parts.suffix}"
 
 
 def authorized(resolver, policy_domain: str, destination: Destination) -> tuple:

@@ -9,9 +9,11 @@ null sender, RFC 7489 §4.1) and every DKIM signature's result and ``d=``.
   when ``reject_bad_from = yes``.
 * Policy discovery (RFC 7489 §6.6.3): ``_dmarc.FROM-DOMAIN``, then
   ``_dmarc.ORGANIZATIONAL-DOMAIN``.  The organizational domain comes from
-  the Public Suffix List (tldextract's bundled snapshot, ICANN section,
-  never downloaded); a name under a TLD the list does not know takes the
-  list's default rule ``*``, the last label is the suffix.  Several
+  :mod:`mailwarden.orgdomain`: the Public Suffix List (tldextract's bundled
+  snapshot, never downloaded), its ICANN and private sections, so tenants
+  of a private suffix (``a.eu.org``, ``b.eu.org``) are organizations of
+  their own; a name under a TLD the list does not know takes the list's
+  default rule ``*``, the last label is the suffix.  Several
   DMARC records, or none, mean ``dmarc=none``; a SERVFAIL or timeout is
   ``temperror``.
 * Alignment: SPF and DKIM each strict (``s``: same domain) or relaxed
@@ -58,6 +60,7 @@ from ..address import header_addresses
 from ..config import opt, parse_bool, parse_choice, parse_str
 from ..dns import Status
 from ..model import Reply
+from ..orgdomain import organizational
 from . import Check, CheckOptions
 
 log = logging.getLogger("mailwarden.dmarc")
@@ -179,26 +182,12 @@ class DmarcCheck(Check):
         super().__init__(options, services)
         # tests replace it for deterministic pct sampling
         self.random = getattr(services, "random", None) or random.Random()
-        self._extract = None
-        self._extract_lock = threading.Lock()
         self.history = History(options.history) if options.history else None
 
     # -- organizational domain -------------------------------------------------
 
     def organizational(self, domain: str) -> str:
-        if self._extract is None:
-            with self._extract_lock:
-                if self._extract is None:
-                    import tldextract
-                    self._extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
-        parts = self._extract(domain)
-        if not parts.suffix:
-            # the PSL's default rule "*": an unknown TLD is a public suffix
-            labels = domain.split(".")
-            return ".".join(labels[-2:])
-        if not parts.domain:
-            return domain              # the domain is itself a public suffix
-        return f"{parts.domain}.{parts.suffix}"
+        return organizational(domain)
 
     def aligned(self, a: str, b: str, mode: str) -> bool:
         a, b = _normalize(a), _normalize(b)
