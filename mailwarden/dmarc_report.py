@@ -14,9 +14,12 @@ published when the message was evaluated), one report:
 * ``report_metadata`` from ``[dmarc_report]`` (``org_name``, ``email``).
 
 A domain whose record had no ``rua`` is never reported, not even inside
-another domain's report.  Reported rows are marked in the same SQLite file
-(tables ``dmarc_report`` and ``dmarc_reported``, made here), so a second run
-does not report them again.
+another domain's report.  A report written is recorded in the same SQLite
+file (table ``dmarc_report``, made here) and the history rows it holds are
+deleted in the same transaction, so a second run does not report them
+again and the history does not grow with what was reported (rows of
+domains that asked for no reports go after ``[check.dmarc]
+history_days``).
 
 ``--send`` mails each report to its ``rua`` addresses through the local MTA
 (``[dmarc_report] sendmail``): a MIME message with the Subject of §7.2.1.1
@@ -50,6 +53,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .checks.dmarc import forget
 from .orgdomain import organizational
 
 log = logging.getLogger("mailwarden.dmarc_report")
@@ -295,7 +299,7 @@ def make_reports(config, since: float, now: Optional[float] = None) -> tuple:
 
 
 def save(config, reports: list, out_dir: str) -> None:
-    """Write each report to ``out_dir`` and mark its rows as reported."""
+    """Write each report to ``out_dir``, record it, and delete its rows from the history."""
     os.makedirs(out_dir, exist_ok=True)
     conn = _connect(config.checks["dmarc"].history)
     try:
@@ -312,6 +316,7 @@ def save(config, reports: list, out_dir: str) -> None:
                               int(time.time()), path, report.messages))
                 conn.executemany("INSERT INTO dmarc_reported (message_id, report_id) VALUES (?,?)",
                                  [(mid, report.report_id) for mid in report.message_ids])
+                forget(conn, report.message_ids)      # reported: the history keeps them no more
                 conn.execute("COMMIT")
             except sqlite3.Error:
                 conn.execute("ROLLBACK")

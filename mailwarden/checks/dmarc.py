@@ -35,7 +35,11 @@ policy.dmarc=POLICY (p= sp= np= pct= dis=)``.
 
 History (``history``): each message with a pass or fail is written to an
 SQLite file (WAL mode) for aggregate reports; the schema is
-:data:`SCHEMA`.  A write error is logged, never fails the message.
+:data:`SCHEMA`.  A write error is logged, never fails the message.  Rows
+are deleted once ``mailwarden dmarc-report`` has put them in a report, and
+rows older than ``history_days`` whatever they are (a domain that asked for
+no reports, a report never run): at most once an hour and at most
+:data:`PURGE_BATCH` messages at a time, by the writer itself.
 
 INI keys (``[check.dmarc]``):
   enabled             yes
@@ -44,6 +48,7 @@ INI keys (``[check.dmarc]``):
   on_quarantine       quarantine  quarantine or score
   reject_bad_from     no          refuse a message without exactly one From domain
   history                         SQLite file recording evaluations; empty: off
+  history_days        14          days a row is kept at most (1 to 3650)
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..address import header_addresses
-from ..config import opt, parse_bool, parse_choice, parse_str
+from ..config import opt, parse_bool, parse_choice, parse_int, parse_str
 from ..dns import Status
 from ..model import Reply
 from ..orgdomain import organizational
@@ -77,6 +82,7 @@ class DmarcOptions(CheckOptions):
     on_quarantine: str = opt("quarantine", parse_choice("quarantine", "score"))
     reject_bad_from: bool = opt(False, parse_bool)
     history: str = opt("", parse_str)
+    history_days: int = opt(14, parse_int(1, 3650))
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,8 @@ class DmarcCheck(Check):
         super().__init__(options, services)
         # tests replace it for deterministic pct sampling
         self.random = getattr(services, "random", None) or random.Random()
-        self.history = History(options.history) if options.history else None
+        self.history = (History(options.history, options.history_days)
+                        if options.history else None)
 
     # -- organizational domain -------------------------------------------------
 
@@ -349,6 +356,7 @@ CREATE TABLE IF NOT EXISTS dmarc_message (
     override      TEXT NOT NULL       -- reason/type: '', sampled_out or local_policy
 );
 CREATE INDEX IF NOT EXISTS dmarc_message_domain ON dmarc_message (policy_domain, received);
+CREATE INDEX IF NOT EXISTS dmarc_message_received ON dmarc_message (received);
 -- auth_results/dkim: one row per DKIM signature checked
 CREATE TABLE IF NOT EXISTS dmarc_dkim (
     message_id    INTEGER NOT NULL REFERENCES dmarc_message (id) ON DELETE CASCADE,
@@ -369,13 +377,58 @@ PRAGMA user_version = 1;
 """
 
 
+PURGE_INTERVAL = 3600.0     # seconds between two purges of old rows
+PURGE_BATCH = 2000          # messages per purge (about 20 ms): a write never waits long
+_ID_CHUNK = 500             # ids per DELETE statement (SQLite's variable limit)
+
+
+def forget(conn: sqlite3.Connection, ids) -> None:
+    """Delete the history rows ``ids`` with their DKIM and SPF rows and their
+    reported marks, inside the caller's transaction.  The marks go too:
+    SQLite may give a deleted id to a new row, which a stale mark would
+    then hide from every report."""
+    ids = list(ids)
+    marks = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                         " AND name = 'dmarc_reported'").fetchone() is not None
+    for i in range(0, len(ids), _ID_CHUNK):
+        chunk = [(mid,) for mid in ids[i:i + _ID_CHUNK]]
+        conn.executemany("DELETE FROM dmarc_dkim WHERE message_id = ?", chunk)
+        conn.executemany("DELETE FROM dmarc_spf WHERE message_id = ?", chunk)
+        if marks:
+            conn.executemany("DELETE FROM dmarc_reported WHERE message_id = ?", chunk)
+        conn.executemany("DELETE FROM dmarc_message WHERE id = ?", chunk)
+
+
 class History:
     """One SQLite connection shared by all threads, guarded by a lock."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, days: int = 14):
         self.path = path
+        self.keep = int(days) * 86400
         self._conn: Optional[sqlite3.Connection] = None
         self._lock = threading.Lock()
+        self._next_purge = 0.0
+
+    def purge(self, now: float) -> int:
+        """Delete up to :data:`PURGE_BATCH` rows received more than
+        ``history_days`` before ``now``; how many were deleted.  The caller
+        holds the lock."""
+        conn = self._connection()
+        self._next_purge = now + PURGE_INTERVAL     # after an error too: not on every write
+        ids = [r[0] for r in conn.execute(
+            "SELECT id FROM dmarc_message WHERE received < ? ORDER BY received LIMIT ?",
+            (int(now) - self.keep, PURGE_BATCH))]
+        if ids:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                forget(conn, ids)
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                conn.execute("ROLLBACK")
+                raise
+        if len(ids) == PURGE_BATCH:
+            self._next_purge = now      # more may be waiting: go on at the next write
+        return len(ids)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -419,6 +472,8 @@ class History:
                 except sqlite3.Error:
                     conn.execute("ROLLBACK")
                     raise
+                if row[0] >= self._next_purge:
+                    self.purge(row[0])
         except sqlite3.Error as exc:
             ctx.log.warning("dmarc history %s: %s", self.path, exc)
 
