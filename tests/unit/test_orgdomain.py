@@ -300,3 +300,23 @@ def test_audit_under_an_unknown_tld_takes_the_default_rule():
     report = audit("sub.corp.internal", selectors=(), zone=AUDIT_ZONE + _AUDIT_EXTRA)
     record = find(report, "dmarc", "_dmarc.corp.internal", "ok")[0]
     assert record.message.startswith("no record at _dmarc.sub.corp.internal")
+
+
+# -- the sender spells the names: case, trailing dots -------------------------------
+
+def _case(text, flips):
+    return "".join(c.upper() if f else c for c, f in zip(text, flips))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.booleans(), min_size=32, max_size=32), st.booleans(),
+       st.sampled_from(["attacker.eu.org", "eu.org", "sub.attacker.eu.org"]))
+def test_no_spelling_of_a_tenant_aligns_with_another(flips, dot, envelope):
+    """Whatever case and trailing dot the sender uses in From and MAIL FROM,
+    a mail from another tenant (or from the suffix itself) does not pass
+    victim.eu.org's DMARC."""
+    header = _case("victim.eu.org", flips) + ("." if dot else "")
+    v = run(ip=STRANGER, mail_from="a@" + _case(envelope, flips[13:]),
+            msg=message("ceo@" + header))
+    r = dmarc_of(v)
+    assert (r.result, v.action) == ("fail", "reject"), (header, envelope, v.results)
