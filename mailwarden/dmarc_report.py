@@ -14,9 +14,12 @@ published when the message was evaluated), one report:
 * ``report_metadata`` from ``[dmarc_report]`` (``org_name``, ``email``).
 
 A domain whose record had no ``rua`` is never reported, not even inside
-another domain's report.  Reported rows are marked in the same SQLite file
-(tables ``dmarc_report`` and ``dmarc_reported``, made here), so a second run
-does not report them again.
+another domain's report.  A report written is recorded in the same SQLite
+file (table ``dmarc_report``, made here) and the history rows it holds are
+deleted in the same transaction, so a second run does not report them
+again and the history does not grow with what was reported (rows of
+domains that asked for no reports go after ``[check.dmarc]
+history_days``).
 
 ``--send`` mails each report to its ``rua`` addresses through the local MTA
 (``[dmarc_report] sendmail``): a MIME message with the Subject of §7.2.1.1
@@ -45,8 +48,8 @@ Bounds (``[dmarc_report]``): ``max_reports_per_run`` reports written per run
 (the domains waiting longest first; the rest wait), ``max_mails_per_run``
 report mails per run and ``max_mails_per_domain`` to one destination domain
 (the rest stay pending for the next run).  The history keeps sender-
-controlled text bounded (:func:`bound_text`, :func:`bound_rua`,
-:func:`bound_identities`): names at most 253 characters, ``rua`` 1024, at
+controlled text bounded (``bound_text``, ``bound_rua`` and
+``bound_identities`` of :mod:`mailwarden.checks.dmarc`, its writer): names at most 253 characters, ``rua`` 1024, at
 most 20 DKIM signatures per message.
 
 INI keys (``[dmarc_report]``):
@@ -79,6 +82,9 @@ import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Optional
+
+from .checks.dmarc import MAX_DKIM_ROWS, MAX_NAME, NOT_XML, bound_text, forget
+from .orgdomain import organizational
 
 log = logging.getLogger("mailwarden.dmarc_report")
 
@@ -225,42 +231,6 @@ def parse_rua(text: str) -> list:
     return check_rua(text)[0]
 
 
-# --------------------------------------------------------------------------
-# bounds of what the history keeps of text others control: a DKIM d= or s=,
-# a From or envelope domain, the rua of a record.  Over its bound a name is
-# cut and marked with "..." (so it can never pass for a real name), a rua
-# keeps only its whole URIs; characters XML 1.0 cannot carry become "?".
-
-MAX_NAME = 253                  # a domain name (RFC 1035 §2.3.4), a selector
-MAX_RUA = 1024
-MAX_SHORT = 32                  # fo, a result word
-MAX_DKIM_ROWS = 20              # DKIM signatures kept per message
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
-
-
-def bound_text(text, limit: int = MAX_NAME) -> str:
-    text = _NOT_XML.sub("?", "" if text is None else str(text))
-    if len(text) > limit:
-        return text[:limit - 3] + "..."
-    return text
-
-
-def bound_rua(text) -> str:
-    text = _NOT_XML.sub("?", text or "")
-    if len(text) <= MAX_RUA:
-        return text
-    cut = text.rfind(",", 0, MAX_RUA + 1)
-    return text[:cut] if cut > 0 else ""
-
-
-def bound_identities(dkim: list, spf: list) -> tuple:
-    """(dkim, spf) as the history keeps them: at most :data:`MAX_DKIM_ROWS`
-    signatures, every field bounded."""
-    return ([(bound_text(d), bound_text(s), bound_text(r, MAX_SHORT))
-             for d, s, r in list(dkim)[:MAX_DKIM_ROWS]],
-            [(bound_text(d), bound_text(r, MAX_SHORT)) for d, r in list(spf)[:2]])
-
-
 @dataclass
 class Report:
     policy_domain: str
@@ -326,7 +296,7 @@ def _ip(text: str) -> str:
 def _sub(parent, name: str, text=None):
     el = ET.SubElement(parent, f"{{{NAMESPACE}}}{name}")
     if text is not None:
-        el.text = _NOT_XML.sub("?", str(text))
+        el.text = NOT_XML.sub("?", str(text))
     return el
 
 
@@ -454,9 +424,9 @@ def make_reports(config, since: float, now: Optional[float] = None) -> tuple:
 
 
 def save(config, reports: list, out_dir: str, queue: bool = False) -> None:
-    """Write each report to ``out_dir`` and mark its rows as reported; with
-    ``queue``, its mail to each destination is recorded as pending in the
-    same transaction (:func:`deliver` sends it)."""
+    """Write each report to ``out_dir``, record it and delete its rows from
+    the history; with ``queue``, its mail to each destination is recorded
+    as pending in the same transaction (:func:`deliver` sends it)."""
     os.makedirs(out_dir, exist_ok=True)
     conn = _connect(config.checks["dmarc"].history)
     try:
@@ -479,6 +449,7 @@ def save(config, reports: list, out_dir: str, queue: bool = False) -> None:
                         " state, updated) VALUES (?,?,?,'pending',?)",
                         [(report.report_id, d.address, d.max_size, int(time.time()))
                          for d in report.destinations])
+                forget(conn, report.message_ids)      # reported: the history keeps them no more
                 conn.execute("COMMIT")
             except sqlite3.Error:
                 conn.execute("ROLLBACK")
@@ -489,17 +460,6 @@ def save(config, reports: list, out_dir: str, queue: bool = False) -> None:
 
 # --------------------------------------------------------------------------
 # sending
-
-
-def organizational(domain: str) -> str:
-    """The organizational domain (RFC 7489 §3.2), as the dmarc check finds it."""
-    import tldextract
-    parts = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)(domain)
-    if not parts.suffix:
-        return ".".join(domain.split(".")[-2:])
-    if not parts.domain:
-        return domain
-    return f"{parts.domain}.{parts.suffix}"
 
 
 def authorized(resolver, policy_domain: str, destination: Destination) -> tuple:

@@ -26,15 +26,11 @@ because that is where the click goes: userinfo before ``@`` dropped,
 hex IPv4 forms turned into dotted quads, Unicode names turned into punycode
 (UTS 46).
 
-The registered domain of a host comes from the Public Suffix List bundled
-with tldextract, offline.  The private section of the list is included:
-URL lists list customer names under hosting suffixes (``x.blogspot.com``,
-``y.github.io``), and reducing those to the provider's own domain would miss
-the listing and hit the provider's reputation instead.  The special-use
-names ``test``, ``example`` and ``invalid`` (RFC 2606, RFC 6761) are treated
-as suffixes so that test data behaves like real data, and a host that is a
-suffix itself is its own registered domain: that is how RFC 5782's ``TEST``
-and ``INVALID`` entries of a domain list are reached.
+The registered domain of a host comes from :mod:`mailwarden.orgdomain`
+(the Public Suffix List bundled with tldextract, offline, private section
+included: URL lists list customer names under hosting suffixes such as
+``x.blogspot.com`` and ``y.github.io``; a host under an unknown top-level
+domain has none; ``test``, ``example`` and ``invalid`` count as suffixes).
 
 Everything is bounded (:class:`Limits`): MIME entities, nesting depth,
 characters scanned, distinct URLs, distinct domains.  A multipart body is
@@ -48,15 +44,15 @@ linear in the input whatever it holds.
 from __future__ import annotations
 
 import binascii
-import functools
 import html
 import ipaddress
 import re
-import threading
 from dataclasses import dataclass
 from typing import Optional
 
 import idna
+
+from .orgdomain import registered_domain   # the one Public Suffix List reader
 
 __all__ = ["Limits", "Extraction", "extract", "host_of", "registered_domain", "normalize_host"]
 
@@ -81,46 +77,6 @@ class Extraction:
     truncated: bool = False   # a bound was hit: there may be more
     parts: int = 0
     scanned: int = 0          # characters of text scanned
-
-
-# --------------------------------------------------------------------------
-# registered domains
-
-_SPECIAL_SUFFIXES = ("test", "example", "invalid")
-_extractor = None
-_extractor_lock = threading.Lock()
-
-
-def _tld():
-    """The one TLDExtract instance, built on first use; reads are thread-safe."""
-    global _extractor
-    if _extractor is None:
-        with _extractor_lock:
-            if _extractor is None:
-                import tldextract
-                ex = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None,
-                                           include_psl_private_domains=True,
-                                           extra_suffixes=_SPECIAL_SUFFIXES)
-                ex("warm.example.com")        # build the suffix trie now, under the lock
-                _extractor = ex
-    return _extractor
-
-
-@functools.lru_cache(maxsize=8192)
-def registered_domain(host: str) -> str:
-    """``a.b.example.co.uk`` -> ``example.co.uk``; '' when the host has no
-    public suffix (``intranet``, ``foo.local``).  ``host`` is normalised ASCII.
-
-    The one Public Suffix List reader of mailwarden (URL lists and domain
-    DNSBLs alike), private domains included: ``a.b.blogspot.com`` ->
-    ``b.blogspot.com``.  Recent answers are kept: the same names come back
-    message after message."""
-    r = _tld()(host)
-    if r.suffix and r.domain:
-        return f"{r.domain}.{r.suffix}"
-    if r.suffix and not r.domain and not r.subdomain:
-        return r.suffix              # the host is a public suffix itself
-    return ""
 
 
 # --------------------------------------------------------------------------

@@ -16,7 +16,9 @@ Areas and what each finding means:
 * ``dmarc``: one record at ``_dmarc`` (or the organizational domain's, for
   a subdomain), valid, its policy, ``sp``, ``pct``, alignment modes, report
   addresses, and the authorisation of external report addresses
-  (RFC 7489 §7.1).
+  (RFC 7489 §7.1).  The organizational domain is the one the dmarc check
+  uses (:mod:`mailwarden.orgdomain`: Public Suffix List, private section
+  included, the default rule ``*`` for a TLD the list does not know).
 * ``mta-sts`` / ``tls-rpt``: the ``_mta-sts`` and ``_smtp._tls`` records.
   The MTA-STS policy file is served over HTTPS: this audit asks DNS only and
   says so.
@@ -28,12 +30,12 @@ the audit incomplete: the command then exits 2.
 from __future__ import annotations
 
 import argparse
-import functools
 import ipaddress
 import sys
 from dataclasses import dataclass, field
 
 from ..dns import Answer, Resolver, Status, normalize, ptr_name
+from ..orgdomain import organizational as organizational_domain
 from .findings import FAIL, OK, WARN, Finding, render
 from .records import (SPF_LOOKUP_MECHANISMS, RecordError, is_spf, parse_dkim_key,
                       parse_dmarc, parse_spf, parse_sts, parse_tlsrpt)
@@ -81,32 +83,11 @@ class _SpfWalk:
     syntax_errors: int = 0
 
 
-def organizational_domain(domain: str, extract) -> str:
-    """RFC 7489 §3.2 with the bundled Public Suffix List snapshot."""
-    parts = extract(domain)
-    registered = getattr(parts, "top_domain_under_public_suffix", None)
-    if registered is None:
-        registered = parts.registered_domain
-    return registered or domain
-
-
-@functools.lru_cache(maxsize=1)
-def _tld_extract():
-    """Built once: reading the bundled suffix list takes a noticeable
-    fraction of a second, and the extractor never changes afterwards."""
-    import tldextract
-    # offline: the bundled snapshot, plus the reserved names of RFC 2606 /
-    # RFC 6761 so that test and example domains have organizational domains
-    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None,
-                                 extra_suffixes=("test", "example", "invalid", "localhost"))
-
-
 class DomainAudit:
     """One audit of one domain.  Answers are remembered for this audit only,
     so that every finding is about the same view of DNS."""
 
-    def __init__(self, resolver: Resolver, domain: str, selectors=(), keys=(),
-                 extract=None):
+    def __init__(self, resolver: Resolver, domain: str, selectors=(), keys=()):
         self.resolver = resolver
         self.domain = normalize(domain)
         # selector -> local key path; selectors without a local key -> None
@@ -115,7 +96,6 @@ class DomainAudit:
             self.selectors.setdefault(normalize(selector), None)
         for selector, path in keys:
             self.selectors[normalize(selector)] = path
-        self._extract = extract
         self._answers: dict = {}
         self.report = Report(self.domain)
 
@@ -148,9 +128,7 @@ class DomainAudit:
             self.report.errors.append(detail)
 
     def org(self, domain: str) -> str:
-        if self._extract is None:
-            self._extract = _tld_extract()
-        return organizational_domain(domain, self._extract)
+        return organizational_domain(domain)
 
     def addresses(self, name: str):
         """(addresses, failed Answer or None); NXDOMAIN and NODATA give none."""

@@ -9,9 +9,11 @@ null sender, RFC 7489 §4.1) and every DKIM signature's result and ``d=``.
   when ``reject_bad_from = yes``.
 * Policy discovery (RFC 7489 §6.6.3): ``_dmarc.FROM-DOMAIN``, then
   ``_dmarc.ORGANIZATIONAL-DOMAIN``.  The organizational domain comes from
-  the Public Suffix List (tldextract's bundled snapshot, ICANN section,
-  never downloaded); a name under a TLD the list does not know takes the
-  list's default rule ``*``, the last label is the suffix.  Several
+  :mod:`mailwarden.orgdomain`: the Public Suffix List (tldextract's bundled
+  snapshot, never downloaded), its ICANN and private sections, so tenants
+  of a private suffix (``a.eu.org``, ``b.eu.org``) are organizations of
+  their own; a name under a TLD the list does not know takes the list's
+  default rule ``*``, the last label is the suffix.  Several
   DMARC records, or none, mean ``dmarc=none``; a SERVFAIL or timeout is
   ``temperror``.
 * Alignment: SPF and DKIM each strict (``s``: same domain) or relaxed
@@ -33,7 +35,11 @@ policy.dmarc=POLICY (p= sp= np= pct= dis=)``.
 
 History (``history``): each message with a pass or fail is written to an
 SQLite file (WAL mode) for aggregate reports; the schema is
-:data:`SCHEMA`.  A write error is logged, never fails the message.
+:data:`SCHEMA`.  A write error is logged, never fails the message.  Rows
+are deleted once ``mailwarden dmarc-report`` has put them in a report, and
+rows older than ``history_days`` whatever they are (a domain that asked for
+no reports, a report never run): at most once an hour and at most
+:data:`PURGE_BATCH` messages at a time, by the writer itself.
 
 INI keys (``[check.dmarc]``):
   enabled             yes
@@ -42,6 +48,7 @@ INI keys (``[check.dmarc]``):
   on_quarantine       quarantine  quarantine or score
   reject_bad_from     no          refuse a message without exactly one From domain
   history                         SQLite file recording evaluations; empty: off
+  history_days        14          days a row is kept at most (1 to 3650)
 """
 
 from __future__ import annotations
@@ -55,10 +62,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..address import header_addresses
-from ..config import opt, parse_bool, parse_choice, parse_str
-from ..dmarc_report import MAX_SHORT, bound_identities, bound_rua, bound_text
+from ..config import opt, parse_bool, parse_choice, parse_int, parse_str
 from ..dns import Status
 from ..model import Reply
+from ..orgdomain import organizational
 from . import Check, CheckOptions
 
 log = logging.getLogger("mailwarden.dmarc")
@@ -75,6 +82,7 @@ class DmarcOptions(CheckOptions):
     on_quarantine: str = opt("quarantine", parse_choice("quarantine", "score"))
     reject_bad_from: bool = opt(False, parse_bool)
     history: str = opt("", parse_str)
+    history_days: int = opt(14, parse_int(1, 3650))
 
 
 @dataclass(frozen=True)
@@ -180,26 +188,13 @@ class DmarcCheck(Check):
         super().__init__(options, services)
         # tests replace it for deterministic pct sampling
         self.random = getattr(services, "random", None) or random.Random()
-        self._extract = None
-        self._extract_lock = threading.Lock()
-        self.history = History(options.history) if options.history else None
+        self.history = (History(options.history, options.history_days)
+                        if options.history else None)
 
     # -- organizational domain -------------------------------------------------
 
     def organizational(self, domain: str) -> str:
-        if self._extract is None:
-            with self._extract_lock:
-                if self._extract is None:
-                    import tldextract
-                    self._extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
-        parts = self._extract(domain)
-        if not parts.suffix:
-            # the PSL's default rule "*": an unknown TLD is a public suffix
-            labels = domain.split(".")
-            return ".".join(labels[-2:])
-        if not parts.domain:
-            return domain              # the domain is itself a public suffix
-        return f"{parts.domain}.{parts.suffix}"
+        return organizational(domain)
 
     def aligned(self, a: str, b: str, mode: str) -> bool:
         a, b = _normalize(a), _normalize(b)
@@ -361,6 +356,7 @@ CREATE TABLE IF NOT EXISTS dmarc_message (
     override      TEXT NOT NULL       -- reason/type: '', sampled_out or local_policy
 );
 CREATE INDEX IF NOT EXISTS dmarc_message_domain ON dmarc_message (policy_domain, received);
+CREATE INDEX IF NOT EXISTS dmarc_message_received ON dmarc_message (received);
 -- auth_results/dkim: one row per DKIM signature checked
 CREATE TABLE IF NOT EXISTS dmarc_dkim (
     message_id    INTEGER NOT NULL REFERENCES dmarc_message (id) ON DELETE CASCADE,
@@ -381,13 +377,94 @@ PRAGMA user_version = 1;
 """
 
 
+PURGE_INTERVAL = 3600.0     # seconds between two purges of old rows
+PURGE_BATCH = 2000          # messages per purge (about 20 ms): a write never waits long
+_ID_CHUNK = 500             # ids per DELETE statement (SQLite's variable limit)
+
+
+# --------------------------------------------------------------------------
+# bounds of what the history keeps of text others control: a DKIM d= or s=,
+# a From or envelope domain, the rua of a record.  Over its bound a name is
+# cut and marked with "..." (so it can never pass for a real name), a rua
+# keeps only its whole URIs; characters XML 1.0 cannot carry become "?".
+
+MAX_NAME = 253                  # a domain name (RFC 1035 §2.3.4), a selector
+MAX_RUA = 1024
+MAX_SHORT = 32                  # fo, a result word
+MAX_DKIM_ROWS = 20              # DKIM signatures kept per message
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+
+
+def bound_text(text, limit: int = MAX_NAME) -> str:
+    text = NOT_XML.sub("?", "" if text is None else str(text))
+    if len(text) > limit:
+        return text[:limit - 3] + "..."
+    return text
+
+
+def bound_rua(text) -> str:
+    text = NOT_XML.sub("?", text or "")
+    if len(text) <= MAX_RUA:
+        return text
+    cut = text.rfind(",", 0, MAX_RUA + 1)
+    return text[:cut] if cut > 0 else ""
+
+
+def bound_identities(dkim: list, spf: list) -> tuple:
+    """(dkim, spf) as the history keeps them: at most :data:`MAX_DKIM_ROWS`
+    signatures, every field bounded."""
+    return ([(bound_text(d), bound_text(s), bound_text(r, MAX_SHORT))
+             for d, s, r in list(dkim)[:MAX_DKIM_ROWS]],
+            [(bound_text(d), bound_text(r, MAX_SHORT)) for d, r in list(spf)[:2]])
+
+
+def forget(conn: sqlite3.Connection, ids) -> None:
+    """Delete the history rows ``ids`` with their DKIM and SPF rows and their
+    reported marks, inside the caller's transaction.  The marks go too:
+    SQLite may give a deleted id to a new row, which a stale mark would
+    then hide from every report."""
+    ids = list(ids)
+    marks = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                         " AND name = 'dmarc_reported'").fetchone() is not None
+    for i in range(0, len(ids), _ID_CHUNK):
+        chunk = [(mid,) for mid in ids[i:i + _ID_CHUNK]]
+        conn.executemany("DELETE FROM dmarc_dkim WHERE message_id = ?", chunk)
+        conn.executemany("DELETE FROM dmarc_spf WHERE message_id = ?", chunk)
+        if marks:
+            conn.executemany("DELETE FROM dmarc_reported WHERE message_id = ?", chunk)
+        conn.executemany("DELETE FROM dmarc_message WHERE id = ?", chunk)
+
+
 class History:
     """One SQLite connection shared by all threads, guarded by a lock."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, days: int = 14):
         self.path = path
+        self.keep = int(days) * 86400
         self._conn: Optional[sqlite3.Connection] = None
         self._lock = threading.Lock()
+        self._next_purge = 0.0
+
+    def purge(self, now: float) -> int:
+        """Delete up to :data:`PURGE_BATCH` rows received more than
+        ``history_days`` before ``now``; how many were deleted.  The caller
+        holds the lock."""
+        conn = self._connection()
+        self._next_purge = now + PURGE_INTERVAL     # after an error too: not on every write
+        ids = [r[0] for r in conn.execute(
+            "SELECT id FROM dmarc_message WHERE received < ? ORDER BY received LIMIT ?",
+            (int(now) - self.keep, PURGE_BATCH))]
+        if ids:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                forget(conn, ids)
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                conn.execute("ROLLBACK")
+                raise
+        if len(ids) == PURGE_BATCH:
+            self._next_purge = now      # more may be waiting: go on at the next write
+        return len(ids)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -435,6 +512,8 @@ class History:
                 except sqlite3.Error:
                     conn.execute("ROLLBACK")
                     raise
+                if row[0] >= self._next_purge:
+                    self.purge(row[0])
         except sqlite3.Error as exc:
             ctx.log.warning("dmarc history %s: %s", self.path, exc)
 

@@ -234,6 +234,27 @@ def test_dmarc_scenarios(postfix, sink, mailwarden, keys, case):
     assert_scan_agrees(outcome, ar, report)
 
 
+def test_dmarc_tenants_of_a_private_suffix_do_not_align(postfix, sink, mailwarden):
+    """eu.org is a private public suffix: a@attacker.eu.org passes SPF (its
+    record covers the stranger), but that does not align with the From
+    ceo@victim.eu.org, whose p=reject refuses the message."""
+    mw = mailwarden()
+    outcome, ar, report = scenario(postfix, sink, mw, STRANGER, "a@attacker.eu.org",
+                                   "ceo@victim.eu.org")
+    assert outcome == "550 5.7.1", (outcome, report, mw.log_text()[-2000:])
+    symbols = {(r["check"], r["symbol"]) for r in report["results"]}
+    assert {("spf", "SPF_PASS"), ("dmarc", "DMARC_FAIL_REJECT")} <= symbols, report
+    assert report["smtp_reply"] == \
+        "550 5.7.1 Message rejected: it fails the DMARC policy of victim.eu.org"
+    assert_scan_agrees(outcome, ar, report)
+    # the tenant's own subdomain still aligns with it
+    outcome, ar, report = scenario(postfix, sink, mw, RELAY, "bounce@mail.victim.eu.org",
+                                   "ceo@victim.eu.org")
+    assert outcome == "delivered", (outcome, report)
+    assert "dmarc=pass header.from=victim.eu.org policy.dmarc=reject" in ar, ar
+    assert_scan_agrees(outcome, ar, report)
+
+
 def test_dmarc_authenticated_client_never_rejected(postfix, sink, mailwarden):
     mw = mailwarden({"check.submission": {"require_tls_for_auth": "no"}})
     outcome, ar, report = scenario(postfix, sink, mw, STRANGER, NOT_ALIGNED,

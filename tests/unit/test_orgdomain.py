@@ -1,0 +1,322 @@
+"""The organizational domain (mailwarden.orgdomain) and everything that uses it.
+
+The Public Suffix List is read with its private section: tenants of a
+private suffix (``eu.org``, ``github.io``, ``blogspot.com``) are
+organizations of their own, so one tenant's SPF or DKIM never aligns with
+another tenant's From.  The DMARC tests run the real engine on
+``tests/data/zones/auth.zone``.
+"""
+
+from __future__ import annotations
+
+import ast
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailwarden import orgdomain
+from mailwarden.config import DnsOptions
+from mailwarden.dmarc_report import Destination, authorized
+from mailwarden.dns import Resolver, ZoneBackend
+from mailwarden.orgdomain import organizational, public_suffix, registered_domain
+from tests import dkimkeys
+from tests.unit.test_audit_domain import ZONE as AUDIT_ZONE
+from tests.unit.test_audit_domain import audit, find
+from tests.unit.test_checks_auth import RELAY, STRANGER, message, of, run
+
+PACKAGE = Path(__file__).resolve().parents[2] / "mailwarden"
+
+
+# -- the organizational domain ------------------------------------------------
+
+@pytest.mark.parametrize("name,org", [
+    # tenants of private suffixes: each its own organization
+    ("attacker.eu.org", "attacker.eu.org"),
+    ("victim.eu.org", "victim.eu.org"),
+    ("ceo.mail.victim.eu.org", "victim.eu.org"),
+    ("a.at.eu.org", "a.at.eu.org"),                 # at.eu.org is a suffix of its own
+    ("x.github.io", "x.github.io"),
+    ("www.x.github.io", "x.github.io"),
+    ("a.b.blogspot.com", "b.blogspot.com"),
+    ("eu.org", "eu.org"),                           # a suffix is its own organization
+    ("github.io", "github.io"),
+    ("blogspot.com", "blogspot.com"),
+    # ICANN names: as before
+    ("example.com", "example.com"),
+    ("a.b.example.com", "example.com"),
+    ("a.news.mwshop.co.uk", "mwshop.co.uk"),
+    ("mwshop.co.uk", "mwshop.co.uk"),
+    ("co.uk", "co.uk"),
+    ("com", "com"),
+    ("www.bund.de", "bund.de"),
+    ("xn--80ak6aa92e.com", "xn--80ak6aa92e.com"),
+    # unknown top-level domains: the default rule "*"
+    ("mail.corp.internal", "corp.internal"),
+    ("corp.internal", "corp.internal"),
+    ("internal", "internal"),
+    ("deep.sub.mw-sub.example", "mw-sub.example"),
+    ("a.b.test", "b.test"),
+    ("foo.localhost", "foo.localhost"),
+    ("a.b.foo.localhost", "foo.localhost"),
+    # spelling
+    ("Ceo.Victim.EU.org.", "victim.eu.org"),
+    ("", ""),
+])
+def test_organizational(name, org):
+    assert organizational(name) == org
+
+
+def test_tenants_of_a_private_suffix_are_two_organizations():
+    assert organizational("attacker.eu.org") != organizational("victim.eu.org")
+    assert organizational("evil.github.io") != organizational("bank.github.io")
+    assert organizational("a.blogspot.com") != organizational("b.blogspot.com")
+    # ... and a tenant's own subdomains stay in its organization
+    assert organizational("bounce.victim.eu.org") == organizational("victim.eu.org")
+
+
+@pytest.mark.parametrize("name,suffix", [
+    ("a.b.eu.org", "eu.org"), ("x.github.io", "github.io"), ("a.co.uk", "co.uk"),
+    ("x.corp.internal", "internal"), ("internal", "internal"), ("a.test", "test"),
+])
+def test_public_suffix(name, suffix):
+    assert public_suffix(name) == suffix
+
+
+_LABEL = st.from_regex(r"mw[a-z0-9]{0,8}(-[a-z0-9]{1,6})?", fullmatch=True)
+_ICANN = st.sampled_from(["com", "net", "org", "de", "co.uk", "org.uk", "com.au", "co.jp",
+                          "fr", "nl"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_LABEL, min_size=1, max_size=5), _ICANN)
+def test_icann_names_keep_their_organizational_domain(labels, suffix):
+    """Names under ICANN suffixes with no private entry below them: the
+    organizational domain is the label right under the suffix, as before."""
+    name = ".".join(labels + [suffix])
+    assert organizational(name) == f"{labels[-1]}.{suffix}"
+
+
+_ANY_LABEL = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+_ANY_SUFFIX = st.sampled_from(["com", "eu.org", "at.eu.org", "github.io", "blogspot.com",
+                               "co.uk", "internal", "example", "test", "localhost",
+                               "compute.amazonaws.com", "s3.amazonaws.com", "onion"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ANY_LABEL, min_size=0, max_size=5), _ANY_SUFFIX)
+def test_organizational_domain_properties(labels, suffix):
+    """Whatever the name: the organizational domain is a whole-label tail of
+    it, at least two labels long unless the name is a public suffix, its own
+    organizational domain, and every name between the two shares it."""
+    name = ".".join(labels + [suffix])
+    org = organizational(name)
+    assert name == org or name.endswith("." + org)
+    assert organizational(org) == org
+    extra = name[:-len(org)].rstrip(".").split(".") if name != org else []
+    for i in range(len(extra)):
+        assert organizational(".".join(extra[i:] + [org])) == org
+    if name != public_suffix(name):
+        assert org.count(".") >= 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=80))
+def test_any_text_gives_an_answer_not_an_exception(text):
+    for fn in (organizational, public_suffix, registered_domain):
+        assert isinstance(fn(text), str)
+
+
+# -- the block lists' registered domain: their conventions kept ------------------
+
+@pytest.mark.parametrize("host,reg", [
+    ("a.b.example.co.uk", "example.co.uk"),
+    ("a.b.blogspot.com", "b.blogspot.com"),
+    ("x.github.io", "x.github.io"),
+    ("intranet", ""),                       # unknown TLD: nothing to look up
+    ("foo.local", ""),
+    ("test", "test"),                       # RFC 5782 TEST entry, looked up as it is
+    ("invalid", "invalid"),
+    ("uribl-hit.example", "uribl-hit.example"),
+    ("com", "com"),
+])
+def test_registered_domain_for_block_lists(host, reg):
+    assert registered_domain(host) == reg
+
+
+# -- one reader of the list ---------------------------------------------------------
+
+def _tldextract_uses(path: Path) -> list:
+    """Where a module imports tldextract or names TLDExtract."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "tldextract"
+                                                for a in node.names):
+            found.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tldextract"):
+            found.append(node.lineno)
+        elif isinstance(node, ast.Attribute) and node.attr == "TLDExtract":
+            found.append(node.lineno)
+        elif isinstance(node, ast.Name) and node.id == "TLDExtract":
+            found.append(node.lineno)
+    return found
+
+
+def test_no_module_but_orgdomain_reads_the_public_suffix_list():
+    users = {str(p.relative_to(PACKAGE.parent)): lines
+             for p in sorted(PACKAGE.rglob("*.py")) if (lines := _tldextract_uses(p))}
+    assert set(users) == {"mailwarden/orgdomain.py"}, users
+
+
+def test_the_list_is_built_once_offline_even_when_threads_race(monkeypatch):
+    import tldextract
+    built = []
+    real = tldextract.TLDExtract
+
+    def counting(*args, **kwargs):
+        built.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tldextract, "TLDExtract", counting)
+    monkeypatch.setattr(orgdomain, "_extractor", None)
+    for fn in (organizational, public_suffix, registered_domain):
+        fn.cache_clear()
+    start = threading.Barrier(8)
+    answers = []
+
+    def work(i):
+        start.wait(timeout=10)
+        answers.append(organizational(f"n{i}.victim.eu.org"))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert answers == ["victim.eu.org"] * 8
+    assert len(built) == 1
+    assert built[0]["suffix_list_urls"] == () and built[0]["cache_dir"] is None
+    assert built[0]["include_psl_private_domains"] is True
+    for fn in (organizational, public_suffix, registered_domain):
+        fn.cache_clear()
+
+
+# -- DMARC: one tenant never aligns with another ----------------------------------
+
+def dmarc_of(verdict):
+    (r,) = of(verdict, "dmarc")
+    return r
+
+
+def test_spf_of_one_tenant_does_not_align_with_anothers_from():
+    """a@attacker.eu.org passes SPF from the stranger; From is the victim's,
+    p=reject: that is a DMARC fail, refused."""
+    v = run(ip=STRANGER, mail_from="a@attacker.eu.org", msg=message("ceo@victim.eu.org"))
+    spf = [r for r in of(v, "spf") if ("smtp.mailfrom", "a@attacker.eu.org") in
+           [p[:2] for p in r.properties]]
+    assert spf and spf[0].result == "pass"
+    r = dmarc_of(v)
+    assert (r.result, r.symbol) == ("fail", "DMARC_FAIL_REJECT")
+    assert v.action == "reject"
+    assert v.reply.line() == \
+        "550 5.7.1 Message rejected: it fails the DMARC policy of victim.eu.org"
+
+
+def test_dkim_of_one_tenant_does_not_align_with_anothers_from():
+    key = dkimkeys.ed25519_key()
+    signed = dkimkeys.sign(message("ceo@victim.eu.org"), key, "ed", "attacker.eu.org")
+    v = run(zone_extra=key.zone_line("ed", "attacker.eu.org"), ip=STRANGER,
+            mail_from="x@spf-none.mw-auth.example", msg=signed)
+    (dkim,) = of(v, "dkim")
+    assert dkim.result == "pass"
+    assert dmarc_of(v).result == "fail" and v.action == "reject"
+
+
+def test_a_tenants_subdomain_takes_the_tenants_policy_not_the_suffixs():
+    """No record at _dmarc.mail.victim.eu.org: the policy is victim.eu.org's
+    p=reject, never the p=none someone published at _dmarc.eu.org."""
+    v = run(ip=STRANGER, mail_from="a@attacker.eu.org", msg=message("ceo@mail.victim.eu.org"))
+    r = dmarc_of(v)
+    assert r.result == "fail" and v.action == "reject"
+    assert dict((p[0], p[1]) for p in r.properties)["policy.dmarc"] == "reject"
+
+
+def test_a_tenant_still_aligns_with_its_own_subdomains():
+    v = run(ip=RELAY, mail_from="bounce@mail.victim.eu.org", msg=message("ceo@victim.eu.org"))
+    assert dmarc_of(v).result == "pass" and v.action == "accept"
+
+
+def test_tenants_of_github_io_do_not_align():
+    zone = ('evil.github.io. TXT "v=spf1 ip4:198.51.100.142 -all"\n'
+            '_dmarc.bank.github.io. TXT "v=DMARC1; p=reject"\n')
+    v = run(zone_extra=zone, ip=STRANGER, mail_from="a@evil.github.io",
+            msg=message("ceo@bank.github.io"))
+    assert dmarc_of(v).result == "fail" and v.action == "reject"
+
+
+# -- dmarc-report: another tenant is an external destination ------------------------
+
+def test_report_to_another_tenant_of_a_private_suffix_needs_its_authorization():
+    zone = ('victim.eu.org._report._dmarc.reports.eu.org. TXT "v=DMARC1"\n')
+    resolver = Resolver(DnsOptions(), backend=ZoneBackend(zone))
+    try:
+        ok, why = authorized(resolver, "victim.eu.org", Destination("r@attacker.eu.org"))
+        assert not ok and "victim.eu.org._report._dmarc.attacker.eu.org" in why
+        assert authorized(resolver, "victim.eu.org", Destination("r@reports.eu.org")) == \
+            (True, "")
+        # same organization: no lookup needed
+        assert authorized(resolver, "mail.victim.eu.org",
+                          Destination("dmarc@victim.eu.org")) == (True, "")
+    finally:
+        resolver.close()
+
+
+# -- audit: the same organizational domain as the dmarc check ---------------------
+
+_AUDIT_EXTRA = """
+sub.victim.eu.org.          MX    10 mx.victim.eu.org.
+mx.victim.eu.org.           A     192.0.2.25
+_dmarc.victim.eu.org.       TXT   "v=DMARC1; p=reject"
+_dmarc.eu.org.              TXT   "v=DMARC1; p=none"
+sub.corp.internal.          MX    10 mx.corp.internal.
+mx.corp.internal.           A     192.0.2.26
+_dmarc.corp.internal.       TXT   "v=DMARC1; p=quarantine"
+"""
+
+
+def test_audit_of_a_tenants_subdomain_reads_the_tenants_record():
+    report = audit("sub.victim.eu.org", selectors=(), zone=AUDIT_ZONE + _AUDIT_EXTRA)
+    find(report, "dmarc", "_dmarc.victim.eu.org", "ok")
+    assert find(report, "dmarc", "p")[0].value == "reject"
+    assert ("_dmarc.eu.org", "TXT") not in report.backend.queries
+
+
+def test_audit_under_an_unknown_tld_takes_the_default_rule():
+    """Behaviour change: the audit used to treat a name under an unknown TLD
+    as its own organizational domain; like the dmarc check, the last label
+    is now the suffix."""
+    report = audit("sub.corp.internal", selectors=(), zone=AUDIT_ZONE + _AUDIT_EXTRA)
+    record = find(report, "dmarc", "_dmarc.corp.internal", "ok")[0]
+    assert record.message.startswith("no record at _dmarc.sub.corp.internal")
+
+
+# -- the sender spells the names: case, trailing dots -------------------------------
+
+def _case(text, flips):
+    return "".join(c.upper() if f else c for c, f in zip(text, flips))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.booleans(), min_size=32, max_size=32), st.booleans(),
+       st.sampled_from(["attacker.eu.org", "eu.org", "sub.attacker.eu.org"]))
+def test_no_spelling_of_a_tenant_aligns_with_another(flips, dot, envelope):
+    """Whatever case and trailing dot the sender uses in From and MAIL FROM,
+    a mail from another tenant (or from the suffix itself) does not pass
+    victim.eu.org's DMARC."""
+    header = _case("victim.eu.org", flips) + ("." if dot else "")
+    v = run(ip=STRANGER, mail_from="a@" + _case(envelope, flips[13:]),
+            msg=message("ceo@" + header))
+    r = dmarc_of(v)
+    assert (r.result, v.action) == ("fail", "reject"), (header, envelope, v.results)
