@@ -219,8 +219,12 @@ class ZoneBackend:
 
     Lines: ``NAME [TTL] [IN] TYPE RDATA``; ``;`` and ``#`` start comments.
     Two pseudo types make faults: ``NAME TIMEOUT`` and ``NAME SERVFAIL`` (any
-    query at or below NAME).  Used by the unit tests and by ``scan --zone``.
+    query at or below NAME).  CNAMEs are followed up to
+    :attr:`MAX_CNAME_CHAIN` links; a loop or a longer chain answers SERVFAIL,
+    as a recursive server would.  Used by the unit tests and by ``scan --zone``.
     """
+
+    MAX_CNAME_CHAIN = 16
 
     def __init__(self, text: str = "", default_ttl: int = 300):
         self._data: dict = {}           # name -> {rdtype: [values]}
@@ -270,25 +274,45 @@ class ZoneBackend:
     def lookup(self, name: str, rdtype: str, timeout: float) -> Answer:
         with self._lock:
             self.queries.append((name, rdtype))
+        # a CNAME chain is followed here, as a recursive server does: bounded
+        # in length, and a loop is a server failure (RFC 1034 §3.6.2), never
+        # a recursion without end
+        seen = [name]
+        current = name
+        while True:
+            answer, target = self._answer(current, rdtype, timeout)
+            if target is None:
+                return answer if current == name else dataclasses.replace(answer, name=name)
+            if target in seen:
+                return Answer(name, rdtype, Status.SERVFAIL,
+                              detail=f"CNAME loop at {target}")
+            if len(seen) > self.MAX_CNAME_CHAIN:
+                return Answer(name, rdtype, Status.SERVFAIL,
+                              detail=f"CNAME chain longer than {self.MAX_CNAME_CHAIN}")
+            seen.append(target)
+            current = target
+
+    def _answer(self, name: str, rdtype: str, timeout: float) -> tuple:
+        """(answer for ``name`` itself, None) or (None, CNAME target to follow)."""
         fault = self._fault(name)
         if fault is Status.TIMEOUT:
-            return Answer(name, rdtype, Status.TIMEOUT, detail=f"no answer within {timeout:g}s")
+            return Answer(name, rdtype, Status.TIMEOUT,
+                          detail=f"no answer within {timeout:g}s"), None
         if fault is not None:
-            return Answer(name, rdtype, fault)
+            return Answer(name, rdtype, fault), None
         node = self._data.get(name)
         if node is None:
             # an empty non-terminal exists (NODATA), anything else is NXDOMAIN
             suffix = "." + name
             if any(other.endswith(suffix) for other in self._data):
-                return Answer(name, rdtype, Status.NODATA, ttl=60.0)
-            return Answer(name, rdtype, Status.NXDOMAIN, ttl=60.0)
+                return Answer(name, rdtype, Status.NODATA, ttl=60.0), None
+            return Answer(name, rdtype, Status.NXDOMAIN, ttl=60.0), None
         if rdtype not in node:
             if "CNAME" in node and rdtype != "CNAME":
-                target = normalize(node["CNAME"][0])
-                return dataclasses.replace(self.lookup(target, rdtype, timeout), name=name)
-            return Answer(name, rdtype, Status.NODATA, ttl=60.0)
+                return None, normalize(node["CNAME"][0])
+            return Answer(name, rdtype, Status.NODATA, ttl=60.0), None
         return Answer(name, rdtype, Status.NOERROR, tuple(node[rdtype]),
-                      float(self._ttl[(name, rdtype)]))
+                      float(self._ttl[(name, rdtype)])), None
 
 
 def _askable(name: str) -> bool:
