@@ -390,13 +390,20 @@ class StateOptions:
 
 
 def parse_listen(text: str) -> str:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) for an HTTP listener; empty: off."""
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) for an HTTP listener; empty: off.
+
+    A port alone (``9851`` or ``:9851``) is loopback, ``127.0.0.1:9851``:
+    every interface only when named (``0.0.0.0:9851``, ``[::]:9851``)."""
     value = text.strip()
     if not value:
         return ""
+    if value.isdigit():
+        value = ":" + value
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueProblem(f"expected HOST:PORT such as 127.0.0.1:9851, got {text!r}")
+    if not host:
+        return f"127.0.0.1:{int(port)}"
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
