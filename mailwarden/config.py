@@ -318,6 +318,7 @@ class DnsOptions:
     negative_ttl: float = opt(60.0, parse_seconds)
     max_ttl: float = opt(86400.0, parse_seconds)
     workers: int = opt(32, parse_int(1, 1024))
+    queue_size: int = opt(1024, parse_int(16, 1_000_000))
 
 
 _TEMPERROR_ACTIONS = parse_choice("tempfail", "accept")
