@@ -319,6 +319,14 @@ class DnsOptions:
     max_ttl: float = opt(86400.0, parse_seconds)
     workers: int = opt(32, parse_int(1, 1024))
     queue_size: int = opt(1024, parse_int(16, 1_000_000))
+    # lookups of message_budget only those that decide DMARC may use
+    decisive_reserve: int = opt(25, parse_int(0, 100000))
+
+    def resolve(self, error):
+        if self.decisive_reserve >= self.message_budget:
+            raise error("decisive_reserve",
+                        f"must be less than message_budget ({self.message_budget})")
+        return self
 
 
 _TEMPERROR_ACTIONS = parse_choice("tempfail", "accept")

@@ -9,7 +9,8 @@
   message's deadline dropped;
 * a per-message :class:`Lookup` session enforces a lookup budget and a
   deadline, so that a slow DNS server cannot hold a message for longer than
-  ``[dns] message_deadline``;
+  ``[dns] message_deadline``; ``[dns] decisive_reserve`` lookups of the
+  budget are kept for those that decide DMARC (``decisive=True``);
 * answers tell NXDOMAIN, NODATA, SERVFAIL, timeout and other errors apart:
   only SERVFAIL, timeout, error and an exhausted budget are temporary.
 
@@ -788,15 +789,21 @@ class Resolver:
                           else self._wait(key, future, timeout))
         return answers
 
-    def session(self, deadline: float | None = None, budget: int | None = None) -> "Lookup":
+    def session(self, deadline: float | None = None, budget: int | None = None,
+                reserve: int | None = None) -> "Lookup":
         """A per-message view with its own lookup budget and time limit.
 
         ``deadline`` (this resolver's clock) overrides ``[dns]
-        message_deadline`` counted from now."""
+        message_deadline`` counted from now; ``budget`` ``[dns]
+        message_budget``, and then ``reserve`` (none unless given) ``[dns]
+        decisive_reserve``."""
         now = self.clock()
         limit = self.options.message_deadline if deadline is None else deadline - now
-        return Lookup(self, limit, self.options.message_budget if budget is None else budget,
-                      clock=self.clock)
+        if budget is None:
+            budget = self.options.message_budget
+            if reserve is None:
+                reserve = self.options.decisive_reserve
+        return Lookup(self, limit, budget, clock=self.clock, reserve=reserve or 0)
 
 
 class Lookup:
@@ -808,7 +815,12 @@ class Lookup:
     creation until paused, so that a session used alone is bounded too.
 
     The budget counts distinct lookups: asking again for a name and type
-    this message has already asked for costs nothing.
+    this message has already asked for costs nothing.  Its last ``reserve``
+    lookups are kept for those marked ``decisive`` (the ones DMARC's
+    verdict rests on: the author domain's policy record, its organizational
+    domain's, the key of a DKIM signature), so that lookups a sender can
+    multiply (SPF includes, URLs, signatures of other domains) cannot use
+    them up and turn a DMARC fail into a temperror.
 
     While ``speculative`` is set (the engine's first, thread-less pass over
     a stage's checks), a lookup whose answer is not cached starts it in the
@@ -817,10 +829,11 @@ class Lookup:
     """
 
     def __init__(self, resolver: Resolver, limit: float, budget: int,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, reserve: int = 0):
         self.resolver = resolver
         self.limit = limit
         self.budget = budget
+        self.reserve = max(0, min(reserve, budget))
         self.used = 0
         self.clock = clock
         self.spent = 0.0                  # time of the stages already paused
@@ -850,15 +863,16 @@ class Lookup:
             running = 0.0 if self._running_since is None else self.clock() - self._running_since
             return self.limit - self.spent - running
 
-    def _grant(self, keys: list, take: bool) -> int:
+    def _grant(self, keys: list, take: bool, decisive: bool = False) -> int:
         """How many of ``keys`` (from the first) the budget allows; counted if ``take``."""
+        budget = self.budget if decisive else self.budget - self.reserve
         with self._lock:
             used = self.used
             new: set = set()
             granted = 0
             for key in keys:
                 if key not in self._asked and key not in new:
-                    if used >= self.budget:
+                    if used >= budget:
                         break
                     new.add(key)
                     used += 1
@@ -868,17 +882,20 @@ class Lookup:
                 self._asked |= new
             return granted
 
-    def query(self, name: str, rdtype: str) -> Answer:
-        return self.query_many([(name, rdtype)])[0]
+    def query(self, name: str, rdtype: str, decisive: bool = False) -> Answer:
+        return self.query_many([(name, rdtype)], decisive=decisive)[0]
 
-    def query_many(self, queries: Iterable[tuple[str, str]]) -> list[Answer]:
+    def query_many(self, queries: Iterable[tuple[str, str]],
+                   decisive: bool = False) -> list[Answer]:
+        """Answers in the order asked.  ``decisive``: these lookups decide
+        DMARC and may use the budget's reserve (see the class)."""
         keys = [(normalize(n), t.upper()) for n, t in queries]
         left = self.remaining()
         if left <= 0:
             return [Answer(n, t, Status.BUDGET, detail="message deadline passed")
                     for n, t in keys]
         if self.speculative:
-            allowed = keys[:self._grant(keys, take=False)]
+            allowed = keys[:self._grant(keys, take=False, decisive=decisive)]
             missing = self.resolver.missing(allowed)
             if missing:
                 started = self.resolver.prefetch(missing, timeout=left, owner=self)
@@ -886,7 +903,7 @@ class Lookup:
                     self._pending.update(started)
                 self.missed = True
                 raise CacheMiss(missing[0])
-        granted = self._grant(keys, take=True)
+        granted = self._grant(keys, take=True, decisive=decisive)
         with self._lock:
             pending = {key: self._pending.pop(key) for key in keys[:granted]
                        if key in self._pending}

@@ -149,7 +149,7 @@ class DkimCheck(Check):
 
         domain, selector = _text(tags[b"d"]), _text(tags[b"s"])
         key_name = f"{selector}._domainkey.{domain}"
-        answer = ctx.dns.query(key_name, "TXT")
+        answer = ctx.dns.query(key_name, "TXT", decisive=True)
         if answer.temporary:
             return res("temperror", "DKIM_TEMPERROR", f"key lookup: {answer.describe()}")
         if not answer.ok or not answer.records:
