@@ -679,6 +679,7 @@ class Resolver:
 
     def _dropped(self, key, future: concurrent.futures.Future) -> None:
         """Its deadline passed in the queue: nobody waits for it any more."""
+        log.debug("dns %s/%s: dropped, its deadline passed before a worker was free", *key)
         self._settle(key, future)
         if not future.done():
             future.set_result(Answer(key[0], key[1], Status.BUDGET,

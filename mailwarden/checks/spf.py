@@ -7,6 +7,10 @@ that overrides its lookup method.  The RFC 7208 §4.6.4 limits (DNS
 mechanisms and void lookups) are attributes of that one query object, so
 one message's limits never touch another's and no pyspf global is written.
 
+The ``ptr`` mechanism and the ``%{p}`` macro follow RFC 7208 §5.5: a DNS
+error on the client's PTR lookup means no name, and a name whose address
+lookup fails (a timeout, a CNAME loop) is skipped, never a temperror.
+
 Identities (RFC 7208 §2.3, §2.4):
 
 * MAIL FROM: the envelope sender's domain; for the null sender, the HELO
