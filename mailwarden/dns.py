@@ -335,7 +335,7 @@ class CacheMiss(BaseException):
 
 class PoolFull(Exception):
     """The pool's queue (or this owner's share of it) is full: the caller
-    asks for itself, in its own time, what it wanted asked ahead."""
+    asks itself, in its own time, what it wanted asked ahead."""
 
 
 class _Job:
@@ -693,8 +693,8 @@ class Resolver:
 
         ``owner`` (a :class:`Lookup`) is whose share of the pool they use;
         ``timeout`` also bounds how long they may wait in the queue: one
-        still queued then is dropped.  A key the queue has no room for is
-        left out: the caller asks it itself when it needs it."""
+        still queued then is dropped.  A lookup the queue has no room for
+        is asked at once, by the calling thread."""
         wait = self._patience(timeout)
         timeout = self._timeout(timeout)
         owner = _ANYONE if owner is None else owner
@@ -720,16 +720,12 @@ class Resolver:
                 continue
             try:
                 self._executor.submit(owner, job)
-            except PoolFull:
-                with self._lock:
-                    self._inflight.pop(key, None)
-                    self._jobs.pop(key, None)
-                continue
-            except RuntimeError:                # the pool is shut down (a reload)
-                with self._lock:
-                    self._inflight.pop(key, None)
-                    self._jobs.pop(key, None)
-                future.set_result(self._fetch(key, timeout))
+            except (PoolFull, RuntimeError):
+                # no room in the queue for this owner (or the pool is shut
+                # down, a reload): the caller asks it now, in its own time;
+                # another caller may have joined it already, and is answered
+                if self._executor.claim(job):
+                    job.run(max(job.deadline - self.clock(), 0.0))
             futures[key] = future
         return futures
 
@@ -756,11 +752,15 @@ class Resolver:
             return answer
         if not _askable(name):
             return Answer(name, rdtype, Status.ERROR, detail="bad name")
+        mine: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             pending = self._inflight.get(key)
             job = self._jobs.get(key)
+            if pending is None:
+                self._inflight[key] = mine      # others asking meanwhile wait for it
         if pending is None:
-            return self._fetch(key, self._timeout(timeout))
+            self._shared_fetch(key, self._timeout(timeout), mine)
+            return mine.result()
         if job is not None:         # still queued, perhaps in another's queue: in ours too
             self._executor.also(_ANYONE if owner is None else owner, job,
                                 self.clock() + self._patience(timeout))

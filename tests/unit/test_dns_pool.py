@@ -282,3 +282,63 @@ def test_legitimate_lookups_are_answered_while_hostile_ones_hang_every_worker():
     backend.let_all_go()
     stuck.join(WAIT)
     r.close()
+
+
+def test_many_sessions_sharing_lookups_all_get_their_answers(caplog):
+    """Sessions asking overlapping names at once, through a small pool and a
+    small queue (joins, claims, full queues): every lookup is answered,
+    each name asked once while under way, nothing logged as failed."""
+    import random
+    import time as _time
+
+    class Jittery(ZoneBackend):
+        def __init__(self, zone):
+            super().__init__(zone)
+            self.running: dict = {}
+            self.overlaps = 0
+            self._guard = threading.Lock()
+
+        def lookup(self, name, rdtype, timeout):
+            with self._guard:
+                if self.running.get(name):
+                    self.overlaps += 1
+                self.running[name] = True
+            _time.sleep(random.Random(name).random() * 0.004)
+            with self._guard:
+                self.running[name] = False
+            return super().lookup(name, rdtype, timeout)
+
+    backend = Jittery(ZONE)
+    r = Resolver(DnsOptions(workers=3, queue_size=32, timeout=5, message_deadline=WAIT,
+                            cache_size=0), backend=backend)
+    failures: list = []
+
+    def client(seed):
+        rng = random.Random(seed)
+        for _ in range(15):
+            session = r.session()
+            names = [(f"f{rng.randrange(1, 40)}.fast.example", "A")
+                     for _ in range(rng.randrange(1, 12))]
+            session.speculative = rng.random() < 0.5
+            try:
+                answers = session.query_many(names)
+            except BaseException:          # CacheMiss: ask again, as the engine does
+                session.speculative = False
+                answers = session.query_many(names)
+            for (name, _t), answer in zip(names, answers):
+                index = int(name[1:].split(".")[0])
+                if not answer.ok or answer.records != (f"192.0.2.{index}",):
+                    failures.append((name, answer))
+            session.pause()
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(8)]
+    with caplog.at_level("ERROR", logger="mailwarden.dns"):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT * 3)
+    r.close()
+    assert not any(t.is_alive() for t in threads)
+    assert failures == []
+    assert backend.overlaps == 0, "a name was asked twice at once"
+    assert not [rec for rec in caplog.records if rec.levelname == "ERROR"]
