@@ -318,6 +318,15 @@ class DnsOptions:
     negative_ttl: float = opt(60.0, parse_seconds)
     max_ttl: float = opt(86400.0, parse_seconds)
     workers: int = opt(32, parse_int(1, 1024))
+    queue_size: int = opt(1024, parse_int(16, 1_000_000))
+    # lookups of message_budget only those that decide DMARC may use
+    decisive_reserve: int = opt(25, parse_int(0, 100000))
+
+    def resolve(self, error):
+        if self.decisive_reserve >= self.message_budget:
+            raise error("decisive_reserve",
+                        f"must be less than message_budget ({self.message_budget})")
+        return self
 
 
 _TEMPERROR_ACTIONS = parse_choice("tempfail", "accept")
@@ -390,13 +399,20 @@ class StateOptions:
 
 
 def parse_listen(text: str) -> str:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) for an HTTP listener; empty: off."""
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) for an HTTP listener; empty: off.
+
+    A port alone (``9851`` or ``:9851``) is loopback, ``127.0.0.1:9851``:
+    every interface only when named (``0.0.0.0:9851``, ``[::]:9851``)."""
     value = text.strip()
     if not value:
         return ""
+    if value.isdigit():
+        value = ":" + value
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueProblem(f"expected HOST:PORT such as 127.0.0.1:9851, got {text!r}")
+    if not host:
+        return f"127.0.0.1:{int(port)}"
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:

@@ -3,10 +3,14 @@
 * nameservers, port and per-query timeout come from ``[dns]``;
 * a TTL-respecting cache is shared by all connections (thread-safe, bounded,
   oldest out first, read without a lock);
-* several lookups run in parallel (``query_many``);
+* several lookups run in parallel (``query_many``) in a :class:`FairPool`
+  of ``[dns] workers`` threads shared fairly by connections and messages,
+  its queue bounded by ``[dns] queue_size``, a lookup still queued at its
+  message's deadline dropped;
 * a per-message :class:`Lookup` session enforces a lookup budget and a
   deadline, so that a slow DNS server cannot hold a message for longer than
-  ``[dns] message_deadline``;
+  ``[dns] message_deadline``; ``[dns] decisive_reserve`` lookups of the
+  budget are kept for those that decide DMARC (``decisive=True``);
 * answers tell NXDOMAIN, NODATA, SERVFAIL, timeout and other errors apart:
   only SERVFAIL, timeout, error and an exhausted budget are temporary.
 
@@ -25,7 +29,7 @@ import logging
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -219,8 +223,12 @@ class ZoneBackend:
 
     Lines: ``NAME [TTL] [IN] TYPE RDATA``; ``;`` and ``#`` start comments.
     Two pseudo types make faults: ``NAME TIMEOUT`` and ``NAME SERVFAIL`` (any
-    query at or below NAME).  Used by the unit tests and by ``scan --zone``.
+    query at or below NAME).  CNAMEs are followed up to
+    :attr:`MAX_CNAME_CHAIN` links; a loop or a longer chain answers SERVFAIL,
+    as a recursive server would.  Used by the unit tests and by ``scan --zone``.
     """
+
+    MAX_CNAME_CHAIN = 16
 
     def __init__(self, text: str = "", default_ttl: int = 300):
         self._data: dict = {}           # name -> {rdtype: [values]}
@@ -270,25 +278,45 @@ class ZoneBackend:
     def lookup(self, name: str, rdtype: str, timeout: float) -> Answer:
         with self._lock:
             self.queries.append((name, rdtype))
+        # a CNAME chain is followed here, as a recursive server does: bounded
+        # in length, and a loop is a server failure (RFC 1034 §3.6.2), never
+        # a recursion without end
+        seen = [name]
+        current = name
+        while True:
+            answer, target = self._answer(current, rdtype, timeout)
+            if target is None:
+                return answer if current == name else dataclasses.replace(answer, name=name)
+            if target in seen:
+                return Answer(name, rdtype, Status.SERVFAIL,
+                              detail=f"CNAME loop at {target}")
+            if len(seen) > self.MAX_CNAME_CHAIN:
+                return Answer(name, rdtype, Status.SERVFAIL,
+                              detail=f"CNAME chain longer than {self.MAX_CNAME_CHAIN}")
+            seen.append(target)
+            current = target
+
+    def _answer(self, name: str, rdtype: str, timeout: float) -> tuple:
+        """(answer for ``name`` itself, None) or (None, CNAME target to follow)."""
         fault = self._fault(name)
         if fault is Status.TIMEOUT:
-            return Answer(name, rdtype, Status.TIMEOUT, detail=f"no answer within {timeout:g}s")
+            return Answer(name, rdtype, Status.TIMEOUT,
+                          detail=f"no answer within {timeout:g}s"), None
         if fault is not None:
-            return Answer(name, rdtype, fault)
+            return Answer(name, rdtype, fault), None
         node = self._data.get(name)
         if node is None:
             # an empty non-terminal exists (NODATA), anything else is NXDOMAIN
             suffix = "." + name
             if any(other.endswith(suffix) for other in self._data):
-                return Answer(name, rdtype, Status.NODATA, ttl=60.0)
-            return Answer(name, rdtype, Status.NXDOMAIN, ttl=60.0)
+                return Answer(name, rdtype, Status.NODATA, ttl=60.0), None
+            return Answer(name, rdtype, Status.NXDOMAIN, ttl=60.0), None
         if rdtype not in node:
             if "CNAME" in node and rdtype != "CNAME":
-                target = normalize(node["CNAME"][0])
-                return dataclasses.replace(self.lookup(target, rdtype, timeout), name=name)
-            return Answer(name, rdtype, Status.NODATA, ttl=60.0)
+                return None, normalize(node["CNAME"][0])
+            return Answer(name, rdtype, Status.NODATA, ttl=60.0), None
         return Answer(name, rdtype, Status.NOERROR, tuple(node[rdtype]),
-                      float(self._ttl[(name, rdtype)]))
+                      float(self._ttl[(name, rdtype)])), None
 
 
 def _askable(name: str) -> bool:
@@ -303,6 +331,241 @@ class CacheMiss(BaseException):
     function lets it through to the engine, which runs the check again,
     normally, once the lookups it started have had time to answer.
     """
+
+
+class PoolFull(Exception):
+    """The pool's queue (or this owner's share of it) is full: the caller
+    asks itself, in its own time, what it wanted asked ahead."""
+
+
+class _Job:
+    __slots__ = ("run", "drop", "deadline", "taken", "owners")
+
+    def __init__(self, run: Callable[[float], None], drop: Callable[[], None], deadline: float):
+        self.run = run              # run(seconds left before the deadline)
+        self.drop = drop            # called instead when the deadline passed in the queue
+        self.deadline = deadline
+        self.taken = False          # started or dropped: once, from whichever queue
+        self.owners: list = []      # whose queues hold it
+
+
+class _Owner:
+    __slots__ = ("queue", "running", "started_sum", "served", "order")
+
+    def __init__(self, served: float, order: int):
+        self.queue: deque = deque()
+        self.running = 0
+        self.started_sum = 0.0      # sum of the start times of the jobs now running
+        self.served = served        # worker seconds used by jobs that finished
+        self.order = order
+
+
+class FairPool:
+    """Worker threads for lookups started ahead of time, shared fairly.
+
+    Each owner (a connection's or a message's :class:`Lookup`) has its own
+    FIFO queue; a free worker takes the next job of the owner that has had
+    the least worker time so far (the time of its running jobs counted as
+    they run), so a connection whose lookups hang on a zone that never
+    answers gets no more of the workers than one whose lookups answer at
+    once, however many it queues.  An owner that comes back starts level
+    with the least served owner: leaving and coming back gains nothing.
+
+    The queue is bounded, in all and per owner (:class:`PoolFull`), and a
+    job still queued when its deadline passes is dropped, not run: nobody
+    waits for its answer any more.  A job may sit in several owners' queues
+    (one lookup several messages wait for); it runs once, from the first
+    queue that reaches it.
+    """
+
+    def __init__(self, workers: int, max_queued: int, max_queued_per_owner: int,
+                 clock: Callable[[], float] = time.monotonic, name: str = "mailwarden-dns"):
+        self.workers = workers
+        self.max_queued = max_queued
+        self.max_queued_per_owner = max_queued_per_owner
+        self.clock = clock
+        self.name = name
+        self._cond = threading.Condition(threading.Lock())
+        self._owners: dict = {}
+        self._queued = 0            # queue entries, all owners
+        self._idle = 0
+        self._threads: list = []
+        self._order = 0
+        self._shutdown = False
+        self.dropped = 0            # jobs dropped at their deadline (tests, logs)
+
+    # -- submitting --------------------------------------------------------
+
+    def submit(self, owner, job: _Job) -> None:
+        """Queue ``job`` for ``owner``; PoolFull if there is no room."""
+        with self._cond:
+            if self._shutdown:
+                raise RuntimeError("the pool is shut down")
+            state = self._owners.get(owner)
+            queued = len(state.queue) if state is not None else 0
+            if self._queued >= self.max_queued or queued >= self.max_queued_per_owner:
+                raise PoolFull()
+            if state is None:
+                state = self._owners[owner] = self._new_owner()
+            state.queue.append(job)
+            job.owners.append(owner)
+            self._queued += 1
+            self._cond.notify()
+            # an idle worker woken above may not have taken its job yet:
+            # another one starts while jobs outnumber idle workers
+            if self._queued > self._idle and len(self._threads) < self.workers:
+                thread = threading.Thread(target=self._work, daemon=True,
+                                          name=f"{self.name}-{len(self._threads)}")
+                self._threads.append(thread)
+                thread.start()
+
+    def _new_owner(self) -> _Owner:
+        now = self.clock()
+        floor = min((self._load(o, now) for o in self._owners.values()), default=0.0)
+        self._order += 1
+        return _Owner(floor, self._order)
+
+    @staticmethod
+    def _load(state: _Owner, now: float) -> float:
+        return state.served + state.running * now - state.started_sum
+
+    # -- working -----------------------------------------------------------
+
+    def _take(self):
+        """(owner, job) to run next, or None if no queue holds a live job."""
+        now = self.clock()
+        while True:
+            best = None
+            best_key = None
+            for owner, state in self._owners.items():
+                if not state.queue:
+                    continue
+                key = (self._load(state, now), state.running, state.order)
+                if best_key is None or key < best_key:
+                    best, best_key = owner, key
+            if best is None:
+                return None
+            state = self._owners[best]
+            job = state.queue.popleft()
+            self._queued -= 1
+            if job.taken:
+                self._forget_if_idle(best, state)
+                continue
+            job.taken = True
+            if job.deadline <= now:
+                self.dropped += 1
+                self._forget_if_idle(best, state)
+                return best, job, False
+            state.running += 1
+            state.started_sum += now
+            return best, job, True
+
+    def _forget_if_idle(self, owner, state: _Owner) -> None:
+        if not state.queue and not state.running:
+            del self._owners[owner]
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                taken = self._take()
+                while taken is None:
+                    if self._shutdown:
+                        return
+                    self._idle += 1
+                    self._cond.wait()
+                    self._idle -= 1
+                    taken = self._take()
+            owner, job, live = taken
+            if not live:
+                self._call(job.drop)
+                continue
+            started = self.clock()
+            try:
+                self._call(job.run, max(job.deadline - started, 0.0))
+            finally:
+                with self._cond:
+                    state = self._owners.get(owner)
+                    if state is not None:
+                        state.running -= 1
+                        state.started_sum -= started
+                        state.served += self.clock() - started
+                        self._forget_if_idle(owner, state)
+
+    @staticmethod
+    def _call(fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:               # a job reports its own errors to its waiters
+            log.exception("dns: a pooled lookup failed")
+
+    def also(self, owner, job: _Job, deadline: float) -> None:
+        """Another owner waits for ``job`` too: queue it there as well (if
+        there is room) and keep it until the later of the two deadlines."""
+        with self._cond:
+            if job.taken or self._shutdown:
+                return
+            job.deadline = max(job.deadline, deadline)
+            state = self._owners.get(owner)
+            if state is not None and job in state.queue:
+                return
+            if self._queued >= self.max_queued or \
+                    (state is not None and len(state.queue) >= self.max_queued_per_owner):
+                return
+            if state is None:
+                state = self._owners[owner] = self._new_owner()
+            state.queue.append(job)
+            job.owners.append(owner)
+            self._queued += 1
+            if self._idle:
+                self._cond.notify()
+
+    def claim(self, job: _Job) -> bool:
+        """Take ``job`` out of the queues to run it in the calling thread
+        (a caller waiting for its own lookup, which no worker has started
+        yet, asks it itself rather than wait for a worker); False if it has
+        started or been dropped already."""
+        with self._cond:
+            if job.taken:
+                return False
+            job.taken = True
+            job.owners, owners = [], job.owners
+            for owner in owners:
+                state = self._owners.get(owner)
+                if state is None:
+                    continue
+                try:
+                    state.queue.remove(job)
+                    self._queued -= 1
+                except ValueError:
+                    pass
+                self._forget_if_idle(owner, state)
+            return True
+
+    def queued(self) -> int:
+        with self._cond:
+            return self._queued
+
+    def shutdown(self, wait: bool = False, cancel_futures: bool = True) -> None:
+        """Stop taking jobs; those still queued are dropped (their waiters
+        are answered at once), workers end when idle."""
+        with self._cond:
+            self._shutdown = True
+            pending = []
+            for state in self._owners.values():
+                pending.extend(job for job in state.queue if not job.taken)
+                for job in state.queue:
+                    job.taken = True
+                state.queue.clear()
+            self._queued = 0
+            self._cond.notify_all()
+        for job in pending:
+            self._call(job.drop)
+        if wait:
+            for thread in list(self._threads):
+                thread.join()
+
+
+_ANYONE = object()      # the owner of lookups asked outside any Lookup session
 
 
 class Resolver:
@@ -323,9 +586,10 @@ class Resolver:
         self.on_query = on_query
         self._cache: OrderedDict = OrderedDict()
         self._inflight: dict = {}         # key -> Future of a lookup under way
+        self._jobs: dict = {}             # key -> its pool job, while it is queued or running
         self._lock = threading.Lock()
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=options.workers, thread_name_prefix="mailwarden-dns")
+        self._executor = FairPool(options.workers, options.queue_size,
+                                  max(1, options.queue_size // 16), clock=clock)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -373,6 +637,12 @@ class Resolver:
         timeout = self.options.timeout if timeout is None else min(timeout, self.options.timeout)
         return max(timeout, 0.001)
 
+    def _patience(self, timeout: float | None) -> float:
+        """How long a caller waits for a lookup started ahead of time: its
+        own time limit (a message's time left), not one query's timeout; a
+        queued lookup counts its own timeout only once it has started."""
+        return max(self.options.timeout if timeout is None else timeout, 0.001)
+
     def _fetch(self, key, timeout: float) -> Answer:
         """Ask the backend (no cache, no sharing); the answer is cached."""
         name, rdtype = key
@@ -385,24 +655,50 @@ class Resolver:
         self._store(key, answer)
         return answer
 
-    def _shared_fetch(self, key, timeout: float, future: concurrent.futures.Future) -> None:
+    def _shared_fetch(self, key, timeout: float, future: concurrent.futures.Future,
+                      left: float | None = None) -> None:
         """Run a lookup registered in ``_inflight`` and hand its answer to
-        every waiter; cached before it leaves ``_inflight``, so none misses it."""
+        every waiter; cached before it leaves ``_inflight``, so none misses it.
+        ``left``: time before the deadline of those waiting for it."""
+        if left is not None:
+            timeout = max(min(timeout, left), 0.001)
         try:
             answer = self._fetch(key, timeout)
         except BaseException as exc:            # the waiters must not hang
+            self._settle(key, future)
             future.set_exception(exc)
             raise
-        finally:
-            with self._lock:
-                self._inflight.pop(key, None)
+        self._settle(key, future)
         future.set_result(answer)
 
-    def prefetch(self, keys: Iterable[tuple[str, str]], timeout: float | None = None) -> dict:
+    def _settle(self, key, future) -> None:
+        with self._lock:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+                self._jobs.pop(key, None)
+
+    def _dropped(self, key, future: concurrent.futures.Future) -> None:
+        """Its deadline passed in the queue: nobody waits for it any more."""
+        log.debug("dns %s/%s: dropped, its deadline passed before a worker was free", *key)
+        self._settle(key, future)
+        if not future.done():
+            future.set_result(Answer(key[0], key[1], Status.BUDGET,
+                                     detail="deadline passed before the lookup started"))
+
+    def prefetch(self, keys: Iterable[tuple[str, str]], timeout: float | None = None,
+                 owner=None) -> dict:
         """Start these lookups in the pool without waiting: key -> Future of
         its answer, for each key not cached (a lookup already under way is
-        joined, not asked again)."""
+        joined, not asked again).
+
+        ``owner`` (a :class:`Lookup`) is whose share of the pool they use;
+        ``timeout`` also bounds how long they may wait in the queue: one
+        still queued then is dropped.  A lookup the queue has no room for
+        is asked at once, by the calling thread."""
+        wait = self._patience(timeout)
         timeout = self._timeout(timeout)
+        owner = _ANYONE if owner is None else owner
+        deadline = self.clock() + wait
         futures: dict = {}
         for key in keys:
             if key in futures or not _askable(key[0]) or self._cached(key) is not None:
@@ -412,26 +708,42 @@ class Resolver:
                 running = self._inflight.get(key)
                 if running is None:
                     self._inflight[key] = future
+                    job = self._jobs[key] = _Job(
+                        lambda left, k=key, f=future: self._shared_fetch(k, timeout, f, left),
+                        lambda k=key, f=future: self._dropped(k, f), deadline)
+                else:
+                    job = self._jobs.get(key)
             if running is not None:
                 futures[key] = running
+                if job is not None:
+                    self._executor.also(owner, job, deadline)
                 continue
-            futures[key] = future
             try:
-                self._executor.submit(self._shared_fetch, key, timeout, future)
-            except RuntimeError:                # the pool is shut down (a reload)
-                with self._lock:
-                    self._inflight.pop(key, None)
-                future.set_result(self._fetch(key, timeout))
+                self._executor.submit(owner, job)
+            except (PoolFull, RuntimeError):
+                # no room in the queue for this owner (or the pool is shut
+                # down, a reload): the caller asks it now, in its own time;
+                # another caller may have joined it already, and is answered
+                if self._executor.claim(job):
+                    job.run(max(job.deadline - self.clock(), 0.0))
+            futures[key] = future
         return futures
 
     def _wait(self, key, future: concurrent.futures.Future, timeout: float | None) -> Answer:
-        timeout = self._timeout(timeout)
+        wait = self._patience(timeout)
+        with self._lock:
+            job = self._jobs.get(key) if self._inflight.get(key) is future else None
+        if job is not None and self._executor.claim(job):
+            # no worker has taken it yet: this thread, idle until it is
+            # answered, asks it itself
+            job.run(max(job.deadline - self.clock(), 0.0))
         try:
-            return future.result(timeout=timeout)
+            return future.result(timeout=wait)
         except concurrent.futures.TimeoutError:
-            return Answer(key[0], key[1], Status.TIMEOUT, detail=f"no answer within {timeout:g}s")
+            return Answer(key[0], key[1], Status.TIMEOUT, detail=f"no answer within {wait:g}s")
 
-    def query(self, name: str, rdtype: str, timeout: float | None = None) -> Answer:
+    def query(self, name: str, rdtype: str, timeout: float | None = None,
+              owner=None) -> Answer:
         name = normalize(name)
         rdtype = rdtype.upper()
         key = (name, rdtype)
@@ -440,20 +752,28 @@ class Resolver:
             return answer
         if not _askable(name):
             return Answer(name, rdtype, Status.ERROR, detail="bad name")
-        timeout = self._timeout(timeout)
+        mine: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             pending = self._inflight.get(key)
+            job = self._jobs.get(key)
+            if pending is None:
+                self._inflight[key] = mine      # others asking meanwhile wait for it
         if pending is None:
-            return self._fetch(key, timeout)
+            self._shared_fetch(key, self._timeout(timeout), mine)
+            return mine.result()
+        if job is not None:         # still queued, perhaps in another's queue: in ours too
+            self._executor.also(_ANYONE if owner is None else owner, job,
+                                self.clock() + self._patience(timeout))
         return self._wait(key, pending, timeout)
 
     def query_many(self, queries: Iterable[tuple[str, str]], timeout: float | None = None,
-                   pending: dict | None = None) -> list[Answer]:
+                   pending: dict | None = None, owner=None) -> list[Answer]:
         """Run several lookups at once; answers in the order asked.
 
         Cached answers come at once; of the others, all but one start in
-        the pool and the calling thread asks the first itself.  ``pending``:
-        key -> Future of lookups this caller started before (``prefetch``)."""
+        the pool and the calling thread asks the first itself (and any the
+        pool had no room for).  ``pending``: key -> Future of lookups this
+        caller started before (``prefetch``); ``owner``: see ``prefetch``."""
         keys = [(normalize(n), t.upper()) for n, t in queries]
         answers = [self._cached(key) for key in keys]
         missed = [i for i, answer in enumerate(answers) if answer is None]
@@ -462,23 +782,29 @@ class Resolver:
         futures = dict(pending or {})
         ask = list(dict.fromkeys(keys[i] for i in missed if keys[i] not in futures))
         if len(ask) > 1:
-            futures.update(self.prefetch(ask[1:], timeout))
+            futures.update(self.prefetch(ask[1:], timeout, owner=owner))
         for i in missed:
             key = keys[i]
             future = futures.get(key)
-            answers[i] = (self.query(key[0], key[1], timeout) if future is None
+            answers[i] = (self.query(key[0], key[1], timeout, owner) if future is None
                           else self._wait(key, future, timeout))
         return answers
 
-    def session(self, deadline: float | None = None, budget: int | None = None) -> "Lookup":
+    def session(self, deadline: float | None = None, budget: int | None = None,
+                reserve: int | None = None) -> "Lookup":
         """A per-message view with its own lookup budget and time limit.
 
         ``deadline`` (this resolver's clock) overrides ``[dns]
-        message_deadline`` counted from now."""
+        message_deadline`` counted from now; ``budget`` ``[dns]
+        message_budget``, and then ``reserve`` (none unless given) ``[dns]
+        decisive_reserve``."""
         now = self.clock()
         limit = self.options.message_deadline if deadline is None else deadline - now
-        return Lookup(self, limit, self.options.message_budget if budget is None else budget,
-                      clock=self.clock)
+        if budget is None:
+            budget = self.options.message_budget
+            if reserve is None:
+                reserve = self.options.decisive_reserve
+        return Lookup(self, limit, budget, clock=self.clock, reserve=reserve or 0)
 
 
 class Lookup:
@@ -490,7 +816,12 @@ class Lookup:
     creation until paused, so that a session used alone is bounded too.
 
     The budget counts distinct lookups: asking again for a name and type
-    this message has already asked for costs nothing.
+    this message has already asked for costs nothing.  Its last ``reserve``
+    lookups are kept for those marked ``decisive`` (the ones DMARC's
+    verdict rests on: the author domain's policy record, its organizational
+    domain's, the key of a DKIM signature), so that lookups a sender can
+    multiply (SPF includes, URLs, signatures of other domains) cannot use
+    them up and turn a DMARC fail into a temperror.
 
     While ``speculative`` is set (the engine's first, thread-less pass over
     a stage's checks), a lookup whose answer is not cached starts it in the
@@ -499,10 +830,11 @@ class Lookup:
     """
 
     def __init__(self, resolver: Resolver, limit: float, budget: int,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, reserve: int = 0):
         self.resolver = resolver
         self.limit = limit
         self.budget = budget
+        self.reserve = max(0, min(reserve, budget))
         self.used = 0
         self.clock = clock
         self.spent = 0.0                  # time of the stages already paused
@@ -518,6 +850,9 @@ class Lookup:
             if self._running_since is not None:
                 self.spent += self.clock() - self._running_since
                 self._running_since = None
+            # what a stage started ahead and did not use: a later stage
+            # joins it by name if it is still under way
+            self._pending.clear()
 
     def resume(self) -> None:
         with self._lock:
@@ -529,15 +864,16 @@ class Lookup:
             running = 0.0 if self._running_since is None else self.clock() - self._running_since
             return self.limit - self.spent - running
 
-    def _grant(self, keys: list, take: bool) -> int:
+    def _grant(self, keys: list, take: bool, decisive: bool = False) -> int:
         """How many of ``keys`` (from the first) the budget allows; counted if ``take``."""
+        budget = self.budget if decisive else self.budget - self.reserve
         with self._lock:
             used = self.used
             new: set = set()
             granted = 0
             for key in keys:
                 if key not in self._asked and key not in new:
-                    if used >= self.budget:
+                    if used >= budget:
                         break
                     new.add(key)
                     used += 1
@@ -547,29 +883,33 @@ class Lookup:
                 self._asked |= new
             return granted
 
-    def query(self, name: str, rdtype: str) -> Answer:
-        return self.query_many([(name, rdtype)])[0]
+    def query(self, name: str, rdtype: str, decisive: bool = False) -> Answer:
+        return self.query_many([(name, rdtype)], decisive=decisive)[0]
 
-    def query_many(self, queries: Iterable[tuple[str, str]]) -> list[Answer]:
+    def query_many(self, queries: Iterable[tuple[str, str]],
+                   decisive: bool = False) -> list[Answer]:
+        """Answers in the order asked.  ``decisive``: these lookups decide
+        DMARC and may use the budget's reserve (see the class)."""
         keys = [(normalize(n), t.upper()) for n, t in queries]
         left = self.remaining()
         if left <= 0:
             return [Answer(n, t, Status.BUDGET, detail="message deadline passed")
                     for n, t in keys]
         if self.speculative:
-            allowed = keys[:self._grant(keys, take=False)]
+            allowed = keys[:self._grant(keys, take=False, decisive=decisive)]
             missing = self.resolver.missing(allowed)
             if missing:
-                started = self.resolver.prefetch(missing, timeout=left)
+                started = self.resolver.prefetch(missing, timeout=left, owner=self)
                 with self._lock:
                     self._pending.update(started)
                 self.missed = True
                 raise CacheMiss(missing[0])
-        granted = self._grant(keys, take=True)
+        granted = self._grant(keys, take=True, decisive=decisive)
         with self._lock:
             pending = {key: self._pending.pop(key) for key in keys[:granted]
                        if key in self._pending}
-        answers = self.resolver.query_many(keys[:granted], timeout=left, pending=pending)
+        answers = self.resolver.query_many(keys[:granted], timeout=left, pending=pending,
+                                           owner=self)
         answers += [Answer(n, t, Status.BUDGET, detail="lookup budget used up")
                     for n, t in keys[granted:]]
         return answers

@@ -2,6 +2,8 @@
 
 Off unless ``[metrics] listen = HOST:PORT`` is set; then ``mailwarden run``
 serves ``/metrics`` there (prometheus-client's HTTP server, one thread).
+A port alone binds loopback (127.0.0.1); every interface only when asked
+for by address (``0.0.0.0:PORT``, ``[::]:PORT``).
 Metrics are fed through a few hooks, never from inside a check:
 
 * the resolver's ``on_query`` -> DNS queries by outcome and their latency;
@@ -49,6 +51,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import start_http_server
 
 from .state import StateError, Store
+
+LOOPBACK = "127.0.0.1"
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -126,10 +130,14 @@ class Metrics:
         return generate_latest(self.registry)
 
     def serve(self, listen: str):
-        """Start the HTTP listener on ``HOST:PORT``; returns the server."""
+        """Start the HTTP listener on ``HOST:PORT``; returns the server.
+
+        No host (``:PORT``, ``PORT``) is loopback: an empty address would
+        be every interface to the HTTP server, and metrics tell who mails
+        whom how much."""
         host, _, port = listen.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host.strip("[]"),
-                                            registry=self.registry)
+        host = host.strip("[]") or LOOPBACK
+        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
         return server
 
 

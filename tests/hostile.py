@@ -5,7 +5,9 @@ boundaries, multiparts nested 100 deep, 10,000 parts, a 1 MB header, NUL
 bytes, invalid UTF-8, invalid base64 and quoted-printable, header lines
 without a colon, CR-only and LF-only line ends, a 30 MB message, 1,000
 recipients, charsets whose codecs are slow or no text encodings (punycode),
-2.6 MB of multipart delimiter lines, and seeded mutations of well-formed messages.  ``big=False``
+2.6 MB of multipart delimiter lines, messages that multiply DNS lookups
+(signatures of many domains, thousands of URL domains), and seeded mutations
+of well-formed messages.  ``big=False``
 leaves out the few multi-megabyte ones (for a quick run).
 
 ``python -m tests.hostile DIR`` writes the corpus as ``DIR/NAME.eml`` files
@@ -285,8 +287,28 @@ HOSTILE_TEXTS = (
 )
 
 
+def _lookup_floods() -> list:
+    """Messages that multiply lookups: many signatures of many domains and
+    selectors (each a key lookup), many URL domains; the lookup budget and
+    deadline bound them, and what decides DMARC keeps its reserve."""
+    sigs = b"".join(
+        b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=d%d.flood.example; s=%s;"
+        b" h=from:to:subject; bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=; b=AAAA\r\n"
+        % (i, b"s" * (1 + i % 63)) for i in range(50))
+    aligned = b"".join(
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=sender.example; s=sel%d; h=from;"
+        b" bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=; b=AAAA\r\n" % i for i in range(20))
+    urls = b" ".join(b"http://www.u%d.flood%d.example.com/" % (i, i % 7) for i in range(3000))
+    return [
+        ("lookup-flood-signatures", sigs + HEAD + b"\r\nhi\r\n"),
+        ("lookup-flood-aligned-signatures", aligned + HEAD + b"\r\nhi\r\n"),
+        ("lookup-flood-urls", HEAD + b"\r\n" + urls + b"\r\n"),
+    ]
+
+
 def corpus(big: bool = True) -> list:
     items = [Hostile(n, d) for n, d in _boundaries() + _encodings() + _text_faults()]
+    items += [Hostile(n, d) for n, d in _lookup_floods()]
     items += [Hostile(n, d, r, b) for n, d, r, b in _sizes(big)]
     items += [Hostile(n, d) for n, d in _mutations(max(0, 210 - len(items)))]
     return items

@@ -278,7 +278,7 @@ class DkimCheck(Check):
         name, problem = key_name(tags[b"s"], tags[b"d"])
         if name is None:
             return res("permerror", "DKIM_BAD_NAME", f"no such key name: {problem}")
-        answer = ctx.dns.query(name, "TXT")
+        answer = ctx.dns.query(name, "TXT", decisive=True)
         if answer.temporary:
             return res("temperror", "DKIM_TEMPERROR", f"key lookup: {answer.describe()}")
         if not answer.ok or not answer.records:

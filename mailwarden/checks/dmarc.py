@@ -205,7 +205,7 @@ class DmarcCheck(Check):
     # -- discovery -------------------------------------------------------------
 
     def _fetch(self, ctx, domain: str) -> Optional[Record]:
-        answer = ctx.dns.query(f"_dmarc.{domain}", "TXT")
+        answer = ctx.dns.query(f"_dmarc.{domain}", "TXT", decisive=True)
         if answer.temporary:
             raise _TempError(answer.describe())
         texts = [t for t in answer.records if _VERSION.match(t)] if answer.ok else []
@@ -216,7 +216,7 @@ class DmarcCheck(Check):
     def discover(self, ctx, domain: str) -> tuple:
         """(record, organizational domain); RFC 7489 §6.6.3."""
         org = self.organizational(domain)
-        answer = ctx.dns.query(f"_dmarc.{domain}", "TXT")
+        answer = ctx.dns.query(f"_dmarc.{domain}", "TXT", decisive=True)
         if answer.temporary:
             raise _TempError(answer.describe())
         texts = [t for t in answer.records if _VERSION.match(t)] if answer.ok else []
@@ -229,7 +229,8 @@ class DmarcCheck(Check):
         return self._fetch(ctx, org), org
 
     def _nonexistent(self, ctx, domain: str) -> bool:
-        answers = ctx.dns.query_many([(domain, "A"), (domain, "AAAA"), (domain, "MX")])
+        answers = ctx.dns.query_many([(domain, "A"), (domain, "AAAA"), (domain, "MX")],
+                                     decisive=True)
         return all(a.status is Status.NXDOMAIN for a in answers)
 
     # -- the check -------------------------------------------------------------

@@ -7,6 +7,10 @@ that overrides its lookup method.  The RFC 7208 §4.6.4 limits (DNS
 mechanisms and void lookups) are attributes of that one query object, so
 one message's limits never touch another's and no pyspf global is written.
 
+The ``ptr`` mechanism and the ``%{p}`` macro follow RFC 7208 §5.5: a DNS
+error on the client's PTR lookup means no name, and a name whose address
+lookup fails (a timeout, a CNAME loop) is skipped, never a temperror.
+
 Identities (RFC 7208 §2.3, §2.4):
 
 * MAIL FROM: the envelope sender's domain; for the null sender, the HELO
@@ -78,6 +82,26 @@ class _Query(pyspf.query):
         self.lookups += 1
         if self.lookups > self.max_lookups:
             raise pyspf.PermError(f"More than {self.max_lookups} DNS lookups")
+
+    def validated_ptrs(self):
+        """The client's PTR names whose address records include the client
+        (the ``ptr`` mechanism and the ``%{p}`` macro), RFC 7208 §5.5: a DNS
+        error on the PTR lookup means no name; one on a name's address
+        lookup (a timeout, a CNAME loop) skips that name and the search goes
+        on; at most 10 names are looked at (§4.6.4)."""
+        try:
+            names = self.dns_ptr(self.i)
+        except pyspf.TempError:
+            return []
+        validated = []
+        for name in names[:pyspf.MAX_PTR]:
+            try:
+                addresses = self.dns_a(name, self.A)
+            except pyspf.TempError:
+                continue
+            if self.cidrmatch(addresses, self.cidrmax):
+                validated.append(name)
+        return validated
 
     def dns(self, name, qtype, cnames=None, ignore_void=False):
         name = str(name).rstrip(".").lower()

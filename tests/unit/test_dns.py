@@ -241,3 +241,56 @@ def test_without_a_cache_a_started_lookup_is_still_not_asked_twice():
     assert sorted(backend.queries) == [("a.example", "A"), ("mx.example", "MX"),
                                        ("txt.example", "TXT")]
     r.close()
+
+
+LOOPS = """
+loop1.example. CNAME loop2.example.
+loop2.example. CNAME LOOP1.example.
+self.example. CNAME self.example.
+ok.example. CNAME a.example.
+"""
+
+
+def test_a_cname_loop_in_a_zone_is_a_server_failure_not_a_recursion():
+    r, backend = resolver(ZONE + LOOPS)
+    for name in ("loop1.example", "loop2.example", "self.example"):
+        answer = r.query(name, "A")
+        assert answer.status is Status.SERVFAIL and answer.temporary, answer
+        assert answer.name == name and "CNAME loop" in answer.detail
+    # each lookup is one query, not one per link
+    assert backend.queries.count(("loop1.example", "A")) == 1
+    assert r.query("ok.example", "A").records == ("192.0.2.1", "192.0.2.2")
+    assert r.query("loop1.example", "CNAME").records == ("loop2.example",)
+
+
+def test_a_cname_chain_is_bounded():
+    limit = getattr(ZoneBackend, "MAX_CNAME_CHAIN", 16)
+    links = "".join(f"c{i}.example. CNAME c{i + 1}.example.\n" for i in range(limit + 5))
+    links += f"c{limit + 5}.example. A 192.0.2.77\n"
+    r, _ = resolver(links)
+    assert r.query(f"c{5}.example", "A").records == ("192.0.2.77",)   # limit links: followed
+    long = r.query("c0.example", "A")
+    assert long.status is Status.SERVFAIL and "longer than" in long.detail
+
+
+def test_scan_zone_with_a_cname_loop_answers_instead_of_crashing(tmp_path, capsys):
+    import json
+    from mailwarden import cli
+    conf = tmp_path / "m.ini"
+    conf.write_text("[authserv]\nid = mx.test.example\n")
+    zone = tmp_path / "z.zone"
+    zone.write_text("7.100.51.198.in-addr.arpa. PTR loop.sender.example.\n"
+                    "loop.sender.example. CNAME loop.sender.example.\n"
+                    "sender.example. TXT \"v=spf1 a:loop.sender.example -all\"\n")
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(b"From: a@sender.example\r\n\r\nhi\r\n")
+    rc = cli.main(["scan", "-c", str(conf), "--zone", str(zone), "--client-ip", "198.51.100.7",
+                   "--helo", "loop.sender.example", "--mail-from", "a@sender.example",
+                   "--rcpt", "b@test.example", str(eml)])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    by_check = {r["check"]: r for r in out["results"]}
+    # the loop is a DNS error of that name: temperror, with no crash behind it
+    assert by_check["iprev"]["result"] == "temperror", by_check["iprev"]
+    assert "internal error" not in by_check["iprev"]["reason"]
+    assert "internal error" not in by_check["spf"]["reason"]

@@ -261,3 +261,28 @@ def test_holder_closes_an_idle_engine_at_once_and_a_changed_resolver_with_it():
     assert first._pool._shutdown and first.resolver._executor._shutdown
     assert not second.resolver._executor._shutdown
     holder.close()
+
+
+def test_a_port_alone_binds_loopback_only():
+    from mailwarden.config import ConfigError
+    for text in ("9851", ":9851", " 9851 "):
+        assert loads(BASE + f"[metrics]\nlisten = {text}\n").metrics.listen == "127.0.0.1:9851"
+    # another interface only when named
+    assert loads(BASE + "[metrics]\nlisten = 0.0.0.0:9851\n").metrics.listen == "0.0.0.0:9851"
+    assert loads(BASE + "[metrics]\nlisten = [::]:9851\n").metrics.listen == "[::]:9851"
+    for bad in ("localhost:9851", ":0", "99999", "127.0.0.1:"):
+        with pytest.raises(ConfigError, match=r":4: \[metrics\] listen: "):
+            loads(BASE + f"[metrics]\nlisten = {bad}\n")
+
+
+def test_the_listener_without_a_host_is_on_loopback():
+    metrics = Metrics()
+    port = _free_port()
+    server = metrics.serve(f":{port}")
+    try:
+        assert server.server_address[0] == "127.0.0.1", server.server_address
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
