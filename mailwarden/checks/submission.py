@@ -38,7 +38,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..address import AddressProblem, header_addresses, normalize_domain
+from ..address import AddressProblem, authors, normalize_domain
 from ..config import ConfigError, opt, parse_bool, parse_path, parse_str
 from ..model import Reply
 from . import Check, CheckOptions
@@ -202,6 +202,7 @@ class _MapFile:
 class SubmissionCheck(Check):
     name = "submission"
     Options = SubmissionOptions
+    fail_closed = True
     symbols = {
         "SUBMISSION_NO_TLS": 0.0,
         "SUBMISSION_SENDER_MISMATCH": 0.0,
@@ -255,17 +256,32 @@ class SubmissionCheck(Check):
             return self._refuse("SUBMISSION_FROM_MISMATCH",
                                 f"Message must have exactly one From header field, has {len(froms)}",
                                 ctx)
-        addresses = header_addresses(froms)
-        if not addresses or any(not addr or "@" not in addr for _name, addr in addresses):
-            return self._refuse("SUBMISSION_FROM_MISMATCH",
-                                f"Unreadable From header field: {froms[0][:200]}", ctx)
+        found = authors(froms)
+        # fail closed: what the parser cannot read, or reads otherwise than
+        # a lenient reader would, is refused, never let through as an error
+        if found.unreadable or not found.addresses or any(
+                "@" not in addr for addr in found.addresses):
+            ctx.log.warning("submission: unreadable From for login %s: %s", conn.auth_user,
+                            found.unreadable or "no address")
+            return self._refuse("SUBMISSION_FROM_MISMATCH", "Unreadable From header field", ctx)
         login_map = self._map.get(ctx)
-        for _name, addr in addresses:
+        for addr in found.addresses:
             if not login_map.allows(conn.auth_user, addr, self.options.extension_delimiters):
                 return self._refuse("SUBMISSION_FROM_MISMATCH",
-                                    f"From address <{addr}> not owned by user {conn.auth_user}",
-                                    ctx)
+                                    f"From address <{_shown(addr)}> not owned by user "
+                                    f"{conn.auth_user}", ctx)
+        owned = {parts[1] for parts in (split_address(a) for a in found.addresses) if parts}
+        other = [d for d in found.domains if d not in owned]
+        if other:
+            return self._refuse("SUBMISSION_FROM_MISMATCH",
+                                f"From header field also names {other[0]}", ctx)
         return None
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """An address for a reply: printable ASCII only, bounded."""
+    out = "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
+    return out + ("..." if len(text) > limit else "")
 
 
 CHECKS = (SubmissionCheck,)
