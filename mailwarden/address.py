@@ -41,7 +41,7 @@ MAX_GROUPS = 8                  # ":" outside quotes, comments and <...>
 MAX_FIELD_CHARS = 8192          # a From field no mail client writes longer
 MAX_DOMAIN_CHARS = 1024         # input to normalize_domain (a DNS name: 253)
 MAX_ADDRESS_CHARS = 1024        # an address given to analyze (RFC 5321: 256)
-MAX_AUTHOR_DOMAINS = 64         # collected per message at most; the rest is overflow
+MAX_DOMAINS_KEPT = 64           # collected per message at most; the rest is overflow
 
 
 class AddressProblem(ValueError):
@@ -104,7 +104,7 @@ class Authors:
     domains: tuple = ()
     groups: int = 0
     unreadable: str = ""
-    overflow: bool = False          # more than MAX_AUTHOR_DOMAINS domains
+    overflow: bool = False          # more than MAX_DOMAINS_KEPT domains
     encoded: bool = False           # domains read from inside encoded words
 
     @property
@@ -243,7 +243,7 @@ def authors(values) -> Authors:
                 domain = author_domain(prefix.group())
         if domain is None or domain in found:
             return
-        if len(found) >= MAX_AUTHOR_DOMAINS:
+        if len(found) >= MAX_DOMAINS_KEPT:
             overflow = True
             return
         found[domain] = None

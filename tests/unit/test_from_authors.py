@@ -233,7 +233,7 @@ def test_no_from_shape_crashes_the_readers(parts):
     value = "ceo@outbound.example" + _glue(parts)
     found = authors([value])                    # never raises
     header_addresses([value])                   # None or a list, never an exception
-    assert len(found.domains) <= address.MAX_AUTHOR_DOMAINS
+    assert len(found.domains) <= address.MAX_DOMAINS_KEPT
     assert "outbound.example" in found.domains, found
 
 
@@ -405,3 +405,26 @@ def test_every_imported_distribution_is_declared():
                 if not names & declared and root not in ("redis",):      # redis: an extra
                     missing.add(f"{root} ({path.relative_to(ROOT)})")
     assert not missing, sorted(missing)
+
+
+# -- relay: the recipient reader is bounded too -----------------------------------
+
+@PROFILE
+@given(st.lists(DEEP, min_size=1, max_size=2), st.booleans())
+def test_analyze_reads_any_recipient_shape_without_raising(parts, before):
+    junk = "".join(parts)
+    route = address.analyze(junk + "u@evil.example" if before else "u@evil.example" + junk)
+    assert route.problem or route.hops, route
+    # what is read is never only local when a foreign domain was written
+    assert route.problem or any(h != "outbound.example" for h in route.hops)
+
+
+def test_overlong_recipient_is_unreadable_and_refused():
+    route = address.analyze("a" * 2000 + "@outbound.example")
+    assert route.problem.startswith("address longer than")
+    e = engine_for("[relay]\nlocal_domains = outbound.example\n")
+    try:
+        verdict = attack(e, "x@evil.example", rcpts=["a" * 2000 + "@outbound.example"])
+    finally:
+        e.close()
+    assert verdict.action == "reject" and verdict.reply.code == 554, verdict
