@@ -33,6 +33,7 @@ import ipaddress
 import sys
 from dataclasses import dataclass, field
 
+from ..address import AddressProblem, idna_to_ascii
 from ..dns import Answer, Resolver, Status, normalize, ptr_name
 from .findings import FAIL, OK, WARN, Finding, render
 from .records import (SPF_LOOKUP_MECHANISMS, RecordError, is_spf, parse_dkim_key,
@@ -877,8 +878,8 @@ def audit_domain(resolver: Resolver, domain: str, selectors=(), keys=()) -> Repo
 def _domain_arg(text: str) -> str:
     name = text.strip().rstrip(".")
     try:
-        name = name.encode("idna").decode("ascii").lower()
-    except UnicodeError:
+        name = (name if name.isascii() else idna_to_ascii(name)).lower()
+    except AddressProblem:
         raise argparse.ArgumentTypeError(f"not a domain name: {text!r}") from None
     labels = name.split(".")
     if (len(labels) < 2 or len(name) > 253

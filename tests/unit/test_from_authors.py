@@ -358,6 +358,8 @@ def test_sharp_s_is_mapped_by_uts46_not_idna2003():
     local = DomainSet.of(["faß.de"])
     assert "xn--fa-hia.de" in local and "fass.de" not in local
     assert address.analyze("u@fass.de").hops == ("fass.de",)
+    from mailwarden.audit.domain import _domain_arg
+    assert _domain_arg("Faß.de.") == "xn--fa-hia.de"
 
 
 LABELS = st.text(alphabet=st.sampled_from("abcßäöüçéσςΣ٠١ﬁ-"), min_size=1, max_size=12)
