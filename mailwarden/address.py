@@ -42,6 +42,7 @@ MAX_FIELD_CHARS = 8192          # a From field no mail client writes longer
 MAX_DOMAIN_CHARS = 1024         # input to normalize_domain (a DNS name: 253)
 MAX_ADDRESS_CHARS = 1024        # an address given to analyze (RFC 5321: 256)
 MAX_DOMAINS_KEPT = 64           # collected per message at most; the rest is overflow
+MAX_DOMAIN_TOKENS = 256         # "@domain" tokens read per message; more is overflow
 
 
 class AddressProblem(ValueError):
@@ -104,7 +105,7 @@ class Authors:
     domains: tuple = ()
     groups: int = 0
     unreadable: str = ""
-    overflow: bool = False          # more than MAX_DOMAINS_KEPT domains
+    overflow: bool = False          # more domains or tokens than are kept or read
     encoded: bool = False           # domains read from inside encoded words
 
     @property
@@ -234,13 +235,24 @@ def authors(values) -> Authors:
     groups = 0
     why = ""
 
+    read_as: dict = {}                  # token -> domain or None, each mapped once
+    budget = MAX_DOMAIN_TOKENS
+
     def add(text: str) -> None:
-        nonlocal overflow
-        domain = author_domain(text)
-        if domain is None:
-            prefix = _LDH_PREFIX.match(text)
-            if prefix is not None and prefix.end() < len(text):
-                domain = author_domain(prefix.group())
+        nonlocal overflow, budget
+        if text in read_as:
+            domain = read_as[text]
+        elif budget <= 0:
+            overflow = True
+            return
+        else:
+            budget -= 1
+            domain = author_domain(text)
+            if domain is None:
+                prefix = _LDH_PREFIX.match(text)
+                if prefix is not None and prefix.end() < len(text):
+                    domain = author_domain(prefix.group())
+            read_as[text] = domain
         if domain is None or domain in found:
             return
         if len(found) >= MAX_DOMAINS_KEPT:
@@ -260,7 +272,7 @@ def authors(values) -> Authors:
         else:
             read, strict_problem = _strict(value)
             problem = problem or strict_problem
-        seen = {author_domain(t) for t in tokens}
+        seen = {author_domain(t) for t in tokens[:MAX_DOMAIN_TOKENS]}
         for addr in read:
             addresses.append(addr)
             if "@" in addr:

@@ -259,7 +259,7 @@ class SubmissionCheck(Check):
         found = authors(froms)
         # fail closed: what the parser cannot read, or reads otherwise than
         # a lenient reader would, is refused, never let through as an error
-        if found.unreadable or not found.addresses or any(
+        if found.unreadable or found.overflow or not found.addresses or any(
                 "@" not in addr for addr in found.addresses):
             ctx.log.warning("submission: unreadable From for login %s: %s", conn.auth_user,
                             found.unreadable or "no address")

@@ -291,6 +291,15 @@ def test_unreadable_from_refused_whatever_the_temperror_setting(tmp_path):
         e.close()
 
 
+def test_bounded_work_on_a_from_full_of_domains():
+    # a From of Postfix's largest header (100 KB) of distinct IDNs: bounded
+    # tokens read, the rest is overflow, which DMARC and submission refuse
+    value = "".join(f"@{'ä' * 40}{i}.example " for i in range(1800))
+    found = authors([value])
+    assert found.overflow and len(found.domains) == address.MAX_DOMAINS_KEPT
+    assert from_domains([value])[2].startswith("more than 10 author domains")
+
+
 def test_a_second_domain_beside_her_address_is_refused(submission_engine):
     # the email package reads alice@; a reader may also see ceo@'s domain
     verdict = alice_sends(submission_engine, "alice@outbound.example (x) ceo@evil.example")
