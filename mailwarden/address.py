@@ -15,6 +15,13 @@ like ``other.example``.  :func:`analyze` collects every domain that any of
 those readings could send the message to (``hops``), so that a relay check
 can demand that *all* of them be local, and flags what cannot be read
 unambiguously (``problem``).
+
+The authors of a message (RFC5322.From) are read the same way: by the
+email package, bounded so that it cannot be made to recurse away, and by a
+linear scanner that never recurses; :func:`authors` names every domain
+either reading, or a reader of a broken field, could take for an author's.
+Internationalized names become A-labels by one rule, UTS #46
+(:func:`idna_to_ascii`), here and in URLs.
 """
 
 from __future__ import annotations
