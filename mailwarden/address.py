@@ -285,7 +285,9 @@ def authors(values) -> Authors:
             if "@" in addr:
                 local, _, domain = addr.rpartition("@")
                 add(domain)
-                if author_domain(domain) not in seen or not _LOCAL_PART.fullmatch(local):
+                mapped = author_domain(domain)
+                if (mapped is not None and mapped not in seen) \
+                        or not _LOCAL_PART.fullmatch(local):
                     # the email package took for an address what is none
                     # outside quotes and comments: trust neither reading
                     problem = problem or "From header field is read differently by two parsers"
