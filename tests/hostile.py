@@ -190,6 +190,10 @@ def _from_dodges() -> list:
         "brackets-deep": [b"alice@sender.example " + b"[" * 500],
         "quoted-at-local": [b'"x@evil.example"@sender.example'],
         "encoded-word-only": [b"=?utf-8?q?alice=40sender.example?="],
+        "encoded-word-base64": [b"=?utf-8?b?" + base64.b64encode(b"alice@sender.example")
+                                + b"?="],
+        "encoded-word-latin1-split": [b"=?iso-8859-1?q?alice?= =?iso-8859-1?q?=40sender.ex?="
+                                      b"=?iso-8859-1?q?ample?="],
         "nul-after-domain": [b"alice@sender.example\x00, x@evil.example"],
         "route": [b"<@evil.example:alice@sender.example>"],
         "utf8-garbage": [b"\xff\xfe <alice@sender.example> \xc0\xaf:::"],
