@@ -33,7 +33,7 @@ from . import authresults
 from .checks import Check, registry as check_registry
 from .config import Config
 from .dns import CacheMiss, Lookup, Resolver
-from .model import Body, Connection, Message, Result, Stage
+from .model import Body, Connection, Message, Reply, Result, Stage
 from .policy import Policy, Verdict
 from .state import Store, make_store
 
@@ -236,10 +236,15 @@ class Engine:
         except Exception as exc:        # the one place a check's crash is caught
             ctx.log.error("check %s crashed at %s: %s: %s", check.name, ctx.stage.name.lower(),
                           exc.__class__.__name__, exc, exc_info=True)
+            # a policy check that could not decide fails closed, whatever
+            # temperror_action says for this client
+            reply = (Reply("tempfail", 451, "4.7.1",
+                           f"Temporary failure in {check.name} checks, please try again later")
+                     if check.fail_closed else None)
             return [Result(check=check.name, result="temperror", symbol=check.error_symbol(),
                            reason=f"internal error in {check.name} ({exc.__class__.__name__})",
                            method=check.method, tempfail=check.options.tempfail_on_error,
-                           stage=ctx.stage)]
+                           stage=ctx.stage, reply=reply)]
         if out is None:
             return []
         if isinstance(out, Result):

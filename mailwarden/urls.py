@@ -50,7 +50,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-import idna
+from .address import AddressProblem, idna_to_ascii
 
 from .orgdomain import registered_domain   # the one Public Suffix List reader
 
@@ -152,9 +152,12 @@ def normalize_host(host: str) -> tuple:
             return "", ""
     if not host.isascii():
         try:
-            host = idna.encode(host, uts46=True, std3_rules=False).decode("ascii")
-        except (idna.IDNAError, UnicodeError):
-            try:                         # IDNA 2003 still resolves in some clients
+            host = idna_to_ascii(host)
+        except AddressProblem:
+            # UTS #46 is the rule (address.idna_to_ascii); a host it refuses
+            # that IDNA 2003 maps (a symbol, an emoji) is still looked up:
+            # some clients resolve such names, and a link is never trusted
+            try:
                 host = host.encode("idna").decode("ascii")
             except UnicodeError:
                 return "", ""

@@ -6,8 +6,9 @@ bytes, invalid UTF-8, invalid base64 and quoted-printable, header lines
 without a colon, CR-only and LF-only line ends, a 30 MB message, 1,000
 recipients, charsets whose codecs are slow or no text encodings (punycode),
 2.6 MB of multipart delimiter lines, messages that multiply DNS lookups
-(signatures of many domains, thousands of URL domains), and seeded mutations
-of well-formed messages.  ``big=False``
+(signatures of many domains, thousands of URL domains), From fields shaped
+to hide their author (``from-dodge-*``), and seeded mutations of well-formed
+messages.  ``big=False``
 leaves out the few multi-megabyte ones (for a quick run).
 
 ``python -m tests.hostile DIR`` writes the corpus as ``DIR/NAME.eml`` files
@@ -192,6 +193,39 @@ def _text_faults() -> list:
     return out
 
 
+def _from_dodges() -> list:
+    """From fields shaped so that a parser misses or chokes on the author
+    alice@sender.example (sender.example publishes p=reject): several
+    fields, lists, groups, nesting that makes the email package recurse
+    (comments, groups, a thousand ":"), encoded words, garbage."""
+    rest = b"To: bob@rcpt.example\r\nSubject: invoice\r\n\r\npay now\r\n"
+    shapes = {
+        "two-fields-same": [b"alice@sender.example", b"alice@sender.example"],
+        "two-fields-evil-first": [b"x@evil.example", b"alice@sender.example"],
+        "list-victim-first": [b"<alice@sender.example>, x@evil.example"],
+        "list-evil-first": [b"x@evil.example, Alice <alice@sender.example>"],
+        "group": [b"Billing: alice@sender.example, x@evil.example;"],
+        "nested-groups": [b"a: " * 40 + b"alice@sender.example" + b";" * 40],
+        "colons-1000": [b"alice@sender.example" + b":" * 1000],
+        "comments-65": [b"alice@sender.example " + b"(" * 65 + b")" * 65],
+        "comments-unclosed": [b"alice@sender.example " + b"(" * 3000],
+        "angles-deep": [b"<" * 500 + b"alice@sender.example" + b">" * 500],
+        "quotes-deep": [b'"' * 301 + b"alice@sender.example"],
+        "brackets-deep": [b"alice@sender.example " + b"[" * 500],
+        "quoted-at-local": [b'"x@evil.example"@sender.example'],
+        "encoded-word-only": [b"=?utf-8?q?alice=40sender.example?="],
+        "encoded-word-base64": [b"=?utf-8?b?" + base64.b64encode(b"alice@sender.example")
+                                + b"?="],
+        "encoded-word-latin1-split": [b"=?iso-8859-1?q?alice?= =?iso-8859-1?q?=40sender.ex?="
+                                      b"=?iso-8859-1?q?ample?="],
+        "nul-after-domain": [b"alice@sender.example\x00, x@evil.example"],
+        "route": [b"<@evil.example:alice@sender.example>"],
+        "utf8-garbage": [b"\xff\xfe <alice@sender.example> \xc0\xaf:::"],
+    }
+    return [(f"from-dodge-{name}", b"".join(b"From: " + v + b"\r\n" for v in values) + rest)
+            for name, values in shapes.items()]
+
+
 def _sizes(big: bool) -> list:
     out = [
         ("nested-100", _nested(100), 1, False),
@@ -307,7 +341,8 @@ def _lookup_floods() -> list:
 
 
 def corpus(big: bool = True) -> list:
-    items = [Hostile(n, d) for n, d in _boundaries() + _encodings() + _text_faults()]
+    items = [Hostile(n, d) for n, d in _boundaries() + _encodings() + _text_faults()
+             + _from_dodges()]
     items += [Hostile(n, d) for n, d in _lookup_floods()]
     items += [Hostile(n, d, r, b) for n, d, r, b in _sizes(big)]
     items += [Hostile(n, d) for n, d in _mutations(max(0, 210 - len(items)))]

@@ -34,6 +34,7 @@ import ipaddress
 import sys
 from dataclasses import dataclass, field
 
+from ..address import AddressProblem, idna_to_ascii
 from ..dns import Answer, Resolver, Status, normalize, ptr_name
 from ..orgdomain import organizational as organizational_domain
 from .findings import FAIL, OK, WARN, Finding, render
@@ -855,8 +856,8 @@ def audit_domain(resolver: Resolver, domain: str, selectors=(), keys=()) -> Repo
 def _domain_arg(text: str) -> str:
     name = text.strip().rstrip(".")
     try:
-        name = name.encode("idna").decode("ascii").lower()
-    except UnicodeError:
+        name = (name if name.isascii() else idna_to_ascii(name)).lower()
+    except AddressProblem:
         raise argparse.ArgumentTypeError(f"not a domain name: {text!r}") from None
     labels = name.split(".")
     if (len(labels) < 2 or len(name) > 253

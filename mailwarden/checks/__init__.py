@@ -29,6 +29,10 @@ A check is a small class in ``checks/NAME.py``:
   and only hands it to a thread when a lookup must go to the network;
 * ``on_close(conn)`` (optional): the SMTP connection ended; drop what the
   check holds for it elsewhere (a concurrency slot).  Errors are logged.
+* ``fail_closed``: True for a policy check (relay, submission, dmarc): if
+  it crashes, the message is tempfailed whatever ``[policy]
+  temperror_action*`` and ``tempfail_on_error`` say, so that input which
+  breaks it on purpose cannot open a door.
 
 Checks keep no per-request state on ``self``: one instance serves every
 connection and every thread.
@@ -98,6 +102,7 @@ class Check:
     requires: ClassVar[tuple] = ()
     skip_for: ClassVar[frozenset] = frozenset()
     replayable: ClassVar[bool] = False
+    fail_closed: ClassVar[bool] = False
 
     def __init__(self, options, services):
         self.options = options

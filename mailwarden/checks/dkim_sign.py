@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 import dkim
 
 from .. import dkimsign
-from ..address import AddressProblem, DomainSet, header_addresses, normalize_domain
+from ..address import AddressProblem, DomainSet, authors, normalize_domain
 from ..config import Networks, ValueProblem, opt, parse_bool, parse_domains, parse_list, \
     parse_networks
 from . import Check, CheckOptions
@@ -201,15 +201,11 @@ class DkimSignCheck(Check):
         trust = ctx.engine.trust(ctx.conn)
         if trust not in ("authenticated", "trusted"):
             return None
-        froms = ctx.msg.header_texts("From")
-        addresses = (header_addresses(froms) or []) if len(froms) == 1 else []
-        if len(addresses) != 1 or "@" not in addresses[0][1]:
+        found = authors(ctx.msg.header_texts("From"))
+        if not found.single:
             ctx.log.info("dkim_sign: not signed: no single From address")
             return None
-        try:
-            domain = normalize_domain(addresses[0][1].rpartition("@")[2])
-        except AddressProblem:
-            return None
+        domain = found.domains[0]
         keys = self._keys_for(domain)
         if not keys:
             return None

@@ -4,9 +4,20 @@ It reads the results of the ``spf`` and ``dkim`` checks (never their
 objects): the MAIL FROM identity's SPF result (the HELO identity for the
 null sender, RFC 7489 §4.1) and every DKIM signature's result and ``d=``.
 
-* The RFC5322.From domain: exactly one From field with addresses of one
-  domain, else ``permerror`` (``DMARC_BAD_FROM``), refused with ``550 5.7.1``
-  when ``reject_bad_from = yes``.
+* The author domains (RFC 7489 §6.6.1, the same in DMARCbis): every domain
+  of every address in every From field, groups included, is evaluated and
+  the strictest outcome applies (reject, then temperror, quarantine, fail,
+  none, pass), so that two From fields, a list of addresses, a group or a
+  field the parser chokes on cannot dodge a domain's policy.  A field the
+  strict parser cannot read (too long, nested or grouped too deeply,
+  unbalanced) is read leniently: each ``@domain`` token names an author
+  domain (see :func:`mailwarden.address.authors`).  Authentication-Results
+  gets one ``dmarc`` result, the strictest, with ``header.from`` the domain
+  that decided; its reason names what was irregular and every author
+  domain's result.  At most 10 author domains are evaluated.
+* No author domain at all (no From, an empty group, no ``@domain``, more
+  than 10 domains): ``permerror`` (``DMARC_BAD_FROM``), refused with ``550
+  5.7.1`` unless ``reject_bad_from = no``.
 * Policy discovery (RFC 7489 §6.6.3): ``_dmarc.FROM-DOMAIN``, then
   ``_dmarc.ORGANIZATIONAL-DOMAIN``.  The organizational domain comes from
   :mod:`mailwarden.orgdomain`: the Public Suffix List (tldextract's bundled
@@ -46,13 +57,15 @@ INI keys (``[check.dmarc]``):
   tempfail_on_error   yes
   on_reject           reject      reject, quarantine or score
   on_quarantine       quarantine  quarantine or score
-  reject_bad_from     no          refuse a message without exactly one From domain
+  reject_bad_from     yes         refuse a message with no author domain to evaluate
+                                  (several domains are evaluated, never refused as such)
   history                         SQLite file recording evaluations; empty: off
   history_days        14          days a row is kept at most (1 to 3650)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import re
@@ -61,7 +74,7 @@ import threading
 from dataclasses import dataclass
 from typing import Optional
 
-from ..address import header_addresses
+from ..address import AddressProblem, authors, idna_to_ascii
 from ..config import opt, parse_bool, parse_choice, parse_int, parse_str
 from ..dns import Status
 from ..model import Reply
@@ -80,7 +93,7 @@ _DOMAIN = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:
 class DmarcOptions(CheckOptions):
     on_reject: str = opt("reject", parse_choice("reject", "quarantine", "score"))
     on_quarantine: str = opt("quarantine", parse_choice("quarantine", "score"))
-    reject_bad_from: bool = opt(False, parse_bool)
+    reject_bad_from: bool = opt(True, parse_bool)
     history: str = opt("", parse_str)
     history_days: int = opt(14, parse_int(1, 3650))
 
@@ -141,30 +154,53 @@ class _TempError(Exception):
 
 def _normalize(domain: str) -> str:
     domain = domain.strip().rstrip(".").lower()
+    if domain.isascii():
+        return domain
     try:
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError:
+        return idna_to_ascii(domain)
+    except AddressProblem:
         return domain
 
 
-def from_domain(values: list) -> tuple:
-    """(domain, None) of the one RFC5322.From domain, or (None, why not)."""
-    if len(values) != 1:
-        return None, f"{len(values)} From header fields"
-    addresses = header_addresses(values)
-    if addresses is None:
-        return None, "From header field cannot be parsed"
-    domains = set()
-    for _name, addr in addresses:
-        if "@" in addr:
-            domains.add(_normalize(addr.rpartition("@")[2]))
-    if len(domains) != 1:
-        return None, ("no address in From" if not domains
-                      else "From addresses in several domains")
-    domain = domains.pop()
-    if not _DOMAIN.match(domain):
-        return None, f"From domain {domain!r} is not a domain name"
-    return domain, None
+# author domains evaluated per message at most; a From naming more is refused
+# as a bad From (each costs up to five lookups)
+MAX_AUTHOR_DOMAINS = 10
+
+
+def from_domains(values: list) -> tuple:
+    """(domains, note, problem) of the RFC5322.From field(s).
+
+    ``domains``: every author domain DMARC evaluates (RFC 7489 §6.6.1: each
+    one, the strictest policy applies), read leniently where the field
+    cannot be parsed (see :func:`mailwarden.address.authors`); empty, with
+    ``problem`` saying why, when none can be found.  ``note``: what is
+    irregular about the field(s) ('' for one From with one address).
+    """
+    found = authors(values)
+    note = found.irregular()
+    if not found.fields:
+        return (), note, "no From header field"
+    if found.overflow or len(found.domains) > MAX_AUTHOR_DOMAINS:
+        return (), note, f"more than {MAX_AUTHOR_DOMAINS} author domains in From"
+    domains = tuple(d for d in found.domains if _DOMAIN.match(d))
+    if not domains:
+        if found.domains:
+            return (), note, f"From domain {found.domains[0]!r} is not a domain name"
+        return (), note, found.unreadable or "no author domain in From"
+    return domains, note, ""
+
+
+def _severity(r) -> int:
+    """How strict one author domain's outcome is: the strictest decides."""
+    if r.reply is not None and r.reply.action == "reject":
+        return 6
+    if r.result == "temperror":
+        return 5
+    if r.quarantine:
+        return 4
+    if r.result == "fail":
+        return 2 if r.symbol == "DMARC_FAIL_NONE" else 3
+    return 1 if r.result == "none" else 0
 
 
 class DmarcCheck(Check):
@@ -174,6 +210,7 @@ class DmarcCheck(Check):
     Options = DmarcOptions
     requires = ("spf", "dkim")
     skip_for = frozenset({"allowlisted", "authenticated", "trusted"})
+    fail_closed = True             # a crash tempfails, whatever temperror_action
     symbols = {
         "DMARC_PASS": 0.0,
         "DMARC_NONE": 0.0,
@@ -236,13 +273,38 @@ class DmarcCheck(Check):
     # -- the check -------------------------------------------------------------
 
     def on_eom(self, ctx):
-        domain, problem = from_domain(ctx.msg.header_texts("From"))
-        if domain is None:
+        domains, note, problem = from_domains(ctx.msg.header_texts("From"))
+        if not domains:
             reply = None
             if self.options.reject_bad_from:
                 reply = Reply("reject", 550, "5.7.1",
-                              "Message needs exactly one From header field with one domain")
+                              "Message needs a From header field with an author domain")
+            ctx.log.info("dmarc: no author domain to evaluate: %s%s", problem,
+                         f" ({note})" if note else "")
             return self.result("permerror", "DMARC_BAD_FROM", problem, reply=reply)
+        if len(domains) > 1:
+            # start every policy lookup at once rather than one domain after another
+            ctx.dns.query_many([(f"_dmarc.{d}", "TXT") for d in domains], decisive=True)
+        rows: list = []                 # history, written once every lookup is done
+        outcomes = [(domain, self._author(ctx, domain, rows)) for domain in domains]
+        if self.history is not None:
+            for row in rows:
+                self.history.record(ctx, *row)
+        if len(outcomes) == 1 and not note:
+            return outcomes[0][1]
+        # RFC 7489 §6.6.1: every author domain is checked and the strictest
+        # outcome applies; A-R carries that one, its header.from the domain
+        # that decided, the others are named in its reason
+        worst = max(outcomes, key=lambda o: _severity(o[1]))[1]
+        parts = [worst.reason, note]
+        if len(outcomes) > 1:
+            parts.append("author domains " + ", ".join(f"{d}={r.result}" for d, r in outcomes))
+        reason = "; ".join(p for p in parts if p)
+        ctx.log.info("dmarc: %s", reason)
+        return dataclasses.replace(worst, reason=reason)
+
+    def _author(self, ctx, domain: str, rows: list):
+        """The DMARC outcome for one author domain."""
         try:
             record, org = self.discover(ctx, domain)
         except _TempError as exc:
@@ -252,12 +314,12 @@ class DmarcCheck(Check):
             return self.result("none", "DMARC_NONE", "",
                                properties=(("header.from", domain),))
         try:
-            return self._evaluate(ctx, domain, org, record)
+            return self._evaluate(ctx, domain, org, record, rows)
         except _TempError as exc:
             return self.result("temperror", "DMARC_TEMPERROR", str(exc),
                                properties=(("header.from", domain),))
 
-    def _evaluate(self, ctx, domain: str, org: str, record: Record):
+    def _evaluate(self, ctx, domain: str, org: str, record: Record, rows: list):
         spf_identities = []             # (domain, result) of the MAIL FROM identity
         for r in ctx.results_of("spf"):
             for prop in r.properties:
@@ -321,9 +383,8 @@ class DmarcCheck(Check):
                               properties=props, reply=reply, quarantine=quarantine)
             if action == "score":
                 disposition = "none"       # what was applied on DMARC's account
-        if self.history is not None:
-            self.history.record(ctx, domain, record, result, disposition, override,
-                                spf_aligned, dkim_aligned, spf_identities, dkim_identities)
+        rows.append((domain, record, result, disposition, override,
+                     spf_aligned, dkim_aligned, spf_identities, dkim_identities))
         return out
 
 

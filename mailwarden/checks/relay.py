@@ -42,6 +42,7 @@ class RelayCheck(Check):
     symbols = {"RELAY_DENIED": 0.0}
     # authenticated and trusted clients may relay: nothing to decide for them
     skip_for = frozenset({"authenticated", "trusted"})
+    fail_closed = True
 
     def on_rcpt(self, ctx):
         local = self.services.config.relay.local

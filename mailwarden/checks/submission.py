@@ -38,7 +38,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..address import AddressProblem, header_addresses, normalize_domain
+from ..address import AddressProblem, authors, normalize_domain
 from ..config import ConfigError, opt, parse_bool, parse_path, parse_str
 from ..explain import clean
 from ..model import Reply
@@ -101,12 +101,19 @@ def from_refusal(login_map: LoginMap, login: str, froms: list, delimiters: str) 
     authenticated client's mail only when this lets it through."""
     if len(froms) != 1:
         return f"Message must have exactly one From header field, has {len(froms)}"
-    addresses = header_addresses(froms)
-    if not addresses or any(not addr or "@" not in addr for _name, addr in addresses):
-        return f"Unreadable From header field: {froms[0][:200]}"
-    for _name, addr in addresses:
+    found = authors(froms)
+    # fail closed: what the parser cannot read, or reads otherwise than a
+    # lenient reader would, is refused, never let through as an error
+    if found.unreadable or found.overflow or not found.addresses or any(
+            "@" not in addr for addr in found.addresses):
+        return "Unreadable From header field"
+    for addr in found.addresses:
         if not login_map.allows(login, addr, delimiters):
-            return f"From address <{addr}> not owned by user {login}"
+            return f"From address <{_shown(addr)}> not owned by user {login}"
+    owned = {parts[1] for parts in (split_address(a) for a in found.addresses) if parts}
+    other = [d for d in found.domains if d not in owned]
+    if other:
+        return f"From header field also names {other[0]}"
     return None
 
 
@@ -220,6 +227,7 @@ class LoginMapFile:
 class SubmissionCheck(Check):
     name = "submission"
     Options = SubmissionOptions
+    fail_closed = True
     symbols = {
         "SUBMISSION_NO_TLS": 0.0,
         "SUBMISSION_SENDER_MISMATCH": 0.0,
@@ -274,6 +282,12 @@ class SubmissionCheck(Check):
         if why is not None:
             return self._refuse("SUBMISSION_FROM_MISMATCH", why, ctx)
         return None
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """An address for a reply: printable ASCII only, bounded."""
+    out = "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
+    return out + ("..." if len(text) > limit else "")
 
 
 CHECKS = (SubmissionCheck,)

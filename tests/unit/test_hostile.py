@@ -18,9 +18,9 @@ from pathlib import Path
 import Milter
 import pytest
 
-from mailwarden.address import header_addresses
+from mailwarden.address import authors, header_addresses
 from mailwarden.checks import registry
-from mailwarden.checks.dmarc import from_domain
+from mailwarden.checks.dmarc import from_domains
 from mailwarden.config import loads
 from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.engine import Engine, run_offline
@@ -37,6 +37,8 @@ ZONE = """
 mail.sender.example. A 198.51.100.7
 sender.example. TXT "v=spf1 ip4:198.51.100.0/24 -all"
 _dmarc.sender.example. TXT "v=DMARC1; p=reject"
+evil.example. TXT "v=spf1 ip4:198.51.100.0/24 -all"
+_dmarc.evil.example. TXT "v=DMARC1; p=none"
 """
 ACTIONS = {"accept", "add_header", "quarantine", "tempfail", "reject", "discard"}
 SMALL = [item for item in corpus(big=False)]
@@ -117,6 +119,35 @@ def test_milter_adapter_answers(engine, item, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text[-2000:]
 
 
+DODGES = [item for item in SMALL if item.name.startswith("from-dodge-")]
+
+
+@pytest.mark.parametrize("item", DODGES, ids=[i.name for i in DODGES])
+def test_from_dodges_refused_by_scan_engine_and_adapter(engine, item):
+    """evil.example's own server (SPF pass for evil.example), From naming
+    alice@sender.example (p=reject) in a shape meant to hide it: 550."""
+    verdict, conn, msg = run_offline(
+        engine, client_ip="198.51.100.7", client_name="mail.sender.example",
+        helo="mail.sender.example", mail_from="x@evil.example", rcpts=rcpts_for(item),
+        message=item.data, queue_id="HOSTILE")
+    if msg is not None:
+        msg.close()
+    engine.close_connection(conn)
+    assert not _crashes(verdict), _crashes(verdict)
+    assert verdict.action == "reject" and verdict.reply.line().startswith("550 5.7.1"), \
+        [(r.check, r.result, r.reason) for r in verdict.results]
+    (dmarc,) = [r for r in verdict.results if r.check == "dmarc"]
+    assert dmarc.symbol in ("DMARC_FAIL_REJECT", "DMARC_BAD_FROM"), dmarc
+
+    s = Session(engine, macros={"i": "HOSTILE", "j": "mx.test.example"})
+    assert s.connect("198.51.100.7", "mail.sender.example") == Milter.CONTINUE
+    assert s.helo("mail.sender.example") == Milter.CONTINUE
+    assert s.mail("x@evil.example") == Milter.CONTINUE
+    assert s.rcpt("bob@rcpt.example") == Milter.CONTINUE
+    assert s.data(item.data) == Milter.REJECT
+    s.close()
+
+
 def _scan_in_process(path: Path, rcpts: int) -> tuple:
     """(seconds, peak RSS in MB, parsed JSON) of one ``mailwarden scan`` run."""
     import json
@@ -189,15 +220,17 @@ def test_worst_messages_through_scan_bounded(tmp_path, name, baseline_rss):
 ])
 def test_deeply_nested_comments_in_from_are_unparseable_not_a_crash(value):
     assert header_addresses([value]) is None
-    domain, why = from_domain([value])
-    assert domain is None and "cannot be parsed" in why
+    found = authors([value])
+    # not given to the email package; the author domain is still read
+    assert found.unreadable and not found.addresses
+    assert from_domains([value])[0] == ("b.example",)
 
 
 def test_ordinary_comments_in_from_still_parse():
     assert [a for _, a in header_addresses(["Alice (work (main)) <a@b.example>"])] == [
         "a@b.example"]
     assert header_addresses(['"(((" <a@b.example>']) == [("(((", "a@b.example")]
-    assert from_domain(["Alice (work) <a@B.example>"]) == ("b.example", None)
+    assert from_domains(["Alice (work) <a@B.example>"]) == (("b.example",), "", "")
 
 
 def test_hostile_dkim_tags_are_judged_never_a_temporary_error(engine):

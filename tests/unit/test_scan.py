@@ -38,7 +38,8 @@ def test_scan_prints_the_verdict_as_json(tmp_path, capsys):
 
 
 def test_scan_reports_removed_headers_and_rejects(tmp_path, capsys):
-    msg = b"Authentication-Results: mx.test.example; spf=pass\r\nSubject: x\r\n\r\nhi\r\n"
+    msg = (b"Authentication-Results: mx.test.example; spf=pass\r\nFrom: a@sender.example\r\n"
+           b"Subject: x\r\n\r\nhi\r\n")
     out = scan(tmp_path, capsys, message=msg)
     assert out["headers_removed"] == [["Authentication-Results", "mx.test.example; spf=pass"]]
     forged = b"X-Mailwarden-Status: No, score=-9.00 required=5.00\r\n"
