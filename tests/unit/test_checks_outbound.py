@@ -530,9 +530,11 @@ def test_signed_from_is_always_the_logins_own(keydir_module, login_map_module, p
     if sigs_of(verdict):
         froms = msg.header_texts("From")
         assert len(froms) == 1
-        addresses = header_addresses(froms)
+        # a stray ")" or "<" leaves the standard parser an empty entry beside
+        # the address; what it reads as an address must all be alice's
+        addresses = [a for _n, a in header_addresses(froms) if a]
         login_map = parse_login_map(login_map_module.read_text().splitlines(), "+")
-        assert addresses and all(login_map.allows("alice", a, "+") for _n, a in addresses), \
+        assert addresses and all(login_map.allows("alice", a, "+") for a in addresses), \
             (value, addresses)
 
 

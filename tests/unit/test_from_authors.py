@@ -313,7 +313,9 @@ def test_dkim_sign_skips_an_unreadable_from(tmp_path):
         shutil.copy(ROOT / "tests/data/keys" / name, tmp_path / name)
         os.chmod(tmp_path / name, 0o600)
     e = engine_for("[relay]\ntrusted_networks = 127.0.0.0/8\n[check.dkim_sign]\n"
-                   f"keys = outbound.example:ed2026:{tmp_path}/outbound-ed2026.private\n")
+                   f"keys = outbound.example:ed2026:{tmp_path}/outbound-ed2026.private\n"
+                   "sign_trusted_networks = 127.0.0.0/8\n"
+                   "sign_trusted_domains = outbound.example\n")
     try:
         verdict = attack(e, "ceo@outbound.example" + ":" * 1000, client_ip="127.0.0.1",
                          mail_from="ceo@outbound.example")
