@@ -81,16 +81,22 @@ def test_json_log_line_and_metrics_page(postfix, sink, mailwarden):
     assert _value(page, "mailwarden_connections_total") >= 3
 
 
-def test_dmarc_report_sent_through_postfix(postfix, sink, mailwarden, tmp_path):
-    history = tmp_path / "dmarc.sqlite"
+def _reporting_mailwarden(postfix, mailwarden, history):
+    """mailwarden keeping DMARC history in ``history`` and sending its
+    reports through the private Postfix's sendmail."""
     sendmail = subprocess.run(["postconf", "-h", "sendmail_path"], capture_output=True,
                               text=True).stdout.strip() or "/usr/sbin/sendmail"
-    mw = mailwarden({
+    return mailwarden({
         "check.dmarc": {"history": str(history)},
         "dmarc_report": {"org_name": "Test Receiver Org", "domain": "mx.test.example",
                          "email": "postmaster@test.example",
                          "sendmail": f"{sendmail} -C {postfix.config_dir}"},
     })
+
+
+def test_dmarc_report_sent_through_postfix(postfix, sink, mailwarden, tmp_path):
+    history = tmp_path / "dmarc.sqlite"
+    mw = _reporting_mailwarden(postfix, mailwarden, history)
     for i in range(3):
         data, msgid = make_message(f"dmarc report {i}", sender="a@rep-e2e.example")
         result = smtp_send(postfix.smtp_port, xclient=CLIENT, mail_from="a@rep-e2e.example",
@@ -138,14 +144,7 @@ def test_dmarc_report_rua_list_reaches_no_victim_through_postfix(postfix, sink, 
     """Postfix's sendmail splits one argument with commas into several
     recipients: an encoded comma list in a rua must never get that far."""
     history = tmp_path / "dmarc.sqlite"
-    sendmail = subprocess.run(["postconf", "-h", "sendmail_path"], capture_output=True,
-                              text=True).stdout.strip() or "/usr/sbin/sendmail"
-    mw = mailwarden({
-        "check.dmarc": {"history": str(history)},
-        "dmarc_report": {"org_name": "Test Receiver Org", "domain": "mx.test.example",
-                         "email": "postmaster@test.example",
-                         "sendmail": f"{sendmail} -C {postfix.config_dir}"},
-    })
+    mw = _reporting_mailwarden(postfix, mailwarden, history)
     data, msgid = make_message("dmarc report evil", sender="a@rep-evil-e2e.example")
     result = smtp_send(postfix.smtp_port, xclient=CLIENT, mail_from="a@rep-evil-e2e.example",
                        rcpts=[RCPT], data=data)
