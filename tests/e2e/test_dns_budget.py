@@ -13,7 +13,7 @@ from tests.unit.test_dns_budget import forged, hostile_zone
 
 from .harness import smtp_send
 
-STRANGER = {"ADDR": "198.51.100.142", "NAME": "[UNAVAILABLE]", "HELO": "mail.evil.example"}
+STRANGER = {"ADDR": "198.51.100.142", "NAME": "[UNAVAILABLE]", "HELO": "mail.budget-evil.example"}
 
 
 def test_a_forged_p_reject_from_is_refused_when_the_budget_is_used_up(
@@ -22,11 +22,11 @@ def test_a_forged_p_reject_from_is_refused_when_the_budget_is_used_up(
     mw = mailwarden({"check.uribl": {"enabled": "yes"}})
     data = forged()
     result = smtp_send(postfix.smtp_port, xclient=STRANGER, helo=STRANGER["HELO"],
-                       mail_from="x@evil.example", rcpts=["bob@rcpt.example"], data=data)
+                       mail_from="x@budget-evil.example", rcpts=["bob@rcpt.example"], data=data)
     assert (result.stage, result.code) == ("data", 550), (result, mw.log_text()[-3000:])
     assert result.enhanced == "5.7.1", result
     report = mw.scan(data, client_ip=STRANGER["ADDR"], helo=STRANGER["HELO"],
-                     mail_from="x@evil.example", rcpts=["bob@rcpt.example"])
+                     mail_from="x@budget-evil.example", rcpts=["bob@rcpt.example"])
     assert report["smtp_reply"].startswith("550 5.7.1"), report
     (dmarc,) = [r for r in report["results"] if r["check"] == "dmarc"]
     assert dmarc["result"] == "fail", dmarc

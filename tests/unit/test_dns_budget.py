@@ -25,17 +25,17 @@ BASE = "[authserv]\nid = mx.test.example\n[check.uribl]\nenabled = yes\n"
 
 
 def hostile_zone() -> str:
-    """The SPF records of evil.example (MAIL FROM) and mail.evil.example
+    """The SPF records of budget-evil.example (MAIL FROM) and mail.budget-evil.example
     (HELO) each ask ten MX mechanisms of ten hosts each: 111 lookups each,
     within RFC 7208's limit of 10 DNS mechanisms."""
     lines = []
-    for identity, tag in (("evil.example", "m"), ("mail.evil.example", "n")):
+    for identity, tag in (("budget-evil.example", "m"), ("mail.budget-evil.example", "n")):
         lines.append(f'{identity}. TXT "v=spf1 ' +
-                     " ".join(f"mx:{tag}{i}.evil.example" for i in range(10)) + ' -all"')
+                     " ".join(f"mx:{tag}{i}.budget-evil.example" for i in range(10)) + ' -all"')
         for i in range(10):
             for j in range(10):
-                lines.append(f"{tag}{i}.evil.example. MX {j} h{j}.{tag}{i}.evil.example.")
-                lines.append(f"h{j}.{tag}{i}.evil.example. A 203.0.113.{j + 1}")
+                lines.append(f"{tag}{i}.budget-evil.example. MX {j} h{j}.{tag}{i}.budget-evil.example.")
+                lines.append(f"h{j}.{tag}{i}.budget-evil.example. A 203.0.113.{j + 1}")
     return "\n".join(lines) + "\n"
 
 
@@ -47,11 +47,11 @@ def signature(domain: str, selector: str) -> str:
 
 def forged(urls: int = 20, other_signatures: int = 9) -> bytes:
     """From a p=reject domain, not aligned, full of lookups a sender controls."""
-    sigs = "".join(signature(f"s{i}.evil.example", "x") for i in range(other_signatures))
+    sigs = "".join(signature(f"s{i}.budget-evil.example", "x") for i in range(other_signatures))
     sigs += signature("mw-reject.example", "forged")     # aligned, and forged
     body = " ".join(f"http://www.domain{i}.example.net/" for i in range(urls))
     return (sigs + "From: ceo@mw-reject.example\r\nTo: bob@rcpt.example\r\n"
-            "Subject: wire the money\r\nMessage-ID: <1@evil.example>\r\n"
+            "Subject: wire the money\r\nMessage-ID: <1@budget-evil.example>\r\n"
             "Date: Mon, 01 Jan 2024 00:00:00 +0000\r\n\r\n" + body + "\r\n").encode()
 
 
@@ -60,8 +60,8 @@ def verdict_for(ini: str = "", message: bytes | None = None):
     resolver = Resolver(cfg.dns, backend=ZoneBackend(AUTH_ZONE + hostile_zone()))
     engine = Engine(cfg, resolver=resolver, hostname="mx.test.example")
     try:
-        verdict, _conn, msg = run_offline(engine, client_ip=STRANGER, helo="mail.evil.example",
-                                          mail_from="x@evil.example",
+        verdict, _conn, msg = run_offline(engine, client_ip=STRANGER, helo="mail.budget-evil.example",
+                                          mail_from="x@budget-evil.example",
                                           rcpts=["bob@rcpt.example"],
                                           message=message if message is not None else forged())
     finally:
