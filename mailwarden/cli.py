@@ -47,7 +47,7 @@ def cmd_check_config(args) -> int:
 
 def cmd_run(args) -> int:
     from .logsetup import setup_logging
-    from .milter import serve
+    from .daemon import serve
     from .warmup import warm_up
 
     config = _load_config(args.config)
