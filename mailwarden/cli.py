@@ -15,9 +15,7 @@ import os
 import sys
 
 from . import __version__
-from .config import ConfigError, load
-
-DEFAULT_CONFIG = "/etc/mailwarden/mailwarden.ini"
+from .command import EXIT_CONFIG, EXIT_OK, add_config_argument, load_config
 
 # modules that add subcommands: each has register(subparsers)
 COMMAND_MODULES: tuple = (
@@ -28,42 +26,23 @@ COMMAND_MODULES: tuple = (
     "mailwarden.dmarc_report",
 )
 
-EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
-
-
-def _load_config(path: str):
-    try:
-        return load(path)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
-
 
 def cmd_check_config(args) -> int:
-    config = _load_config(args.config)
+    config = load_config(args.config)
     print(f"{config.path}: ok ({len([c for c in config.checks.values() if c.enabled])} checks enabled)")
     return EXIT_OK
 
 
 def cmd_run(args) -> int:
-    from .logsetup import setup_logging
-    from .daemon import serve
-    from .warmup import warm_up
-
-    config = _load_config(args.config)
-    setup_logging(config.milter, force_stderr=args.foreground_log)
-    # load every module the checks need while still root (see warmup.py)
-    warm_up(config)
-    return serve(config, config_path=args.config,
-                 log_setup=lambda options: setup_logging(options,
-                                                         force_stderr=args.foreground_log))
+    from .daemon import run
+    return run(args.config, foreground_log=args.foreground_log)
 
 
 def cmd_scan(args) -> int:
     from .dns import Resolver, ZoneBackend
     from .engine import Engine, run_offline
 
-    config = _load_config(args.config)
+    config = load_config(args.config)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="mailwarden: %(levelname)s %(message)s")
     backend = None
@@ -111,22 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    def config_arg(p):
-        p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                       help=f"configuration file (default {DEFAULT_CONFIG})")
-
     p = sub.add_parser("run", help="run the milter")
-    config_arg(p)
+    add_config_argument(p)
     p.add_argument("--foreground-log", action="store_true",
                    help="log to stderr whatever [milter] log says")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check-config", help="validate a configuration file")
-    config_arg(p)
+    add_config_argument(p)
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("scan", help="run the checks on one message offline, print JSON")
-    config_arg(p)
+    add_config_argument(p)
     p.add_argument("--client-ip", required=True)
     p.add_argument("--client-name", default="")
     p.add_argument("--helo", default="")

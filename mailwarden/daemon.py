@@ -23,6 +23,7 @@ import threading
 import milter as libmilter   # pymilter's C module
 
 from . import sockopt
+from .command import load_config
 from .config import Config
 from .milter import MailwardenMilter, install
 
@@ -183,6 +184,21 @@ def _prepare_unix_socket(options, path: str) -> None:
     os.chmod(path, mode)
     if options.group and os.getuid() == 0:
         os.chown(path, -1, grp.getgrnam(options.group).gr_gid)
+
+
+def run(config_path: str, foreground_log: bool = False) -> int:
+    """``mailwarden run``: load the configuration, set up logging, load every
+    module the checks need while still root (see :mod:`mailwarden.warmup`),
+    then :func:`serve`.  ``foreground_log`` logs to standard error whatever
+    ``[milter] log`` says, on a reload too."""
+    from .logsetup import setup_logging
+    from .warmup import warm_up
+
+    config = load_config(config_path)
+    setup_logging(config.milter, force_stderr=foreground_log)
+    warm_up(config)
+    return serve(config, config_path=config_path,
+                 log_setup=lambda options: setup_logging(options, force_stderr=foreground_log))
 
 
 def serve(config: Config, config_path: str = "", log_setup=None) -> int:
