@@ -641,10 +641,10 @@ def _duration(text: str) -> float:
 
 
 def cmd_dmarc_report(args) -> int:
-    from .cli import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, _load_config
+    from .command import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, load_config
     from .dns import Resolver
 
-    config = _load_config(args.config)
+    config = load_config(args.config)
     try:
         reports, skipped = make_reports(config, args.since)
         save(config, reports, args.out, queue=args.send)
@@ -687,7 +687,7 @@ def cmd_dmarc_report(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("dmarc-report",
                               help="write DMARC aggregate reports (RFC 7489) from the history")
-    from .cli import DEFAULT_CONFIG
+    from .command import DEFAULT_CONFIG
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                    help=f"configuration file (default {DEFAULT_CONFIG})")
     p.add_argument("--since", type=_duration, default=86400.0,

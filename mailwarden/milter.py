@@ -7,32 +7,24 @@ decisions are the engine's.  The adapter negotiates only the actions it uses
 (add, insert and change headers, quarantine) and asks for header values with
 their leading white space, so DKIM sees the bytes that were sent.
 
-Start-up order (:func:`serve`): config is already loaded and validated; the
-engine is built (lists and keys read); the socket is opened and its mode
-set; privileges are dropped; then libmilter's main loop runs.
+The process around it (start-up, the socket, the privilege drop, signals,
+the drain on stop) is :mod:`mailwarden.daemon`'s.
 """
 
 from __future__ import annotations
 
-import grp
 import logging
-import os
-import pwd
 import re
-import select
-import signal
-import threading
 import time
 
 import Milter
 import milter as libmilter   # pymilter's C module
 
 from . import sockopt
-from .config import Config
 from .engine import ConnLog, Engine
 from .explain import format_line, verdict_fields
 from .logsetup import VERDICT_ATTR
-from .model import Connection, parse_client_address, strip_brackets
+from .model import Connection, Stage, parse_client_address, strip_brackets
 
 log = logging.getLogger("mailwarden")
 
@@ -86,6 +78,9 @@ def reply_text(text: str, xcode: str = "", most: int = REPLY_TEXT_MAX) -> str:
     return cut + "..."
 
 
+# the stages whose time is the message's (metrics' message_seconds)
+_MESSAGE_STAGES = (Stage.MAIL, Stage.RCPT, Stage.BODY, Stage.EOM)
+
 _ACTION_CODES = {
     "reject": Milter.REJECT,
     "tempfail": Milter.TEMPFAIL,
@@ -125,7 +120,7 @@ class MailwardenMilter(Milter.Base):
         self.engine = engine
         self.holder = holder
         self.metrics = metrics
-        self.drain = drain          # a Drain: transactions a graceful stop waits for
+        self.drain = drain          # a daemon.Drain: transactions a graceful stop waits for
         self._in_transaction = False
         self.conn: Connection | None = None
         self.msg = None
@@ -155,8 +150,9 @@ class MailwardenMilter(Milter.Base):
             self.setreply(str(reply.code), reply.xcode, reply_text(reply.text, reply.xcode))
         return _ACTION_CODES[verdict.action]
 
-    def _timed(self, stage: str, call, *args):
-        """Run one engine stage; its time goes to the metrics."""
+    def _timed(self, stage: Stage, call, *args):
+        """Run one engine stage; its time goes to the metrics, and from MAIL
+        FROM on to the message's time too."""
         if self.metrics is None:
             return call(*args)
         started = time.monotonic()
@@ -164,8 +160,8 @@ class MailwardenMilter(Milter.Base):
             return call(*args)
         finally:
             spent = time.monotonic() - started
-            self.metrics.stage(stage, spent)
-            if stage in ("mail", "rcpt", "body", "eom"):
+            self.metrics.stage(stage.name.lower(), spent)
+            if stage in _MESSAGE_STAGES:
                 self._message_seconds += spent
 
     def _log_verdict(self, verdict) -> None:
@@ -224,11 +220,11 @@ class MailwardenMilter(Milter.Base):
             self.metrics.connections.inc()
             self.metrics.connections_open.inc()
         self._refresh_macros()
-        return self._stage_verdict(self._timed("connect", self.engine.connect, self.conn))
+        return self._stage_verdict(self._timed(Stage.CONNECT, self.engine.connect, self.conn))
 
     def hello(self, heloname):
         self._refresh_macros()
-        return self._stage_verdict(self._timed("helo", self.engine.helo, self.conn,
+        return self._stage_verdict(self._timed(Stage.HELO, self.engine.helo, self.conn,
                                                heloname or ""))
 
     def envfrom(self, mailfrom, *params):
@@ -240,11 +236,11 @@ class MailwardenMilter(Milter.Base):
         self._message_seconds = 0.0
         self.msg = self.engine.new_message(self.conn, strip_brackets(mailfrom), _params(params))
         self._refresh_macros()
-        return self._stage_verdict(self._timed("mail", self.engine.mail, self.conn, self.msg))
+        return self._stage_verdict(self._timed(Stage.MAIL, self.engine.mail, self.conn, self.msg))
 
     def envrcpt(self, rcpt, *params):
         self._refresh_macros()
-        return self._stage_verdict(self._timed("rcpt", self.engine.rcpt, self.conn, self.msg,
+        return self._stage_verdict(self._timed(Stage.RCPT, self.engine.rcpt, self.conn, self.msg,
                                                strip_brackets(rcpt)))
 
     @Milter.noreply
@@ -263,12 +259,12 @@ class MailwardenMilter(Milter.Base):
         # no end-of-headers step is negotiated only to read it there
         if self.msg is not None and not self.msg.queue_id:
             self.msg.queue_id = _macro(self, "i")
-        return self._stage_verdict(self._timed("body", self.engine.body, self.conn, self.msg,
+        return self._stage_verdict(self._timed(Stage.BODY, self.engine.body, self.conn, self.msg,
                                                bytes(chunk)))
 
     def eom(self):
         self._refresh_macros()
-        verdict = self._timed("eom", self.engine.eom, self.conn, self.msg)
+        verdict = self._timed(Stage.EOM, self.engine.eom, self.conn, self.msg)
         if self.metrics is not None:
             self.metrics.message_seconds.observe(self._message_seconds)
         self._log_verdict(verdict)
@@ -310,180 +306,11 @@ class MailwardenMilter(Milter.Base):
         return Milter.CONTINUE
 
 
-class Drain:
-    """Transactions in flight, so that a stop can let them finish.
-
-    A transaction runs from MAIL FROM to end of message (or abort, or the
-    connection's end).  Once :meth:`drain` is called no new one starts.
-    """
-
-    def __init__(self):
-        self._idle = threading.Condition()
-        self.active = 0
-        self.draining = False
-
-    def begin(self) -> bool:
-        with self._idle:
-            if self.draining:
-                return False
-            self.active += 1
-            return True
-
-    def end(self) -> None:
-        with self._idle:
-            self.active -= 1
-            if self.active <= 0:
-                self._idle.notify_all()
-
-    def drain(self, timeout: float) -> int:
-        """Refuse new transactions, wait up to ``timeout`` s for the others;
-        the number still in flight."""
-        with self._idle:
-            self.draining = True
-            self._idle.wait_for(lambda: self.active <= 0, timeout)
-            return self.active
-
-
-class Signals:
-    """SIGHUP, SIGTERM and SIGINT as flags the main thread polls.
-
-    A Python signal handler runs in the main thread between two of its
-    bytecodes, possibly while that thread holds a lock, so the handlers here
-    take none: ``threading.Event.set()`` in a handler deadlocks when the
-    signal lands while the main thread is inside that event's ``wait()`` or
-    ``clear()`` (a burst of SIGHUPs did that).  Each handler sets a plain
-    attribute and writes one byte to a pipe whose other end :meth:`wait`
-    selects on, so a signal ends the wait at once.  The pipe stays open for
-    the life of the process: a signal may come at any time until it exits.
-    """
-
-    def __init__(self):
-        self.reload = False
-        self.stop = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-
-    def install(self) -> None:
-        signal.signal(signal.SIGHUP, self._on_hup)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_stop)
-
-    def _on_hup(self, signum, frame) -> None:
-        self.reload = True
-        self._wake()
-
-    def _on_stop(self, signum, frame) -> None:
-        self.stop = True
-        self._wake()
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:         # the pipe is full: a wake-up is pending
-            pass
-
-    def wait(self, timeout: float) -> None:
-        """Until a signal came (or had come since the last call), at most ``timeout`` s."""
-        select.select([self._wake_r], [], [], timeout)
-        try:
-            while os.read(self._wake_r, 512):
-                pass
-        except BlockingIOError:
-            pass
-
-    def take_reload(self) -> bool:
-        """Whether a SIGHUP came since the last call.  One landing after this
-        returns is seen by the next call; one landing before is folded into
-        the reload about to run, which reads the file after it."""
-        if not self.reload:
-            return False
-        self.reload = False
-        return True
-
-
-# --------------------------------------------------------------------------
-# start-up
-
-
-class StartupRefused(SystemExit):
-    """Start-up cannot go on safely; the message says why (exit status 1)."""
-
-
-def _target_ids(options) -> tuple | None:
-    """(uid, gid, name) to drop to, or None to keep running as we are.
-
-    Refuses root without an explicit ``allow_root``: a milter parses
-    whatever strangers send and must not do it with every privilege.
-    """
-    if os.getuid() != 0:
-        return None
-    if not options.user:
-        if options.allow_root:
-            return None
-        raise StartupRefused("mailwarden: started as root with no [milter] user to drop to; "
-                             "set user (and group), or allow_root = yes")
-    try:
-        entry = pwd.getpwnam(options.user)
-    except KeyError:
-        raise StartupRefused(f"mailwarden: [milter] user: no such user {options.user!r}") from None
-    gid = entry.pw_gid
-    if options.group:
-        try:
-            gid = grp.getgrnam(options.group).gr_gid
-        except KeyError:
-            raise StartupRefused(
-                f"mailwarden: [milter] group: no such group {options.group!r}") from None
-    if (entry.pw_uid == 0 or gid == 0) and not options.allow_root:
-        raise StartupRefused(f"mailwarden: [milter] user {options.user!r} / group is root; "
-                             "set allow_root = yes to run so")
-    return entry.pw_uid, gid, options.user
-
-
-def _drop_privileges(target) -> None:
-    if target is None:
-        return
-    uid, gid, name = target
-    os.setgroups([gid])
-    os.setgid(gid)
-    os.setuid(uid)
-    if uid != 0:
-        # setuid() from root sets all three ids; make sure none came back
-        try:
-            os.setuid(0)
-        except PermissionError:
-            pass
-        else:
-            raise StartupRefused("mailwarden: could not give up root")
-    os.umask(0o077)          # spooled bodies are nobody else's business
-    log.info("running as user %s (uid %d), group %d", name, uid, gid)
-
-
-def _prepare_unix_socket(options, path: str) -> None:
-    mode = int(options.socket_mode, 8)
-    os.chmod(path, mode)
-    if options.group and os.getuid() == 0:
-        os.chown(path, -1, grp.getgrnam(options.group).gr_gid)
-
-
-def serve(config: Config, config_path: str = "", log_setup=None) -> int:
-    """Run the milter until libmilter stops (SIGTERM, SIGINT); SIGHUP reloads
-    ``config_path`` (see :mod:`mailwarden.reload`).  ``log_setup(options)``
-    applies changed log settings on a reload."""
-    from .reload import EngineHolder, Reloader, build_engine
-
-    target = _target_ids(config.milter)      # refuse before anything is opened
-    metrics = None
-    if config.metrics.listen:
-        from .metrics import Metrics
-        metrics = Metrics()
-    holder = EngineHolder(build_engine(config, metrics))
-    engine = holder.current
-
-    drain = Drain()
-
-    def factory():
-        return MailwardenMilter(holder.acquire(), holder=holder, metrics=metrics, drain=drain)
+def install(name: str, factory) -> None:
+    """Hand libmilter the callbacks: each connection gets ``factory()``, a
+    :class:`MailwardenMilter`; only the actions in :data:`USED_ACTIONS` are
+    asked for, and a callback that raises tempfails the message.  Called
+    once, before libmilter opens its socket (see :mod:`mailwarden.daemon`)."""
     Milter.factory = factory
     libmilter.set_flags(USED_ACTIONS)
     libmilter.set_exception_policy(Milter.TEMPFAIL)
@@ -497,70 +324,7 @@ def serve(config: Config, config_path: str = "", log_setup=None) -> int:
     libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
     libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
     libmilter.set_close_callback(Milter.close_callback)
-
-    socket_spec = config.milter.socket
-    libmilter.setconn(socket_spec)
-    libmilter.settimeout(int(config.milter.timeout))
-    libmilter.register(config.milter.name,
+    libmilter.register(name,
                        data=lambda ctx: ctx.getpriv().data(),
                        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
                        negotiate=Milter.negotiate_callback)
-    libmilter.opensocket(True)
-    sockopt.tune_for_tcp(socket_spec, MailwardenMilter)
-    if socket_spec.startswith("unix:"):
-        _prepare_unix_socket(config.milter, socket_spec[len("unix:"):])
-    _drop_privileges(target)
-
-    # libmilter's own signal thread would stop at once on SIGHUP, SIGTERM
-    # and SIGINT, cutting the transactions in flight; all three stay with
-    # this thread instead (see mailwarden.reload for why that works): HUP
-    # reloads, TERM and INT drain the transactions in flight, then stop
-    signals = Signals()
-    signals.install()
-    reloader = Reloader(config_path or config.path, holder, metrics, log_setup)
-    server = None
-    if metrics is not None:
-        server = metrics.serve(config.metrics.listen)
-        log.info("metrics on http://%s/metrics", config.metrics.listen)
-
-    stopped = threading.Event()
-    failure: list = []
-
-    def run_libmilter() -> None:
-        try:
-            libmilter.main()
-        except libmilter.error as exc:
-            failure.append(exc)
-        finally:
-            stopped.set()
-
-    log.info("mailwarden listening on %s (%d checks: %s)", socket_spec, len(engine.checks),
-             ", ".join(c.name for c in engine.checks))
-    thread = threading.Thread(target=run_libmilter, name="libmilter")
-    thread.start()
-    try:
-        while not stopped.is_set():
-            if signals.stop:
-                log.info("stopping: no new transactions, waiting up to %gs for %d in flight",
-                         config.milter.stop_timeout, drain.active)
-                left = drain.drain(config.milter.stop_timeout)
-                if left:
-                    log.warning("stopping with %d transactions still in flight (the MTA "
-                                "answers them per milter_default_action)", left)
-                libmilter.stop()
-                break
-            # the handlers set the flags and end the wait; the bound on it
-            # notices libmilter stopping on its own
-            signals.wait(0.5)
-            if signals.take_reload():
-                reloader.reload()
-        thread.join()
-    finally:
-        if server is not None:
-            server.shutdown()
-        holder.close()
-        log.info("mailwarden stopped")
-    if failure:
-        log.error("libmilter stopped with an error: %s", failure[0])
-        return 1
-    return 0

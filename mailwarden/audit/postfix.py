@@ -737,7 +737,7 @@ def _milter_address(args) -> Optional[str]:
     from ..config import ConfigError, load
     path = args.config
     if path is None:
-        from ..cli import DEFAULT_CONFIG
+        from ..command import DEFAULT_CONFIG
         if not os.path.exists(DEFAULT_CONFIG):
             return None
         path = DEFAULT_CONFIG

@@ -234,7 +234,7 @@ def test_authenticated_and_tls_macros_reach_the_engine(engine):
 
 def test_a_draining_milter_finishes_transactions_and_refuses_new_ones(engine):
     import threading
-    from mailwarden.milter import Drain
+    from mailwarden.daemon import Drain
 
     drain = Drain()
     s = Session(engine, drain=drain)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 BURST = textwrap.dedent("""
     import os, signal, subprocess, sys, time
-    from mailwarden.milter import Signals
+    from mailwarden.daemon import Signals
 
     signals = Signals()
     signals.install()
@@ -28,7 +28,7 @@ BURST = textwrap.dedent("""
         f"for _ in range(20000): os.kill({pid}, signal.SIGHUP)\\n"
         f"os.kill({pid}, signal.SIGTERM)\\n"])
     reloads = 0
-    # the loop of mailwarden.milter.serve, the reload a short piece of work
+    # the loop of mailwarden.daemon.serve, the reload a short piece of work
     while not signals.stop:
         signals.wait(0.5)
         if signals.take_reload():
@@ -64,7 +64,7 @@ def test_a_burst_of_sighups_never_hangs_the_main_loop_and_the_next_one_is_seen()
 def test_a_wait_with_no_signal_lasts_its_timeout_and_reports_nothing():
     out = _run(textwrap.dedent("""
         import time
-        from mailwarden.milter import Signals
+        from mailwarden.daemon import Signals
         signals = Signals()
         signals.install()
         started = time.monotonic()

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import xmlschema
 
-from mailwarden import cli
+from mailwarden import cli, command
 from mailwarden.config import loads
 from mailwarden.dmarc_report import (NAMESPACE, Destination, ReportError, make_reports,
                                      parse_rua, save, send)
@@ -577,7 +577,7 @@ def test_reports_sendmail_refused_are_sent_by_the_next_run(history, tmp_path, ca
                    + f"sendmail = {_sendmail_script(tmp_path, flag)}\n")
     argv = ["dmarc-report", "-c", str(ini), "--since", "1h", "--out", str(tmp_path / "out"),
             "--send"]
-    assert cli.main(argv) == cli.EXIT_FAIL
+    assert cli.main(argv) == command.EXIT_FAIL
     out = capsys.readouterr().out
     assert "dmarc@rep-a.example: failed: sendmail exited 75: 451 4.3.0" in out
     assert _spooled(tmp_path) == []
