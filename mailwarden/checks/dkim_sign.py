@@ -61,7 +61,7 @@ import dkim
 
 from .. import dkimsign
 from ..address import AddressProblem, DomainSet, authors, normalize_domain
-from ..config import Networks, ValueProblem, opt, parse_bool, parse_domains, parse_list, \
+from ..options import Networks, ValueProblem, opt, parse_bool, parse_domains, parse_list, \
     parse_networks
 from . import Check, CheckOptions
 from .submission import LoginMapFile, from_refusal

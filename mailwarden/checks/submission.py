@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..address import AddressProblem, authors, normalize_domain
-from ..config import ConfigError, opt, parse_bool, parse_path, parse_str
+from ..options import ConfigError, opt, parse_bool, parse_path, parse_str
 from ..explain import clean
 from ..model import Reply
 from . import Check, CheckOptions
