@@ -50,6 +50,11 @@ class ValueProblem(ValueError):
     """Raised by a parser; the loader adds file, line, section and key."""
 
 
+def opt(default: Any, parse: Callable[[str], Any]) -> Any:
+    """A config field: its default and the parser for the INI text."""
+    return field(default=default, metadata={"parse": parse})
+
+
 # --------------------------------------------------------------------------
 # value parsers: str -> value, raise ValueProblem with a short reason
 
@@ -265,11 +270,6 @@ def parse_mode(text: str) -> str:
     if not re.fullmatch(r"0?[0-7]{3}", value):
         raise ValueProblem(f"expected an octal mode such as 0660, got {text!r}")
     return value
-
-
-def opt(default: Any, parse: Callable[[str], Any]) -> Any:
-    """A config field: its default and the parser for the INI text."""
-    return field(default=default, metadata={"parse": parse})
 
 
 _REDIS_URL = re.compile(r"^(redis|rediss|unix)://\S+$")
