@@ -1,8 +1,11 @@
 """INI configuration: parsed once at start-up into frozen dataclasses.
 
 Every section is a frozen dataclass whose fields carry their parser in the
-field metadata (see :func:`opt`).  Unknown sections and keys, bad values and a
-missing ``[authserv] id`` are refused with ``FILE:LINE: [section] key: what``.
+field metadata (see :func:`mailwarden.options.opt`, with the value parsers).
+Unknown sections and keys, bad values and a missing ``[authserv] id`` are
+refused with ``FILE:LINE: [section] key: what``.  Keys that are only wrong
+together are checked by the section's own ``resolve(error)`` (see
+:func:`_resolve`), core sections and checks alike.
 Checks contribute their own ``[check.NAME]`` section through their ``Options``
 dataclass, so a new check never edits this module.  A check whose items an
 admin adds without code (one DNS list per zone, ...) declares an ``Item``
@@ -25,257 +28,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from .address import AddressProblem, DomainSet, normalize_domain
+from .address import DomainSet
+# the option parsers live apart so that checks can import them without
+# importing this loader, which imports the check registry
+from .options import (ConfigError, Networks, ValueProblem, opt, parse_bool, parse_choice,
+                      parse_domains, parse_float, parse_int, parse_list, parse_mode,
+                      parse_networks, parse_path, parse_listen, parse_redis_url,
+                      parse_seconds, parse_size, parse_socket, parse_str, read_domain_file)
 
-__all__ = [
-    "ConfigError", "Config", "opt", "load", "loads",
-    "parse_bool", "parse_int", "parse_float", "parse_size", "parse_seconds",
-    "parse_list", "parse_networks", "parse_choice", "parse_socket", "Networks",
-]
-
-
-class ConfigError(Exception):
-    """A configuration problem, located as precisely as we can."""
-
-    def __init__(self, path: str, line: int | None, section: str | None,
-                 key: str | None, message: str):
-        self.path, self.line, self.section, self.key = path, line, section, key
-        self.message = message
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line if self.line else 0}:"
-        if self.section is not None:
-            where += f" [{self.section}]"
-        if self.key is not None:
-            where += f" {self.key}:"
-        return f"{where} {self.message}"
-
-
-class ValueProblem(ValueError):
-    """Raised by a parser; the loader adds file, line, section and key."""
-
-
-# --------------------------------------------------------------------------
-# value parsers: str -> value, raise ValueProblem with a short reason
-
-_TRUE = {"1", "yes", "true", "on"}
-_FALSE = {"0", "no", "false", "off"}
-
-
-def parse_bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise ValueProblem(f"expected yes or no, got {text!r}")
-
-
-def parse_int(minimum: int | None = None, maximum: int | None = None):
-    def parse(text: str) -> int:
-        try:
-            value = int(text.strip(), 10)
-        except ValueError:
-            raise ValueProblem(f"expected a whole number, got {text!r}") from None
-        _bounds(value, minimum, maximum)
-        return value
-    return parse
-
-
-def parse_float(minimum: float | None = None, maximum: float | None = None):
-    def parse(text: str) -> float:
-        try:
-            value = float(text.strip())
-        except ValueError:
-            raise ValueProblem(f"expected a number, got {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueProblem(f"expected a finite number, got {text!r}")
-        _bounds(value, minimum, maximum)
-        return value
-    return parse
-
-
-def _bounds(value, minimum, maximum) -> None:
-    if minimum is not None and value < minimum:
-        raise ValueProblem(f"must be at least {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueProblem(f"must be at most {maximum}, got {value}")
-
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)b?\s*$", re.I)
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
-
-
-def parse_size(text: str) -> int:
-    """Bytes, with an optional K, M or G suffix (binary multiples)."""
-    m = _SIZE.match(text)
-    if not m:
-        raise ValueProblem(f"expected a size such as 10M or 512K, got {text!r}")
-    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.I)
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def parse_seconds(text: str) -> float:
-    """Seconds, with an optional ms, s, m, h or d suffix."""
-    m = _DURATION.match(text)
-    if not m:
-        raise ValueProblem(f"expected a duration such as 5s, 250ms or 10m, got {text!r}")
-    unit = m.group(2).lower() if m.group(2) else None
-    return float(m.group(1)) * _DURATION_UNITS[unit]
-
-
-def parse_list(text: str) -> tuple[str, ...]:
-    """Items separated by commas and/or white space (also across lines)."""
-    return tuple(item for item in re.split(r"[,\s]+", text.strip()) if item)
-
-
-def parse_choice(*choices: str):
-    def parse(text: str) -> str:
-        low = text.strip().lower()
-        if low not in choices:
-            raise ValueProblem(f"expected one of {', '.join(choices)}, got {text!r}")
-        return low
-    return parse
-
-
-def parse_str(text: str) -> str:
-    return text.strip()
-
-
-def parse_path(text: str) -> str:
-    return text.strip()
-
-
-@dataclass(frozen=True)
-class Networks:
-    """A set of IPv4 and IPv6 networks with a fast membership test."""
-
-    networks: tuple = ()
-
-    def __contains__(self, address) -> bool:
-        if address is None:
-            return False
-        if isinstance(address, str):
-            try:
-                address = ipaddress.ip_address(address)
-            except ValueError:
-                return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return any(address.version == n.version and address in n for n in self.networks)
-
-    def __bool__(self) -> bool:
-        return bool(self.networks)
-
-    def __iter__(self):
-        return iter(self.networks)
-
-    def match(self, address):
-        """The most specific network that holds ``address``, or None."""
-        best = None
-        for net in self.networks:
-            if address.version == net.version and address in net:
-                if best is None or net.prefixlen > best.prefixlen:
-                    best = net
-        return best
-
-
-def _domain(text: str) -> str:
-    name = text.strip()
-    try:
-        bare = normalize_domain(name[1:] if name.startswith(".") else name)
-    except AddressProblem as exc:
-        raise ValueProblem(str(exc)) from None
-    if bare.startswith("["):
-        raise ValueProblem(f"an address literal is not a domain: {text!r}")
-    return "." + bare if name.startswith(".") else bare
-
-
-def parse_domains(text: str) -> tuple:
-    """Domain names; a leading dot means "and every subdomain"."""
-    return tuple(_domain(item) for item in parse_list(text))
-
-
-def read_list_file(path: str, parse_item: Callable[[str], Any]) -> tuple:
-    """One item per line, ``#`` starts a comment; each item through
-    ``parse_item``.  Errors are located in the list file: ``path:line``."""
-    items = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                item = line.split("#", 1)[0].strip()
-                if not item:
-                    continue
-                try:
-                    items.append(parse_item(item))
-                except ValueProblem as exc:
-                    raise ConfigError(path, lineno, None, None, str(exc)) from None
-    except OSError as exc:
-        raise ConfigError(path, None, None, None, f"cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(path, None, None, None, f"not UTF-8 text: {exc.reason}") from None
-    return tuple(items)
-
-
-def read_domain_file(path: str) -> tuple:
-    """One domain per line (see :func:`read_list_file`)."""
-    return read_list_file(path, _domain)
-
-
-def parse_network(text: str):
-    try:
-        return ipaddress.ip_network(text.strip(), strict=False)
-    except ValueError:
-        raise ValueProblem(f"not an IP address or CIDR network: {text!r}") from None
-
-
-def parse_networks(text: str) -> Networks:
-    return Networks(tuple(parse_network(item) for item in parse_list(text)))
-
-
-def read_network_file(path: str) -> Networks:
-    """One address or CIDR per line (see :func:`read_list_file`)."""
-    return Networks(read_list_file(path, parse_network))
-
-
-_SOCKET = re.compile(r"^(unix|local):(/.+)$|^(inet|inet6):(\d{1,5})(?:@(.+))?$|^(inet|inet6):(.+):(\d{1,5})$")
-
-
-def parse_socket(text: str) -> str:
-    """Postfix notation (``unix:/path``, ``inet:HOST:PORT``) or libmilter's
-    (``inet:PORT@HOST``); returned in the libmilter form pymilter wants."""
-    value = text.strip()
-    m = _SOCKET.match(value)
-    if not m:
-        raise ValueProblem(
-            f"expected unix:/path or inet:HOST:PORT, got {text!r}")
-    if m.group(1):
-        return f"unix:{m.group(2)}"
-    if m.group(3):
-        port, host = m.group(4), m.group(5)
-        kind = m.group(3)
-    else:
-        kind, host, port = m.group(6), m.group(7).strip("[]"), m.group(8)
-    if not 0 < int(port) < 65536:
-        raise ValueProblem(f"port out of range in {text!r}")
-    return f"{kind}:{port}@{host}" if host else f"{kind}:{port}"
-
-
-def parse_mode(text: str) -> str:
-    """A file mode in octal (``0660``); kept as text, checked here once."""
-    value = text.strip()
-    if not re.fullmatch(r"0?[0-7]{3}", value):
-        raise ValueProblem(f"expected an octal mode such as 0660, got {text!r}")
-    return value
-
-
-def opt(default: Any, parse: Callable[[str], Any]) -> Any:
-    """A config field: its default and the parser for the INI text."""
-    return field(default=default, metadata={"parse": parse})
+# ConfigError is what load() raises; option parsers: mailwarden.options
+__all__ = ["ConfigError", "Config", "load", "loads"]
 
 
 # --------------------------------------------------------------------------
@@ -306,6 +68,13 @@ class MilterOptions:
 class AuthservOptions:
     id: str = opt("", parse_str)
 
+    def resolve(self, error):
+        if not self.id:
+            raise error("id", "missing: the host name that Authentication-Results names")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-]*", self.id):
+            raise error("id", f"not a host name: {self.id!r}")
+        return self
+
 
 @dataclass(frozen=True)
 class DnsOptions:
@@ -326,6 +95,11 @@ class DnsOptions:
         if self.decisive_reserve >= self.message_budget:
             raise error("decisive_reserve",
                         f"must be less than message_budget ({self.message_budget})")
+        for server in self.nameservers:
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise error("nameservers", f"not an IP address: {server!r}") from None
         return self
 
 
@@ -348,6 +122,14 @@ class PolicyOptions:
     # and a score reject all become a hold), so an admin sees what a
     # compromised account tried to send and the spammer learns nothing
     outbound_action: str = opt("score", parse_choice("score", "hold"))
+
+    def resolve(self, error):
+        if not self.add_header_score <= self.quarantine_score <= self.reject_score:
+            raise error(None, "thresholds must satisfy "
+                        "add_header_score <= quarantine_score <= reject_score")
+        if not re.fullmatch(r"[!-9;-~]+", self.status_header):
+            raise error("status_header", f"not a header field name: {self.status_header!r}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -372,16 +154,6 @@ class RelayOptions:
         return dataclasses.replace(self, local=DomainSet.of(names))
 
 
-_REDIS_URL = re.compile(r"^(redis|rediss|unix)://\S+$")
-
-
-def parse_redis_url(text: str) -> str:
-    value = text.strip()
-    if not _REDIS_URL.match(value):
-        raise ValueProblem(f"expected redis://HOST:PORT/DB, rediss://... or unix:///path, got {text!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class StateOptions:
     """Where limit counters live (see :mod:`mailwarden.state`)."""
@@ -396,28 +168,6 @@ class StateOptions:
     pool_timeout: float = opt(0.5, parse_seconds)
     # after a failure, Redis is not asked again for this long
     retry_interval: float = opt(5.0, parse_seconds)
-
-
-def parse_listen(text: str) -> str:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) for an HTTP listener; empty: off.
-
-    A port alone (``9851`` or ``:9851``) is loopback, ``127.0.0.1:9851``:
-    every interface only when named (``0.0.0.0:9851``, ``[::]:9851``)."""
-    value = text.strip()
-    if not value:
-        return ""
-    if value.isdigit():
-        value = ":" + value
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueProblem(f"expected HOST:PORT such as 127.0.0.1:9851, got {text!r}")
-    if not host:
-        return f"127.0.0.1:{int(port)}"
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        raise ValueProblem(f"not an IP address: {host!r}") from None
-    return value
 
 
 @dataclass(frozen=True)
@@ -570,8 +320,7 @@ def loads(text: str, path: str = "<string>", registry: Mapping[str, type] | None
     for section in parser.sections():
         values = dict(parser.items(section))
         if section in CORE_SECTIONS:
-            core[section] = _resolve(_build(CORE_SECTIONS[section], values, path, section, where),
-                                     path, section, where)
+            core[section] = _build(CORE_SECTIONS[section], values, path, section, where)
         elif section == "scores":
             continue                  # once every check section is known
         elif section.startswith("check."):
@@ -599,7 +348,7 @@ def loads(text: str, path: str = "<string>", registry: Mapping[str, type] | None
 
     for section, cls in CORE_SECTIONS.items():
         if section not in core:
-            core[section] = _resolve(cls(), path, section, where)
+            core[section] = cls()
     for name, check_cls in registry.items():
         section = f"check.{name}"
         options = _build(check_cls.Options, check_values.get(name, {}), path, section, where)
@@ -622,26 +371,10 @@ def loads(text: str, path: str = "<string>", registry: Mapping[str, type] | None
             except ValueProblem as exc:
                 raise ConfigError(path, line, "scores", key, str(exc)) from None
 
-    authserv_id = core["authserv"].id
-    if not authserv_id:
-        raise ConfigError(path, where.get(("authserv", "id"), where.get(("authserv", None))),
-                          "authserv", "id", "missing: the host name that Authentication-Results names")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-]*", authserv_id):
-        raise ConfigError(path, where.get(("authserv", "id")), "authserv", "id",
-                          f"not a host name: {authserv_id!r}")
-    pol = core["policy"]
-    if not pol.add_header_score <= pol.quarantine_score <= pol.reject_score:
-        raise ConfigError(path, where.get(("policy", None)), "policy", None,
-                          "thresholds must satisfy add_header_score <= quarantine_score <= reject_score")
-    if not re.fullmatch(r"[!-9;-~]+", pol.status_header):
-        raise ConfigError(path, where.get(("policy", "status_header")), "policy",
-                          "status_header", f"not a header field name: {pol.status_header!r}")
-    for server in core["dns"].nameservers:
-        try:
-            ipaddress.ip_address(server)
-        except ValueError:
-            raise ConfigError(path, where.get(("dns", "nameservers")), "dns", "nameservers",
-                              f"not an IP address: {server!r}") from None
+    # the core sections' keys checked together, last: a bad key anywhere is
+    # named before a missing [authserv] id
+    for section in CORE_SECTIONS:
+        core[section] = _resolve(core[section], path, section, where)
 
     merged_scores = dict(known_symbols)
     merged_scores.update(scores)

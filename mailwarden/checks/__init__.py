@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ClassVar, Mapping, Optional
 
-from ..config import ValueProblem, opt, parse_bool, parse_list
+from ..options import ValueProblem, opt, parse_bool, parse_list
 from ..model import Result, Stage
 
 # Each module defines CHECKS = (SomeCheck, ...). Order here is only the

@@ -93,7 +93,7 @@ from dkim.canonicalization import (
 from dkim.crypto import HASH_ALGORITHMS
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from ..config import ValueProblem, opt, parse_choice, parse_int, parse_seconds
+from ..options import ValueProblem, opt, parse_choice, parse_int, parse_seconds
 from . import Check, CheckOptions
 
 _WS = re.compile(rb"\s+")

@@ -6,7 +6,7 @@ address has a key, and its client is
 
 * authenticated (SMTP AUTH), and ``[check.submission] sender_login_map``
   gives the login every address of the From field (the rule of
-  :func:`mailwarden.checks.submission.from_refusal`, the one that refuses
+  :func:`mailwarden.loginmap.from_refusal`, the one that refuses
   a forged From with 553 5.7.1).  Without a login map, every login is
   signed for every domain with a key (as it may then send as anyone); or
 * unauthenticated, and the admin chose to sign for it: its address is in
@@ -61,10 +61,10 @@ import dkim
 
 from .. import dkimsign
 from ..address import AddressProblem, DomainSet, authors, normalize_domain
-from ..config import Networks, ValueProblem, opt, parse_bool, parse_domains, parse_list, \
+from ..loginmap import LoginMapFile, from_refusal
+from ..options import Networks, ValueProblem, opt, parse_bool, parse_domains, parse_list, \
     parse_networks
 from . import Check, CheckOptions
-from .submission import LoginMapFile, from_refusal
 
 
 def parse_key_specs(text: str) -> tuple:
@@ -165,8 +165,7 @@ class DkimSignCheck(Check):
         super().__init__(options, services)
         # the login map of [check.submission], read again when it changes
         submission = services.config.checks.get("submission")
-        login_map = getattr(submission, "login_map", None)
-        self._logins = LoginMapFile(submission) if login_map is not None else None
+        self._logins = LoginMapFile.of(submission)
         self._delimiters = getattr(submission, "extension_delimiters", "")
 
     def _keys_for(self, domain: str) -> tuple:

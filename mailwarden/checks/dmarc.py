@@ -75,7 +75,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..address import AddressProblem, authors, idna_to_ascii
-from ..config import opt, parse_bool, parse_choice, parse_int, parse_str
+from ..options import opt, parse_bool, parse_choice, parse_int, parse_str
 from ..dns import Status
 from ..model import Reply
 from ..orgdomain import organizational

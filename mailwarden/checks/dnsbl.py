@@ -59,7 +59,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from ..config import Networks, ValueProblem, opt, parse_bool, parse_choice, parse_float, \
+from ..options import Networks, ValueProblem, opt, parse_bool, parse_choice, parse_float, \
     parse_list, parse_networks, parse_str
 from ..dns import normalize, reverse_name
 from ..model import Reply

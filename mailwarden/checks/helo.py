@@ -34,7 +34,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from ..config import Networks, ValueProblem, opt, parse_bool, parse_list, parse_networks
+from ..options import Networks, ValueProblem, opt, parse_bool, parse_list, parse_networks
 from ..dns import normalize
 from ..model import Reply
 from . import Check, CheckOptions

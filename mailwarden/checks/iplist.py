@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import ConfigError, Networks, opt, parse_networks, parse_path, parse_str, \
+from ..options import ConfigError, Networks, opt, parse_networks, parse_path, parse_str, \
     read_network_file
 from ..model import Reply
 from . import Check, CheckOptions

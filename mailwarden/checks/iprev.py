@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from ..config import opt, parse_int
+from ..options import opt, parse_int
 from ..dns import ptr_name
 from . import Check, CheckOptions
 

@@ -60,7 +60,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config import ValueProblem, opt, parse_int, parse_list, parse_seconds
+from ..options import ValueProblem, opt, parse_int, parse_list, parse_seconds
 from ..explain import clean
 from ..model import Reply
 from ..state import StateError

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..address import analyze
-from ..config import opt, parse_str
+from ..options import opt, parse_str
 from ..explain import clean
 from ..model import Reply
 from . import Check, CheckOptions

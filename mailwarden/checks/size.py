@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import opt, parse_size
+from ..options import opt, parse_size
 from ..model import Reply
 from . import Check, CheckOptions
 

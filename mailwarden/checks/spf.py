@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import spf as pyspf
 
-from ..config import opt, parse_bool, parse_int
+from ..options import opt, parse_bool, parse_int
 from ..model import Reply
 from . import Check, CheckOptions
 

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
-from ..config import ValueProblem, opt, parse_bool, parse_choice, parse_float, parse_int, \
+from ..options import ValueProblem, opt, parse_bool, parse_choice, parse_float, parse_int, \
     parse_list, parse_size
 from ..dns import reverse_name
 from ..model import Reply

@@ -515,7 +515,7 @@ def test_signed_from_is_always_the_logins_own(keydir_module, login_map_module, p
     """Whatever the From text, a signature for alice means its one address is
     alice's (the login map's rule), never another's."""
     from mailwarden.address import header_addresses
-    from mailwarden.checks.submission import parse_login_map
+    from mailwarden.loginmap import parse_login_map
     engine = _sign_engine(keydir_module, login_map_module)
     value = "".join(parts) or "alice@outbound.example"
     message = make_message().replace(b"From: Alice <alice@outbound.example>",

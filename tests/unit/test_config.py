@@ -3,7 +3,9 @@ import os
 import pytest
 
 from mailwarden import cli
-from mailwarden.config import ConfigError, load, loads, parse_seconds, parse_size, parse_socket
+from mailwarden.config import AuthservOptions, ConfigError, DnsOptions, PolicyOptions, load, \
+    loads
+from mailwarden.options import parse_seconds, parse_size, parse_socket
 
 GOOD = """\
 [authserv]
@@ -55,6 +57,9 @@ def test_shipped_config_is_valid_and_matches_defaults():
     ("[authserv]\nid = mx.example.org\n[dns]\nnameservers = 127.0.0.1 nohost\n", 4, "dns",
      "nameservers", "not an IP address"),
     ("x = 1\n", 1, None, None, "before any [section]"),
+    ("[authserv]\nid = -mx.example.org\n", 2, "authserv", "id", "not a host name"),
+    ("[authserv]\nid = mx.example.org\n[policy]\nstatus_header = X Status\n", 4, "policy",
+     "status_header", "not a header field name"),
 ])
 def test_bad_config_is_located(text, line, section, key, words):
     err = error_of(text)
@@ -71,6 +76,25 @@ def test_bad_config_is_located(text, line, section, key, words):
 def test_thresholds_must_be_ordered():
     err = error_of(GOOD + "[policy]\nreject_score = 3\n")
     assert err.section == "policy" and "thresholds" in err.message
+
+
+@pytest.mark.parametrize("options,key,words", [
+    (AuthservOptions(), "id", "missing"),
+    (AuthservOptions(id="mx example"), "id", "not a host name"),
+    (PolicyOptions(reject_score=3.0), None, "thresholds"),
+    (PolicyOptions(status_header="X:Status"), "status_header", "not a header field name"),
+    (DnsOptions(nameservers=("localhost",)), "nameservers", "not an IP address"),
+    (DnsOptions(decisive_reserve=200), "decisive_reserve", "less than message_budget"),
+])
+def test_core_sections_check_their_keys_together(options, key, words):
+    # each section's own resolve(), as a check's Options does: not the loader
+    def error(k, message):
+        return ValueError(k, message)
+    with pytest.raises(ValueError) as info:
+        options.resolve(error)
+    assert info.value.args[0] == key and words in info.value.args[1]
+    good = type(options)(id="mx.example.org") if key == "id" else type(options)()
+    assert good.resolve(error) is good
 
 
 def test_scores_override_defaults_case_insensitively():
