@@ -632,7 +632,7 @@ def deliver(config, resolver, runner=None) -> list:
 
 
 def _duration(text: str) -> float:
-    from .config import ValueProblem, parse_seconds
+    from .options import ValueProblem, parse_seconds
     import argparse
     try:
         return parse_seconds(text)

@@ -46,12 +46,6 @@ KNOWN = {
     # (issue 18, points 2 and 5): delete when checks/dnsbl.py no longer imports helo
     ("mailwarden.checks.dnsbl", "mailwarden.checks.helo"):
         "is_domain moves out of checks/helo.py (issue 18, points 2 and 5)",
-    # DEFAULT_CONFIG, the exit codes and config loading move out of cli.py
-    # (issue 18, point 3): delete when these commands no longer import cli
-    ("mailwarden.dmarc_report", "mailwarden.cli"):
-        "DEFAULT_CONFIG/exit codes/config loading leave cli.py (issue 18, point 3)",
-    ("mailwarden.audit.postfix", "mailwarden.cli"):
-        "DEFAULT_CONFIG leaves cli.py (issue 18, point 3)",
 }
 
 
