@@ -534,8 +534,9 @@ def deliver(config, resolver, runner=None, lock=None) -> list:
     try:
         loaded: tuple = ("", b"")        # the last report file read: its rows come together
         for row in records.deliveries():
-            if lock is not None:
-                lock.renew(time.time())
+            if lock is not None and not lock.renew(time.time()):
+                raise RecordsError("the report lock expired: another run may be sending, "
+                                   "stopped (the next run goes on)")
             dest = Destination(row["address"], row["max_size"])
             path = row["file"]
             if row["gz"] is not None:
@@ -624,7 +625,9 @@ def _report_locked(args, config, lock) -> int:
 
     try:
         reports, skipped = make_reports(config, args.since)
-        lock.renew(time.time())
+        if not lock.renew(time.time()):
+            raise RecordsError(f"the report lock expired after {LOCK_TTL:g}s: another run "
+                               "may report the same rows, nothing saved")
         save(config, reports, args.out, queue=args.send)
     except ReportError as exc:
         print(f"mailwarden: {exc}", file=sys.stderr)

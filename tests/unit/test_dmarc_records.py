@@ -313,3 +313,118 @@ def test_only_the_records_module_speaks_sql_to_the_history():
         assert "sqlite3" not in imported, name
         text = (root / name).read_text()
         assert "CREATE TABLE" not in text and "INSERT INTO" not in text, name
+
+
+def test_a_run_whose_lock_was_taken_over_saves_nothing(make, tmp_path, monkeypatch, capsys):
+    """A run that outlived its lock (another run took it) must not delete
+    rows the other one is reporting."""
+    import time
+    from mailwarden import cli, dmarc_report
+    records = make()
+    _fill(records, 3, time.time())
+    ini = _ini(tmp_path, make, records)
+    real = dmarc_report.make_reports
+
+    def slow_make_reports(*args, **kw):
+        out = real(*args, **kw)
+        if make.backend == "sqlite":        # meanwhile the lock expired and another run took it
+            import sqlite3
+            with sqlite3.connect(records.path) as conn:
+                conn.execute("UPDATE dmarc_lock SET token = 'another run'")
+        else:
+            import redis
+            client = redis.Redis.from_url(records.url)
+            client.set(records.prefix + "lock", "another run", px=60000)
+            client.close()
+        return out
+    monkeypatch.setattr(dmarc_report, "make_reports", slow_make_reports)
+    out = tmp_path / "out"
+    assert cli.main(["dmarc-report", "-c", str(ini), "--since", "1h", "--out", str(out)]) == \
+        cli.EXIT_FAIL
+    assert "report lock expired" in capsys.readouterr().err
+    assert len(make(report=True).rows(0, int(time.time()) + 10)) == 3
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+# -- what the sender controls, through either backend ---------------------------------
+
+
+def _hostile_text():
+    from hypothesis import strategies as st
+    return st.text(st.characters(codec="utf-8"), max_size=40).map(lambda t: t * 20)
+
+
+def test_sender_controlled_text_is_kept_as_bounded_data_by_both_backends(redis_server, tmp_path):
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    text = _hostile_text()
+    counter = iter(range(1_000_000))
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(text, text, text, st.lists(st.tuples(text, text), max_size=30))
+    def check(domain, envelope, rua, sigs):
+        n = next(counter)
+        for records in (SqliteRecords(str(tmp_path / f"h{n}.sqlite")),
+                        RedisRecords(redis_server.url, state=_state(f"h{n}:"))):
+            try:
+                records.record(ev(domain, envelope_from=envelope,
+                                  rua="mailto:a@b.example," + rua,
+                                  dkim=tuple((d, s, "pass") for d, s in sigs),
+                                  spf=((envelope, "mfrom", "pass"),)))
+                (row,) = records.rows(NOW, NOW)
+            finally:
+                records.close()
+            assert row.header_from == dmarc_records.bound_text(domain)
+            assert row.envelope_from == dmarc_records.bound_text(envelope)
+            assert len(row.rua) <= 1024 and row.rua.startswith("mailto:a@b.example")
+            assert len(row.dkim) == min(len(sigs), 20)
+            assert all(len(x) <= 253 and not dmarc_records.NOT_XML.search(x)
+                       for triple in row.dkim + row.spf for x in triple)
+    check()
+
+
+# -- through the engine ----------------------------------------------------------------
+
+ZONE = """
+rep-a.example. TXT "v=spf1 ip4:198.51.100.0/24 -all"
+_dmarc.rep-a.example. TXT "v=DMARC1; p=reject; rua=mailto:dmarc@rep-a.example"
+"""
+
+
+def _deliver(config):
+    from mailwarden.dns import Resolver, ZoneBackend
+    from mailwarden.engine import Engine, run_offline
+    engine = Engine(config, resolver=Resolver(config.dns, backend=ZoneBackend(ZONE)),
+                    hostname="mx.test.example")
+    try:
+        message = b"From: a@rep-a.example\r\nTo: b@test.example\r\nSubject: s\r\n\r\nhi\r\n"
+        verdict, _conn, msg = run_offline(engine, client_ip="198.51.100.7",
+                                          helo="mail.sender.example", mail_from="a@rep-a.example",
+                                          rcpts=["b@test.example"], message=message)
+        if msg is not None:
+            msg.close()
+        return verdict
+    finally:
+        engine.close()
+
+
+def test_the_milter_records_to_redis_and_a_report_reads_them(redis_server, tmp_path):
+    import time
+    from mailwarden.dmarc_report import make_reports, save
+    config = loads(f"[authserv]\nid = mx.test.example\n[check.dmarc]\nhistory = "
+                   f"{redis_server.url}\n[state]\nprefix = e{next(_prefixes)}:\n" + REPORTER)
+    for _ in range(2):
+        assert _deliver(config).action == "accept"
+    reports, skipped = make_reports(config, since=3600, now=time.time() + 1)
+    assert skipped == 0 and [(r.policy_domain, r.messages) for r in reports] == \
+        [("rep-a.example", 2)]
+    save(config, reports, str(tmp_path / "out"))
+    assert make_reports(config, since=3600, now=time.time() + 1)[0] == []
+
+
+def test_a_redis_history_that_is_down_loses_the_record_not_the_message(caplog):
+    config = loads(f"[authserv]\nid = mx.test.example\n[check.dmarc]\nhistory = "
+                   f"redis://127.0.0.1:{free_port()}/0\n[state]\ntimeout = 200ms\n")
+    verdict = _deliver(config)
+    assert verdict.action == "accept"
+    assert any(r.check == "dmarc" and r.result == "pass" for r in verdict.results)
+    assert "dmarc history redis at redis://127.0.0.1" in caplog.text and "ConnectionError" in caplog.text
