@@ -6,9 +6,10 @@ file on one host or a Redis server shared by several MX hosts (then one run
 on any host reports the mail of all of them).  Each run holds the report
 lock of the records (:data:`LOCK_TTL` seconds, renewed as it goes): a run
 that finds it taken, on this host or another, does nothing, so two runs
-never send the same report.  This command reads the rows of a period not yet reported and writes, for each policy
-domain that asked for aggregate reports (a ``rua=mailto:`` in the record it
-published when the message was evaluated), one report:
+never send the same report.  This command reads the rows of a period not
+yet reported and writes, for each policy domain that asked for aggregate
+reports (a ``rua=mailto:`` in the record it published when the message was
+evaluated), one report:
 
 * the XML of RFC 7489 Appendix C (namespace ``http://dmarc.org/dmarc-xml/0.1``),
   rows grouped by source IP, identifiers, evaluated policy and

@@ -245,7 +245,7 @@ class DmarcCheck(Check):
         # tests replace it for deterministic pct sampling
         self.random = getattr(services, "random", None) or random.Random()
         self.history = (History(options.history, options.history_days,
-                                state=getattr(services.config, "state", None))
+                                state=getattr(getattr(services, "config", None), "state", None))
                         if options.history else None)
 
     # -- organizational domain -------------------------------------------------
