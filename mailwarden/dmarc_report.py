@@ -1,10 +1,15 @@
 """``mailwarden dmarc-report``: DMARC aggregate reports (RFC 7489 §7.2).
 
 The dmarc check keeps one row per evaluated message in ``[check.dmarc]
-history`` (SQLite, schema in :mod:`mailwarden.checks.dmarc`).  This command
-reads the rows of a period not yet reported and writes, for each policy
-domain that asked for aggregate reports (a ``rua=mailto:`` in the record it
-published when the message was evaluated), one report:
+history``: the DMARC records of :mod:`mailwarden.dmarc_records`, an SQLite
+file on one host or a Redis server shared by several MX hosts (then one run
+on any host reports the mail of all of them).  Each run holds the report
+lock of the records (:data:`LOCK_TTL` seconds, renewed as it goes): a run
+that finds it taken, on this host or another, does nothing, so two runs
+never send the same report.  This command reads the rows of a period not
+yet reported and writes, for each policy domain that asked for aggregate
+reports (a ``rua=mailto:`` in the record it published when the message was
+evaluated), one report:
 
 * the XML of RFC 7489 Appendix C (namespace ``http://dmarc.org/dmarc-xml/0.1``),
   rows grouped by source IP, identifiers, evaluated policy and
@@ -14,9 +19,10 @@ published when the message was evaluated), one report:
 * ``report_metadata`` from ``[dmarc_report]`` (``org_name``, ``email``).
 
 A domain whose record had no ``rua`` is never reported, not even inside
-another domain's report.  A report written is recorded in the same SQLite
-file (table ``dmarc_report``, made here) and the history rows it holds are
-deleted in the same transaction, so a second run does not report them
+another domain's report.  A report written is recorded in the same records
+(SQLite: table ``dmarc_report``; Redis: with the compressed report, so
+another host can send it again) and the history rows it holds are
+deleted in the same step, so a second run does not report them
 again and the history does not grow with what was reported (rows of
 domains that asked for no reports go after ``[check.dmarc]
 history_days``).
@@ -47,10 +53,10 @@ others.
 Bounds (``[dmarc_report]``): ``max_reports_per_run`` reports written per run
 (the domains waiting longest first; the rest wait), ``max_mails_per_run``
 report mails per run and ``max_mails_per_domain`` to one destination domain
-(the rest stay pending for the next run).  The history keeps sender-
+(the rest stay pending for the next run).  The records keep sender-
 controlled text bounded (``bound_text``, ``bound_rua`` and
-``bound_identities`` of :mod:`mailwarden.checks.dmarc`, its writer): names at most 253 characters, ``rua`` 1024, at
-most 20 DKIM signatures per message.
+``bound_identities`` of :mod:`mailwarden.dmarc_records`): names at most
+253 characters, ``rua`` 1024, at most 20 DKIM signatures per message.
 
 INI keys (``[dmarc_report]``):
   org_name, domain, email     report_metadata, the Submitter (required to write)
@@ -73,7 +79,6 @@ import logging
 import os
 import re
 import shlex
-import sqlite3
 import subprocess
 import sys
 import time
@@ -83,42 +88,12 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .checks.dmarc import MAX_DKIM_ROWS, MAX_NAME, NOT_XML, bound_text, forget
+from .dmarc_records import MAX_NAME, NOT_XML, Records, RecordsError, is_redis, open_records
 from .orgdomain import organizational
 
 log = logging.getLogger("mailwarden.dmarc_report")
 
 NAMESPACE = "http://dmarc.org/dmarc-xml/0.1"
-
-REPORT_SCHEMA = """
--- Aggregate reports written, and which history rows each one holds.
-CREATE TABLE IF NOT EXISTS dmarc_report (
-    report_id     TEXT PRIMARY KEY,
-    policy_domain TEXT NOT NULL,
-    begin         INTEGER NOT NULL,
-    end           INTEGER NOT NULL,
-    created       INTEGER NOT NULL,
-    file          TEXT NOT NULL,
-    messages      INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dmarc_reported (
-    message_id    INTEGER PRIMARY KEY,      -- dmarc_message.id
-    report_id     TEXT NOT NULL REFERENCES dmarc_report (report_id)
-);
--- Mail of a report to one rua address (--send): pending until sendmail took
--- it, so that a failure is tried again by the next run, never lost.
-CREATE TABLE IF NOT EXISTS dmarc_delivery (
-    report_id     TEXT NOT NULL REFERENCES dmarc_report (report_id),
-    address       TEXT NOT NULL,            -- one strict addr-spec
-    max_size      INTEGER,                  -- its rua !size, NULL: none
-    state         TEXT NOT NULL,            -- pending, sent, skipped, abandoned
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    detail        TEXT NOT NULL DEFAULT '',
-    updated       INTEGER NOT NULL,
-    PRIMARY KEY (report_id, address)
-);
-CREATE INDEX IF NOT EXISTS dmarc_delivery_state ON dmarc_delivery (state);
-"""
 
 _DKIM_RESULTS = {"none", "pass", "fail", "policy", "neutral", "temperror", "permerror"}
 _SPF_RESULTS = {"none", "neutral", "pass", "fail", "softfail", "temperror", "permerror"}
@@ -251,33 +226,15 @@ class Report:
 # reading the history
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    if not path:
+def _open(config) -> Records:
+    """The records ``[check.dmarc] history`` names, opened for reporting."""
+    target = config.checks["dmarc"].history
+    if not target:
         raise ReportError("[check.dmarc] history is not set: there are no records to report")
-    if not os.path.exists(path):
-        raise ReportError(f"{path}: no DMARC history yet")
-    conn = sqlite3.connect(path, timeout=10, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.executescript(REPORT_SCHEMA)
-    return conn
-
-
-def _pending(conn: sqlite3.Connection, begin: int, end: int) -> list:
-    return conn.execute(
-        "SELECT m.* FROM dmarc_message m LEFT JOIN dmarc_reported r ON r.message_id = m.id"
-        " WHERE r.message_id IS NULL AND m.received >= ? AND m.received <= ?"
-        " ORDER BY m.id", (begin, end)).fetchall()
-
-
-def _auth_results(conn: sqlite3.Connection, message_id: int) -> tuple:
-    # bounded again here: rows written before the history bounded them
-    dkim = tuple((bound_text(d), bound_text(s), r) for d, s, r in conn.execute(
-        "SELECT domain, selector, result FROM dmarc_dkim WHERE message_id = ?"
-        " ORDER BY domain, selector, result LIMIT ?", (message_id, MAX_DKIM_ROWS)))
-    spf = tuple((bound_text(d), sc, r) for d, sc, r in conn.execute(
-        "SELECT domain, scope, result FROM dmarc_spf WHERE message_id = ?"
-        " ORDER BY domain, scope, result LIMIT 2", (message_id,)))
-    return dkim, spf
+    if not is_redis(target) and not os.path.exists(target):
+        raise ReportError(f"{target}: no DMARC history yet")
+    return open_records(target, config.checks["dmarc"].history_days,
+                        state=getattr(config, "state", None), report=True, timeout=30)
 
 
 # --------------------------------------------------------------------------
@@ -301,7 +258,7 @@ def _sub(parent, name: str, text=None):
 
 
 def build_xml(options, policy_domain: str, begin: int, end: int, report_id: str,
-              latest: sqlite3.Row, groups: dict) -> bytes:
+              latest, groups: dict) -> bytes:
     """``groups``: key -> count, key = (ip, header_from, envelope_from,
     envelope_to, disposition, dkim_aligned, spf_aligned, override, dkim, spf)."""
     ET.register_namespace("", NAMESPACE)
@@ -381,9 +338,9 @@ def make_reports(config, since: float, now: Optional[float] = None) -> tuple:
                           + " to write a report (report_metadata, file name)")
     now = int(time.time() if now is None else now)
     begin, end = now - int(since), now
-    conn = _connect(config.checks["dmarc"].history)
+    records = _open(config)
     try:
-        rows = _pending(conn, begin, end)
+        rows = records.rows(begin, end)
         by_domain: dict = {}
         skipped = 0
         for row in rows:
@@ -401,7 +358,7 @@ def make_reports(config, since: float, now: Optional[float] = None) -> tuple:
         for domain, domain_rows in chosen:
             groups: dict = {}
             for row in domain_rows:
-                dkim, spf = _auth_results(conn, row["id"])
+                dkim, spf = row.dkim, row.spf
                 key = (row["source_ip"], row["header_from"], row["envelope_from"],
                        row["envelope_to"], row["disposition"], bool(row["dkim_aligned"]),
                        bool(row["spf_aligned"]), row["override"], dkim, spf)
@@ -420,7 +377,7 @@ def make_reports(config, since: float, now: Optional[float] = None) -> tuple:
                                   destinations, refused=refused))
         return reports, skipped
     finally:
-        conn.close()
+        records.close()
 
 
 def save(config, reports: list, out_dir: str, queue: bool = False) -> None:
@@ -428,34 +385,22 @@ def save(config, reports: list, out_dir: str, queue: bool = False) -> None:
     the history; with ``queue``, its mail to each destination is recorded
     as pending in the same transaction (:func:`deliver` sends it)."""
     os.makedirs(out_dir, exist_ok=True)
-    conn = _connect(config.checks["dmarc"].history)
+    records = _open(config)
     try:
         for report in reports:
             path = os.path.join(out_dir, report.filename)
             with open(path, "wb") as fh:
                 fh.write(report.gz)
             report.path = path
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("INSERT INTO dmarc_report (report_id, policy_domain, begin, end,"
-                             " created, file, messages) VALUES (?,?,?,?,?,?,?)",
-                             (report.report_id, report.policy_domain, report.begin, report.end,
-                              int(time.time()), path, report.messages))
-                conn.executemany("INSERT INTO dmarc_reported (message_id, report_id) VALUES (?,?)",
-                                 [(mid, report.report_id) for mid in report.message_ids])
-                if queue:
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO dmarc_delivery (report_id, address, max_size,"
-                        " state, updated) VALUES (?,?,?,'pending',?)",
-                        [(report.report_id, d.address, d.max_size, int(time.time()))
-                         for d in report.destinations])
-                forget(conn, report.message_ids)      # reported: the history keeps them no more
-                conn.execute("COMMIT")
-            except sqlite3.Error:
-                conn.execute("ROLLBACK")
-                raise
+            records.save_report(
+                {"report_id": report.report_id, "policy_domain": report.policy_domain,
+                 "begin": report.begin, "end": report.end, "file": path,
+                 "messages": report.messages, "gz": report.gz},
+                report.message_ids,
+                [(d.address, d.max_size) for d in report.destinations] if queue else [],
+                int(time.time()))
     finally:
-        conn.close()
+        records.close()
 
 
 # --------------------------------------------------------------------------
@@ -578,32 +523,33 @@ def _printable(text: str) -> str:
 MAX_ATTEMPTS = 5                # runs that try a failing delivery before it is abandoned
 
 
-def deliver(config, resolver, runner=None) -> list:
+def deliver(config, resolver, runner=None, lock=None) -> list:
     """Send every pending report mail of the history (those :func:`save`
     queued now and those earlier runs could not send), within the caps;
     (report_id, file, address, outcome) for each.  A delivery is marked
     sent only once sendmail took it; a failure stays pending for the next
     run, up to :data:`MAX_ATTEMPTS` runs."""
     caps = Caps(config.dmarc_report)
-    conn = _connect(config.checks["dmarc"].history)
+    records = _open(config)
     outcomes = []
     try:
-        pending = conn.execute(
-            "SELECT d.report_id, d.address, d.max_size, d.attempts, r.policy_domain, r.begin,"
-            " r.end, r.file, r.messages FROM dmarc_delivery d JOIN dmarc_report r"
-            " ON r.report_id = d.report_id WHERE d.state = 'pending'"
-            " ORDER BY r.created, d.rowid").fetchall()
         loaded: tuple = ("", b"")        # the last report file read: its rows come together
-        for row in pending:
+        for row in records.deliveries():
+            if lock is not None and not lock.renew(time.time()):
+                raise RecordsError("the report lock expired: another run may be sending, "
+                                   "stopped (the next run goes on)")
             dest = Destination(row["address"], row["max_size"])
             path = row["file"]
-            if loaded[0] != path:
-                try:
-                    with open(path, "rb") as fh:
-                        loaded = (path, fh.read())
-                except OSError as exc:
-                    loaded = (path, exc)
-            gz = loaded[1]
+            if row["gz"] is not None:
+                gz = row["gz"]          # kept in the store: any host can send it
+            else:
+                if loaded[0] != path:
+                    try:
+                        with open(path, "rb") as fh:
+                            loaded = (path, fh.read())
+                    except OSError as exc:
+                        loaded = (path, exc)
+                gz = loaded[1]
             if isinstance(gz, OSError):
                 outcome = f"failed: the report file cannot be read: {gz}"
             else:
@@ -617,13 +563,11 @@ def deliver(config, resolver, runner=None) -> list:
                      "abandoned" if attempts >= MAX_ATTEMPTS else "pending")
             if state == "abandoned":
                 outcome += f" (tried {attempts} times: given up)"
-            conn.execute("UPDATE dmarc_delivery SET state = ?, attempts = ?, detail = ?,"
-                         " updated = ? WHERE report_id = ? AND address = ?",
-                         (state, attempts, outcome[:300], int(time.time()), row["report_id"],
-                          row["address"]))
+            records.update_delivery(row["report_id"], row["address"], state, attempts,
+                                    outcome[:300], int(time.time()))
             outcomes.append((row["report_id"], path, dest.address, outcome))
     finally:
-        conn.close()
+        records.close()
     return outcomes
 
 
@@ -641,17 +585,55 @@ def _duration(text: str) -> float:
 
 
 def cmd_dmarc_report(args) -> int:
+    """One run: under the report lock (in the records themselves), so that
+    two runs, on one host or on two sharing a Redis server, never report
+    the same rows twice; a run that finds the lock taken does nothing."""
     from .command import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, load_config
-    from .dns import Resolver
 
     config = load_config(args.config)
     try:
+        store = _open(config)
+    except ReportError as exc:
+        print(f"mailwarden: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        lock = store.lock(LOCK_TTL, time.time())
+    except RecordsError as exc:
+        store.close()
+        print(f"mailwarden: dmarc-report: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if lock is None:
+        store.close()
+        print(f"another dmarc-report run holds the report lock of {store}: nothing done")
+        return EXIT_OK
+    try:
+        return _report_locked(args, config, lock)
+    finally:
+        try:
+            lock.release()
+        except RecordsError as exc:
+            print(f"mailwarden: dmarc-report: {exc} (the lock expires by itself)",
+                  file=sys.stderr)
+        store.close()
+
+
+LOCK_TTL = 600.0        # seconds a report run holds the lock unless it renews it
+
+
+def _report_locked(args, config, lock) -> int:
+    from .command import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
+    from .dns import Resolver
+
+    try:
         reports, skipped = make_reports(config, args.since)
+        if not lock.renew(time.time()):
+            raise RecordsError(f"the report lock expired after {LOCK_TTL:g}s: another run "
+                               "may report the same rows, nothing saved")
         save(config, reports, args.out, queue=args.send)
     except ReportError as exc:
         print(f"mailwarden: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (sqlite3.Error, OSError) as exc:
+    except (RecordsError, OSError) as exc:
         print(f"mailwarden: dmarc-report: {exc}", file=sys.stderr)
         return EXIT_FAIL
     failed = False
@@ -659,10 +641,10 @@ def cmd_dmarc_report(args) -> int:
     if args.send:
         resolver = Resolver(config.dns)
         try:
-            for report_id, path, address, outcome in deliver(config, resolver):
+            for report_id, path, address, outcome in deliver(config, resolver, lock=lock):
                 outcomes.setdefault(report_id, (path, []))[1].append((address, outcome))
                 failed |= outcome.startswith("failed")
-        except sqlite3.Error as exc:
+        except RecordsError as exc:
             print(f"mailwarden: dmarc-report: {exc}", file=sys.stderr)
             return EXIT_FAIL
         finally:

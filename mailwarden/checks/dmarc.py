@@ -44,13 +44,16 @@ null sender, RFC 7489 §4.1) and every DKIM signature's result and ``d=``.
 Authentication-Results: ``dmarc=RESULT header.from=DOMAIN
 policy.dmarc=POLICY (p= sp= np= pct= dis=)``.
 
-History (``history``): each message with a pass or fail is written to an
-SQLite file (WAL mode) for aggregate reports; the schema is
-:data:`SCHEMA`.  A write error is logged, never fails the message.  Rows
-are deleted once ``mailwarden dmarc-report`` has put them in a report, and
-rows older than ``history_days`` whatever they are (a domain that asked for
-no reports, a report never run): at most once an hour and at most
-:data:`PURGE_BATCH` messages at a time, by the writer itself.
+History (``history``): each message with a pass or fail is recorded for
+aggregate reports in the DMARC records of :mod:`mailwarden.dmarc_records`:
+an SQLite file (WAL mode, one host) when ``history`` is a path, a Redis
+server shared by several MX hosts when it is ``redis://HOST:PORT/DB`` (or
+``rediss://``; timeouts, pool and key prefix from ``[state]``).  A write
+error is logged, never fails the message.  Rows are deleted once
+``mailwarden dmarc-report`` has put them in a report, and rows older than
+``history_days`` whatever they are (a domain that asked for no reports, a
+report never run): at most once an hour and at most ``PURGE_BATCH``
+messages at a time, by the writer itself.
 
 INI keys (``[check.dmarc]``):
   enabled             yes
@@ -59,7 +62,9 @@ INI keys (``[check.dmarc]``):
   on_quarantine       quarantine  quarantine or score
   reject_bad_from     yes         refuse a message with no author domain to evaluate
                                   (several domains are evaluated, never refused as such)
-  history                         SQLite file recording evaluations; empty: off
+  history                         where evaluations are recorded: an SQLite file,
+                                  or redis://HOST:PORT/DB shared by several MX hosts;
+                                  empty: off
   history_days        14          days a row is kept at most (1 to 3650)
 """
 
@@ -69,13 +74,12 @@ import dataclasses
 import logging
 import random
 import re
-import sqlite3
-import threading
 from dataclasses import dataclass
 from typing import Optional
 
 from ..address import AddressProblem, authors, idna_to_ascii
-from ..options import opt, parse_bool, parse_choice, parse_int, parse_str
+from ..options import ValueProblem, opt, parse_bool, parse_choice, parse_int, parse_redis_url
+from ..dmarc_records import Evaluation, RecordsError, is_redis, open_records
 from ..dns import Status
 from ..model import Reply
 from ..orgdomain import organizational
@@ -89,12 +93,27 @@ _VERSION = re.compile(r"^v\s*=\s*DMARC1\s*(;|$)")
 _DOMAIN = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)+$")
 
 
+def parse_history(text: str) -> str:
+    """``history``: an SQLite file, or a ``redis://``/``rediss://`` URL."""
+    value = text.strip()
+    if is_redis(value):
+        value = parse_redis_url(value)
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise ValueProblem("a redis:// history needs the Python package redis "
+                               "(pip install 'mailwarden[redis]')") from None
+    elif "://" in value:
+        raise ValueProblem(f"expected an SQLite file or redis://HOST:PORT/DB, got {text!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class DmarcOptions(CheckOptions):
     on_reject: str = opt("reject", parse_choice("reject", "quarantine", "score"))
     on_quarantine: str = opt("quarantine", parse_choice("quarantine", "score"))
     reject_bad_from: bool = opt(True, parse_bool)
-    history: str = opt("", parse_str)
+    history: str = opt("", parse_history)
     history_days: int = opt(14, parse_int(1, 3650))
 
 
@@ -225,7 +244,8 @@ class DmarcCheck(Check):
         super().__init__(options, services)
         # tests replace it for deterministic pct sampling
         self.random = getattr(services, "random", None) or random.Random()
-        self.history = (History(options.history, options.history_days)
+        self.history = (History(options.history, options.history_days,
+                                state=getattr(getattr(services, "config", None), "state", None))
                         if options.history else None)
 
     # -- organizational domain -------------------------------------------------
@@ -389,201 +409,41 @@ class DmarcCheck(Check):
 
 
 # --------------------------------------------------------------------------
-# history for aggregate reports
-
-SCHEMA = """
--- One row per message evaluated against a published DMARC record.
--- Columns follow RFC 7489 Appendix C (aggregate report) names.
-CREATE TABLE IF NOT EXISTS dmarc_message (
-    id            INTEGER PRIMARY KEY,
-    received      INTEGER NOT NULL,   -- Unix time (UTC) of the evaluation
-    queue_id      TEXT NOT NULL,      -- MTA queue id, '' if unknown
-    source_ip     TEXT NOT NULL,      -- record/row/source_ip
-    header_from   TEXT NOT NULL,      -- identifiers/header_from (the From domain)
-    envelope_from TEXT NOT NULL,      -- identifiers/envelope_from ('' = null sender)
-    envelope_to   TEXT NOT NULL,      -- identifiers/envelope_to (first recipient domain)
-    policy_domain TEXT NOT NULL,      -- policy_published/domain: where the record was found
-    p             TEXT NOT NULL,      -- policy_published/p
-    sp            TEXT,               -- policy_published/sp (NULL: not given)
-    np            TEXT,               -- DMARCbis np (NULL: not given)
-    pct           INTEGER NOT NULL,   -- policy_published/pct
-    adkim         TEXT NOT NULL,      -- policy_published/adkim (r or s)
-    aspf          TEXT NOT NULL,      -- policy_published/aspf (r or s)
-    fo            TEXT NOT NULL,      -- policy_published/fo
-    rua           TEXT NOT NULL,      -- the record's rua (where reports go)
-    result        TEXT NOT NULL,      -- DMARC result: pass or fail
-    dkim_aligned  INTEGER NOT NULL,   -- policy_evaluated/dkim: 1 pass, 0 fail
-    spf_aligned   INTEGER NOT NULL,   -- policy_evaluated/spf: 1 pass, 0 fail
-    disposition   TEXT NOT NULL,      -- policy_evaluated/disposition applied: none, quarantine, reject
-    override      TEXT NOT NULL       -- reason/type: '', sampled_out or local_policy
-);
-CREATE INDEX IF NOT EXISTS dmarc_message_domain ON dmarc_message (policy_domain, received);
-CREATE INDEX IF NOT EXISTS dmarc_message_received ON dmarc_message (received);
--- auth_results/dkim: one row per DKIM signature checked
-CREATE TABLE IF NOT EXISTS dmarc_dkim (
-    message_id    INTEGER NOT NULL REFERENCES dmarc_message (id) ON DELETE CASCADE,
-    domain        TEXT NOT NULL,
-    selector      TEXT NOT NULL,
-    result        TEXT NOT NULL       -- RFC 8601 dkim result
-);
--- auth_results/spf: the MAIL FROM (scope mfrom) identity
-CREATE TABLE IF NOT EXISTS dmarc_spf (
-    message_id    INTEGER NOT NULL REFERENCES dmarc_message (id) ON DELETE CASCADE,
-    domain        TEXT NOT NULL,
-    scope         TEXT NOT NULL,      -- mfrom (helo for the null sender)
-    result        TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dmarc_dkim_message ON dmarc_dkim (message_id);
-CREATE INDEX IF NOT EXISTS dmarc_spf_message ON dmarc_spf (message_id);
-PRAGMA user_version = 1;
-"""
-
-
-PURGE_INTERVAL = 3600.0     # seconds between two purges of old rows
-PURGE_BATCH = 2000          # messages per purge (about 20 ms): a write never waits long
-_ID_CHUNK = 500             # ids per DELETE statement (SQLite's variable limit)
-
-
-# --------------------------------------------------------------------------
-# bounds of what the history keeps of text others control: a DKIM d= or s=,
-# a From or envelope domain, the rua of a record.  Over its bound a name is
-# cut and marked with "..." (so it can never pass for a real name), a rua
-# keeps only its whole URIs; characters XML 1.0 cannot carry become "?".
-
-MAX_NAME = 253                  # a domain name (RFC 1035 §2.3.4), a selector
-MAX_RUA = 1024
-MAX_SHORT = 32                  # fo, a result word
-MAX_DKIM_ROWS = 20              # DKIM signatures kept per message
-NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
-
-
-def bound_text(text, limit: int = MAX_NAME) -> str:
-    text = NOT_XML.sub("?", "" if text is None else str(text))
-    if len(text) > limit:
-        return text[:limit - 3] + "..."
-    return text
-
-
-def bound_rua(text) -> str:
-    text = NOT_XML.sub("?", text or "")
-    if len(text) <= MAX_RUA:
-        return text
-    cut = text.rfind(",", 0, MAX_RUA + 1)
-    return text[:cut] if cut > 0 else ""
-
-
-def bound_identities(dkim: list, spf: list) -> tuple:
-    """(dkim, spf) as the history keeps them: at most :data:`MAX_DKIM_ROWS`
-    signatures, every field bounded."""
-    return ([(bound_text(d), bound_text(s), bound_text(r, MAX_SHORT))
-             for d, s, r in list(dkim)[:MAX_DKIM_ROWS]],
-            [(bound_text(d), bound_text(r, MAX_SHORT)) for d, r in list(spf)[:2]])
-
-
-def forget(conn: sqlite3.Connection, ids) -> None:
-    """Delete the history rows ``ids`` with their DKIM and SPF rows and their
-    reported marks, inside the caller's transaction.  The marks go too:
-    SQLite may give a deleted id to a new row, which a stale mark would
-    then hide from every report."""
-    ids = list(ids)
-    marks = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
-                         " AND name = 'dmarc_reported'").fetchone() is not None
-    for i in range(0, len(ids), _ID_CHUNK):
-        chunk = [(mid,) for mid in ids[i:i + _ID_CHUNK]]
-        conn.executemany("DELETE FROM dmarc_dkim WHERE message_id = ?", chunk)
-        conn.executemany("DELETE FROM dmarc_spf WHERE message_id = ?", chunk)
-        if marks:
-            conn.executemany("DELETE FROM dmarc_reported WHERE message_id = ?", chunk)
-        conn.executemany("DELETE FROM dmarc_message WHERE id = ?", chunk)
+# history for aggregate reports (kept by mailwarden.dmarc_records)
 
 
 class History:
-    """One SQLite connection shared by all threads, guarded by a lock."""
+    """The check's writer: one message's evaluation, from what the check
+    knows, handed to the records ``[check.dmarc] history`` names."""
 
-    def __init__(self, path: str, days: int = 14):
-        self.path = path
-        self.keep = int(days) * 86400
-        self._conn: Optional[sqlite3.Connection] = None
-        self._lock = threading.Lock()
-        self._next_purge = 0.0
-
-    def purge(self, now: float) -> int:
-        """Delete up to :data:`PURGE_BATCH` rows received more than
-        ``history_days`` before ``now``; how many were deleted.  The caller
-        holds the lock."""
-        conn = self._connection()
-        self._next_purge = now + PURGE_INTERVAL     # after an error too: not on every write
-        ids = [r[0] for r in conn.execute(
-            "SELECT id FROM dmarc_message WHERE received < ? ORDER BY received LIMIT ?",
-            (int(now) - self.keep, PURGE_BATCH))]
-        if ids:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                forget(conn, ids)
-                conn.execute("COMMIT")
-            except sqlite3.Error:
-                conn.execute("ROLLBACK")
-                raise
-        if len(ids) == PURGE_BATCH:
-            self._next_purge = now      # more may be waiting: go on at the next write
-        return len(ids)
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = sqlite3.connect(self.path, timeout=5, check_same_thread=False,
-                                   isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(SCHEMA)
-            self._conn = conn
-        return self._conn
+    def __init__(self, target: str, days: int = 14, state=None):
+        self.path = target
+        self.records = open_records(target, days, state=state)
 
     def record(self, ctx, domain, record: Record, result, disposition, override,
                spf_aligned, dkim_aligned, spf_identities, dkim_identities) -> None:
         msg = ctx.msg
         sender = msg.mail_from
         rcpt = msg.rcpts[0] if msg.rcpts else ""
-        # what the sender controls is bounded before it is kept
-        row = (int(ctx.now()), bound_text(msg.queue_id or ""), str(ctx.conn.client_ip or ""),
-               bound_text(domain),
-               bound_text(sender.rpartition("@")[2].lower()) if sender else "",
-               bound_text(rcpt.rpartition("@")[2].lower()), bound_text(record.domain),
-               record.p, record.sp, record.np, record.pct, record.adkim, record.aspf,
-               bound_text(record.fo, MAX_SHORT), bound_rua(record.rua),
-               result, int(dkim_aligned), int(spf_aligned), disposition, override)
-        dkim_identities, spf_identities = bound_identities(dkim_identities, spf_identities)
         scope = "mfrom" if sender else "helo"
+        evaluation = Evaluation(
+            received=int(ctx.now()), queue_id=msg.queue_id or "",
+            source_ip=str(ctx.conn.client_ip or ""), header_from=domain,
+            envelope_from=sender.rpartition("@")[2].lower() if sender else "",
+            envelope_to=rcpt.rpartition("@")[2].lower(), policy_domain=record.domain,
+            p=record.p, sp=record.sp, np=record.np, pct=record.pct, adkim=record.adkim,
+            aspf=record.aspf, fo=record.fo, rua=record.rua, result=result,
+            dkim_aligned=bool(dkim_aligned), spf_aligned=bool(spf_aligned),
+            disposition=disposition, override=override,
+            dkim=tuple((d, s, r) for d, s, r in dkim_identities),
+            spf=tuple((d, scope, r) for d, r in spf_identities))
         try:
-            with self._lock:
-                conn = self._connection()
-                conn.execute("BEGIN")
-                try:
-                    cur = conn.execute(
-                        "INSERT INTO dmarc_message (received, queue_id, source_ip, header_from,"
-                        " envelope_from, envelope_to, policy_domain, p, sp, np, pct, adkim, aspf,"
-                        " fo, rua, result, dkim_aligned, spf_aligned, disposition, override)"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
-                    mid = cur.lastrowid
-                    conn.executemany(
-                        "INSERT INTO dmarc_dkim (message_id, domain, selector, result)"
-                        " VALUES (?,?,?,?)", [(mid, d, s, r) for d, s, r in dkim_identities])
-                    conn.executemany(
-                        "INSERT INTO dmarc_spf (message_id, domain, scope, result)"
-                        " VALUES (?,?,?,?)", [(mid, d, scope, r) for d, r in spf_identities])
-                    conn.execute("COMMIT")
-                except sqlite3.Error:
-                    conn.execute("ROLLBACK")
-                    raise
-                if row[0] >= self._next_purge:
-                    self.purge(row[0])
-        except sqlite3.Error as exc:
-            ctx.log.warning("dmarc history %s: %s", self.path, exc)
+            self.records.record(evaluation)
+        except RecordsError as exc:
+            ctx.log.warning("dmarc history %s", exc)
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self.records.close()
 
 
 CHECKS = (DmarcCheck,)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from mailwarden.checks import dmarc as dmarc_check
+from mailwarden import dmarc_records
 from mailwarden.config import ConfigError, loads
 from mailwarden.dmarc_report import make_reports, save
 from mailwarden.dns import Resolver, ZoneBackend
@@ -100,7 +100,7 @@ def test_rows_older_than_history_days_are_deleted_with_their_results(tmp_path):
 
 
 def test_a_purge_deletes_a_bounded_batch_and_goes_on_at_the_next_write(tmp_path, monkeypatch):
-    monkeypatch.setattr(dmarc_check, "PURGE_BATCH", 3)
+    monkeypatch.setattr(dmarc_records, "PURGE_BATCH", 3)
     config = config_for(tmp_path, "history_days = 1\n")
     clock = Clock(1_700_000_000)
     engine = engine_for(config, clock)
