@@ -319,7 +319,7 @@ def test_a_run_whose_lock_was_taken_over_saves_nothing(make, tmp_path, monkeypat
     """A run that outlived its lock (another run took it) must not delete
     rows the other one is reporting."""
     import time
-    from mailwarden import cli, dmarc_report
+    from mailwarden import cli, command, dmarc_report
     records = make()
     _fill(records, 3, time.time())
     ini = _ini(tmp_path, make, records)
@@ -340,7 +340,7 @@ def test_a_run_whose_lock_was_taken_over_saves_nothing(make, tmp_path, monkeypat
     monkeypatch.setattr(dmarc_report, "make_reports", slow_make_reports)
     out = tmp_path / "out"
     assert cli.main(["dmarc-report", "-c", str(ini), "--since", "1h", "--out", str(out)]) == \
-        cli.EXIT_FAIL
+        command.EXIT_FAIL
     assert "report lock expired" in capsys.readouterr().err
     assert len(make(report=True).rows(0, int(time.time()) + 10)) == 3
     assert not out.exists() or list(out.iterdir()) == []
