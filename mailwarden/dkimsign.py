@@ -76,9 +76,6 @@ class SigningKey:
         # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the data, as a message
         return self.private.sign(digest)
 
-    def public_txt(self) -> str:
-        return txt_record(self.private.public_key())
-
 
 def valid_selector(text: str) -> bool:
     return bool(_SELECTOR.match(text)) and len(text) <= 63 * 4
