@@ -1,5 +1,9 @@
 """DKIM signing keys and signatures (RFC 6376, RFC 8301, RFC 8463).
 
+The signing library: what the ``dkim_sign`` check
+(:mod:`mailwarden.checks.dkim_sign`), ``mailwarden genkey`` and the domain
+audit share to read keys, sign and publish.
+
 Keys are read once, at start-up (before privileges are dropped): an RSA key
 in PEM (PKCS#1 or PKCS#8), or an Ed25519 key either as dkimpy and
 ``mailwarden genkey`` write it (base64 of the 32-byte seed, RFC 8463 §4) or
