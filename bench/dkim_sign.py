@@ -1,7 +1,7 @@
 """Cost of DKIM signing per message: RSA-2048 and Ed25519.
 
 Signs a message of a few KB (or ``--size``) ``--count`` times with each key
-type, through the same code the dkim_sign check runs (``mailwarden.dkimsign``:
+type, through the same code the dkim_sign check runs (``mailwarden.signing``:
 dkimpy's canonicalization, OpenSSL's private-key operation), and for
 comparison through dkimpy's own ``dkim.sign`` (pure-Python RSA).  Prints the
 median and 95th percentile CPU time per signature, in milliseconds.
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dkim  # noqa: E402
 
-from mailwarden import dkimsign  # noqa: E402
+from mailwarden import signing  # noqa: E402
 from mailwarden.genkey import make_key  # noqa: E402
 
 
@@ -69,22 +69,22 @@ def main() -> int:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-            keys[kind] = (dkimsign.load_key(path, "outbound.example", kind), data)
-        include = dkimsign.headers_to_sign(
+            keys[kind] = (signing.load_key(path, "outbound.example", kind), data)
+        include = signing.headers_to_sign(
             [line.split(b":", 1)[0].decode() for line in msg.split(b"\r\n\r\n", 1)[0].split(b"\r\n")],
-            dkimsign.DEFAULT_SIGN_HEADERS, ("From",))
+            signing.DEFAULT_SIGN_HEADERS, ("From",))
         print(f"message {len(msg)} bytes, {count} signatures per row; CPU ms per signature")
         print(f"{'':<38} {'median':>8} {'p95':>8}")
         for kind, label in (("rsa", "RSA-2048 (mailwarden, OpenSSL)"),
                             ("ed25519", "Ed25519 (mailwarden, OpenSSL)")):
             key = keys[kind][0]
-            print(row(label, timed(lambda: dkimsign.sign(msg, key, include), count)))
+            print(row(label, timed(lambda: signing.sign(msg, key, include), count)))
         both = (keys["rsa"][0], keys["ed25519"][0])
 
         def sign_both():
             cache: dict = {}
             for key in both:
-                dkimsign.sign(msg, key, include, cache=cache)
+                signing.sign(msg, key, include, cache=cache)
         print(row("RSA-2048 + Ed25519 on one message", timed(sign_both, count)))
         rsa_pem = keys["rsa"][1]
         ed_seed = base64.b64encode(base64.b64decode(keys["ed25519"][1]))

@@ -23,7 +23,6 @@ import configparser
 import dataclasses
 import ipaddress
 import re
-import socket
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -391,7 +390,3 @@ def load(path: str, registry: Mapping[str, type] | None = None) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(path, None, None, None, f"not UTF-8 text: {exc.reason}") from None
     return loads(text, path, registry)
-
-
-def default_hostname() -> str:
-    return socket.getfqdn()

@@ -78,10 +78,6 @@ class Answer:
         """SERVFAIL, timeout, other errors: a temperror, not an answer."""
         return self.status in TEMPORARY
 
-    @property
-    def nonexistent(self) -> bool:
-        return self.status in (Status.NXDOMAIN, Status.NODATA)
-
     def describe(self) -> str:
         if self.ok:
             return f"{self.name}/{self.rdtype}: {', '.join(map(str, self.records))}"

@@ -24,7 +24,6 @@ import concurrent.futures
 import dataclasses
 import logging
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
@@ -177,8 +176,6 @@ class Engine:
         self.levels = {stage: _levels(self.checks, stage) for stage in Stage}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=32, thread_name_prefix="mailwarden-check")
-        self._open = 0
-        self._open_lock = threading.Lock()
 
     def close(self, resolver: bool = True, state: bool = True) -> None:
         """Free the pools; a reload that hands the resolver or the state
@@ -372,43 +369,6 @@ class Engine:
             )
             verdict = dataclasses.replace(verdict, headers_added=added, headers_removed=removed)
         return verdict
-
-    def describe(self, conn: Connection, msg: Optional[Message], verdict: Verdict) -> str:
-        """The one log line per verdict: who, what, and why."""
-        parts = [f"action={verdict.action}"]
-        if verdict.dry_run:
-            parts.append(f"dry_run_action={verdict.decided}")
-        parts.append(f"score={verdict.score:.2f}")
-        parts.append(f"client={conn.label()}")
-        if conn.helo:
-            parts.append(f"helo={_escape(conn.helo)}")
-        if msg is not None:
-            parts.append(f"from=<{_escape(msg.mail_from)}>")
-            parts.append(f"rcpts={len(msg.rcpts)}")
-        if conn.auth_user:
-            parts.append(f"auth={_escape(conn.auth_user)}")
-        syms = ",".join(f"{s}({w:g})" for s, w in verdict.symbols)
-        if syms:
-            parts.append(f"symbols={syms}")
-        if verdict.reply is not None:
-            parts.append(f'reply="{_escape(verdict.reply.line())}"')
-        if verdict.reason:
-            parts.append(f'reason="{_escape(verdict.reason)}"')
-        return " ".join(parts)
-
-
-def _escape(value: str) -> str:
-    """Network text into one log line: controls and quotes escaped."""
-    out = []
-    for ch in str(value):
-        o = ord(ch)
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif o < 0x20 or o == 0x7f or 0xdc80 <= o <= 0xdcff:
-            out.append(f"\\x{o & 0xff:02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def run_offline(engine: Engine, *, client_ip, client_name: str = "", helo: str = "",

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from .address import AddressProblem, normalize_domain
-from .dkimsign import MIN_RSA_BITS, split_txt, txt_record, valid_selector
+from .signing import MIN_RSA_BITS, split_txt, txt_record, valid_selector
 
 
 def make_key(kind: str, bits: int = 2048) -> tuple:

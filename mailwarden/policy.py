@@ -22,7 +22,6 @@ from typing import Iterable, Mapping, Optional
 from .model import Reply, Result, Stage
 
 ACTIONS = ("accept", "add_header", "quarantine", "tempfail", "reject", "discard")
-STOPPING = frozenset({"tempfail", "reject", "discard"})
 
 
 @dataclass(frozen=True)

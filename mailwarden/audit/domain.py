@@ -541,7 +541,7 @@ class DomainAudit:
     def compare_local_key(self, name: str, key_type: str, published, path: str) -> None:
         """The same key loader as signing, so that the audit refuses what
         ``run`` would refuse (an unreadable, group-readable or odd key)."""
-        from ..dkimsign import KeyProblem, load_key
+        from ..signing import KeyProblem, load_key
         try:
             local = load_key(path)
         except KeyProblem as exc:
@@ -818,12 +818,8 @@ def configured_keys(config, domain: str) -> list:
     ``DOMAIN:SELECTOR:PATH`` strings or objects/tuples with domain, selector
     and path; nothing when no such check is configured.
     """
-    options = None
     checks = getattr(config, "checks", {}) or {}
-    for name in ("dkim_sign", "dkimsign", "dkim_signing"):
-        if name in checks:
-            options = checks[name]
-            break
+    options = checks.get("dkim_sign")
     keys = getattr(options, "keys", None) if options is not None else None
     if not keys:
         return []

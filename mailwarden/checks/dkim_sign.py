@@ -34,7 +34,7 @@ DMARC-aligned in relaxed mode).  A message not signed for want of
 permission gets a log line saying why.
 
 Keys are read at start-up, before privileges are dropped (see
-:mod:`mailwarden.dkimsign`): a key file readable by group or others,
+:mod:`mailwarden.signing`): a key file readable by group or others,
 unreadable, or not an RSA/Ed25519 key is a start-up error naming the path.
 ``mailwarden genkey`` makes keys and prints the TXT record to publish.
 
@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 
 import dkim
 
-from .. import dkimsign
+from .. import signing
 from ..address import AddressProblem, DomainSet, authors, normalize_domain
 from ..loginmap import LoginMapFile, from_refusal
 from ..options import Networks, ValueProblem, opt, parse_bool, parse_domains, parse_list, \
@@ -80,7 +80,7 @@ def parse_key_specs(text: str) -> tuple:
             raise ValueProblem(f"{item!r}: {exc}") from None
         if domain.startswith("["):
             raise ValueProblem(f"{item!r}: an address literal cannot sign")
-        if not dkimsign.valid_selector(selector):
+        if not signing.valid_selector(selector):
             raise ValueProblem(f"{item!r}: not a DKIM selector: {selector!r}")
         specs.append((domain, selector.lower(), path))
     return tuple(specs)
@@ -88,7 +88,7 @@ def parse_key_specs(text: str) -> tuple:
 
 def _parse_canonicalization(text: str) -> tuple:
     try:
-        return dkimsign.parse_canonicalization(text)
+        return signing.parse_canonicalization(text)
     except ValueError as exc:
         raise ValueProblem(str(exc)) from None
 
@@ -105,7 +105,7 @@ def _parse_header_names(text: str) -> tuple:
 class DkimSignOptions(CheckOptions):
     keys: tuple = opt((), parse_key_specs)
     canonicalization: tuple = opt(("relaxed", "relaxed"), _parse_canonicalization)
-    sign_headers: tuple = opt(dkimsign.DEFAULT_SIGN_HEADERS, _parse_header_names)
+    sign_headers: tuple = opt(signing.DEFAULT_SIGN_HEADERS, _parse_header_names)
     oversign_headers: tuple = opt(("From",), _parse_header_names)
     sign_parent_domains: bool = opt(False, parse_bool)
     # unauthenticated clients are signed only from these networks (which
@@ -133,8 +133,8 @@ class DkimSignOptions(CheckOptions):
                 raise error("keys", f"{domain} selector {selector} given twice")
             seen.add((domain, selector))
             try:
-                key = dkimsign.load_key(path, domain, selector)
-            except dkimsign.KeyProblem as exc:
+                key = signing.load_key(path, domain, selector)
+            except signing.KeyProblem as exc:
                 raise error("keys", str(exc)) from None
             loaded.setdefault(domain, []).append(key)
         if bool(self.sign_trusted_networks) != bool(self.sign_trusted_domains):
@@ -214,16 +214,16 @@ class DkimSignCheck(Check):
             ctx.log.info("dkim_sign: not signed for %s (%s client): %r", domain, trust, why)
             return None
         message = ctx.msg.as_bytes()
-        include = dkimsign.headers_to_sign([n for n, _ in ctx.msg.headers],
-                                           self.options.sign_headers,
-                                           self.options.oversign_headers)
+        include = signing.headers_to_sign([n for n, _ in ctx.msg.headers],
+                                          self.options.sign_headers,
+                                          self.options.oversign_headers)
         now = ctx.now()
         added = []
         cache: dict = {}
         for key in keys:
             try:
-                value = dkimsign.sign(message, key, include, self.options.canonicalization, now,
-                                      cache)
+                value = signing.sign(message, key, include, self.options.canonicalization, now,
+                                     cache)
             except dkim.DKIMException as exc:
                 ctx.log.warning("dkim_sign: cannot sign for %s: %s", key.domain, exc)
                 return self.result("permerror", self.error_symbol(),

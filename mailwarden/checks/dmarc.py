@@ -243,7 +243,7 @@ class DmarcCheck(Check):
     def __init__(self, options, services):
         super().__init__(options, services)
         # tests replace it for deterministic pct sampling
-        self.random = getattr(services, "random", None) or random.Random()
+        self.random = random.Random()
         self.history = (History(options.history, options.history_days,
                                 state=getattr(getattr(services, "config", None), "state", None))
                         if options.history else None)

@@ -607,7 +607,7 @@ def test_missing_and_short_keys_refused(keydir, tmp_path):
 
 def test_genkey_writes_private_key_and_record(tmp_path, capsys):
     from mailwarden.cli import main
-    from mailwarden.dkimsign import load_key, sign, headers_to_sign
+    from mailwarden.signing import load_key, sign, headers_to_sign
     out = tmp_path / "k"
     for kind, selector in (("rsa", "r1"), ("ed25519", "e1")):
         assert main(["genkey", "--domain", "Gen.Example", "--selector", selector,

@@ -1,6 +1,6 @@
 """What mailwarden relies on in dkimpy beyond its documented sign/verify.
 
-``mailwarden/checks/dkim.py`` and ``mailwarden/dkimsign.py`` call dkimpy's
+``mailwarden/checks/dkim.py`` and ``mailwarden/signing.py`` call dkimpy's
 internals (``hash_headers``, ``RE_BTAG``, ``fold``, ``evaluate_pk``,
 ``validate_signature_fields``, the canonicalization classes, ...).
 setup.cfg pins a range of dkimpy releases; these tests fail if a release in

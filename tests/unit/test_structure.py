@@ -156,3 +156,115 @@ def test_cli_keeps_no_constant_or_helper_of_its_own():
             names.add(node.name)
     # its parsers, its hand-offs, and the list of command modules
     assert {n for n in names if _private_or_constant(n)} == {"COMMAND_MODULES"}
+
+
+# -- what nothing called is gone, and stays gone ------------------------------------
+
+def _defined(path: Path) -> set:
+    """Names ``path`` defines: module level as ``name``, in a class as
+    ``Class.name`` (methods, class attributes, ``self.name = ...``)."""
+    names = set()
+    tree = _tree(path)
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for item in node.body:
+            if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names.add(f"{node.name}.{item.name}")
+            elif isinstance(item, (ast.Assign, ast.AnnAssign)):
+                targets = item.targets if isinstance(item, ast.Assign) else [item.target]
+                names |= {f"{node.name}.{t.id}" for t in targets if isinstance(t, ast.Name)}
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store) \
+                    and isinstance(sub.value, ast.Name) and sub.value.id == "self":
+                names.add(f"{node.name}.{sub.attr}")
+    return names
+
+
+REMOVED = [  # (module, name): nothing called them; explain.py writes the verdict line
+    ("engine.py", "Engine.describe"),
+    ("engine.py", "_escape"),
+    ("engine.py", "Engine._open"),
+    ("engine.py", "Engine._open_lock"),
+    ("policy.py", "STOPPING"),
+    ("signing.py", "SigningKey.public_txt"),
+    ("config.py", "default_hostname"),
+    ("dns.py", "Answer.nonexistent"),
+]
+
+
+def test_the_definition_reader_sees_each_kind_of_name():
+    assert {"Engine.eom", "run_offline", "Engine._pool"} <= _defined(PACKAGE / "engine.py")
+    assert {"ACTIONS", "Verdict.action"} <= _defined(PACKAGE / "policy.py")
+    assert "SigningKey.sign_digest" in _defined(PACKAGE / "signing.py")
+    assert "Answer.temporary" in _defined(PACKAGE / "dns.py")
+
+
+@pytest.mark.parametrize("module, name", REMOVED)
+def test_what_nothing_called_is_not_defined_again(module, name):
+    assert name not in _defined(PACKAGE / module)
+
+
+def test_the_signing_library_is_not_named_like_the_signing_check():
+    # mailwarden/dkimsign.py next to mailwarden/checks/dkim_sign.py read as one
+    # thing twice; the library is mailwarden/signing.py
+    assert (PACKAGE / "signing.py").is_file()
+    assert not (PACKAGE / "dkimsign.py").exists()
+    importers = []
+    for path in _sources():
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.ImportFrom):
+                names = [_imported_module(path, node)]
+                names += [f"{names[0]}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            if any(n.split(".")[-1] == "signing" for n in names):
+                importers.append(str(path.relative_to(ROOT)))
+            assert not any("dkimsign" in n.split(".") for n in names), (path, node.lineno)
+    assert {"mailwarden/checks/dkim_sign.py", "mailwarden/genkey.py"} <= set(importers)
+
+
+def _services_fields() -> set:
+    for node in _tree(PACKAGE / "engine.py").body:
+        if isinstance(node, ast.ClassDef) and node.name == "Services":
+            return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
+    raise AssertionError("no class Services in engine.py")
+
+
+def _services_reads(path: Path) -> list:
+    """(line, name) of each ``services.NAME`` or ``getattr(services, "NAME")``."""
+    found = []
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.Attribute):
+            owner = ast.unparse(node.value)
+            if owner == "services" or owner.endswith(".services"):
+                found.append((node.lineno, node.attr))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("getattr", "hasattr") and len(node.args) >= 2
+              and isinstance(node.args[1], ast.Constant)):
+            owner = ast.unparse(node.args[0])
+            if owner == "services" or owner.endswith(".services"):
+                found.append((node.lineno, node.args[1].value))
+    return found
+
+
+def test_code_reads_only_what_services_has():
+    # a hook Services never carries (``services.random``) is a reading of nothing;
+    # the audit's ``services`` are master.cf's, another thing
+    fields = _services_fields()
+    assert {"config", "resolver", "clock", "hostname", "state"} <= fields
+    reads = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "audit" not in path.relative_to(PACKAGE).parts:
+            reads[str(path.relative_to(ROOT))] = _services_reads(path)
+    assert sum(map(len, reads.values())) >= 5           # the reads were found
+    unknown = {p: [(line, n) for line, n in hits if n not in fields]
+               for p, hits in reads.items()}
+    assert {p: hits for p, hits in unknown.items() if hits} == {}

@@ -1,5 +1,9 @@
 """DKIM signing keys and signatures (RFC 6376, RFC 8301, RFC 8463).
 
+The signing library: what the ``dkim_sign`` check
+(:mod:`mailwarden.checks.dkim_sign`), ``mailwarden genkey`` and the domain
+audit share to read keys, sign and publish.
+
 Keys are read once, at start-up (before privileges are dropped): an RSA key
 in PEM (PKCS#1 or PKCS#8), or an Ed25519 key either as dkimpy and
 ``mailwarden genkey`` write it (base64 of the 32-byte seed, RFC 8463 §4) or
@@ -75,9 +79,6 @@ class SigningKey:
             return self.private.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
         # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the data, as a message
         return self.private.sign(digest)
-
-    def public_txt(self) -> str:
-        return txt_record(self.private.public_key())
 
 
 def valid_selector(text: str) -> bool:
