@@ -234,10 +234,8 @@ def _verified_ptr(ctx) -> str:
     iprev = ctx.results_of("iprev")
     if iprev:
         for r in iprev:
-            if r.result == "pass":
-                for prop in r.properties:
-                    if len(prop) > 2 and prop[2]:
-                        return normalize(prop[2])
+            if r.verified_name:
+                return normalize(r.verified_name)
         return ""
     name = ctx.conn.client_name
     if not name or name.lower() == "unknown" or name.startswith("["):
