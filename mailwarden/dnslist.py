@@ -44,6 +44,7 @@ from typing import Mapping, Optional
 from .config import Networks, ValueProblem, opt, parse_bool, parse_choice, parse_float, \
     parse_list, parse_networks, parse_str
 from .dns import normalize
+from .explain import clean
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 FAILED = "temperror"        # the result of a list that did not answer
@@ -361,4 +362,5 @@ class UrlSection:
 def log_blocked(logger, check: str, dnslist: DnsList, subject: str, what: str) -> None:
     """The one log line of a refused query: the operator has to act."""
     logger.warning("%s %s refused or broke the query for %s: %s (a 'blocked' code: this "
-                   "resolver may not use the list)", check, dnslist.zone, subject, what)
+                   "resolver may not use the list)", check, dnslist.zone, clean(subject),
+                   clean(what))

@@ -217,3 +217,22 @@ def test_bits_are_read_only_from_127_0_0_x():
     listed = dnslist.read(dl, Answer("q", "A", Status.NOERROR, ("127.0.0.24",))).listed
     assert set(listed) == {"SURBL_PH", "SURBL_MW"}
     assert not dnslist.read(dl, Answer("q", "A", Status.NOERROR, ("127.0.1.24",))).listed
+
+
+@settings(max_examples=100, deadline=None)
+@given(record=st.text(max_size=80), subject=st.text(max_size=80))
+def test_the_blocked_log_line_is_one_line_of_escaped_text(record, subject):
+    """A list's answer text and the name asked about are data: no control
+    character or line break reaches the log record."""
+    lines = []
+
+    class Catch:
+        def warning(self, fmt, *args):
+            lines.append(fmt % args)
+
+    dl = _lists()[0]
+    reading = dnslist.read(dl, Answer("q.example", "A", Status.NOERROR, (record,)))
+    if reading.blocked:
+        dnslist.log_blocked(Catch(), "dnsbl", dl, subject, reading.problem[2])
+        assert len(lines) == 1
+        assert not any(ord(ch) < 0x20 or ord(ch) == 0x7f for ch in lines[0]), lines[0]
