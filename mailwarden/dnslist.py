@@ -166,6 +166,13 @@ def read(dnslist: DnsList, answer) -> Reading:
     return Reading(listed=MappingProxyType({s: tuple(c) for s, c in listed.items()}))
 
 
+def log_blocked(logger, check: str, dnslist: DnsList, subject: str, what: str) -> None:
+    """The one log line of a refused query: the operator has to act."""
+    logger.warning("%s %s refused or broke the query for %s: %s (a 'blocked' code: this "
+                   "resolver may not use the list)", check, dnslist.zone, clean(subject),
+                   clean(what))
+
+
 def prefix_of(name: str) -> str:
     """A section NAME as the start of symbols: ``spam-list`` -> ``SPAM_LIST``."""
     return re.sub(r"[^A-Z0-9_]", "_", name.upper())
@@ -358,9 +365,3 @@ class UrlSection:
                     raise error("codes", f"not an IPv4 answer address: {code!r}") from None
         return dataclasses.replace(self, table=MappingProxyType(table))
 
-
-def log_blocked(logger, check: str, dnslist: DnsList, subject: str, what: str) -> None:
-    """The one log line of a refused query: the operator has to act."""
-    logger.warning("%s %s refused or broke the query for %s: %s (a 'blocked' code: this "
-                   "resolver may not use the list)", check, dnslist.zone, clean(subject),
-                   clean(what))
