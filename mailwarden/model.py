@@ -88,6 +88,37 @@ class Result:
         if self.result not in RESULTS:
             raise ValueError(f"unknown result {self.result!r}")
 
+    # -- what other checks may read -------------------------------------------
+    # A check reads another's findings only through these, never by the
+    # Authentication-Results layout of ``properties``.
+
+    def _value(self, key: str, slot: int = 1) -> str:
+        for prop in self.properties:
+            if prop[0] == key and len(prop) > slot and prop[slot]:
+                return str(prop[slot])
+        return ""
+
+    @property
+    def verified_name(self) -> str:
+        """iprev: the client's PTR name that resolved back to its address
+        (``pass`` only; a name that failed is not verified), else ""."""
+        return self._value("policy.iprev", 2) if self.result == "pass" else ""
+
+    @property
+    def mailfrom(self) -> str:
+        """spf: the MAIL FROM identity (``smtp.mailfrom``) checked, else ""."""
+        return self._value("smtp.mailfrom")
+
+    @property
+    def header_d(self) -> str:
+        """dkim: the signing domain (``header.d``), else ""."""
+        return self._value("header.d")
+
+    @property
+    def header_s(self) -> str:
+        """dkim: the selector (``header.s``), else ""."""
+        return self._value("header.s")
+
     def at_stage(self, stage: "Stage") -> "Result":
         """This result as found at ``stage``: a copy (the fields were checked
         when it was made; ``dataclasses.replace`` would check them again)."""

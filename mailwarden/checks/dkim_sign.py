@@ -197,7 +197,7 @@ class DkimSignCheck(Check):
     def on_eom(self, ctx):
         if not self.options.loaded:
             return None
-        trust = ctx.engine.trust(ctx.conn)
+        trust = ctx.trust
         if trust not in ("authenticated", "trusted"):
             return None
         found = authors(ctx.msg.header_texts("From"))

@@ -342,14 +342,12 @@ class DmarcCheck(Check):
     def _evaluate(self, ctx, domain: str, org: str, record: Record, rows: list):
         spf_identities = []             # (domain, result) of the MAIL FROM identity
         for r in ctx.results_of("spf"):
-            for prop in r.properties:
-                if prop[0] == "smtp.mailfrom" and prop[1]:
-                    spf_identities.append((str(prop[1]).rpartition("@")[2], r.result))
+            if r.mailfrom:
+                spf_identities.append((r.mailfrom.rpartition("@")[2], r.result))
         dkim_identities = []            # (d=, s=, result)
         for r in ctx.results_of("dkim"):
-            props = {p[0]: p[1] for p in r.properties}
-            if props.get("header.d"):
-                dkim_identities.append((props["header.d"], props.get("header.s", ""), r.result))
+            if r.header_d:
+                dkim_identities.append((r.header_d, r.header_s, r.result))
 
         spf_aligned = any(res == "pass" and self.aligned(d, domain, record.aspf)
                           for d, res in spf_identities)

@@ -10,7 +10,8 @@ Every list of a stage is queried at once, in parallel, so a stage takes
 about one round trip whatever the number of lists, bounded by ``[dns]``
 ``timeout`` and the connection's or message's DNS deadline.
 
-An A answer is read through the list's ``codes``; each code found gives
+An A answer is read by :mod:`mailwarden.dnslist` (as the uribl check
+reads its lists) through the list's ``codes``; each code found gives
 its symbol (``PREFIX_SUFFIX``).  A code in 127.0.0.0/8 that ``codes`` does
 not name is ``PREFIX_LISTED``.  An answer outside 127.0.0.0/8, or one of
 the list's ``errors`` (Spamhaus's 127.255.255.x "query refused", DBL's
@@ -54,134 +55,18 @@ INI keys of each list (``[check.dnsbl.NAME]``):
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import re
 from dataclasses import dataclass
 
-from ..options import Networks, ValueProblem, opt, parse_bool, parse_choice, parse_float, \
-    parse_list, parse_networks, parse_str
+from ..options import opt, parse_bool, parse_choice
 from ..dns import normalize, reverse_name
+from ..dnslist import DnsList, DnsblSection, log_blocked, read
 from ..model import Reply
 from . import Check, CheckOptions
 from ..urls import registered_domain
 from .helo import is_domain
 
 log = logging.getLogger("mailwarden")
-
-LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
-TARGETS = ("helo", "sender", "ptr")
-_SUFFIX = re.compile(r"^[A-Z0-9_]+$")
-
-
-@dataclass(frozen=True)
-class Code:
-    low: int
-    high: int
-    suffix: str
-
-    def __contains__(self, address: ipaddress.IPv4Address) -> bool:
-        return self.low <= int(address) <= self.high
-
-
-def _v4(text: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(text.strip())
-    except ValueError:
-        raise ValueProblem(f"not an IPv4 address: {text!r}") from None
-
-
-def parse_codes(text: str) -> tuple:
-    codes = []
-    for item in parse_list(text):
-        where, sep, suffix = item.rpartition(":")
-        suffix = suffix.upper()
-        if not sep or not _SUFFIX.match(suffix):
-            raise ValueProblem(f"expected ADDRESS[-ADDRESS]:SUFFIX, got {item!r}")
-        if "/" in where:
-            try:
-                net = ipaddress.IPv4Network(where, strict=False)
-            except ValueError:
-                raise ValueProblem(f"not an IPv4 network: {where!r}") from None
-            low, high = net.network_address, net.broadcast_address
-        else:
-            first, _, last = where.partition("-")
-            low = _v4(first)
-            high = _v4(last) if last else low
-        if int(high) < int(low):
-            raise ValueProblem(f"range runs backwards: {where!r}")
-        codes.append(Code(int(low), int(high), suffix))
-    return tuple(codes)
-
-
-def parse_reject(text: str) -> tuple:
-    """() for no, ("*",) for yes, else the symbols named."""
-    items = parse_list(text)
-    if not items or (len(items) == 1 and items[0].lower() in ("no", "false", "off", "0")):
-        return ()
-    if len(items) == 1 and items[0].lower() in ("yes", "true", "on", "1", "all"):
-        return ("*",)
-    return tuple(s.upper() for s in items)
-
-
-def parse_targets(text: str) -> frozenset:
-    targets = frozenset(t.lower() for t in parse_list(text))
-    unknown = targets - set(TARGETS)
-    if unknown:
-        raise ValueProblem(f"unknown target(s) {', '.join(sorted(unknown))} "
-                           f"(known: {', '.join(TARGETS)})")
-    return targets
-
-
-def parse_zone(text: str) -> str:
-    zone = normalize(text)
-    if zone and not is_domain(zone):
-        raise ValueProblem(f"not a DNS zone name: {text!r}")
-    return zone
-
-
-@dataclass(frozen=True)
-class ListOptions:
-    """One ``[check.dnsbl.NAME]`` section."""
-
-    name: str = ""                 # the section's NAME, filled by the loader
-    enabled: bool = opt(True, parse_bool)
-    zone: str = opt("", parse_zone)
-    kind: str = opt("ip", parse_choice("ip", "domain"))
-    prefix: str = opt("", parse_str)
-    codes: tuple = opt((), parse_codes)
-    score: float = opt(3.0, parse_float())
-    errors: Networks = opt(parse_networks("127.255.255.0/24"), parse_networks)
-    reject: tuple = opt((), parse_reject)
-    ipv6: bool = opt(True, parse_bool)
-    targets: frozenset = opt(frozenset(TARGETS), parse_targets)
-
-    def resolve(self, error):
-        if not self.zone:
-            raise error("zone", "missing: the list's DNS zone, e.g. zen.spamhaus.org")
-        if self.prefix and not _SUFFIX.match(self.prefix):
-            raise error("prefix", f"symbol prefix must be A-Z, 0-9 and _, got {self.prefix!r}")
-        prefix = self.prefix or _prefix_of(self.name)
-        known = {f"{prefix}_{c.suffix}" for c in self.codes} | {f"{prefix}_LISTED"}
-        for symbol in self.reject:
-            if symbol != "*" and symbol not in known:
-                raise error("reject", f"{symbol} is not a listing symbol of this list "
-                            f"(known: {', '.join(sorted(known))})")
-        return self
-
-
-def list_symbols(name: str, item: ListOptions) -> dict:
-    """This list's symbols -> default weight."""
-    prefix = item.prefix or _prefix_of(name)
-    symbols = {f"{prefix}_{c.suffix}": item.score for c in item.codes}
-    symbols[f"{prefix}_LISTED"] = item.score
-    symbols[f"{prefix}_BLOCKED"] = 0.0
-    symbols[f"{prefix}_FAIL"] = 0.0
-    return symbols
-
-
-def _prefix_of(name: str) -> str:
-    return re.sub(r"[^A-Z0-9_]", "_", name.upper())
 
 
 @dataclass(frozen=True)
@@ -192,7 +77,7 @@ class DnsblOptions(CheckOptions):
     def resolve(self, error):
         seen = {}
         for name, item in self.subsections.items():
-            prefix = item.prefix or _prefix_of(name)
+            prefix = item.symbol_prefix
             if prefix in seen:
                 raise error(None, f"lists {seen[prefix]} and {name} both make "
                             f"symbols {prefix}_*: give one a prefix")
@@ -201,23 +86,11 @@ class DnsblOptions(CheckOptions):
 
 
 @dataclass(frozen=True)
-class _List:
-    name: str
-    zone: str
-    kind: str
-    prefix: str
-    codes: tuple
-    errors: Networks
-    reject: tuple
-    ipv6: bool
-    targets: frozenset
-
-
-@dataclass(frozen=True)
 class _Ask:
     """One thing to look up in one list."""
 
-    dnsbl: _List
+    section: DnsblSection
+    dnslist: DnsList
     subject: str        # what is asked about: "client [1.2.3.4]", "HELO name x.example"
     query: str          # the DNS name
 
@@ -226,25 +99,23 @@ class DnsblCheck(Check):
     name = "dnsbl"
     replayable = True              # pure but for its lookups (see checks/__init__)
     Options = DnsblOptions
-    Item = ListOptions
+    Item = DnsblSection
     requires = ("iplist",)
     skip_for = frozenset({"allowlisted", "authenticated"})
 
     @classmethod
     def symbols_for(cls, options) -> dict:
         symbols = cls.all_symbols()
-        for name, item in options.subsections.items():
-            symbols.update(list_symbols(name, item))
+        for item in options.subsections.values():
+            symbols.update(item.dnslist.symbols())
         return symbols
 
     def __init__(self, options, services):
         super().__init__(options, services)
-        self.lists = tuple(
-            _List(name, item.zone, item.kind, item.prefix or _prefix_of(name), item.codes,
-                  item.errors, item.reject, item.ipv6, item.targets)
-            for name, item in options.subsections.items() if item.enabled)
-        self.ip_lists = tuple(x for x in self.lists if x.kind == "ip")
-        self.domain_lists = tuple(x for x in self.lists if x.kind == "domain")
+        lists = tuple((item, item.dnslist) for item in options.subsections.values()
+                      if item.enabled)
+        self.ip_lists = tuple(x for x in lists if x[0].kind == "ip")
+        self.domain_lists = tuple(x for x in lists if x[0].kind == "domain")
 
     # -- stages -------------------------------------------------------------
 
@@ -273,8 +144,8 @@ class DnsblCheck(Check):
         if ip is None:
             return []
         reverse = reverse_name(ip)
-        return [_Ask(x, f"client [{ip}]", f"{reverse}.{x.zone}")
-                for x in self.ip_lists if ip.version == 4 or x.ipv6]
+        return [_Ask(item, dl, f"client [{ip}]", f"{reverse}.{dl.zone}")
+                for item, dl in self.ip_lists if ip.version == 4 or item.ipv6]
 
     def _names(self, ctx, target: str) -> list:
         if target == "helo":
@@ -296,13 +167,13 @@ class DnsblCheck(Check):
                 registered = registered_domain(name)
                 if registered and registered != name:
                     queries.append(registered)
-                for x in self.domain_lists:
-                    if target not in x.targets:
+                for item, dl in self.domain_lists:
+                    if target not in item.targets:
                         continue
                     for q in queries:
-                        if (x.name, q) not in seen:
-                            seen.add((x.name, q))
-                            asks.append(_Ask(x, f"{label} {q}", f"{q}.{x.zone}"))
+                        if (dl.name, q) not in seen:
+                            seen.add((dl.name, q))
+                            asks.append(_Ask(item, dl, f"{label} {q}", f"{q}.{dl.zone}"))
         return asks
 
     # -- asking and reading -------------------------------------------------
@@ -313,62 +184,44 @@ class DnsblCheck(Check):
         queries = []
         for ask in asks:
             queries.append((ask.query, "A"))
-            if ask.dnsbl.reject:
+            if ask.dnslist.reject:
                 queries.append((ask.query, "TXT"))    # same round trip, for the reply text
         answers = iter(ctx.dns.query_many(queries))
         out = []
         for ask in asks:
             a = next(answers)
-            txt = next(answers) if ask.dnsbl.reject else None
-            out.extend(self._read(ctx, ask, a, txt))
+            txt = next(answers) if ask.dnslist.reject else None
+            out.extend(self._report(ctx, ask, a, txt))
         return out
 
-    def _read(self, ctx, ask: _Ask, a, txt) -> list:
-        x = ask.dnsbl
-        if a.temporary:
-            return [self.result("temperror", f"{x.prefix}_FAIL",
-                                f"{x.zone}: {ask.subject}: {a.status.value}")]
-        if not a.ok:
-            return []
-        codes, bad = [], []
-        for record in a.records:
-            try:
-                code = ipaddress.IPv4Address(record)
-            except ValueError:
-                bad.append(str(record))
-                continue
-            if code not in LOOPBACK or code in x.errors:
-                bad.append(str(code))
-            else:
-                codes.append(code)
-        if bad:
-            ctx.log.warning("dnsbl %s refused or broke the query for %s: %s (a 'blocked' "
-                            "code: this resolver may not use the list)", x.zone, ask.subject,
-                            ", ".join(bad))
-            return [self.result("permerror", f"{x.prefix}_BLOCKED",
-                                f"{x.zone}: {ask.subject}: answer {', '.join(bad)} "
-                                "is an error code, not a listing")]
-        symbols = {}
-        for code in sorted(codes):           # servers vary the RRset's order; results must not
-            suffixes = [c.suffix for c in x.codes if code in c] or ["LISTED"]
-            for suffix in suffixes:
-                symbols.setdefault(f"{x.prefix}_{suffix}", []).append(str(code))
+    def _report(self, ctx, ask: _Ask, a, txt) -> list:
+        dl = ask.dnslist
+        reading = read(dl, a)
+        problem = reading.problem
+        if problem is not None:
+            result, which, text = problem
+            if which == "blocked":
+                log_blocked(ctx.log, self.name, dl, ask.subject, text)
+                return [self.result(result, dl.blocked_symbol,
+                                    f"{dl.zone}: {ask.subject}: {text}: an error, "
+                                    "not a listing")]
+            return [self.result(result, dl.fail_symbol, f"{dl.zone}: {ask.subject}: {text}")]
         reason_text = ""
         if txt is not None and txt.ok and txt.records:
             reason_text = " ".join(str(r) for r in txt.records)
         out = []
-        for symbol, found in symbols.items():
+        for symbol, found in reading.listed.items():
             reply = None
-            if "*" in x.reject or symbol in x.reject:
+            if dl.rejects(symbol):
                 reply = Reply("reject", 554, "5.7.1", _reply_text(ask, reason_text))
             out.append(self.result("fail", symbol,
-                                   f"{ask.subject} listed in {x.zone} ({', '.join(found)})",
+                                   f"{ask.subject} listed in {dl.zone} ({', '.join(found)})",
                                    reply=reply))
         return out
 
 
 def _reply_text(ask: _Ask, reason: str) -> str:
-    text = f"Service unavailable; {ask.subject} blocked using {ask.dnsbl.zone}"
+    text = f"Service unavailable; {ask.subject} blocked using {ask.dnslist.zone}"
     if reason:
         reason = "".join(ch if 0x20 <= ord(ch) < 0x7f else " " for ch in reason).strip()
         if len(reason) > 200:
@@ -381,10 +234,8 @@ def _verified_ptr(ctx) -> str:
     iprev = ctx.results_of("iprev")
     if iprev:
         for r in iprev:
-            if r.result == "pass":
-                for prop in r.properties:
-                    if len(prop) > 2 and prop[2]:
-                        return normalize(prop[2])
+            if r.verified_name:
+                return normalize(r.verified_name)
         return ""
     name = ctx.conn.client_name
     if not name or name.lower() == "unknown" or name.startswith("["):

@@ -176,9 +176,7 @@ class LimitsCheck(Check):
         conn = ctx.conn
         if conn.authenticated:
             return sender_key(sender, user=conn.auth_user)
-        spf_pass = any(r.result == "pass" and
-                       any(p[0] == "smtp.mailfrom" and str(p[1]).lower() == sender
-                           for p in r.properties)
+        spf_pass = any(r.result == "pass" and r.mailfrom and r.mailfrom.lower() == sender
                        for r in ctx.results_of("spf"))
         if spf_pass:
             return sender_key(sender, spf_pass=True)

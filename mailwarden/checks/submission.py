@@ -108,7 +108,7 @@ class SubmissionCheck(Check):
                                     f"{conn.auth_user}", ctx)
             return None
         local = self.services.config.relay.local
-        if not local or ctx.engine.trust(conn) != "other" or not msg.mail_from:
+        if not local or ctx.trust != "other" or not msg.mail_from:
             return None
         parts = split_address(msg.mail_from)
         if parts is not None and parts[1] in local:

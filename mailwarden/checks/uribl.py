@@ -14,13 +14,15 @@ Its answer is read one of two ways:
 * ``match = codes``: each whole answer address means one thing (Spamhaus
   DBL ``127.0.1.2`` spam, ``127.0.1.4`` phish, ...).
 
-``codes`` maps bits or addresses to symbols.  Answers in ``errors`` (a
-resolver refused or blocked, "IP queries prohibited", ...) and answers
-outside 127.0.0.0/8 are never listings: they give the list's ``NAME_FAIL``
-symbol with a ``temperror`` result, like a DNS failure does.  Bits and codes
-not mapped are informational and ignored.  By default a temperror here does
-not tempfail the message (``tempfail_on_error = no``): a list outage should
-not hold mail.
+``codes`` maps bits or addresses to symbols.  Answers are read by
+:mod:`mailwarden.dnslist`, as the dnsbl check reads them: answers in
+``errors`` (a resolver refused or blocked, "IP queries prohibited", ...)
+and answers outside 127.0.0.0/8 are never listings: they give the list's
+``NAME_BLOCKED`` symbol (a ``permerror`` of weight 0) and a log line.  A
+SERVFAIL or timeout gives ``NAME_FAIL``, a ``temperror``; by default it
+does not tempfail the message (``tempfail_on_error = no``): a list outage
+should not hold mail.  Bits and codes not mapped are informational and
+ignored.
 
 Each listing gives a ``fail`` result with the list's symbol; the listed
 domains are in its reason and shown next to the symbol in the status header.
@@ -55,96 +57,27 @@ definitions that a section of that name replaces):
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
-from ..options import ValueProblem, opt, parse_bool, parse_choice, parse_float, parse_int, \
-    parse_list, parse_size
+from ..options import opt, parse_bool, parse_int, parse_list, parse_size
 from ..dns import reverse_name
+from ..dnslist import UrlSection, log_blocked, read
 from ..model import Reply
 from ..urls import Limits, extract, registered_domain
 from . import Check, CheckOptions
 
 log = logging.getLogger("mailwarden")
 
-_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
-
-def _parse_codes(text: str) -> tuple:
-    """'8:SURBL_PH, 127.0.1.2:DBL_SPAM' -> (('8', 'SURBL_PH'), ...)."""
-    codes = []
-    for item in parse_list(text):
-        code, sep, symbol = item.partition(":")
-        symbol = symbol.strip().upper()
-        if not sep or not code or not symbol:
-            raise ValueProblem(f"expected CODE:SYMBOL, got {item!r}")
-        if not symbol.replace("_", "").isalnum() or not symbol[0].isalpha():
-            raise ValueProblem(f"a symbol is letters, digits and '_': {symbol!r}")
-        codes.append((code.strip(), symbol))
-    return tuple(codes)
-
-
-def _parse_errors(text: str) -> tuple:
-    nets = []
-    for item in parse_list(text):
-        try:
-            nets.append(ipaddress.IPv4Network(item, strict=False))
-        except ValueError:
-            raise ValueProblem(f"not an IPv4 address or network: {item!r}") from None
-    return tuple(nets)
-
-
-def _parse_zone(text: str) -> str:
-    zone = text.strip().rstrip(".").lower()
-    if zone and not all(label and len(label) < 64 for label in zone.split(".")):
-        raise ValueProblem(f"not a DNS zone: {text!r}")
-    return zone
-
-
-@dataclass(frozen=True)
-class UrlList:
-    """One ``[check.uribl.NAME]`` section."""
-
-    zone: str = opt("", _parse_zone)
-    match: str = opt("bitmask", parse_choice("bitmask", "codes"))
-    codes: tuple = opt((), _parse_codes)
-    errors: tuple = opt((), _parse_errors)
-    ip: bool = opt(False, parse_bool)
-    reject: bool = opt(False, parse_bool)
-    # also query names one label below the registered domain (not www.)
-    subdomains: bool = opt(True, parse_bool)
-    score: float = opt(5.0, parse_float())
-    # filled by resolve(): bit or address -> symbol
-    table: Mapping = dataclasses.field(default_factory=lambda: MappingProxyType({}))
-
-    def resolve(self, error):
-        if not self.zone:
-            raise error("zone", "missing: the list's DNS zone")
-        if not self.codes:
-            raise error("codes", "missing: BIT:SYMBOL or ADDRESS:SYMBOL pairs")
-        table = {}
-        for code, symbol in self.codes:
-            if self.match == "bitmask":
-                if not code.isdigit() or int(code) not in (1, 2, 4, 8, 16, 32, 64, 128):
-                    raise error("codes", f"a bitmask code is one bit (1, 2, 4 ... 128), got {code!r}")
-                table[int(code)] = symbol
-            else:
-                try:
-                    table[str(ipaddress.IPv4Address(code))] = symbol
-                except ValueError:
-                    raise error("codes", f"not an IPv4 answer address: {code!r}") from None
-        return dataclasses.replace(self, table=MappingProxyType(table))
-
-
-def _builtin(**values) -> UrlList:
+def _builtin(name: str, **values) -> UrlSection:
     def error(key, message):
         raise AssertionError(f"built-in list: {key}: {message}")
-    fields = {f.name: f for f in dataclasses.fields(UrlList)}
+    fields = {f.name: f for f in dataclasses.fields(UrlSection)}
     parsed = {k: fields[k].metadata["parse"](v) for k, v in values.items()}
-    return UrlList(**parsed).resolve(error)
+    return UrlSection(name=name, **parsed).resolve(error)
 
 
 # The lists' documented return codes.  SURBL: bits 8 PH, 16 MW, 64 ABUSE,
@@ -155,13 +88,13 @@ def _builtin(**values) -> UrlList:
 # 127.255.255.252/254/255 (typo, public resolver, excessive queries) are
 # errors.
 BUILTIN_LISTS = MappingProxyType({
-    "surbl": _builtin(zone="multi.surbl.org", match="bitmask", ip="yes",
+    "surbl": _builtin("surbl", zone="multi.surbl.org", match="bitmask", ip="yes",
                       codes="8:SURBL_PH, 16:SURBL_MW, 64:SURBL_ABUSE, 128:SURBL_CR",
                       errors="127.0.0.1"),
-    "uribl": _builtin(zone="multi.uribl.com", match="bitmask",
+    "uribl": _builtin("uribl", zone="multi.uribl.com", match="bitmask",
                       codes="2:URIBL_BLACK, 4:URIBL_GREY, 8:URIBL_RED",
                       errors="127.0.0.1, 127.0.0.255"),
-    "dbl": _builtin(zone="dbl.spamhaus.org", match="codes",
+    "dbl": _builtin("dbl", zone="dbl.spamhaus.org", match="codes",
                     codes="127.0.1.2:DBL_SPAM, 127.0.1.4:DBL_PHISH, 127.0.1.5:DBL_MALWARE, "
                           "127.0.1.6:DBL_BOTNET, 127.0.1.102:DBL_ABUSED_SPAM, "
                           "127.0.1.103:DBL_ABUSED_REDIRECTOR, 127.0.1.104:DBL_ABUSED_PHISH, "
@@ -196,7 +129,7 @@ class UriblOptions(CheckOptions):
     max_parts: int = opt(200, parse_int(1, 100000))
     max_bytes: int = opt(2 * 1024 * 1024, parse_size)
     max_urls: int = opt(1000, parse_int(1, 1000000))
-    # filled by resolve(): list name -> UrlList, in the order of ``lists``
+    # filled by resolve(): list name -> UrlSection, in the order of ``lists``
     active: Mapping = dataclasses.field(default_factory=lambda: MappingProxyType({}))
 
     def resolve(self, error):
@@ -218,15 +151,11 @@ class UriblOptions(CheckOptions):
                       max_domains=self.max_domains + len(self.skip_domains))
 
 
-def _fail_symbol(name: str) -> str:
-    return f"{name.upper().replace('-', '_')}_FAIL"
-
-
 class UriblCheck(Check):
     name = "uribl"
     replayable = True              # pure but for its lookups (see checks/__init__)
     Options = UriblOptions
-    Item = UrlList
+    Item = UrlSection
     skip_for = frozenset({"allowlisted", "trusted"})
     symbols = {
         "SURBL_PH": 5.5, "SURBL_MW": 5.5, "SURBL_ABUSE": 5.0, "SURBL_CR": 3.0,
@@ -235,16 +164,20 @@ class UriblCheck(Check):
         "DBL_SPAM": 5.0, "DBL_PHISH": 6.0, "DBL_MALWARE": 6.0, "DBL_BOTNET": 6.0,
         "DBL_ABUSED_SPAM": 2.5, "DBL_ABUSED_REDIRECTOR": 2.5, "DBL_ABUSED_PHISH": 3.5,
         "DBL_ABUSED_MALWARE": 3.5, "DBL_ABUSED_BOTNET": 3.5, "DBL_FAIL": 0.0,
+        "SURBL_BLOCKED": 0.0, "URIBL_BLOCKED": 0.0, "DBL_BLOCKED": 0.0,
     }
 
     @classmethod
     def symbols_for(cls, options) -> dict:
         symbols = cls.all_symbols()
-        for name, definition in {**options.subsections, **options.active}.items():
-            for symbol in definition.table.values():
-                symbols.setdefault(symbol, definition.score)
-            symbols.setdefault(_fail_symbol(name), 0.0)
+        for section in {**options.subsections, **options.active}.values():
+            for symbol, weight in section.dnslist.symbols().items():
+                symbols.setdefault(symbol, weight)
         return symbols
+
+    def __init__(self, options, services):
+        super().__init__(options, services)
+        self.lists = {name: section.dnslist for name, section in options.active.items()}
 
     def on_eom(self, ctx):
         found = extract(ctx.msg.as_buffer(), self.options.limits)
@@ -276,35 +209,36 @@ class UriblCheck(Check):
             return None
         answers = ctx.dns.query_many([(q, "A") for _, _, q in queries])
         listed: dict = {}                # (list, symbol) -> [targets]
-        failed: dict = {}                # list -> [descriptions]
+        problems: dict = {}              # (list, "fail" or "blocked") -> (result, [texts])
         for (name, target, qname), answer in zip(queries, answers):
-            definition = self.options.active[name]
-            if answer.temporary:
-                failed.setdefault(name, []).append(f"{qname}: {answer.status.value}")
+            dl = self.lists[name]
+            reading = read(dl, answer)
+            problem = reading.problem
+            if problem is not None:
+                result, which, text = problem
+                if which == "blocked":
+                    log_blocked(ctx.log, self.name, dl, target, text)
+                problems.setdefault((name, which), (result, []))[1].append(f"{qname}: {text}")
                 continue
-            if not answer.ok:
-                continue                 # NXDOMAIN, NODATA: not listed
-            for symbol, problem in _read(definition, answer.records):
-                if problem:
-                    failed.setdefault(name, []).append(f"{qname}: {problem}")
-                else:
-                    listed.setdefault((name, symbol), []).append(target)
+            for symbol in reading.listed:
+                listed.setdefault((name, symbol), []).append(target)
         results = []
         for (name, symbol), hits in listed.items():
-            definition = self.options.active[name]
+            dl = self.lists[name]
             hits = list(dict.fromkeys(hits))
-            reason = f"{', '.join(hits)} listed in {definition.zone}"
+            reason = f"{', '.join(hits)} listed in {dl.zone}"
             reply = None
-            if definition.reject:
+            if dl.rejects(symbol):
                 reply = Reply("reject", 550, "5.7.1",
-                              f"Message contains a link to {hits[0]}, listed in {definition.zone}")
+                              f"Message contains a link to {hits[0]}, listed in {dl.zone}")
             results.append(self.result("fail", symbol, reason, reply=reply,
                                        options=tuple(hits)))
-        for name, problems in failed.items():
-            results.append(self.result("temperror", _fail_symbol(name),
-                                       f"{self.options.active[name].zone}: {problems[0]}"
-                                       + (f" (and {len(problems) - 1} more)"
-                                          if len(problems) > 1 else "")))
+        for (name, which), (result, texts) in problems.items():
+            dl = self.lists[name]
+            symbol = dl.blocked_symbol if which == "blocked" else dl.fail_symbol
+            results.append(self.result(result, symbol, f"{dl.zone}: {texts[0]}"
+                                       + (f" (and {len(texts) - 1} more)"
+                                          if len(texts) > 1 else "")))
         return results
 
 
@@ -322,32 +256,6 @@ def _subdomains(hosts, domains: set) -> list:
             continue
         out.setdefault(f"{label}.{reg}", None)
     return list(out)
-
-
-def _read(definition: UrlList, records) -> list:
-    """(symbol, '') per listing and ('', problem) per error in one answer."""
-    out = []
-    for record in records:
-        try:
-            address = ipaddress.IPv4Address(record)
-        except ValueError:
-            out.append(("", f"answer {record!r} is not an IPv4 address"))
-            continue
-        if address not in _LOOPBACK:
-            out.append(("", f"answer {address} outside 127.0.0.0/8"))
-            continue
-        if any(address in net for net in definition.errors):
-            out.append(("", f"error code {address}"))
-            continue
-        if definition.match == "codes":
-            symbol = definition.table.get(str(address))
-            if symbol:
-                out.append((symbol, ""))
-            continue
-        if str(address).startswith("127.0.0."):
-            last = int(address) & 0xFF
-            out.extend((symbol, "") for bit, symbol in definition.table.items() if last & bit)
-    return out
 
 
 CHECKS = (UriblCheck,)

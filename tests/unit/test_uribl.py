@@ -104,17 +104,19 @@ def test_clean_domains_are_not_listed():
     assert not [s for s, _ in verdict.symbols if s.startswith(("SURBL", "URIBL", "DBL"))]
 
 
-@pytest.mark.parametrize("host, symbol, words", [
-    ("blocked.surbl-refused.test", "SURBL_FAIL", "error code 127.0.0.1"),
-    ("refused.uribl-refused.test", "URIBL_FAIL", "error code 127.0.0.1"),
-    ("dbl-ipquery.test", "DBL_FAIL", "error code 127.0.1.255"),
-    ("dbl-publicresolver.test", "DBL_FAIL", "error code 127.255.255.254"),
-    ("dbl-wildcard.test", "DBL_FAIL", "outside 127.0.0.0/8"),
-    ("slow.surbl-timeout.test", "SURBL_FAIL", "timeout"),
+@pytest.mark.parametrize("host, symbol, result, words", [
+    # a refused query is an error of weight 0, never a listing, never a
+    # temporary failure (as the dnsbl check reads the same codes)
+    ("blocked.surbl-refused.test", "SURBL_BLOCKED", "permerror", "error code 127.0.0.1"),
+    ("refused.uribl-refused.test", "URIBL_BLOCKED", "permerror", "error code 127.0.0.1"),
+    ("dbl-ipquery.test", "DBL_BLOCKED", "permerror", "error code 127.0.1.255"),
+    ("dbl-publicresolver.test", "DBL_BLOCKED", "permerror", "error code 127.255.255.254"),
+    ("dbl-wildcard.test", "DBL_BLOCKED", "permerror", "outside 127.0.0.0/8"),
+    ("slow.surbl-timeout.test", "SURBL_FAIL", "temperror", "timeout"),
 ])
-def test_refusals_errors_and_timeouts_are_not_listings(host, symbol, words):
+def test_refusals_errors_and_timeouts_are_not_listings(host, symbol, result, words):
     verdict, results, _ = scan(f'<a href="http://{host}/">x</a>')
-    assert [(r.symbol, r.result) for r in results] == [(symbol, "temperror")]
+    assert [(r.symbol, r.result) for r in results] == [(symbol, result)]
     assert words in results[0].reason
     assert results[0].tempfail is False            # a list outage does not hold mail
     assert verdict.action == "accept"
