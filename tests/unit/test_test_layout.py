@@ -2,7 +2,8 @@
 several test modules is defined once, in a ``conftest.py``; the real parts on
 loopback (Postfix, unbound, Redis, the sink, the load client) are one package,
 ``tests.harness``, that the e2e tests and ``bench/`` import alike, and nothing
-reaches into ``tests/e2e`` for them."""
+reaches into ``tests/e2e`` for them; the spf, dkim and dmarc checks have
+unit test files named after them, sharing ``tests/unit/authcase.py``."""
 
 from __future__ import annotations
 
@@ -99,3 +100,19 @@ def test_the_import_reader_resolves_relative_imports():
     found = _imports(probe, source)
     assert {"tests.e2e.harness", "tests.e2e.harness.smtp_send", "tests.harness",
             "os"} <= found
+
+
+def test_the_auth_checks_have_test_files_named_after_them():
+    unit = TESTS / "unit"
+    assert not (unit / "test_checks_auth.py").exists()
+    for module in ("spf", "dkim", "dmarc"):
+        assert (ROOT / "mailwarden" / "checks" / f"{module}.py").is_file()
+        assert (unit / f"test_{module}.py").is_file(), module
+
+
+def test_the_auth_tests_share_authcase_not_a_test_module():
+    for name in ("test_spf.py", "test_dkim.py", "test_dmarc.py", "test_authresults.py",
+                 "test_orgdomain.py"):
+        imported = _imports(TESTS / "unit" / name)
+        assert "tests.unit.authcase" in imported, name
+        assert not any(m.startswith("tests.unit.test_checks_auth") for m in imported), name
