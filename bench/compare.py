@@ -52,7 +52,7 @@ import dns.message                                       # noqa: E402
 import dns.query                                         # noqa: E402
 
 from mailwarden.genkey import make_key, zone_line        # noqa: E402
-from tests.e2e.harness import (                          # noqa: E402
+from tests.harness import (                          # noqa: E402
     DnsServer, HarnessError, Mailwarden, Postfix, free_port, wait_until,
 )
 from throughput import SmtpSink, parse_set, process_usage, sbin     # noqa: E402

@@ -3,7 +3,7 @@
 
 Postfix (``milter_default_action = tempfail``) on loopback relays to an
 in-process sink that keeps every message; DNS is a local unbound with the
-test zones; the client is ``tests/e2e/loadclient.py`` (unique Message-IDs,
+test zones; the client is ``tests/harness/loadclient.py`` (unique Message-IDs,
 bounded retries on 4xx).  ``tests/e2e/test_faults.py`` runs the same
 scenarios smaller.
 
@@ -43,10 +43,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.harness import (  # noqa: E402
+from tests.harness import (  # noqa: E402
     DnsServer, HarnessError, Mailwarden, Postfix, Sink, wait_until,
 )
-from tests.e2e.loadclient import (  # noqa: E402
+from tests.harness.loadclient import (  # noqa: E402
     HeldSessions, count_at_sink, proc_status, run_load,
 )
 

@@ -35,7 +35,7 @@ from mailwarden.engine import Engine                       # noqa: E402
 from mailwarden.genkey import make_key, zone_line          # noqa: E402
 from mailwarden.mime import split_message                  # noqa: E402
 from mailwarden.model import Connection, parse_client_address   # noqa: E402
-from tests.e2e.harness import DnsServer                    # noqa: E402
+from tests.harness import DnsServer                    # noqa: E402
 from tests.udpserver import UdpServer, forward            # noqa: E402
 
 # Lookups that must follow one another, per stage, for the bench's message:

@@ -31,7 +31,7 @@ from compare import (  # noqa: E402
     DOMAIN, HELO, RCPT, SELECTOR, SENDER, BenchDns, MailwardenDaemon, make_signed_message,
 )
 from mailwarden.genkey import make_key, zone_line          # noqa: E402
-from tests.e2e.harness import (                                     # noqa: E402
+from tests.harness import (                                     # noqa: E402
     HarnessError, Postfix, Sink, read_smtp_reply, smtp_send, wait_until,
 )
 

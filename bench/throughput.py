@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.harness import (  # noqa: E402
+from tests.harness import (  # noqa: E402
     DnsServer, HarnessError, Mailwarden, Postfix, free_port, wait_until,
 )
 

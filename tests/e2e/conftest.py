@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import DnsServer, Mailwarden, Postfix, Sink, binaries_missing
+from tests.harness import DnsServer, Mailwarden, Postfix, Sink, binaries_missing
 
 HERE = Path(__file__).resolve().parent
 

@@ -16,7 +16,7 @@ import pytest
 
 from mailwarden.cli import main
 
-from .harness import BlackholeDns
+from tests.harness import BlackholeDns
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ZONE_FILE = DATA / "zones" / "audit_domains.zone"

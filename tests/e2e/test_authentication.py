@@ -17,7 +17,7 @@ import pytest
 from tests import dkimkeys
 from tests.udpserver import UdpServer, forward
 
-from .harness import AUTHSERV_ID, make_message, smtp_send, wait_until
+from tests.harness import AUTHSERV_ID, make_message, smtp_send, wait_until
 
 RELAY = {"ADDR": "198.51.100.141", "NAME": "relay.mw-auth.example",
          "HELO": "relay.mw-auth.example"}

@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from .harness import make_message, smtp_send, wait_until
+from tests.harness import make_message, smtp_send, wait_until
 
 SENDER = "alice@sender.example"
 RCPT = "bob@rcpt.example"

@@ -20,8 +20,8 @@ import xmlschema
 
 from tests.redisserver import RedisServer, redis_binary
 
-from .harness import (MAILWARDEN_BIN, ROOT, Mailwarden, Postfix, make_message, smtp_send,
-                      wait_until)
+from tests.harness import (MAILWARDEN_BIN, ROOT, Mailwarden, Postfix, make_message, smtp_send,
+                           wait_until)
 
 SCHEMA = xmlschema.XMLSchema(str(ROOT / "tests" / "data" / "dmarc" / "rfc7489.xsd"))
 NS = {"d": "http://dmarc.org/dmarc-xml/0.1"}

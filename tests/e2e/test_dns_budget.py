@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from tests.unit.test_dns_budget import forged, hostile_zone
 
-from .harness import smtp_send
+from tests.harness import smtp_send
 
 STRANGER = {"ADDR": "198.51.100.142", "NAME": "[UNAVAILABLE]", "HELO": "mail.budget-evil.example"}
 

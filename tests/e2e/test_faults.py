@@ -25,10 +25,9 @@ import time
 
 import pytest
 
+from tests.harness import HarnessError, Postfix, make_message, smtp_send, wait_until
+from tests.harness.loadclient import HeldSessions, SmtpSession, count_at_sink, proc_status, run_load
 from tests.redisserver import RedisServer, redis_binary
-
-from .harness import HarnessError, Postfix, make_message, smtp_send, wait_until
-from .loadclient import HeldSessions, SmtpSession, count_at_sink, proc_status, run_load
 
 
 def _milter_log_clean(mw) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.hostile import FORGED_RESULTS
 
-from .harness import AUTHSERV_ID, make_message, smtp_send
+from tests.harness import AUTHSERV_ID, make_message, smtp_send
 
 CLIENT = {"ADDR": "198.51.100.143", "NAME": "[UNAVAILABLE]", "HELO": "mail.mw-hostile.example"}
 DOMAIN = "mw-hostile.example"

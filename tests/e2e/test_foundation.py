@@ -12,8 +12,8 @@ import re
 
 import pytest
 
-from .harness import (AUTHSERV_ID, BlackholeDns, free_port, make_message, smtp_send,
-                      wait_until)
+from tests.harness import (AUTHSERV_ID, BlackholeDns, free_port, make_message, smtp_send,
+                           wait_until)
 
 SENDER = "alice@sender.example"
 RCPT = "bob@rcpt.example"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from .harness import make_message, smtp_send
+from tests.harness import make_message, smtp_send
 
 ZONE = """
 bank.example.          TXT "v=spf1 ip4:203.0.113.0/24 -all"

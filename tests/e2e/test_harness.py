@@ -7,7 +7,8 @@ import socket
 import dns.rcode
 import pytest
 
-from .harness import BlackholeDns, DnsServer, Postfix, dot_stuff, make_message, smtp_send, zone_to_local_data
+from tests.harness import (BlackholeDns, DnsServer, Postfix, dot_stuff, make_message, smtp_send,
+                           zone_to_local_data)
 
 
 def test_zone_lines_become_local_data():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import xmlschema
 
-from .harness import MAILWARDEN_BIN, ROOT, free_port, make_message, smtp_send, wait_until
+from tests.harness import MAILWARDEN_BIN, ROOT, free_port, make_message, smtp_send, wait_until
 
 SENDER = "alice@sender.example"
 RCPT = "bob@rcpt.example"

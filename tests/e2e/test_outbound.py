@@ -19,7 +19,7 @@ import dkim
 import pytest
 
 from ..unit.test_address import TRICKS
-from .harness import ROOT, make_message, smtp_send
+from tests.harness import ROOT, make_message, smtp_send
 
 OUTSIDE = {"ADDR": "198.51.100.71", "NAME": "[UNAVAILABLE]", "HELO": "outside.elsewhere.example"}
 

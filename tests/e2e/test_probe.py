@@ -29,7 +29,7 @@ import pytest
 from mailwarden import cli
 from mailwarden.audit import probe
 
-from .harness import Postfix, free_port, wait_until
+from tests.harness import Postfix, free_port, wait_until
 
 HOSTNAME = "mx.test.example"        # the harness Postfix's myhostname
 SOURCE = "127.0.0.2"

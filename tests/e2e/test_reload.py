@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from .harness import free_port, make_message, smtp_send, wait_until
+from tests.harness import free_port, make_message, smtp_send, wait_until
 
 SENDER = "alice@sender.example"
 RCPT = "bob@rcpt.example"

@@ -24,8 +24,8 @@ import subprocess
 
 import pytest
 
-from .harness import (AUTHSERV_ID, MAILWARDEN_BIN, ROOT, make_message, smtp_send,
-                      wait_until)
+from tests.harness import (AUTHSERV_ID, MAILWARDEN_BIN, ROOT, make_message, smtp_send,
+                           wait_until)
 
 SENDER = "alice@sender.example"
 RCPT = "bob@rcpt.example"

@@ -28,7 +28,7 @@ import pytest
 from tests import dkimkeys
 from tests.udpserver import UdpServer, forward
 
-from .harness import AUTHSERV_ID, make_message, smtp_send
+from tests.harness import AUTHSERV_ID, make_message, smtp_send
 
 SLOW_SUFFIXES = (".slow.test.example", ".113.0.203.in-addr.arpa")
 LEGIT = {"ADDR": "198.51.100.141", "NAME": "relay.mw-auth.example",

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from .harness import make_message, smtp_send
+from tests.harness import make_message, smtp_send
 
 SENDER = "alice@sender.example"
 RCPT = "bob@rcpt.example"

@@ -77,7 +77,9 @@ from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from mailwarden.model import RESULTS  # noqa: E402
+from tests import dkimkeys  # noqa: E402
 from tests.hostile import FORGED_RESULTS, HOSTILE_TEXTS  # noqa: E402
+from tests.unit.authcase import ar_header, message, run  # noqa: E402
 from tests.unit import test_properties  # noqa: E402,F401  (loads the hypothesis profile)
 
 # the properties each method writes, as the checks name them
@@ -305,3 +307,49 @@ def test_hostile_texts_through_the_engine_read_back_as_produced(text):
     spf = [r for r in verdict.results if r.check == "spf" and r.properties
            and r.properties[0][0] == "smtp.mailfrom"]
     assert [r.result for r in spf] == ["fail"]
+
+
+# -- Authentication-Results --------------------------------------------------
+
+def test_authentication_results_round_trip(keys):
+    signed = dkimkeys.sign(message("a@mw-reject.example"), keys["ed"], "ed", "mw-reject.example")
+    signed = dkimkeys.sign(signed, keys["rsa"], "rsa", "mw-dkim.example")
+    v = run(zone_extra=keys["zone"], mail_from="x@mw-reject.example", msg=signed,
+            auth_user="carol", tls_version="TLSv1.3")
+    value = ar_header(v)
+    parsed = authres.AuthenticationResultsHeader.parse(
+        "Authentication-Results: " + re.sub(r"\n\t", " ", value))
+    assert parsed.authserv_id == "mx.test.example"
+    methods = [(r.method, r.result) for r in parsed.results]
+    assert ("auth", "pass") in methods
+    assert [m for m in methods if m[0] == "dkim"] == [("dkim", "pass"), ("dkim", "pass")]
+    dkim_props = [{(p.type, p.name): p.value for p in r.properties}
+                  for r in parsed.results if r.method == "dkim"]
+    assert dkim_props[0][("header", "d")] == "mw-dkim.example"
+    assert dkim_props[0][("header", "a")] == "rsa-sha256"
+    assert len(dkim_props[0][("header", "b")]) == 8
+    order = [r.method for r in parsed.results]
+    assert order == sorted(order, key=["iprev", "auth", "spf", "dkim", "dmarc"].index)
+
+
+def test_full_header_round_trip_without_auth():
+    v = run(mail_from="x@mw-reject.example", msg=message("a@mw-reject.example"))
+    value = ar_header(v)
+    parsed = authres.AuthenticationResultsHeader.parse(
+        "Authentication-Results: " + re.sub(r"\n\t", " ", value))
+    got = {(r.method, r.result) for r in parsed.results}
+    assert {("spf", "pass"), ("dkim", "none"), ("dmarc", "pass")} <= got
+    dmarc = next(r for r in parsed.results if r.method == "dmarc")
+    assert {(p.type, p.name): p.value for p in dmarc.properties} == {
+        ("header", "from"): "mw-reject.example", ("policy", "dmarc"): "reject"}
+    spf = [r for r in parsed.results if r.method == "spf"]
+    assert [(p.type, p.name) for r in spf for p in r.properties] == [
+        ("smtp", "mailfrom"), ("smtp", "helo")]
+
+
+def test_forged_authentication_results_removed_others_kept():
+    extra = (b"Authentication-Results: mx.test.example; dkim=pass header.d=mw-reject.example\r\n"
+             b"Authentication-Results: other.example; spf=pass smtp.mailfrom=x@y.example\r\n")
+    v = run(mail_from="x@mw-reject.example", msg=message("a@mw-reject.example", extra=extra))
+    assert [(n, val) for n, val, _ in v.headers_removed] == [
+        ("Authentication-Results", "mx.test.example; dkim=pass header.d=mw-reject.example")]

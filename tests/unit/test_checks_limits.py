@@ -10,7 +10,7 @@ from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.engine import run_offline
 from mailwarden.model import Connection, parse_client_address
 from tests.unit.checkset import Engine, loads
-from tests.redisserver import RedisServer, free_port, redis_binary
+from tests.redisserver import free_port
 
 BASE = "[authserv]\nid = mx.test.example\n[check.iprev]\nenabled = no\n"
 MESSAGE = b"From: a@sender.example\r\nSubject: test\r\n\r\nHello.\r\n"
@@ -277,15 +277,6 @@ def test_store_failure_fails_open(caplog):
     assert any("state store failed, not limiting" in r.getMessage() for r in caplog.records)
     assert any("could not give back the connection slot" in r.getMessage()
                for r in caplog.records)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    if redis_binary() is None:
-        pytest.skip("redis-server is not installed (make test installs Debian's redis-server)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 def test_two_engines_on_one_redis_admit_exactly_the_limit(redis_server):

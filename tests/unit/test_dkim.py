@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from mailwarden.checks import dkim as dkimcheck
 from tests import dkimkeys
-from tests.unit.test_checks_auth import STRANGER, engine_for, message, of, props, run
+from tests.unit.authcase import (DATA, STRANGER, ar_header, engine_for, message, of, props,
+                                 run)
 
 DOMAIN = "mw-dkim.example"
 
@@ -333,7 +334,6 @@ def test_i_is_dkim_quoted_printable(ed, encoded, decoded):
 
 
 def test_a_decoded_identity_that_is_no_plain_address_is_not_shown(ed):
-    from tests.unit.test_checks_auth import ar_header
     import authres
     forged = b"x=22=3B=20dkim=3Dpass=20header.d=3Dpaypal.com=3B=40mw-dkim.example"
     v = run(zone_extra=key_line(ed), msg=signed(ed, (b"i", forged)))
@@ -391,3 +391,181 @@ def test_any_tag_text_gives_a_result_never_a_crash(ed, q, i, s, d, key_tags):
     assert len(results) == 1
     assert results[0].symbol != "DKIM_ERROR" and results[0].result in {
         "pass", "fail", "neutral", "policy", "permerror", "temperror"}, results[0]
+
+
+# -- DKIM --------------------------------------------------------------------
+
+def test_rfc8463_example_both_signatures_pass():
+    raw = (DATA / "dkim" / "rfc8463-a3.eml").read_bytes()
+    verdict = run(msg=raw, mail_from="joe@football.example.com")
+    results = of(verdict, "dkim")
+    assert [(r.result, props(r)["header.a"], props(r)["header.s"]) for r in results] == [
+        ("pass", "ed25519-sha256", "brisbane"), ("pass", "rsa-sha256", "test")]
+    ar = ar_header(verdict)
+    assert "dkim=pass header.d=football.example.com header.i=@football.example.com " \
+           "header.s=brisbane header.a=ed25519-sha256 header.b=\"/gCrinpc\"" in ar
+
+
+def test_rfc8463_example_fails_after_one_body_byte_changes():
+    raw = (DATA / "dkim" / "rfc8463-a3.eml").read_bytes()
+    changed = raw.replace(b"We lost the game.", b"We lost the gamE.")
+    assert len(changed) == len(raw) and changed != raw
+    results = of(run(msg=changed, mail_from="joe@football.example.com"), "dkim")
+    assert [(r.result, r.symbol) for r in results] == [("fail", "DKIM_BODY_MISMATCH")] * 2
+
+
+@pytest.mark.parametrize("which,selector", [("rsa", "rsa"), ("ed", "ed")])
+def test_dkim_fresh_keys_pass_then_fail_after_relay_changes(keys, which, selector):
+    signed = dkimkeys.sign(message(), keys[which], selector, "mw-dkim.example")
+    (ok,) = of(run(zone_extra=keys["zone"], msg=signed), "dkim")
+    assert (ok.result, ok.symbol) == ("pass", "DKIM_PASS")
+    rewritten = signed.replace(b"Subject: test", b"Subject: [list] test")
+    (bad,) = of(run(zone_extra=keys["zone"], msg=rewritten), "dkim")
+    assert (bad.result, bad.symbol) == ("fail", "DKIM_FAIL")
+    appended = signed + b"-- \r\nA mailing list footer\r\n"
+    (bad,) = of(run(zone_extra=keys["zone"], msg=appended), "dkim")
+    assert (bad.result, bad.symbol) == ("fail", "DKIM_BODY_MISMATCH")
+
+
+@pytest.mark.parametrize("which,selector", [("rsa", "rsa"), ("ed", "ed")])
+def test_dkim_a_from_added_above_the_signed_one_breaks_the_signature(keys, which, selector):
+    """RFC 6376 §8.15: a verifier asks for one From more than was signed."""
+    signed = dkimkeys.sign(message(), keys[which], selector, "mw-dkim.example")
+    forged = b"From: <boss@mw-dkim.example>\r\n" + signed
+    (bad,) = of(run(zone_extra=keys["zone"], msg=forged), "dkim")
+    assert (bad.result, bad.symbol) == ("fail", "DKIM_FAIL")
+
+
+def test_dkim_a_damaged_rsa_signature_fails(keys):
+    signed = dkimkeys.sign(message(), keys["rsa"], "rsa", "mw-dkim.example")
+    head, _, rest = signed.partition(b" b=")
+    damaged = head + b" b=" + (b"A" if rest[:1] != b"A" else b"B") + rest[1:]
+    (bad,) = of(run(zone_extra=keys["zone"], msg=damaged), "dkim")
+    assert (bad.result, bad.symbol) == ("fail", "DKIM_FAIL")
+    unreadable = head + b" b=!!" + rest[2:]
+    (bad,) = of(run(zone_extra=keys["zone"], msg=unreadable), "dkim")
+    assert (bad.result, bad.symbol) == ("neutral", "DKIM_INVALID")
+
+
+def test_dkim_body_length_tag_covers_only_what_was_signed(keys):
+    import dkim
+    msg = message()
+    signature = dkim.sign(msg, b"rsa", b"mw-dkim.example", keys["rsa"].private,
+                          include_headers=list(dkimkeys.SIGNED_HEADERS), length=True,
+                          canonicalize=(b"relaxed", b"relaxed"))
+    appended = signature + msg + b"-- \r\nA mailing list footer\r\n"
+    (ok,) = of(run(zone_extra=keys["zone"], msg=appended), "dkim")
+    assert (ok.result, ok.symbol) == ("pass", "DKIM_PASS")
+
+
+def test_dkim_folding_whitespace_is_verified_as_received(keys):
+    """simple header canonicalization: a re-folded header would break it."""
+    msg = message(extra=b"X-Long: one\r\n\ttwo  three\r\n")
+    signed = dkimkeys.sign(msg, keys["ed"], "ed", "mw-dkim.example",
+                           headers=dkimkeys.SIGNED_HEADERS + [b"x-long"],
+                           canonicalize=(b"simple", b"simple"))
+    (ok,) = of(run(zone_extra=keys["zone"], msg=signed), "dkim")
+    assert ok.result == "pass"
+
+
+def _with_selector(keys, selector, domain="mw-dkim.example"):
+    return dkimkeys.sign(message(), keys["ed"], selector, domain)
+
+
+@pytest.mark.parametrize("selector,result,symbol", [
+    ("nokey", "permerror", "DKIM_NO_KEY"),
+    ("revoked", "fail", "DKIM_KEY_REVOKED"),
+    ("broken", "permerror", "DKIM_KEY_INVALID"),
+    ("slow", "temperror", "DKIM_TEMPERROR"),
+])
+def test_dkim_key_problems(keys, selector, result, symbol):
+    (r,) = of(run("[policy]\ntemperror_action = accept\n", zone_extra=keys["zone"],
+                  msg=_with_selector(keys, selector)), "dkim")
+    assert (r.result, r.symbol) == (result, symbol)
+    assert props(r)["header.s"] == selector
+
+
+def test_dkim_key_type_must_match_the_algorithm(keys):
+    # an Ed25519 signature pointing at the RSA key's selector
+    (r,) = of(run(zone_extra=keys["zone"], msg=_with_selector(keys, "rsa")), "dkim")
+    assert (r.result, r.symbol) == ("permerror", "DKIM_KEY_INVALID")
+
+
+def test_dkim_short_key_is_policy(keys):
+    signed = dkimkeys.sign(message(), keys["rsa1024"], "short", "mw-dkim.example")
+    (r,) = of(run("[check.dkim]\nmin_key_bits = 2048\n", zone_extra=keys["zone"],
+                  msg=signed), "dkim")
+    assert (r.result, r.symbol) == ("policy", "DKIM_KEY_TOO_SHORT")
+    (r,) = of(run(zone_extra=keys["zone"], msg=signed), "dkim")
+    assert r.result == "pass"
+
+
+@pytest.mark.parametrize("setting,result,symbol", [
+    ("fail", "fail", "DKIM_SHA1"), ("policy", "policy", "DKIM_SHA1"), ("pass", "pass", "DKIM_PASS"),
+])
+def test_dkim_rsa_sha1_as_configured(keys, setting, result, symbol):
+    signed = dkimkeys.sign(message(), keys["rsa"], "rsa", "mw-dkim.example",
+                           algorithm=b"rsa-sha1")
+    (r,) = of(run(f"[check.dkim]\nrsa_sha1 = {setting}\n", zone_extra=keys["zone"],
+                  msg=signed), "dkim")
+    assert (r.result, r.symbol) == (result, symbol)
+
+
+def test_dkim_expired_signature_is_neutral(keys):
+    signed = _with_selector(keys, "ed")
+    expired = signed.replace(b"DKIM-Signature: v=1;", b"DKIM-Signature: v=1; x=1000;", 1)
+    (r,) = of(run(zone_extra=keys["zone"], msg=expired), "dkim")
+    assert (r.result, r.symbol) == ("neutral", "DKIM_EXPIRED")
+
+
+def test_dkim_signature_without_from_is_neutral(keys):
+    signed = dkimkeys.sign(message(), keys["ed"], "ed", "mw-dkim.example",
+                           headers=[b"from", b"subject"])
+    unsigned_from = signed.replace(b"h=from : subject", b"h=subject", 1)
+    assert unsigned_from != signed
+    (r,) = of(run(zone_extra=keys["zone"], msg=unsigned_from), "dkim")
+    assert (r.result, r.symbol) == ("neutral", "DKIM_INVALID")
+
+
+def test_dkim_syntax_error_is_neutral():
+    msg = b"DKIM-Signature: v=1; a=rsa-sha256; d=x.example\r\n" + message()
+    (r,) = of(run(msg=msg), "dkim")
+    assert (r.result, r.symbol) == ("neutral", "DKIM_INVALID")
+
+
+def test_dkim_unsigned_message_is_none():
+    (r,) = of(run(), "dkim")
+    assert (r.result, r.symbol) == ("none", "DKIM_NONE")
+
+
+def test_dkim_checks_every_signature_up_to_the_maximum(keys):
+    twice = dkimkeys.sign(_with_selector(keys, "ed"), keys["rsa"], "rsa", "mw-dkim.example")
+    assert [r.result for r in of(run(zone_extra=keys["zone"], msg=twice), "dkim")] == \
+        ["pass", "pass"]
+    assert len(of(run("[check.dkim]\nmax_signatures = 1\n", zone_extra=keys["zone"],
+                      msg=twice), "dkim")) == 1
+
+
+@pytest.mark.parametrize("relaxed", [True, False])
+def test_dkim_body_hash_in_chunks_is_byte_for_byte_dkimpys(relaxed):
+    import hashlib
+    import random
+    import re
+    from dkim.canonicalization import Relaxed, Simple
+    from mailwarden.checks.dkim import BodyHash
+    canon = Relaxed if relaxed else Simple
+    pieces = [b" ", b"  ", b"\t", b" \t ", b"\r\n", b"\r", b"\n", b"word", b"x", b"\r\n\r\n"]
+    rng = random.Random(6376)
+    bodies = [b"", b"\r\n", b"\r\n\r\n", b"a", b"a  \r\n", b" \r\n", b"\t", b"a\r\n \t"]
+    bodies += [b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40)))
+               for _ in range(3000)]
+    for body in bodies:
+        # dkimpy's reading of a body: lines split at CR? LF, joined by CRLF
+        expected = canon.canonicalize_body(b"\r\n".join(re.split(b"\r?\n", body)))
+        for limit in (None, 7):
+            h = BodyHash(hashlib.sha256, relaxed, limit)
+            cuts = sorted(rng.sample(range(len(body) + 1), min(3, len(body) + 1)))
+            for start, end in zip([0] + cuts, cuts + [len(body)]):
+                h.update(body[start:end])
+            want = expected if limit is None else expected[:limit]
+            assert h.digest() == hashlib.sha256(want).digest(), (body, limit)

@@ -11,19 +11,10 @@ from mailwarden import dmarc_records
 from mailwarden.config import loads
 from mailwarden.dmarc_records import (Evaluation, RecordsError, RedisRecords, SqliteRecords,
                                       is_redis, open_records)
-from tests.redisserver import RedisServer, free_port, redis_binary
+from tests.redisserver import free_port
 
 DAY = 86400
 NOW = 1_700_000_000
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    if redis_binary() is None:
-        pytest.skip("redis-server is not installed (make test installs Debian's redis-server)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 _prefixes = iter(range(1, 1_000_000))

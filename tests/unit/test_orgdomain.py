@@ -25,7 +25,7 @@ from mailwarden.orgdomain import organizational, public_suffix, registered_domai
 from tests import dkimkeys
 from tests.unit.test_audit_domain import ZONE as AUDIT_ZONE
 from tests.unit.test_audit_domain import audit, find
-from tests.unit.test_checks_auth import RELAY, STRANGER, message, of, run
+from tests.unit.authcase import RELAY, STRANGER, message, of, run
 
 PACKAGE = Path(__file__).resolve().parents[2] / "mailwarden"
 

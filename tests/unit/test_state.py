@@ -7,18 +7,8 @@ import pytest
 from mailwarden.config import loads
 from mailwarden.state import BUCKETS, StateError, make_store
 from mailwarden.state.memory import SWEEP_EVERY, MemoryStore
-from tests.redisserver import RedisServer, redis_binary
 
 NOW = 1_700_000_040.0     # on a bucket boundary of a 60 s window
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    if redis_binary() is None:
-        pytest.skip("redis-server is not installed (make test installs Debian's redis-server)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 _prefixes = iter(range(1, 1_000_000))

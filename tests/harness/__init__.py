@@ -14,7 +14,7 @@ Every server listens on 127.0.0.1 on a free port; every process started here
 is stopped by ``stop()`` (all classes are context managers too).  Nothing
 waits by sleeping: readiness is polled with a bounded timeout.
 
-A test with the fixtures of ``conftest.py`` (DNS data goes in
+A test with the fixtures of ``tests/e2e/conftest.py`` (DNS data goes in
 ``tests/data/zones/NAME.zone``, served to every e2e test)::
 
     def test_something(postfix, sink, mailwarden):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .harness import _xclient_value, dot_stuff, make_message, read_smtp_reply
+from tests.harness import _xclient_value, dot_stuff, make_message, read_smtp_reply
 
 
 class SessionLost(Exception):

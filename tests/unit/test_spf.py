@@ -1,16 +1,22 @@
 """spf: the ptr mechanism against the RFC 7208 test suite's PTR cases
 (openspf.org suite, release 2014.04, "PTR mechanism syntax": their zone data,
-SPF-type records published as TXT) and DNS errors met while validating names."""
+SPF-type records published as TXT) and DNS errors met while validating names;
+then the check through the engine on the fake resolver
+(tests/data/zones/auth.zone): MAIL FROM and HELO identities, limits, auth."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import spf as pyspf
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mailwarden.checks.spf import SpfCheck
 from mailwarden.config import loads as _loads
 from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.engine import Engine, run_offline
+from tests.unit.authcase import RELAY, STRANGER, ar_header, of, props, run
 
 REGISTRY = {SpfCheck.name: SpfCheck}
 
@@ -127,3 +133,94 @@ def test_a_failed_ptr_lookup_does_not_match():
 def test_a_dns_error_elsewhere_is_still_temperror():
     zone = 'ptr.example. TXT "v=spf1 a:slow.ptr.example -all"\nslow.ptr.example. TIMEOUT\n'
     assert spf_result(zone, IP, "a@ptr.example", "mail.ptr.example") == "temperror"
+
+
+# -- SPF ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("domain,result", [
+    ("spf-pass.mw-auth.example", "pass"),
+    ("spf-fail.mw-auth.example", "fail"),
+    ("spf-soft.mw-auth.example", "softfail"),
+    ("spf-neutral.mw-auth.example", "neutral"),
+    ("spf-none.mw-auth.example", "none"),
+    ("spf-perm.mw-auth.example", "permerror"),
+    ("spf-two.mw-auth.example", "permerror"),
+    ("spf-temp.mw-auth.example", "temperror"),
+    ("spf-many.mw-auth.example", "permerror"),
+    ("spf-void.mw-auth.example", "permerror"),
+])
+def test_spf_mailfrom_results(domain, result):
+    verdict = run("[check.dmarc]\nenabled = no\n[policy]\ntemperror_action = accept\n",
+                  mail_from=f"x@{domain}")
+    mailfrom = [r for r in of(verdict, "spf") if "smtp.mailfrom" in props(r)]
+    assert len(mailfrom) == 1
+    (r,) = mailfrom
+    assert (r.result, r.symbol) == (result, "SPF_" + result.upper())
+    assert props(r)["smtp.mailfrom"] == f"x@{domain}"
+    assert re.search(rf'spf={result}( reason="[^"]*")? smtp\.mailfrom=x@{re.escape(domain)};',
+                     ar_header(verdict)), ar_header(verdict)
+
+
+def test_spf_fail_carries_the_domains_explanation():
+    verdict = run(mail_from="x@spf-fail.mw-auth.example")
+    (r,) = [r for r in of(verdict, "spf") if r.symbol == "SPF_FAIL"]
+    assert r.reason == "Mail from spf-fail.mw-auth.example must come from its own servers"
+    assert verdict.action != "reject"          # scored, not refused, by default
+
+
+def test_spf_fail_rejected_at_mail_from_when_configured():
+    verdict = run("[check.spf]\nreject_fail = yes\n", mail_from="x@spf-fail.mw-auth.example")
+    assert verdict.action == "reject"
+    assert verdict.stage.name == "MAIL"
+    assert verdict.reply.line() == ("550 5.7.23 Mail from spf-fail.mw-auth.example must "
+                                    "come from its own servers")
+
+
+def test_spf_limits_are_per_request_options():
+    before = (pyspf.MAX_LOOKUP, pyspf.MAX_VOID_LOOKUPS)
+    loose = run("[check.spf]\nmax_lookups = 20\nmax_void_lookups = 3\n",
+                mail_from="x@spf-many.mw-auth.example")
+    assert [r.result for r in of(loose, "spf") if r.symbol.startswith("SPF_") and
+            "smtp.mailfrom" in props(r)] == ["pass"]
+    loose_void = run("[check.spf]\nmax_void_lookups = 3\n", mail_from="x@spf-void.mw-auth.example")
+    assert of(loose_void, "spf")[0].result == "pass"
+    strict = run(mail_from="x@spf-void.mw-auth.example")
+    assert of(strict, "spf")[0].result == "permerror"
+    assert "Void lookup limit of 2" in of(strict, "spf")[0].reason
+    assert (pyspf.MAX_LOOKUP, pyspf.MAX_VOID_LOOKUPS) == before
+
+
+@pytest.mark.parametrize("ip,result", [(RELAY, "pass"), (STRANGER, "fail")])
+def test_spf_helo_identity(ip, result):
+    verdict = run(ip=ip, mail_from="x@spf-pass.mw-auth.example")
+    (helo,) = [r for r in of(verdict, "spf") if "smtp.helo" in props(r)]
+    assert (helo.result, helo.symbol) == (result, "SPF_HELO_" + result.upper())
+    assert re.search(rf'spf={result}( reason="[^"]*")? smtp\.helo=relay\.mw-auth\.example',
+                     ar_header(verdict))
+
+
+def test_spf_null_sender_uses_the_helo_identity():
+    verdict = run(mail_from="")
+    (mailfrom,) = [r for r in of(verdict, "spf") if "smtp.mailfrom" in props(r)]
+    assert mailfrom.result == "pass"
+    assert props(mailfrom)["smtp.mailfrom"] == "postmaster@relay.mw-auth.example"
+
+
+def test_spf_address_literal_helo_is_not_checked():
+    verdict = run(helo="[198.51.100.141]", mail_from="x@spf-pass.mw-auth.example")
+    (helo,) = [r for r in of(verdict, "spf") if "smtp.helo" in props(r)]
+    assert helo.result == "none"
+
+
+def test_spf_ipv6_client():
+    verdict = run(ip="2001:db8::77", mail_from="x@spf-fail.mw-auth.example")
+    assert of(verdict, "spf")[0].result == "fail"
+
+
+def test_spf_skips_authenticated_clients_and_auth_is_reported():
+    verdict = run(auth_user="alice", tls_version="TLSv1.3", mail_from="x@spf-fail.mw-auth.example")
+    assert of(verdict, "spf") == []
+    assert of(verdict, "dmarc") == []
+    (auth,) = of(verdict, "auth")
+    assert auth.result == "pass"
+    assert "auth=pass smtp.auth=alice" in ar_header(verdict)
