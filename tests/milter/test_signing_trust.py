@@ -10,7 +10,7 @@ import pytest
 from mailwarden.checks import registry
 from mailwarden.config import loads
 from tests.milter.miltertest import Session, make_engine
-from tests.unit.test_checks_outbound import ZONE, keydir, make_message, sign_text  # noqa: F401
+from tests.unit.outboundcase import ZONE, keydir, make_message, sign_text  # noqa: F401
 
 LOOPBACK = ("sign_trusted_networks = 127.0.0.1/32, ::1/128\n"
             "sign_trusted_domains = outbound.example\n")

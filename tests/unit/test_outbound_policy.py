@@ -7,7 +7,7 @@ import pytest
 from mailwarden.config import ConfigError, loads
 from mailwarden.engine import run_offline
 
-from .test_checks_outbound import (BASE, LOOPBACK_SIGNING, OUTSIDE, engine_for, keydir,  # noqa: F401
+from .outboundcase import (BASE, LOOPBACK_SIGNING, OUTSIDE, engine_for, keydir,  # noqa: F401
                                    make_message, run, sign_text)
 
 AUTH = {"auth_user": "alice", "tls_version": "TLSv1.3"}

@@ -110,6 +110,17 @@ def test_the_auth_checks_have_test_files_named_after_them():
         assert (unit / f"test_{module}.py").is_file(), module
 
 
+def test_every_check_has_a_unit_test_file_named_after_it():
+    """tests/unit/test_NAME.py for every checks/NAME.py, and no file named
+    after the batch of work that added it (test_checks_*.py)."""
+    unit = TESTS / "unit"
+    checks = sorted(p.stem for p in (ROOT / "mailwarden" / "checks").glob("*.py")
+                    if p.stem != "__init__")
+    assert len(checks) >= 14
+    assert [c for c in checks if not (unit / f"test_{c}.py").is_file()] == []
+    assert sorted(p.name for p in unit.glob("test_checks_*.py")) == []
+
+
 def test_the_auth_tests_share_authcase_not_a_test_module():
     for name in ("test_spf.py", "test_dkim.py", "test_dmarc.py", "test_authresults.py",
                  "test_orgdomain.py"):
