@@ -42,7 +42,7 @@ from types import MappingProxyType
 from typing import Mapping, Optional
 
 from .options import Networks, ValueProblem, opt, parse_bool, parse_choice, parse_float, \
-    parse_list, parse_networks, parse_str
+    parse_list, parse_networks, parse_str, parse_subset
 from .dns import normalize
 from .explain import clean
 
@@ -240,13 +240,7 @@ def parse_reject(text: str) -> tuple:
     return tuple(s.upper() for s in items)
 
 
-def parse_targets(text: str) -> frozenset:
-    targets = frozenset(t.lower() for t in parse_list(text))
-    unknown = targets - set(TARGETS)
-    if unknown:
-        raise ValueProblem(f"unknown target(s) {', '.join(sorted(unknown))} "
-                           f"(known: {', '.join(TARGETS)})")
-    return targets
+parse_targets = parse_subset(TARGETS, "target(s)")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ __all__ = [
     "parse_bool", "parse_int", "parse_float", "parse_size", "parse_seconds",
     "parse_list", "parse_choice", "parse_str", "parse_path", "parse_domains",
     "parse_network", "parse_networks", "parse_socket", "parse_mode",
-    "parse_redis_url", "parse_listen",
+    "parse_redis_url", "parse_listen", "parse_subset",
     "read_list_file", "read_domain_file", "read_network_file",
 ]
 
@@ -138,6 +138,19 @@ def parse_choice(*choices: str):
         if low not in choices:
             raise ValueProblem(f"expected one of {', '.join(choices)}, got {text!r}")
         return low
+    return parse
+
+
+def parse_subset(known: tuple, what: str):
+    """A parser of a list of words, each one of ``known`` (any case): the
+    set of them, lower-cased; an unknown word is named with ``what``."""
+    def parse(text: str) -> frozenset:
+        words = frozenset(w.lower() for w in parse_list(text))
+        unknown = words - set(known)
+        if unknown:
+            raise ValueProblem(f"unknown {what} {', '.join(sorted(unknown))} "
+                               f"(known: {', '.join(known)})")
+        return words
     return parse
 
 

@@ -60,7 +60,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Optional
 
-from ..options import ValueProblem, opt, parse_int, parse_list, parse_seconds
+from ..options import ValueProblem, opt, parse_int, parse_seconds, parse_subset
 from ..explain import clean
 from ..model import Reply
 from ..state import StateError
@@ -99,13 +99,7 @@ def parse_rate(text: str) -> Optional[Rate]:
 TAGS = ("allowlisted", "trusted", "authenticated", "other")
 
 
-def parse_tags(text: str) -> frozenset:
-    tags = frozenset(t.lower() for t in parse_list(text))
-    unknown = tags - set(TAGS)
-    if unknown:
-        raise ValueProblem(f"unknown client tag(s) {', '.join(sorted(unknown))} "
-                           f"(known: {', '.join(TAGS)})")
-    return tags
+parse_tags = parse_subset(TAGS, "client tag(s)")
 
 
 @dataclass(frozen=True)
