@@ -33,7 +33,8 @@ from .address import DomainSet
 from .options import (ConfigError, Networks, ValueProblem, opt, parse_bool, parse_choice,
                       parse_domains, parse_float, parse_int, parse_list, parse_mode,
                       parse_networks, parse_path, parse_listen, parse_redis_url,
-                      parse_seconds, parse_size, parse_socket, parse_str, read_domain_file)
+                      parse_seconds, parse_size, parse_socket, parse_str, read_domain_file,
+                      read_text_file)
 
 # ConfigError is what load() raises; option parsers: mailwarden.options
 __all__ = ["ConfigError", "Config", "load", "loads"]
@@ -382,11 +383,4 @@ def loads(text: str, path: str = "<string>", registry: Mapping[str, type] | None
 
 
 def load(path: str, registry: Mapping[str, type] | None = None) -> Config:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ConfigError(path, None, None, None, f"cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(path, None, None, None, f"not UTF-8 text: {exc.reason}") from None
-    return loads(text, path, registry)
+    return loads(read_text_file(path), path, registry)

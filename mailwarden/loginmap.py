@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .address import AddressProblem, authors, normalize_domain
-from .options import ConfigError
+from .options import ConfigError, read_text_file
 
 
 class MapProblem(ValueError):
@@ -138,12 +138,9 @@ def read_login_map(path: str, delimiters: str) -> tuple:
     """(LoginMap, stamp); ConfigError located at ``path:line``."""
     try:
         stamp = _stamp(path)
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.readlines()
     except OSError as exc:
         raise ConfigError(path, None, None, None, f"cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(path, None, None, None, f"not UTF-8 text: {exc.reason}") from None
+    lines = read_text_file(path).splitlines()
     try:
         return parse_login_map(lines, delimiters), stamp
     except MapProblem as exc:

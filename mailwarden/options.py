@@ -24,7 +24,7 @@ __all__ = [
     "parse_list", "parse_choice", "parse_str", "parse_path", "parse_domains",
     "parse_network", "parse_networks", "parse_socket", "parse_mode",
     "parse_redis_url", "parse_listen", "parse_subset",
-    "read_list_file", "read_domain_file", "read_network_file",
+    "read_text_file", "read_list_file", "read_domain_file", "read_network_file",
 ]
 
 
@@ -212,24 +212,30 @@ def parse_domains(text: str) -> tuple:
     return tuple(_domain(item) for item in parse_list(text))
 
 
-def read_list_file(path: str, parse_item: Callable[[str], Any]) -> tuple:
-    """One item per line, ``#`` starts a comment; each item through
-    ``parse_item``.  Errors are located in the list file: ``path:line``."""
-    items = []
+def read_text_file(path: str) -> str:
+    """A configuration file's text (UTF-8); ConfigError naming ``path``
+    when it cannot be read."""
     try:
         with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                item = line.split("#", 1)[0].strip()
-                if not item:
-                    continue
-                try:
-                    items.append(parse_item(item))
-                except ValueProblem as exc:
-                    raise ConfigError(path, lineno, None, None, str(exc)) from None
+            return fh.read()
     except OSError as exc:
         raise ConfigError(path, None, None, None, f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(path, None, None, None, f"not UTF-8 text: {exc.reason}") from None
+
+
+def read_list_file(path: str, parse_item: Callable[[str], Any]) -> tuple:
+    """One item per line, ``#`` starts a comment; each item through
+    ``parse_item``.  Errors are located in the list file: ``path:line``."""
+    items = []
+    for lineno, line in enumerate(read_text_file(path).splitlines(), 1):
+        item = line.split("#", 1)[0].strip()
+        if not item:
+            continue
+        try:
+            items.append(parse_item(item))
+        except ValueProblem as exc:
+            raise ConfigError(path, lineno, None, None, str(exc)) from None
     return tuple(items)
 
 
