@@ -65,6 +65,7 @@ CHECK_MODULES = (
     "limits",
     "helo",
     "dnsbl",
+    "tls",
 )
 
 
