@@ -3,6 +3,7 @@ require_from enforced, through the engine, the adapter and ``scan``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -486,3 +487,20 @@ def test_a_5xx_of_another_check_is_not_softened_to_our_4xx(tmp_path, capsys):
     assert out["smtp_reply"].startswith("550 5.7.1 "), out["smtp_reply"]
     assert {"TLS_REQUIRED", "DMARC_FAIL_REJECT"} <= {r["symbol"] for r in out["results"]}
 
+
+
+def test_the_shipped_config_documents_every_key_with_its_default():
+    from pathlib import Path
+    from mailwarden.config import load
+    from mailwarden.checks.tls import TlsOptions
+    shipped = Path(__file__).resolve().parents[2] / "conf" / "mailwarden.ini"
+    text = shipped.read_text()
+    section = text.split("[check.tls]\n", 1)[1].split("\n[", 1)[0]
+    keys = {line.split("=", 1)[0].strip() for line in section.splitlines()
+            if "=" in line and not line.startswith(";")}
+    wanted = {f.name for f in dataclasses.fields(TlsOptions)
+              if "parse" in f.metadata} - {"tempfail_on_error", "skip_for"}
+    assert keys == wanted
+    assert load(str(shipped)).check("tls") == loads(BASE).check("tls")
+    for symbol in ("TLS_OK", "TLS_OLD", "TLS_NONE", "TLS_REQUIRED", "TLS_ERROR"):
+        assert f"\n{symbol} = " in text
