@@ -9,7 +9,7 @@
 * Debian's Dovecot (imap, pop3, imaps, pop3s) from a private configuration,
   with ``disable_plaintext_auth = yes`` and with it off.
 
-Certificates are made here with openssl.  The probe is only ever given
+Certificates come from ``tests.harness.certs`` (openssl).  The probe is only ever given
 127.0.0.1; it connects from 127.0.0.2 because Dovecot counts a client on the
 server's own address as secure.
 """
@@ -30,6 +30,7 @@ from mailwarden import cli
 from mailwarden.audit import probe
 
 from tests.harness import Postfix, free_port, wait_until
+from tests.harness.certs import make_ca_signed, make_self_signed
 
 HOSTNAME = "mx.test.example"        # the harness Postfix's myhostname
 SOURCE = "127.0.0.2"
@@ -39,42 +40,6 @@ DOVECONF = shutil.which("doveconf") or "/usr/bin/doveconf"
 pytestmark = pytest.mark.skipif(
     not Path(DOVECOT).exists(),
     reason="probe tests need Dovecot (apt-get install dovecot-imapd dovecot-pop3d)")
-
-
-# --------------------------------------------------------------------------
-# certificates
-
-def _openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def make_ca_signed(directory: Path, name: str) -> tuple:
-    """A test CA and a certificate for ``name`` signed by it: (key, cert)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "30",
-             "-subj", "/CN=mailwarden test CA",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
-    _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr",
-             "-subj", f"/CN={name}", cwd=directory)
-    (directory / "ext.cnf").write_text(f"subjectAltName=DNS:{name}\n"
-                                       "extendedKeyUsage=serverAuth\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "server.pem", "-days", "30",
-             "-extfile", "ext.cnf", cwd=directory)
-    # the chain a server sends: its certificate, then the CA
-    (directory / "chain.pem").write_bytes((directory / "server.pem").read_bytes()
-                                          + (directory / "ca.pem").read_bytes())
-    return directory / "server.key", directory / "chain.pem"
-
-
-def make_self_signed(directory: Path, name: str) -> tuple:
-    directory.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
-             "-out", "server.pem", "-days", "30", "-subj", f"/CN={name}",
-             "-addext", f"subjectAltName=DNS:{name}", cwd=directory)
-    return directory / "server.key", directory / "server.pem"
 
 
 # --------------------------------------------------------------------------

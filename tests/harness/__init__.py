@@ -69,7 +69,7 @@ AUTHSERV_ID = "mx.test.example"
 __all__ = [
     "free_port", "wait_until", "DnsServer", "BlackholeDns", "Sink", "SinkMessage",
     "Postfix", "Mailwarden", "SmtpResult", "smtp_send", "zone_to_local_data",
-    "make_message", "binaries_missing", "AUTHSERV_ID", "ROOT",
+    "make_message", "binaries_missing", "AUTHSERV_ID", "ROOT", "client_tls_context",
 ]
 
 
@@ -1074,6 +1074,9 @@ class SmtpResult:
     stage: str
     replies: list = field(default_factory=list)
     accepted_rcpts: list = field(default_factory=list)
+    # the TLS session as the client saw it: (cipher, version, bits), e.g.
+    # ("TLS_AES_256_GCM_SHA384", "TLSv1.3", 256); None in cleartext
+    tls: Optional[tuple] = None
 
     @property
     def accepted(self) -> bool:
@@ -1115,12 +1118,9 @@ class _Conversation:
         self.rfile.close()
         self.sock.close()
 
-    def start_tls(self, server_name: str) -> None:
-        import ssl
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+    def start_tls(self, server_name: str, context=None) -> None:
         self.rfile.close()
+        context = context if context is not None else client_tls_context()
         self.sock = context.wrap_socket(self.sock, server_hostname=None)
         self.rfile = self.sock.makefile("rb")
 
@@ -1132,6 +1132,33 @@ class _Conversation:
     def command(self, line: str) -> tuple:
         self.sock.sendall(line.encode("utf-8") + b"\r\n")
         return self.read_reply(line.split(" ", 1)[0].upper())
+
+
+def client_tls_context(*, minimum: Optional[str] = None, maximum: Optional[str] = None,
+                       legacy: bool = False, cert: Optional[tuple] = None):
+    """An SSL context for :func:`smtp_send`: the server's certificate is not
+    verified; ``minimum``/``maximum`` name TLS versions (``"TLSv1_1"``,
+    ``"TLSv1_2"``, ...: ``ssl.TLSVersion`` members); ``legacy`` allows what
+    OpenSSL's security level 0 allows (TLS 1.0 and 1.1 need it, with a
+    server that offers them); ``cert`` is a client certificate ``(key, cert)``."""
+    import ssl
+    import warnings
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if legacy:
+        context.set_ciphers("ALL:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        # naming TLS 1.0 or 1.1 is deprecated: here it is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if minimum:
+            context.minimum_version = ssl.TLSVersion[minimum]
+        if maximum:
+            context.maximum_version = ssl.TLSVersion[maximum]
+    if cert is not None:
+        key, chain = cert
+        context.load_cert_chain(str(chain), str(key))
+    return context
 
 
 def _xclient_value(value: str) -> str:
@@ -1157,7 +1184,8 @@ def dot_stuff(data: bytes) -> bytes:
 def smtp_send(port: int, *, xclient: Optional[dict] = None, helo: str = "client.test.example",
               mail_from: str, rcpts: Iterable[str], data: bytes,
               esmtp_size: Optional[int] = None, timeout: float = 30,
-              host: str = "127.0.0.1", starttls: bool = False) -> SmtpResult:
+              host: str = "127.0.0.1", starttls: bool = False,
+              tls_context=None) -> SmtpResult:
     """One SMTP transaction; never raises for an SMTP refusal, only returns it.
 
     ``xclient`` (e.g. ``{"ADDR": "198.51.100.7", "NAME": "mail.sender.example",
@@ -1165,7 +1193,9 @@ def smtp_send(port: int, *, xclient: Optional[dict] = None, helo: str = "client.
     then greets anew and EHLO is repeated.  ``starttls`` starts TLS (the
     certificate is not verified) after the first EHLO, before XCLIENT, so
     the milter sees ``{tls_version}`` and ``{cipher}``; the stage is then
-    "starttls" if that fails.  Recipients refused one by one are recorded;
+    "starttls" if that fails.  ``tls_context`` (see :func:`client_tls_context`)
+    chooses versions, ciphers and a client certificate; the session the
+    client got is the result's ``tls``.  Recipients refused one by one are recorded;
     DATA follows if at least one was accepted.
     """
     rcpts = list(rcpts)
@@ -1176,7 +1206,11 @@ def smtp_send(port: int, *, xclient: Optional[dict] = None, helo: str = "client.
     conv = _Conversation(sock)
 
     def done(code, text, stage, accepted=()):
-        return SmtpResult(code, text, stage, conv.replies, list(accepted))
+        # cipher()'s version is the one that defined the cipher suite (TLSv1.0
+        # for ECDHE-RSA-AES256-SHA in a TLS 1.1 session): the session's is version()
+        session = conv.sock.cipher() if hasattr(conv.sock, "cipher") else None
+        tls = (session[0], conv.sock.version(), session[2]) if session else None
+        return SmtpResult(code, text, stage, conv.replies, list(accepted), tls)
 
     stage = "connect"
     try:
@@ -1193,7 +1227,7 @@ def smtp_send(port: int, *, xclient: Optional[dict] = None, helo: str = "client.
                 code, text = conv.command("STARTTLS")
                 if code != 220:
                     return done(code, text, stage)
-                conv.start_tls(host)
+                conv.start_tls(host, tls_context)
                 stage = "helo"
                 code, text = conv.command(f"EHLO {helo}")
                 if code != 250:
