@@ -46,7 +46,8 @@ characters); the cipher is cut to 64 characters; both then go through the
 Authentication-Results writer, which quotes what is not a token and drops
 what cannot be written safely; the bits are written only when they are a
 number.  A client certificate's subject, issuer and verification are
-logged (escaped) once per connection, never written to the header.
+logged (escaped) once per connection when one was presented, never written
+to the header.
 
 Where this differs from authentication_milter's TLS handler, which writes
 ``x-tls=pass smtp.version=V smtp.cipher=C smtp.bits=B`` from the same
@@ -95,6 +96,9 @@ OK_FROM = (1, 1, 2)
 MAX_VERSION_CHARS = 32
 MAX_CIPHER_CHARS = 64
 _BITS = re.compile(r"[0-9]{1,5}")
+# Sendmail's {verify} when no certificate was looked at: none presented,
+# none asked for, no STARTTLS (and nothing, from Postfix)
+_NO_CERTIFICATE = frozenset({"", "NO", "NOT", "NONE"})
 _REPLIES = {
     "tempfail": ("tempfail", 451, "4.7.0"),
     "reject": ("reject", 550, "5.7.0"),
@@ -164,9 +168,12 @@ class TlsCheck(Check):
         return self.result("pass", symbol if scored else None, properties=tuple(props))
 
     def _log_certificate(self, ctx) -> None:
+        """Once per connection, when a client certificate was presented (a
+        subject or issuer, or a {verify} that judged one: Sendmail says NO,
+        NOT or NONE for every session without one)."""
         conn = ctx.conn
-        if conn.messages != 1 or not (conn.tls_cert_subject or conn.tls_cert_issuer
-                                      or conn.tls_verify):
+        judged = conn.tls_verify.strip().upper() not in _NO_CERTIFICATE
+        if conn.messages != 1 or not (conn.tls_cert_subject or conn.tls_cert_issuer or judged):
             return
         ctx.log.info("tls: client certificate subject=%s issuer=%s verify=%s",
                      clean(conn.tls_cert_subject[:256]), clean(conn.tls_cert_issuer[:256]),

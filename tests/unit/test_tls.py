@@ -372,6 +372,28 @@ def test_the_adapter_reads_every_tls_macro(caplog):
     assert 'mailwarden_tls_messages_total{version="TLSv1.3"} 1.0' in metrics.page().decode()
 
 
+def test_no_certificate_is_not_logged(caplog):
+    # Sendmail's {verify} for a TLS session without a client certificate
+    macros = {"{tls_version}": "TLSv1.3", "{cipher}": "TLS_AES_256_GCM_SHA384", "{verify}": "NO"}
+    engine, session = adapter_session(macros)
+    try:
+        with caplog.at_level(logging.INFO, logger="mailwarden"):
+            assert drive(session) == Milter.ACCEPT
+        session.close()
+    finally:
+        engine.close()
+    assert not [r for r in caplog.records if "client certificate" in r.getMessage()]
+    caplog.clear()
+    engine, session = adapter_session({**macros, "{verify}": "FAIL"})
+    try:
+        with caplog.at_level(logging.INFO, logger="mailwarden"):
+            assert drive(session) == Milter.ACCEPT
+        session.close()
+    finally:
+        engine.close()
+    assert [r for r in caplog.records if "verify=FAIL" in r.getMessage()]
+
+
 def test_the_adapter_refuses_a_listed_sender_in_cleartext():
     engine, session = adapter_session({}, REQUIRE)
     try:
