@@ -23,7 +23,8 @@ from tests.harness.certs import CA_NAME, make_ca_signed, make_client_cert
 CLIENT = {"ADDR": "198.51.100.7", "NAME": "mail.sender.example", "HELO": "mail.sender.example"}
 SENDER = "alice@sender.example"
 RCPT = "bob@rcpt.example"
-BANK = {"check.tls": {"require_from": "bank.example"}}
+# a domain no zone of the e2e DNS names (bank.example has DMARC p=reject there)
+LISTED = {"check.tls": {"require_from": "tls-required.example"}}
 
 
 def send(postfix, data, *, starttls=False, mail_from=SENDER, tls_context=None):
@@ -116,28 +117,28 @@ def test_tls12_is_recorded_as_negotiated(postfix, sink, mailwarden):
 
 def test_a_listed_domain_in_cleartext_gets_4xx_over_tls_it_is_accepted(postfix, sink,
                                                                       mailwarden):
-    mw = mailwarden(BANK)
-    data, msgid = make_message("statement", sender="alerts@bank.example")
+    mw = mailwarden(LISTED)
+    data, msgid = make_message("statement", sender="alerts@tls-required.example")
 
-    clear = send(postfix, data, mail_from="alerts@bank.example")
+    clear = send(postfix, data, mail_from="alerts@tls-required.example")
     assert (clear.stage, clear.code, clear.enhanced) == ("mail", 451, "4.7.0"), clear
-    assert "TLS TLSv1.2 or later required for mail from bank.example" in clear.text
-    verdict = scan(mw, data, mail_from="alerts@bank.example")
+    assert "TLS TLSv1.2 or later required for mail from tls-required.example" in clear.text
+    verdict = scan(mw, data, mail_from="alerts@tls-required.example")
     assert verdict["action"] == "tempfail"
     assert verdict["smtp_reply"] == f"{clear.code} {clear.text}"
 
-    secure = send(postfix, data, starttls=True, mail_from="alerts@bank.example")
+    secure = send(postfix, data, starttls=True, mail_from="alerts@tls-required.example")
     assert secure.accepted, f"{secure}\n{mw.log_text()[-2000:]}"
     ar = our_ar(sink.wait_for_match(msgid.encode()))
     assert x_tls(ar).startswith("x-tls=pass smtp.version=TLSv1.3 ")
-    verdict = scan(mw, data, secure, mail_from="alerts@bank.example")
+    verdict = scan(mw, data, secure, mail_from="alerts@tls-required.example")
     assert verdict["action"] == "accept" and scan_ar(verdict) == ar
 
 
 def test_a_listed_author_in_cleartext_gets_4xx_at_end_of_data(postfix, sink, mailwarden):
-    mw = mailwarden(BANK)
+    mw = mailwarden(LISTED)
     data, msgid = make_message("statement via a mailing service",
-                               sender="Bank <alerts@bank.example>")
+                               sender="Partner <alerts@tls-required.example>")
     clear = send(postfix, data, mail_from="bounces@esp.example")
     assert (clear.stage, clear.code, clear.enhanced) == ("data", 451, "4.7.0"), clear
     verdict = scan(mw, data, mail_from="bounces@esp.example")
@@ -148,9 +149,9 @@ def test_a_listed_author_in_cleartext_gets_4xx_at_end_of_data(postfix, sink, mai
 
 
 def test_reject_is_a_5xx(postfix, sink, mailwarden):
-    mailwarden({"check.tls": {"require_from": "bank.example", "require_action": "reject"}})
-    data, _msgid = make_message("statement", sender="alerts@bank.example")
-    clear = send(postfix, data, mail_from="alerts@bank.example")
+    mailwarden({"check.tls": {"require_from": "tls-required.example", "require_action": "reject"}})
+    data, _msgid = make_message("statement", sender="alerts@tls-required.example")
+    clear = send(postfix, data, mail_from="alerts@tls-required.example")
     assert (clear.stage, clear.code, clear.enhanced) == ("mail", 550, "5.7.0"), clear
 
 
@@ -178,10 +179,10 @@ def test_a_verified_client_certificate_is_logged(postfix, sink, mailwarden, test
 
 
 def test_tls11_is_old_and_does_not_satisfy_require_from(postfix, sink, mailwarden):
-    mw = mailwarden(BANK)
+    mw = mailwarden(LISTED)
     legacy = client_tls_context(minimum="TLSv1_1", maximum="TLSv1_1", legacy=True)
     data, msgid = make_message("over TLS 1.1", sender=SENDER)
-    bank_data, _ = make_message("statement over TLS 1.1", sender="alerts@bank.example")
+    bank_data, _ = make_message("statement over TLS 1.1", sender="alerts@tls-required.example")
     # without the system OpenSSL configuration (MinProtocol TLSv1.2) and at
     # security level 0, Postfix really takes TLS 1.1 when its settings allow it
     with postfix.settings_changed(tls_config_file="none", smtpd_tls_protocols=">=TLSv1",
@@ -190,7 +191,7 @@ def test_tls11_is_old_and_does_not_satisfy_require_from(postfix, sink, mailwarde
                                   tls_high_cipherlist="ALL:@SECLEVEL=0"):
         result = send(postfix, data, starttls=True, tls_context=legacy)
         refused = send(postfix, bank_data, starttls=True, tls_context=legacy,
-                       mail_from="alerts@bank.example")
+                       mail_from="alerts@tls-required.example")
     assert result.accepted, f"{result}\n{mw.log_text()[-2000:]}"
     cipher, version, bits = result.tls
     assert version == "TLSv1.1"
@@ -200,5 +201,5 @@ def test_tls11_is_old_and_does_not_satisfy_require_from(postfix, sink, mailwarde
     assert "TLS_OLD(0.50)" in got.header_values("X-Mailwarden-Status")[0]
     assert scan_ar(scan(mw, data, result)) == ar
     assert (refused.stage, refused.code, refused.enhanced) == ("mail", 451, "4.7.0"), refused
-    verdict = scan(mw, bank_data, refused, mail_from="alerts@bank.example")
+    verdict = scan(mw, bank_data, refused, mail_from="alerts@tls-required.example")
     assert verdict["smtp_reply"] == f"{refused.code} {refused.text}"
