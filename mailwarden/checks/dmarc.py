@@ -73,7 +73,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -82,15 +81,13 @@ from ..options import ValueProblem, opt, parse_bool, parse_choice, parse_int, pa
 from ..dmarc_records import Evaluation, RecordsError, is_redis, open_records
 from ..dns import Status
 from ..model import Reply
-from ..orgdomain import organizational
+from ..orgdomain import is_dmarc_record, is_domain, organizational
 from . import Check, CheckOptions
 
 log = logging.getLogger("mailwarden.dmarc")
 
 _POLICIES = ("none", "quarantine", "reject")
 _MILDER = {"reject": "quarantine", "quarantine": "none", "none": "none"}
-_VERSION = re.compile(r"^v\s*=\s*DMARC1\s*(;|$)")
-_DOMAIN = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)+$")
 
 
 def parse_history(text: str) -> str:
@@ -135,7 +132,7 @@ class Record:
 
 def parse_record(domain: str, text: str) -> Optional[Record]:
     """The record, or None when it is no usable DMARC record."""
-    if not _VERSION.match(text):
+    if not is_dmarc_record(text):
         return None
     tags = {}
     for part in text.split(";")[1:]:
@@ -201,7 +198,7 @@ def from_domains(values: list) -> tuple:
         return (), note, "no From header field"
     if found.overflow or len(found.domains) > MAX_AUTHOR_DOMAINS:
         return (), note, f"more than {MAX_AUTHOR_DOMAINS} author domains in From"
-    domains = tuple(d for d in found.domains if _DOMAIN.match(d))
+    domains = tuple(d for d in found.domains if is_domain(d, underscore=True, multi_label=True))
     if not domains:
         if found.domains:
             return (), note, f"From domain {found.domains[0]!r} is not a domain name"
@@ -265,7 +262,7 @@ class DmarcCheck(Check):
         answer = ctx.dns.query(f"_dmarc.{domain}", "TXT", decisive=True)
         if answer.temporary:
             raise _TempError(answer.describe())
-        texts = [t for t in answer.records if _VERSION.match(t)] if answer.ok else []
+        texts = [t for t in answer.records if is_dmarc_record(t)] if answer.ok else []
         if len(texts) != 1:
             return None
         return parse_record(domain, texts[0])
@@ -276,7 +273,7 @@ class DmarcCheck(Check):
         answer = ctx.dns.query(f"_dmarc.{domain}", "TXT", decisive=True)
         if answer.temporary:
             raise _TempError(answer.describe())
-        texts = [t for t in answer.records if _VERSION.match(t)] if answer.ok else []
+        texts = [t for t in answer.records if is_dmarc_record(t)] if answer.ok else []
         if len(texts) > 1:
             return None, org            # several records: no DMARC processing
         if texts:

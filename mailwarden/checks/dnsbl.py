@@ -63,8 +63,7 @@ from ..dns import normalize, reverse_name
 from ..dnslist import DnsList, DnsblSection, log_blocked, read
 from ..model import Reply
 from . import Check, CheckOptions
-from ..urls import registered_domain
-from .helo import is_domain
+from ..orgdomain import is_domain, registered_domain
 
 log = logging.getLogger("mailwarden")
 

@@ -31,15 +31,14 @@ INI keys (``[check.helo]``):
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 
 from ..options import Networks, ValueProblem, opt, parse_bool, parse_list, parse_networks
 from ..dns import normalize
 from ..model import Reply
+from ..orgdomain import is_domain
 from . import Check, CheckOptions
 
-_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 SYMBOLS = {
     "HELO_INVALID": 2.0,
@@ -74,13 +73,6 @@ class HeloOptions(CheckOptions):
     our_names: frozenset = opt(frozenset(), parse_names)
     our_addresses: Networks = opt(Networks(), parse_networks)
     reject: frozenset = opt(frozenset(), parse_symbols)
-
-
-def is_domain(name: str) -> bool:
-    """RFC 5321 ``Domain``: LDH labels, no empty label, no trailing dot."""
-    if not name or len(name) > 255:
-        return False
-    return all(_LABEL.match(label) for label in name.split("."))
 
 
 def parse_literal(text: str):
