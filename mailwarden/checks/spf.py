@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import spf as pyspf
 
 from ..options import opt, parse_bool, parse_int
-from ..model import Reply
+from ..model import Action, Reply, Trust
 from ..orgdomain import is_domain
 from . import Check, CheckOptions
 
@@ -132,7 +132,7 @@ class SpfCheck(Check):
     replayable = True              # pure but for its lookups (see checks/__init__)
     method = "spf"
     Options = SpfOptions
-    skip_for = frozenset({"allowlisted", "authenticated", "trusted"})
+    skip_for = frozenset({Trust.ALLOWLISTED, Trust.AUTHENTICATED, Trust.TRUSTED})
     symbols = {
         "SPF_PASS": 0.0,
         "SPF_FAIL": 3.0,
@@ -190,7 +190,7 @@ class SpfCheck(Check):
 
         reply = None
         if result == "fail" and self.options.reject_fail:
-            reply = Reply("reject", 550, "5.7.23", explanation or "SPF fail - not authorized")
+            reply = Reply(Action.REJECT, 550, "5.7.23", explanation or "SPF fail - not authorized")
         props = (("smtp.mailfrom", identity, comment),) if identity else ()
         out.append(self.result(result, "SPF_" + result.upper(),
                                _reason(result, explanation, identity), properties=props,
