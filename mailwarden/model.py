@@ -182,6 +182,14 @@ def parse_client_address(addr) -> Optional[ipaddress._BaseAddress]:
         ip = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
         return None
+    return unmapped(ip)
+
+
+def unmapped(ip):
+    """An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``) as the IPv4
+    address it carries; any other address (or None) as it is.  Every
+    comparison of a client's address goes through here, so that a client
+    cannot pass as another by the form its address is written in."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         return ip.ipv4_mapped
     return ip

@@ -40,13 +40,12 @@ INI keys (``[check.spf]``):
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 import spf as pyspf
 
 from ..options import opt, parse_bool, parse_int
-from ..model import Action, Reply, Trust
+from ..model import Action, Reply, Trust, unmapped
 from ..orgdomain import is_domain
 from . import Check, CheckOptions
 
@@ -152,9 +151,7 @@ class SpfCheck(Check):
 
     def _evaluate(self, ctx, sender: str, helo: str) -> tuple:
         """(result, explanation) of one identity; ``sender`` '' means HELO."""
-        ip = ctx.conn.client_ip
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
+        ip = unmapped(ctx.conn.client_ip)
         query = _Query(ctx.dns, self.options.max_lookups, self.options.max_void_lookups,
                        i=str(ip), s=sender, h=helo,
                        receiver=self.services.hostname or "unknown")
