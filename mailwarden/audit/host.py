@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from . import ports
-from .findings import FAIL, OK, WARN, AuditError, Finding, printable, render
+from .findings import OK, WARN, AuditError, Finding, printable, render
 
 MAIL, HOST = "mail", "host"
 

@@ -9,18 +9,20 @@ import ipaddress
 import json
 import os
 import socket
+import sys
 
 import pytest
 
 from mailwarden.audit import host, ports
-from mailwarden.audit.findings import FAIL, OK, WARN, AuditError
+from mailwarden.audit.findings import FAIL, OK, WARN
 from mailwarden.cli import main
 
 TCP_HEAD = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   "
             "uid  timeout inode\n")
 UDP_HEAD = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   "
             "uid  timeout inode ref pointer drops\n")
-TAIL = " 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0000000000000000 100 0 0 10 0\n"
+TAIL = (" 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0000000000000000"
+        " 100 0 0 10 0\n")
 
 
 def line(n: int, local: str, remote: str, state: str, inode: int) -> str:
@@ -197,7 +199,7 @@ def test_socket_owners_from_fd_links(tmp_path):
     assert host.socket_owners(str(proc), {1001}) == {1001: {(10, "vsftpd")}}
 
 
-@pytest.mark.skipif(host.sys.byteorder != "little", reason="the samples are a little-endian kernel's")
+@pytest.mark.skipif(sys.byteorder != "little", reason="the samples are a little-endian kernel's")
 def test_the_command_on_a_fake_proc(tmp_path, capsys):
     proc = fake_proc(tmp_path / "proc")
     config = tmp_path / "mw.ini"

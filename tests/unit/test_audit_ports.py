@@ -296,7 +296,8 @@ def test_grab_a_closed_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]            # bound, never listening: refused
-        answer = ports.grab(socket.AF_INET, "127.0.0.1", ports.moved_to(ports.BY_NAME["ftp"], port), 2)
+        known = ports.moved_to(ports.BY_NAME["ftp"], port)
+        answer = ports.grab(socket.AF_INET, "127.0.0.1", known, 2)
     assert not answer.answered
 
 
