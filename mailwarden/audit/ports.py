@@ -244,9 +244,18 @@ def _postgres(raw: bytes) -> str:
 _SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
 
 
+_HOST_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
+
+
+def _host_header(server_name: Optional[str], address: str) -> str:
+    # the name may come from an SMTP banner: only a plain host name is used
+    if server_name and _HOST_NAME.match(server_name):
+        return server_name
+    return f"[{address}]" if ":" in address else address
+
+
 def _question(ask: str, host: str) -> Optional[bytes]:
     if ask in (HTTP, HTTPS):
-        host = host if host.isascii() and host.isprintable() else "localhost"
         return (f"HEAD / HTTP/1.0\r\nHost: {host}\r\nUser-Agent: mailwarden-probe\r\n"
                 "Connection: close\r\n\r\n").encode("ascii")
     return {REDIS: b"PING\r\n", MEMCACHED: b"version\r\n",
@@ -308,13 +317,14 @@ def grab(family: int, address: str, known: KnownPort, timeout: float,
         except OSError:            # refused, unreachable, filtered
             return Answer(known, False)
         note = ""
+        host = _host_header(server_name, address)
         if known.ask == HTTPS:
             try:
                 sock = (tls_context or _insecure_context()).wrap_socket(
-                    sock, server_hostname=server_name)
+                    sock, server_hostname=host if host == server_name else None)
             except (OSError, ssl.SSLError) as exc:
                 return Answer(known, True, "", f"TLS handshake failed: {exc}")
-        question = _question(known.ask, server_name or address)
+        question = _question(known.ask, host)
         if question is not None:
             try:
                 sock.sendall(question)

@@ -243,6 +243,17 @@ def test_grab_asks_http_for_its_head():
     assert answer.banner == "HTTP/1.1 403 Forbidden; Server: Apache/2.4.57 (Debian)"
 
 
+@pytest.mark.parametrize("name,address,header", [
+    ("mx.example.org", "192.0.2.1", "mx.example.org"),
+    (None, "192.0.2.1", "192.0.2.1"), (None, "2001:db8::1", "[2001:db8::1]"),
+    # a name taken from an SMTP banner is the server's to choose
+    ("mx.example.org\r\nX-Evil: 1", "192.0.2.1", "192.0.2.1"),
+    ("m\u00fcller.example", "192.0.2.1", "192.0.2.1"), ("a b", "192.0.2.1", "192.0.2.1")])
+def test_the_host_header(name, address, header):
+    assert ports._host_header(name, address) == header
+    assert ports._question(ports.HTTP, header).count(b"\r\n") == 5
+
+
 def test_grab_asks_postgresql_for_tls_only():
     with TinyServer(reply=b"N") as server:
         answer = grab(server, "postgresql")
