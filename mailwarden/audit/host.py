@@ -339,7 +339,13 @@ def _port(text: str) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "audit-host", help="list what listens on this machine that is not mail's "
-                           "(FTP, databases, panels, ...)")
+                           "(FTP, databases, panels, ...)",
+        description="The listening sockets of this machine (TCP, and UDP on well-known "
+                    "ports) from /proc/net, with the processes holding them. Mail's "
+                    "sockets are one finding; every other one is ok on loopback only, "
+                    "else judged by its kind: " + ports.levels_help() + "; an unknown "
+                    "TCP port warns. Exit 0: nothing fails; 1: a finding fails; 2: the "
+                    "socket tables or -c FILE cannot be read.")
     p.add_argument("--mail-port", type=_port, action="append", default=[], metavar="PORT",
                    help="a port of the mail system besides 25, 465, 587, 110, 995, 143, 993, "
                         "4190, 24 and mailwarden's own (repeatable)")

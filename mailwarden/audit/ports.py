@@ -373,6 +373,17 @@ def parse_other_port(text: str) -> tuple:
     return name, int(number)
 
 
+def levels_help(udp: bool = True) -> str:
+    """The kinds of the catalogue, their level and their services (with
+    the UDP-only ones or not): for a command's --help."""
+    lines = []
+    for kind, (level, _) in KINDS.items():
+        names = ", ".join(f"{k.name} {k.port}{'' if k.tcp else '/udp'}"
+                          for k in CATALOGUE if k.kind == kind and (k.tcp or udp))
+        lines.append(f"{kind} ({level}): {names}")
+    return "; ".join(lines)
+
+
 def add_other_port_argument(parser, what: str) -> None:
     parser.add_argument("--other-port", type=parse_other_port, action="append", default=[],
                         metavar="NAME=PORT",

@@ -991,15 +991,20 @@ def parse_others(text: str) -> Optional[tuple]:
     return names
 
 
-OTHERS_HELP = ("the other services tried, in parallel, each asked one first line at most: "
-               + ", ".join(f"{k.name} {k.port}" for k in ports.CATALOGUE if k.tcp)
-               + ". A comma-separated list of names, all (the default) or none")
+OTHERS_HELP = ("the other services tried (names of the list above, comma-separated), "
+               "in parallel, each asked one first line at most: all (the default) or none")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "probe", help="connect to a mail server as a client and check TLS, AUTH, relaying, "
-                      "and which other services answer on it")
+                      "and which other services answer on it",
+        description="Connects to HOST only: SMTP and submission (STARTTLS, AUTH after it, "
+                    "TLS versions, certificate, VRFY, relay tricks), IMAP and POP3 (STARTTLS, "
+                    "cleartext logins), then the other well-known services, each that "
+                    "answers a finding with its first line, its level by kind: "
+                    + ports.levels_help(udp=False) + ". Exit 0: nothing fails; 1: a finding fails; 2: the host does not "
+                      "resolve, nothing answers, or a session broke off.")
     p.add_argument("host", help="the server to probe (the only host ever contacted)")
     for name, default in (("smtp", 25), ("submission", 587), ("imap", 143), ("pop3", 110),
                           ("imaps", 993), ("pop3s", 995)):

@@ -122,6 +122,16 @@ def test_the_catalogue_is_consistent():
     assert not set(ports.MAIL_PORTS) & set(ports.TCP_BY_PORT)
 
 
+def test_the_help_lists_the_catalogue(capsys):
+    tcp = ports.levels_help(udp=False)
+    assert "cleartext (fail): ftp 21, telnet 23" in tcp and "tftp" not in tcp
+    assert "ntp 123/udp" in ports.levels_help()
+    with pytest.raises(SystemExit):
+        main(["audit-host", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(f"{k.name} {k.port}" in shown for k in ports.CATALOGUE)
+
+
 def test_choose():
     everything = ports.choose()
     assert [k.name for k in everything] == [k.name for k in ports.CATALOGUE if k.tcp]
