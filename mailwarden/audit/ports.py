@@ -229,7 +229,8 @@ def _telnet(raw: bytes) -> str:
         text.append(raw[i])
         i += 1
     said = banner_text(bytes(text))
-    note = f"option negotiation ({options} commands)" if options else ""
+    note = f"option negotiation ({options} command{'s' if options > 1 else ''})" \
+        if options else ""
     return "; ".join(p for p in (note, said) if p)
 
 

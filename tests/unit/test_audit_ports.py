@@ -177,7 +177,7 @@ def test_bad_options_are_refused(argv, capsys):
      "error 1130: Host '192.0.2.1' is not allowed"),
     (ports.TELNET, b"\xff\xfd\x18\xff\xfd\x20\xff\xfb\x01Debian login: ",
      "option negotiation (3 commands); Debian login:"),
-    (ports.TELNET, b"\xff\xfd\x18", "option negotiation (1 commands)"),
+    (ports.TELNET, b"\xff\xfd\x18", "option negotiation (1 command)"),
     (ports.POSTGRES, b"N", "answers the SSLRequest: N (no TLS)"),
     (ports.POSTGRES, b"S", "answers the SSLRequest: S (TLS offered)"),
     (ports.REDIS, b"-NOAUTH Authentication required.\r\n", "-NOAUTH Authentication required."),
