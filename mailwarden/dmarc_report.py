@@ -88,8 +88,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .dmarc_records import MAX_NAME, NOT_XML, Records, RecordsError, is_redis, open_records
-from .orgdomain import organizational
+from .dmarc_records import NOT_XML, Records, RecordsError, is_redis, open_records
+from .orgdomain import is_dmarc_record, is_domain, organizational
 
 log = logging.getLogger("mailwarden.dmarc_report")
 
@@ -110,8 +110,6 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 # report address needs none of them, and each is a way to smuggle a second
 # recipient or an option into the MTA's command line.
 _LOCAL = re.compile(r"[A-Za-z0-9#$&'*+=?^_`{}~-]+(?:\.[A-Za-z0-9#$&'*+=?^_`{}~-]+)*")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOST = re.compile(rf"(?:{_LABEL}\.)+{_LABEL}")
 MAX_ADDRESS = 254               # RFC 5321 §4.5.3.1.3 (path 256, less the brackets)
 MAX_URIS = 5                    # destinations taken from one rua (RFC 7489 §6.2: MAY limit)
 
@@ -150,7 +148,7 @@ def strict_address(text: str) -> str:
         return "not exactly one @"
     if not local or len(local) > 64 or local.startswith("-") or not _LOCAL.fullmatch(local):
         return "not a plain local part"
-    if len(host) > 253 or not _HOST.fullmatch(host) or host.rpartition(".")[2].isdigit():
+    if not is_domain(host, multi_label=True):
         return "not a host name after the @"
     return ""
 
@@ -322,9 +320,6 @@ def build_xml(options, policy_domain: str, begin: int, end: int, report_id: str,
 # making reports
 
 
-_POLICY_DOMAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*")
-
-
 def make_reports(config, since: float, now: Optional[float] = None) -> tuple:
     """(reports, skipped): reports of rows in [now - since, now] not yet
     reported; ``skipped`` counts rows of domains that asked for none (or
@@ -348,7 +343,7 @@ def make_reports(config, since: float, now: Optional[float] = None) -> tuple:
                 skipped += 1            # this domain did not ask for reports
                 continue
             domain = row["policy_domain"]
-            if len(domain) > MAX_NAME or not _POLICY_DOMAIN.fullmatch(domain):
+            if not is_domain(domain, underscore=True):
                 skipped += 1            # it names the file: never a path
                 continue
             by_domain.setdefault(domain, []).append(row)
@@ -417,7 +412,7 @@ def authorized(resolver, policy_domain: str, destination: Destination) -> tuple:
     answer = resolver.query(name, "TXT")
     if answer.temporary:
         return False, f"{name}: {answer.status.value}, try again later"
-    if answer.ok and any(re.match(r"^v\s*=\s*DMARC1\s*(;|$)", t) for t in answer.records):
+    if answer.ok and any(is_dmarc_record(t) for t in answer.records):
         return True, ""
     return False, f"external destination not authorized: no v=DMARC1 at {name}"
 
