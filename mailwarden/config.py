@@ -179,14 +179,16 @@ class MetricsOptions:
 
 @dataclass(frozen=True)
 class DmarcReportOptions:
-    """``mailwarden dmarc-report`` (RFC 7489 §7.2); the records come from
-    ``[check.dmarc] history``."""
+    """``mailwarden dmarc-report`` (RFC 9990 aggregate reports); the records
+    come from ``[check.dmarc] history``."""
 
     # report_metadata: who we are (org_name, email) and the receiver domain
     # named in file names and the Subject (Submitter)
     org_name: str = opt("", parse_str)
     domain: str = opt("", parse_str)
     email: str = opt("", parse_str)
+    # report_metadata/extra_contact_info (optional)
+    extra_contact_info: str = opt("", parse_str)
     # the From of report mail; empty: email
     sender: str = opt("", parse_str)
     # the local MTA's sendmail(1) command line, arguments allowed
