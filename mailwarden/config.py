@@ -199,6 +199,15 @@ class DmarcReportOptions:
     max_mails_per_run: int = opt(2000, parse_int(1, 10 ** 6))
     max_mails_per_domain: int = opt(200, parse_int(1, 10 ** 6))
 
+    def resolve(self, error):
+        # the receiver of RFC 9990's file names and Subject: a domain-name,
+        # never a path
+        label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+        if self.domain and not re.fullmatch(rf"{label}(?:\.{label})*", self.domain):
+            raise error("domain", f"not a host name: {self.domain!r} (it names the "
+                                  "report files and the Subject's Submitter)")
+        return self
+
 
 CORE_SECTIONS: Mapping[str, type] = MappingProxyType({
     "milter": MilterOptions,
