@@ -120,7 +120,10 @@ def test_dmarc_report_sent_through_postfix(postfix, sink, mailwarden, tmp_path):
 
     for rcpt in ("agg@rep-e2e.example", "agg@reports-e2e.example"):
         def arrived():
-            return [m for m in sink.messages if rcpt in m.rcpts and b"Report Domain:" in m.data]
+            # the sink is shared: this run's report mail, by its file name
+            return [m for m in sink.messages if rcpt in m.rcpts and b"Report Domain:" in m.data
+                    and next(email.message_from_bytes(m.data, policy=email.policy.default)
+                             .iter_attachments()).get_filename() == files[0].name]
         wait_until(lambda: bool(arrived()), 60, f"the report mail to {rcpt}", interval=0.2)
         msg = email.message_from_bytes(arrived()[0].data, policy=email.policy.default)
         # RFC 9990: the Report-ID is the file name's unique-id

@@ -970,3 +970,12 @@ def test_the_override_rua_gets_the_report_and_the_original_does_not():
     assert fake.recipients == [["inbox@redirect.example"], ["copy@redirect.example"]]
     assert outcomes["agg@redirect.example"].startswith("sent: to the rua of its _report._dmarc")
     assert outcomes["agg@elsewhere.example"].startswith("skipped: the rua of")
+
+
+def test_the_attachment_name_is_one_plain_parameter(history, tmp_path):
+    """About 100 characters: not cut into RFC 2231 pieces with "!" %-encoded."""
+    (report,), _ = make_reports(history, since=3600, now=time.time() + 1)
+    data = dmarc_report.report_message(history.dmarc_report, report,
+                                       Destination("agg@rep-a.example"))
+    assert f'filename="{report.filename}"'.encode() in data
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
