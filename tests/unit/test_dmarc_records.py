@@ -167,6 +167,20 @@ def test_a_redis_record_of_the_previous_version_reads_with_defaults(redis_server
     assert row.dkim == (("a.example", "sel", "pass", ""),)
 
 
+def test_the_end_of_a_domains_last_report_is_kept(make):
+    reader = make(report=True)
+    assert reader.last_report_end(["a.example"]) == {}
+    for rid, end in (("r1", NOW + 10), ("r3", NOW + 30), ("r2", NOW + 20)):
+        reader.save_report({"report_id": rid, "policy_domain": "a.example", "begin": NOW,
+                            "end": end, "file": f"/nowhere/{rid}.xml.gz", "messages": 0,
+                            "gz": b"\x1f\x8b"}, [], [], NOW + 40)
+    reader.save_report({"report_id": "r4", "policy_domain": "b.example", "begin": NOW,
+                        "end": NOW + 5, "file": "/nowhere/r4.xml.gz", "messages": 0,
+                        "gz": b"\x1f\x8b"}, [], [], NOW + 40)
+    assert make(report=True).last_report_end(["a.example", "b.example", "c.example"]) == \
+        {"a.example": NOW + 30, "b.example": NOW + 5}
+
+
 def test_rows_are_those_of_the_period_oldest_first(make):
     records = make()
     for i, t in enumerate((NOW - 100, NOW, NOW + 5, NOW + 100)):

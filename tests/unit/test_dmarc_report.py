@@ -979,3 +979,24 @@ def test_the_attachment_name_is_one_plain_parameter(history, tmp_path):
                                        Destination("agg@rep-a.example"))
     assert f'filename="{report.filename}"'.encode() in data
     assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+
+
+_WORD = st.one_of(st.sampled_from(["", "y", "n", "p", "sp", "np", "psl", "treewalk", "pass",
+                                   "none", "quarantine", "reject", "local_policy",
+                                   "sampled_out", "policy_test_mode"]),
+                  st.text(max_size=12))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(st.fixed_dictionaries({
+    "p": _WORD, "sp": _WORD, "np": _WORD, "adkim": _WORD, "aspf": _WORD, "result": _WORD,
+    "disposition": _WORD, "override": _WORD, "override_comment": _WORD, "testing": _WORD,
+    "discovery_method": _WORD, "policy_tag": _WORD, "record_error": _WORD, "fo": _WORD}),
+    st.lists(st.tuples(_WORD, _WORD, _WORD, _WORD), max_size=4),
+    st.lists(st.tuples(_WORD, _WORD, _WORD, _WORD), max_size=2))
+def test_whatever_a_row_holds_the_report_is_valid(tmp_path_factory, fields, dkim, spf):
+    path = tmp_path_factory.mktemp("any")
+    report, root = _report_of(path, _evaluation(time.time(), dkim=tuple(dkim), spf=tuple(spf),
+                                                **fields))
+    assert report.messages == 1
