@@ -576,7 +576,8 @@ def dmarc_tags(text: str) -> Optional[dict]:
     """The tags of a TXT record that passes step 6 of RFC 9990's external
     destination check (a tag=value list, the same format as a DMARC
     record, ``v=DMARC1`` first; a trailing ";" optional), None for one
-    that does not.  A tag named twice fails it, as in a DMARC record."""
+    that does not.  A tag named twice fails it too: which ``rua`` would
+    then replace the destination is not clear, and none is the safe side."""
     parts = [part.strip(" \t") for part in text.split(";")]
     if parts and parts[-1] == "":
         parts.pop()

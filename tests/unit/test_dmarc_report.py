@@ -1000,3 +1000,17 @@ def test_whatever_a_row_holds_the_report_is_valid(tmp_path_factory, fields, dkim
     report, root = _report_of(path, _evaluation(time.time(), dkim=tuple(dkim), spf=tuple(spf),
                                                 **fields))
     assert report.messages == 1
+
+
+@pytest.mark.parametrize("text, tags", [
+    ("v=DMARC1", {"v": "DMARC1"}),
+    ("v=DMARC1;", {"v": "DMARC1"}),
+    ("v = DMARC1 ; rua=mailto:a@b.example", {"v": "DMARC1", "rua": "mailto:a@b.example"}),
+    ("v=DMARC1; rua=mailto:a@b.example; rua=mailto:c@b.example", None),   # which rua?
+    ("p=none; v=DMARC1", None),
+    ("v=DMARC2", None),
+    ("v=DMARC1; junk", None),
+    ("", None),
+])
+def test_the_authorizing_record_is_a_dmarc_tag_list(text, tags):
+    assert dmarc_report.dmarc_tags(text) == tags
