@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from .address import DomainSet
+from .orgdomain import is_domain
 # the option parsers live apart so that checks can import them without
 # importing this loader, which imports the check registry
 from .options import (ConfigError, Networks, ValueProblem, opt, parse_bool, parse_choice,
@@ -202,8 +203,7 @@ class DmarcReportOptions:
     def resolve(self, error):
         # the receiver of RFC 9990's file names and Subject: a domain-name,
         # never a path
-        label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-        if self.domain and not re.fullmatch(rf"{label}(?:\.{label})*", self.domain):
+        if self.domain and not is_domain(self.domain):
             raise error("domain", f"not a host name: {self.domain!r} (it names the "
                                   "report files and the Subject's Submitter)")
         return self

@@ -112,8 +112,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .dmarc_records import MAX_NAME, NOT_XML, Records, RecordsError, is_redis, open_records
-from .orgdomain import organizational
+from .dmarc_records import NOT_XML, Records, RecordsError, is_redis, open_records
+from .orgdomain import is_dmarc_record, is_domain, organizational
 
 log = logging.getLogger("mailwarden.dmarc_report")
 
@@ -133,8 +133,6 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 # report address needs none of them, and each is a way to smuggle a second
 # recipient or an option into the MTA's command line.
 _LOCAL = re.compile(r"[A-Za-z0-9#$&'*+=?^_`{}~-]+(?:\.[A-Za-z0-9#$&'*+=?^_`{}~-]+)*")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOST = re.compile(rf"(?:{_LABEL}\.)+{_LABEL}")
 MAX_ADDRESS = 254               # RFC 5321 §4.5.3.1.3 (path 256, less the brackets)
 MAX_URIS = 5                    # destinations taken from one rua (RFC 9990: the receiver's limit)
 
@@ -173,7 +171,7 @@ def strict_address(text: str) -> str:
         return "not exactly one @"
     if not local or len(local) > 64 or local.startswith("-") or not _LOCAL.fullmatch(local):
         return "not a plain local part"
-    if len(host) > 253 or not _HOST.fullmatch(host) or host.rpartition(".")[2].isdigit():
+    if not is_domain(host, multi_label=True):
         return "not a host name after the @"
     return ""
 
@@ -479,9 +477,6 @@ def build_xml(options, policy_domain: str, begin: int, end: int, report_id: str,
 # making reports
 
 
-_POLICY_DOMAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*")
-
-
 def make_reports(config, since: float, now: Optional[float] = None) -> tuple:
     """(reports, skipped): reports of rows in [now - since, now] not yet
     reported; ``skipped`` counts rows of domains that asked for none (or
@@ -509,7 +504,7 @@ def make_reports(config, since: float, now: Optional[float] = None) -> tuple:
                 skipped += 1            # this domain did not ask for reports
                 continue
             domain = row["policy_domain"]
-            if len(domain) > MAX_NAME or not _POLICY_DOMAIN.fullmatch(domain):
+            if not is_domain(domain, underscore=True):
                 skipped += 1            # it names the file: never a path
                 continue
             by_domain.setdefault(domain, []).append(row)
@@ -587,7 +582,7 @@ def dmarc_tags(text: str) -> Optional[dict]:
         tag, value = tag.strip(" \t"), value.strip(" \t")
         if not eq or not _TAG.fullmatch(tag) or tag.lower() in tags:
             return None
-        if i == 0 and (tag != "v" or value != "DMARC1"):
+        if i == 0 and (tag.lower() != "v" or value != "DMARC1"):
             return None
         tags[tag.lower()] = value
     return tags or None
@@ -627,7 +622,8 @@ def verify(resolver, policy_domain: str, destination: Destination) -> Authorizat
     if answer.temporary:
         return Authorization(False, f"{name}: {answer.status.value}, try again later",
                              temporary=True)
-    records = [tags for tags in (dmarc_tags(t) for t in (answer.records if answer.ok else ()))
+    records = [tags for tags in (dmarc_tags(t) for t in (answer.records if answer.ok else ())
+                                 if is_dmarc_record(t))
                if tags is not None]
     if not records:
         return Authorization(False, f"external destination not authorized: no v=DMARC1 at {name}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-from .model import Connection, Message
+from .model import Action, Connection, Message
 from .policy import Verdict
 
 
@@ -103,8 +103,8 @@ def format_line(fields: Mapping) -> str:
 # --------------------------------------------------------------------------
 # scan --explain
 
-_ACTION_COLOUR = {"accept": "32", "add_header": "33", "quarantine": "33",
-                  "tempfail": "35", "reject": "31", "discard": "31"}
+_ACTION_COLOUR = {Action.ACCEPT: "32", Action.ADD_HEADER: "33", Action.QUARANTINE: "33",
+                  Action.TEMPFAIL: "35", Action.REJECT: "31", Action.DISCARD: "31"}
 
 
 def explain_table(verdict: Verdict, scores: Mapping[str, float], policy, colour: bool = False,

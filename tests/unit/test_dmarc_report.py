@@ -1005,6 +1005,7 @@ def test_whatever_a_row_holds_the_report_is_valid(tmp_path_factory, fields, dkim
 @pytest.mark.parametrize("text, tags", [
     ("v=DMARC1", {"v": "DMARC1"}),
     ("v=DMARC1;", {"v": "DMARC1"}),
+    ("V=DMARC1", {"v": "DMARC1"}),                 # as orgdomain.is_dmarc_record reads it
     ("v = DMARC1 ; rua=mailto:a@b.example", {"v": "DMARC1", "rua": "mailto:a@b.example"}),
     ("v=DMARC1; rua=mailto:a@b.example; rua=mailto:c@b.example", None),   # which rua?
     ("p=none; v=DMARC1", None),

@@ -17,7 +17,6 @@ from mailwarden.config import loads
 from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.engine import Engine, run_offline
 from tests.hostile import HOSTILE_TEXTS
-from tests.unit import test_properties  # noqa: F401  (loads the hypothesis profile)
 
 CONF = """[authserv]
 id = mx.test.example
