@@ -6,7 +6,9 @@ socket, and relays what it takes to the session's sink.  Sendmail has no
 XCLIENT: each client is a loopback address the test binds its socket to,
 named in Sendmail's private hosts file and in ``tests/data/zones/sendmail.zone``.
 SMTP AUTH is Sendmail's own (Cyrus SASL PLAIN over STARTTLS), its
-passwords checked by the harness.
+passwords checked by the harness.  Sendmail comes from ``make deps-test``
+(``scripts/fetch-sendmail``): without it these tests fail, saying so; they
+are skipped only where every e2e test is (not root, see ``conftest.py``).
 """
 
 from __future__ import annotations
