@@ -24,7 +24,7 @@ from mailwarden.milter import MailwardenMilter
 from mailwarden.model import Stage, tls_name, tls_rank
 
 from tests.milter.miltertest import Session
-from .test_authresults import strict_parse
+from .authcase import strict_parse
 
 ONLY_TLS = {"tls": registry()["tls"]}
 BASE = "[authserv]\nid = mx.test.example\n"
