@@ -269,3 +269,28 @@ def test_our_host_name_from_macro_j(sendmail, sink, mailwarden):
         f"{result}{explain(sendmail, mw)}"
     assert "our own host name" in result.text
     assert_not_delivered(sendmail, sink, msgid.encode())
+
+
+# -- the TLS session (the tls check) ----------------------------------------------------
+
+def test_the_tls_session_reaches_mailwarden(sendmail, sink, mailwarden):
+    """Sendmail gives the TLS macros mailwarden asks for at MAIL FROM (nine
+    names in that list; Sendmail takes up to 50): x-tls with the version,
+    cipher and bits the client negotiated, x-tls=none in cleartext, and a
+    listed sender in cleartext gets mailwarden's 451."""
+    mw = mailwarden({**UNTRUSTED, "check.tls": {"require_from": "tls-required.example"}})
+    data, msgid = make_message("over TLS through sendmail")
+    result = send(sendmail, CLIENT, data, starttls=True)
+    assert result.accepted, f"{result}{explain(sendmail, mw)}"
+    cipher, version, bits = result.tls
+    (ours,) = our_ar(sink.wait_for_match(msgid.encode(), timeout=30))
+    assert re.sub(r"\s+", " ", ours).endswith(
+        f"x-tls=pass smtp.version={version} smtp.cipher={cipher} smtp.bits={bits}"), ours
+    got, _qid = deliver(sendmail, sink, mw, CLIENT, "in clear through sendmail")
+    (ours,) = our_ar(got)
+    assert ours.rstrip().endswith("x-tls=none"), ours
+    data, msgid = make_message("listed, in clear", sender="alerts@tls-required.example")
+    result = send(sendmail, CLIENT, data, mail_from="alerts@tls-required.example")
+    assert (result.stage, result.code, result.enhanced) == ("mail", 451, "4.7.0"), \
+        f"{result}{explain(sendmail, mw)}"
+    assert_not_delivered(sendmail, sink, msgid.encode())
