@@ -7,7 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= conf/mailwarden.ini
 # Debian packages: the milter needs libmilter-dev to build pymilter; the
-# tests also run a private Postfix, a DNS server and Redis on loopback.
+# tests also run a private Postfix, a DNS server and Redis on loopback, and
+# a private Sendmail (SMTP AUTH through Cyrus SASL's PLAIN plugin).
 RUN_APT_PACKAGES := libmilter-dev
 # The Debian package: what builds it (debian/control's Build-Depends) and
 # checks it, and Debian's own libraries it depends on, on which the unit
@@ -19,8 +20,10 @@ DEB_BUILD_APT_PACKAGES := dpkg-dev debhelper dh-python help2man pybuild-plugin-p
 DEB_APT_PACKAGES := $(DEB_BUILD_APT_PACKAGES) lintian python3-venv adduser python3-redis \
   python3-authres python3-pytest
 TEST_APT_PACKAGES := libmilter-dev postfix unbound redis-server swaks dovecot-imapd dovecot-pop3d \
-  $(DEB_APT_PACKAGES)
+  libsasl2-modules $(DEB_APT_PACKAGES)
 DEBIAN_VENV := .venv-debian
+# Sendmail conflicts with postfix: its packages are unpacked here, not installed
+SENDMAIL_DEPS := .deps/sendmail
 PYTEST_ARGS ?=
 
 .PHONY: run test deps-run deps-test check-config bench bench-compare deb test-debian-libs dist
@@ -51,6 +54,7 @@ deps-run:
 deps-test:
 	scripts/install-deps $(VENV) "$(PYTHON)" "[test]" $(TEST_APT_PACKAGES)
 	scripts/install-debian-venv $(DEBIAN_VENV)
+	scripts/fetch-sendmail $(SENDMAIL_DEPS)
 
 check-config: deps-run
 	$(BIN)/mailwarden check-config -c $(CONFIG)

@@ -45,13 +45,13 @@ from .options import Networks, ValueProblem, opt, parse_bool, parse_choice, pars
     parse_list, parse_networks, parse_str, parse_subset
 from .dns import normalize
 from .explain import clean
+from .orgdomain import is_domain
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 FAILED = "temperror"        # the result of a list that did not answer
 BLOCKED = "permerror"       # the result of a list that refused the query
 TARGETS = ("helo", "sender", "ptr")
 SYMBOL = re.compile(r"^[A-Z0-9_]+$")
-_ZONE_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 _BITS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
@@ -182,7 +182,7 @@ def prefix_of(name: str) -> str:
 
 def parse_zone(text: str) -> str:
     zone = normalize(text)
-    if zone and (len(zone) > 253 or not all(_ZONE_LABEL.match(x) for x in zone.split("."))):
+    if zone and not is_domain(zone, underscore=True):
         raise ValueProblem(f"not a DNS zone name: {text!r}")
     return zone
 

@@ -1,8 +1,12 @@
-"""The organizational domain of a name, and the registered domain of a host.
+"""Domain names: their syntax, the organizational domain of a name, the
+registered domain of a host, and what a DMARC record is.
 
 This module is mailwarden's one reader of the Public Suffix List: the
 dmarc check, ``dmarc-report``, ``audit`` and the URL / domain lists all ask
-it, so that they all draw the same boundaries.
+it, so that they all draw the same boundaries.  It is also the one place
+that says what a domain name may look like (:func:`is_domain`,
+:func:`is_label`) and which TXT record is a DMARC record
+(:func:`is_dmarc_record`).
 
 The list is tldextract's bundled snapshot, read once on first use and never
 fetched (``suffix_list_urls=()``, ``cache_dir=None``).  Both sections of the
@@ -38,9 +42,53 @@ the same names come back message after message.
 from __future__ import annotations
 
 import functools
+import re
 import threading
 
-__all__ = ["organizational", "registered_domain", "public_suffix"]
+__all__ = ["organizational", "registered_domain", "public_suffix",
+           "is_domain", "is_label", "is_dmarc_record"]
+
+# RFC 1035 §2.3.1 / RFC 5321 §4.1.2 Domain: letters, digits, hyphens inside
+_LDH = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+# the same with "_": the DNS names of SPF's domain-spec (RFC 7208 §7.1),
+# DKIM key names and DNS list zones hold service labels such as _spf
+_DNS = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
+MAX_NAME = 253                  # RFC 1035 §2.3.4: 255 octets on the wire
+# RFC 9989 and RFC 7489 §6.4, dmarc-version = "v" equals %s"DMARC1": the
+# tag name is an ABNF string (either case), the value case-sensitive, and
+# equals is *WSP "=" *WSP
+_DMARC_VERSION = re.compile(r"[vV][ \t]*=[ \t]*DMARC1[ \t]*(?:;|\Z)")
+
+
+def is_label(label: str, *, underscore: bool = False) -> bool:
+    """One label of 1 to 63 octets: letters, digits and inner hyphens
+    (and ``_`` anywhere when ``underscore``)."""
+    return (_DNS if underscore else _LDH).match(label) is not None
+
+
+def is_domain(name: str, *, underscore: bool = False, multi_label: bool = False) -> bool:
+    """Domain-name syntax, without a trailing dot: labels as
+    :func:`is_label` says, 253 characters at most.
+
+    ``underscore``: DNS names rather than host names (SPF domain-specs,
+    DNS list zones).  ``multi_label``: at least two labels and a last one
+    that is not all digits (RFC 7208 §7.1 ``toplabel``), so that neither a
+    bare word nor an IPv4 address passes as a mail domain.
+    """
+    if not name or len(name) > MAX_NAME:
+        return False
+    labels = name.split(".")
+    if multi_label and (len(labels) < 2 or labels[-1].isdigit()):
+        return False
+    pattern = _DNS if underscore else _LDH
+    return all(pattern.match(label) for label in labels)
+
+
+def is_dmarc_record(text: str) -> bool:
+    """Whether a TXT record is a DMARC record: it starts with ``v=DMARC1``
+    followed by ``;`` or its end (RFC 9989's ``v`` tag: a record that does
+    not start so is ignored; ``v=DMARC10`` and ``v=dmarc1`` are none)."""
+    return _DMARC_VERSION.match(text) is not None
 
 _SPECIAL_SUFFIXES = ("test", "example", "invalid")
 _extractor = None

@@ -52,7 +52,7 @@ from typing import Optional
 
 from .address import AddressProblem, idna_to_ascii
 
-from .orgdomain import registered_domain   # the one Public Suffix List reader
+from .orgdomain import is_domain, registered_domain   # the one Public Suffix List reader
 
 __all__ = ["Limits", "Extraction", "extract", "host_of", "registered_domain", "normalize_host"]
 
@@ -82,7 +82,6 @@ class Extraction:
 # --------------------------------------------------------------------------
 # host normalisation (WHATWG URL host parsing, the parts that matter here)
 
-_LABEL_OK = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})")
 _DEC = re.compile(r"[0-9]+")
 _HEX = re.compile(r"[0-9A-Fa-f]*")
@@ -169,10 +168,7 @@ def normalize_host(host: str) -> tuple:
         return "", ""
     if ip:
         return "ip", ip
-    if len(host) > 253:
-        return "", ""
-    labels = host.split(".")
-    if not all(_LABEL_OK.fullmatch(label) for label in labels):
+    if not is_domain(host, underscore=True):
         return "", ""
     return "name", host
 

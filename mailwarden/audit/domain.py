@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from ..address import AddressProblem, idna_to_ascii
 from ..dns import Answer, Resolver, Status, normalize, ptr_name
-from ..orgdomain import organizational as organizational_domain
+from ..orgdomain import is_dmarc_record, is_domain, organizational as organizational_domain
 from .findings import FAIL, OK, WARN, Finding, render
 from .records import (SPF_LOOKUP_MECHANISMS, RecordError, is_spf, parse_dkim_key,
                       parse_dmarc, parse_spf, parse_sts, parse_tlsrpt)
@@ -574,7 +574,7 @@ class DomainAudit:
             return answer, []
         # RFC 7489 §6.6.3: records that do not start with v=DMARC1 are discarded
         return answer, sorted(r for r in answer.records
-                              if r.replace(" ", "").startswith("v=DMARC1")) if answer.ok else []
+                              if is_dmarc_record(r)) if answer.ok else []
 
     def audit_dmarc(self) -> None:
         d = self.domain
@@ -707,8 +707,7 @@ class DomainAudit:
             answer = self.q(name, "TXT")
             if answer.temporary:
                 self.failed("dmarc", name, answer)
-            elif answer.ok and any(r.replace(" ", "").startswith("v=DMARC1")
-                                   for r in answer.records):
+            elif answer.ok and any(is_dmarc_record(r) for r in answer.records):
                 self.add("dmarc", OK, name, f"{host} accepts reports for {policy_domain} "
                          "(RFC 7489 §7.1)")
             else:
@@ -855,10 +854,7 @@ def _domain_arg(text: str) -> str:
         name = (name if name.isascii() else idna_to_ascii(name)).lower()
     except AddressProblem:
         raise argparse.ArgumentTypeError(f"not a domain name: {text!r}") from None
-    labels = name.split(".")
-    if (len(labels) < 2 or len(name) > 253
-            or any(not label or len(label) > 63 or label.startswith("-") or label.endswith("-")
-                   or not all(c.isalnum() or c in "-_" for c in label) for label in labels)):
+    if not is_domain(name, underscore=True, multi_label=True):
         raise argparse.ArgumentTypeError(f"not a domain name: {text!r}")
     return name
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "RecordError", "SpfTerm", "parse_spf", "is_spf", "parse_tags",
-    "parse_dkim_key", "DkimKey", "is_dmarc", "parse_dmarc", "DmarcRecord", "DmarcUri",
+    "parse_dkim_key", "DkimKey", "parse_dmarc", "DmarcRecord", "DmarcUri",
     "is_sts", "parse_sts", "is_tlsrpt", "parse_tlsrpt",
 ]
 
@@ -274,10 +274,6 @@ _DMARC_POLICIES = ("none", "quarantine", "reject")
 # t= and psd= are DMARCbis tags that receivers may already read
 _DMARC_TAGS = frozenset({"v", "p", "sp", "np", "adkim", "aspf", "pct", "fo", "rf", "ri",
                          "rua", "ruf", "t", "psd"})
-
-
-def is_dmarc(text: str) -> bool:
-    return re.match(r"v\s*=\s*DMARC1\s*(;|$)", text) is not None
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,8 @@ Results (RFC 8601 §2.7.1), each with its own symbol:
   ``t=s`` and an ``i=`` in a subdomain of ``d=``: ``DKIM_KEY_INVALID``); a
   key name that cannot exist in the DNS (``s=`` and ``d=`` with an empty
   label, a label over 63 octets, a name over 253, a character outside
-  letters, digits, ``-`` and ``_``: ``DKIM_BAD_NAME``; asked of no
+  letters, digits, ``-`` and ``_``, a label that starts or ends with
+  ``-``: ``DKIM_BAD_NAME``; asked of no
   server); more than ``max_signed_headers`` names in ``h=``
   (``DKIM_TOO_MANY_HEADERS``).
 
@@ -94,6 +95,8 @@ from dkim.crypto import HASH_ALGORITHMS
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from ..options import ValueProblem, opt, parse_choice, parse_int, parse_seconds
+from ..model import Trust
+from ..orgdomain import is_label
 from . import Check, CheckOptions
 
 _WS = re.compile(rb"\s+")
@@ -120,9 +123,6 @@ def _text(value: bytes) -> str:
 
 
 # -- names and tags -----------------------------------------------------------
-
-_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}\Z")
-
 
 def key_name(selector: bytes, domain: bytes) -> tuple:
     """(``SELECTOR._domainkey.DOMAIN``, None), or (None, why) for a name
@@ -151,7 +151,7 @@ def key_name(selector: bytes, domain: bytes) -> tuple:
                     return None, f"{tag}= has a label that is no valid IDN"
             if len(label) > 63:
                 return None, f"{tag}= has a label of {len(label)} octets (63 at most)"
-            if not _LABEL.match(label):
+            if not is_label(label, underscore=True):
                 return None, f"{tag}= has a character a DNS label here cannot have"
             labels.append(label)
         if tag == "s":
@@ -186,7 +186,7 @@ class DkimCheck(Check):
     replayable = True              # pure but for its lookups (see checks/__init__)
     method = "dkim"
     Options = DkimOptions
-    skip_for = frozenset({"allowlisted"})
+    skip_for = frozenset({Trust.ALLOWLISTED})
     symbols = {
         "DKIM_PASS": 0.0,
         "DKIM_NONE": 0.0,

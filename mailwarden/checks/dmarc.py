@@ -73,7 +73,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -81,16 +80,14 @@ from ..address import AddressProblem, authors, idna_to_ascii
 from ..options import ValueProblem, opt, parse_bool, parse_choice, parse_int, parse_redis_url
 from ..dmarc_records import Evaluation, RecordsError, is_redis, open_records
 from ..dns import Status
-from ..model import Reply
-from ..orgdomain import organizational
+from ..model import Action, Reply, Trust
+from ..orgdomain import is_dmarc_record, is_domain, organizational
 from . import Check, CheckOptions
 
 log = logging.getLogger("mailwarden.dmarc")
 
 _POLICIES = ("none", "quarantine", "reject")
 _MILDER = {"reject": "quarantine", "quarantine": "none", "none": "none"}
-_VERSION = re.compile(r"^v\s*=\s*DMARC1\s*(;|$)")
-_DOMAIN = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)+$")
 
 
 def parse_history(text: str) -> str:
@@ -135,7 +132,7 @@ class Record:
 
 def parse_record(domain: str, text: str) -> Optional[Record]:
     """The record, or None when it is no usable DMARC record."""
-    if not _VERSION.match(text):
+    if not is_dmarc_record(text):
         return None
     tags = {}
     for part in text.split(";")[1:]:
@@ -201,7 +198,7 @@ def from_domains(values: list) -> tuple:
         return (), note, "no From header field"
     if found.overflow or len(found.domains) > MAX_AUTHOR_DOMAINS:
         return (), note, f"more than {MAX_AUTHOR_DOMAINS} author domains in From"
-    domains = tuple(d for d in found.domains if _DOMAIN.match(d))
+    domains = tuple(d for d in found.domains if is_domain(d, underscore=True, multi_label=True))
     if not domains:
         if found.domains:
             return (), note, f"From domain {found.domains[0]!r} is not a domain name"
@@ -211,7 +208,7 @@ def from_domains(values: list) -> tuple:
 
 def _severity(r) -> int:
     """How strict one author domain's outcome is: the strictest decides."""
-    if r.reply is not None and r.reply.action == "reject":
+    if r.reply is not None and r.reply.action == Action.REJECT:
         return 6
     if r.result == "temperror":
         return 5
@@ -228,7 +225,7 @@ class DmarcCheck(Check):
     method = "dmarc"
     Options = DmarcOptions
     requires = ("spf", "dkim")
-    skip_for = frozenset({"allowlisted", "authenticated", "trusted"})
+    skip_for = frozenset({Trust.ALLOWLISTED, Trust.AUTHENTICATED, Trust.TRUSTED})
     fail_closed = True             # a crash tempfails, whatever temperror_action
     symbols = {
         "DMARC_PASS": 0.0,
@@ -265,7 +262,7 @@ class DmarcCheck(Check):
         answer = ctx.dns.query(f"_dmarc.{domain}", "TXT", decisive=True)
         if answer.temporary:
             raise _TempError(answer.describe())
-        texts = [t for t in answer.records if _VERSION.match(t)] if answer.ok else []
+        texts = [t for t in answer.records if is_dmarc_record(t)] if answer.ok else []
         if len(texts) != 1:
             return None
         return parse_record(domain, texts[0])
@@ -276,7 +273,7 @@ class DmarcCheck(Check):
         answer = ctx.dns.query(f"_dmarc.{domain}", "TXT", decisive=True)
         if answer.temporary:
             raise _TempError(answer.describe())
-        texts = [t for t in answer.records if _VERSION.match(t)] if answer.ok else []
+        texts = [t for t in answer.records if is_dmarc_record(t)] if answer.ok else []
         if len(texts) > 1:
             return None, org            # several records: no DMARC processing
         if texts:
@@ -297,7 +294,7 @@ class DmarcCheck(Check):
         if not domains:
             reply = None
             if self.options.reject_bad_from:
-                reply = Reply("reject", 550, "5.7.1",
+                reply = Reply(Action.REJECT, 550, "5.7.1",
                               "Message needs a From header field with an author domain")
             ctx.log.info("dmarc: no author domain to evaluate: %s%s", problem,
                          f" ({note})" if note else "")
@@ -389,7 +386,7 @@ class DmarcCheck(Check):
             action = {"reject": self.options.on_reject,
                       "quarantine": self.options.on_quarantine}.get(disposition, "score")
             if action == "reject":
-                reply = Reply("reject", 550, "5.7.1",
+                reply = Reply(Action.REJECT, 550, "5.7.1",
                               f"Message rejected: it fails the DMARC policy of {domain}")
             elif action == "quarantine":
                 quarantine = f"DMARC {which}={policy} of {domain}"

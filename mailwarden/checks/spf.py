@@ -40,20 +40,18 @@ INI keys (``[check.spf]``):
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from dataclasses import dataclass
 
 import spf as pyspf
 
 from ..options import opt, parse_bool, parse_int
-from ..model import Reply
+from ..model import Action, Reply, Trust, unmapped
+from ..orgdomain import is_domain
 from . import Check, CheckOptions
 
 SPF_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
 
 # a domain name as RFC 7208 §4.3 wants it: dot-separated labels of 1..63
-_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 
 
 @dataclass(frozen=True)
@@ -121,11 +119,11 @@ class _Query(pyspf.query):
         return records
 
 
-def is_domain(name: str) -> bool:
-    name = name.rstrip(".")
-    labels = name.split(".")
-    return (len(labels) >= 2 and len(name) <= 253 and all(_LABEL.match(x) for x in labels)
-            and not labels[-1].isdigit())
+def spf_domain(name: str) -> bool:
+    """Whether a HELO or MAIL FROM domain can be an SPF identity: RFC 7208
+    §7.1 domain-spec syntax (labels may hold "_", a toplabel that is not
+    all digits); a trailing dot is allowed."""
+    return is_domain(name.rstrip("."), underscore=True, multi_label=True)
 
 
 class SpfCheck(Check):
@@ -133,7 +131,7 @@ class SpfCheck(Check):
     replayable = True              # pure but for its lookups (see checks/__init__)
     method = "spf"
     Options = SpfOptions
-    skip_for = frozenset({"allowlisted", "authenticated", "trusted"})
+    skip_for = frozenset({Trust.ALLOWLISTED, Trust.AUTHENTICATED, Trust.TRUSTED})
     symbols = {
         "SPF_PASS": 0.0,
         "SPF_FAIL": 3.0,
@@ -153,9 +151,7 @@ class SpfCheck(Check):
 
     def _evaluate(self, ctx, sender: str, helo: str) -> tuple:
         """(result, explanation) of one identity; ``sender`` '' means HELO."""
-        ip = ctx.conn.client_ip
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
+        ip = unmapped(ctx.conn.client_ip)
         query = _Query(ctx.dns, self.options.max_lookups, self.options.max_void_lookups,
                        i=str(ip), s=sender, h=helo,
                        receiver=self.services.hostname or "unknown")
@@ -168,7 +164,7 @@ class SpfCheck(Check):
         if ctx.conn.client_ip is None:
             return None
         helo = ctx.conn.helo.strip()
-        helo_ok = is_domain(helo)
+        helo_ok = spf_domain(helo)
         out = []
         helo_result = None
         if helo_ok and (self.options.helo or not ctx.msg.mail_from):
@@ -177,7 +173,7 @@ class SpfCheck(Check):
         sender = ctx.msg.mail_from
         if sender:
             domain = sender.rpartition("@")[2]
-            if "@" not in sender or not is_domain(domain):
+            if "@" not in sender or not spf_domain(domain):
                 result, explanation = "none", "MAIL FROM has no valid domain"
             else:
                 result, explanation = self._evaluate(ctx, sender, helo or domain)
@@ -191,7 +187,7 @@ class SpfCheck(Check):
 
         reply = None
         if result == "fail" and self.options.reject_fail:
-            reply = Reply("reject", 550, "5.7.23", explanation or "SPF fail - not authorized")
+            reply = Reply(Action.REJECT, 550, "5.7.23", explanation or "SPF fail - not authorized")
         props = (("smtp.mailfrom", identity, comment),) if identity else ()
         out.append(self.result(result, "SPF_" + result.upper(),
                                _reason(result, explanation, identity), properties=props,

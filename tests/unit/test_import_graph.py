@@ -41,11 +41,8 @@ CHECKS = PACKAGE + ".checks"
 
 # Edges another piece of work removes.  Each entry must name that work, and
 # is refused once the edge is gone, so that it is deleted with it.
-KNOWN = {
-    # dnsbl's HELO domain-name syntax moves to the one domain-name helper
-    # (issue 18, points 2 and 5): delete when checks/dnsbl.py no longer imports helo
-    ("mailwarden.checks.dnsbl", "mailwarden.checks.helo"):
-        "is_domain moves out of checks/helo.py (issue 18, points 2 and 5)",
+KNOWN: dict = {
+    # (importer, imported): why the edge is still there, until it goes
 }
 
 

@@ -23,8 +23,8 @@ from mailwarden.dmarc_report import Destination, authorized
 from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.orgdomain import organizational, public_suffix, registered_domain
 from tests import dkimkeys
-from tests.unit.test_audit_domain import ZONE as AUDIT_ZONE
-from tests.unit.test_audit_domain import audit, find
+from tests.unit.auditcase import ZONE as AUDIT_ZONE
+from tests.unit.auditcase import audit, find
 from tests.unit.authcase import RELAY, STRANGER, message, of, run
 
 PACKAGE = Path(__file__).resolve().parents[2] / "mailwarden"
@@ -328,3 +328,108 @@ def test_no_spelling_of_a_tenant_aligns_with_another(flips, dot, envelope):
             msg=message("ceo@" + header))
     r = dmarc_of(v)
     assert (r.result, v.action) == ("fail", "reject"), (header, envelope, v.results)
+
+
+# -- domain-name syntax and DMARC record recognition ----------------------------
+
+@pytest.mark.parametrize("name, kwargs, ok", [
+    ("example.com", {}, True),
+    ("localhost", {}, True),                       # a host name may be one label
+    ("localhost", {"multi_label": True}, False),
+    ("192.0.2.1", {}, True),                       # digits are LDH
+    ("192.0.2.1", {"multi_label": True}, False),   # toplabel all digits
+    ("_spf.example.com", {}, False),
+    ("_spf.example.com", {"underscore": True}, True),
+    ("-a.example.com", {"underscore": True}, False),
+    ("a-.example.com", {}, False),
+    ("a--b.example.com", {}, True),
+    ("a..example.com", {}, False),
+    ("example.com.", {}, False),                   # callers strip a root dot
+    ("", {}, False),
+    ("a" * 63 + ".com", {}, True),
+    ("a" * 64 + ".com", {}, False),
+    (".".join(["a" * 63] * 4)[:253], {}, True),
+    (".".join(["a" * 63] * 4)[:252] + ".b", {}, False),    # 254 characters
+    ("exämple.com", {}, False),                    # U-labels are converted first
+    ("ex ample.com", {}, False),
+])
+def test_is_domain(name, kwargs, ok):
+    assert orgdomain.is_domain(name, **kwargs) is ok
+
+
+@given(st.text(alphabet=st.sampled_from("ab9-_.Z\u00e9 "), max_size=80),
+       st.booleans(), st.booleans())
+def test_is_domain_says_yes_only_to_names_the_dns_can_hold(text, underscore, multi):
+    if orgdomain.is_domain(text, underscore=underscore, multi_label=multi):
+        labels = text.split(".")
+        assert len(text) <= 253 and all(1 <= len(x) <= 63 for x in labels)
+        assert all(not x.startswith("-") and not x.endswith("-") for x in labels)
+        assert text.isascii() and " " not in text
+        assert underscore or "_" not in text
+        assert not multi or (len(labels) >= 2 and not labels[-1].isdigit())
+        assert all(orgdomain.is_label(x, underscore=underscore) for x in labels)
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("v=DMARC1", True),
+    ("v=DMARC1;", True),
+    ("v=DMARC1; p=reject", True),
+    ("v = DMARC1 ;p=none", True),
+    ("v\t=\tDMARC1\t;p=none", True),
+    ("V=DMARC1; p=none", True),        # "v" is an ABNF string: either case
+    ("v=dmarc1; p=none", False),       # %s"DMARC1": case-sensitive
+    ("v=DMARC10; p=none", False),
+    ("v=DMARC1x", False),
+    ("v=DMARC1 p=none", False),
+    (" v=DMARC1; p=none", False),      # the version tag is first, nothing before it
+    ("p=none; v=DMARC1", False),
+    ("v=spf1 -all", False),
+    ("", False),
+])
+def test_is_dmarc_record(text, ok):
+    assert orgdomain.is_dmarc_record(text) is ok
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("v=DMARC1; p=reject", True), ("V=DMARC1; p=reject", True),
+    ("v=DMARC10; p=reject", False), (" v=DMARC1; p=reject", False),
+    ("v=DMARC1x; p=reject", False),
+])
+def test_the_check_the_audit_and_the_reports_read_the_same_records(text, ok):
+    """One answer to "is this a DMARC record", wherever it is asked: the
+    dmarc check's parser, audit's record reading and dmarc-report's
+    external-destination verification."""
+    from mailwarden.audit.domain import DomainAudit
+    from mailwarden.checks.dmarc import parse_record
+    assert (parse_record("example.com", text) is not None) is ok
+    zone = ZoneBackend(
+        f'_dmarc.example.com. TXT "{text}"\n'
+        f'example.com._report._dmarc.reports.example.net. TXT "{text}"\n')
+    resolver = Resolver(DnsOptions(), backend=zone)
+    try:
+        _answer, records = DomainAudit(resolver, "example.com").dmarc_records("example.com")
+        assert bool(records) is ok
+        assert authorized(resolver, "example.com",
+                          Destination("d@reports.example.net"))[0] is ok
+    finally:
+        resolver.close()
+
+
+def _regex_literals(path: Path) -> list:
+    """Line numbers of string constants that spell a DMARC version test or
+    a domain-label pattern, i.e. a second copy of orgdomain's syntax."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value
+            if "DMARC1" in text and ("\\s" in text or "[ \\t]" in text or "startswith" in text):
+                found.append(node.lineno)
+            elif "{0,61}" in text or "{0,62}" in text:
+                found.append(node.lineno)
+    return found
+
+
+def test_no_module_but_orgdomain_spells_domain_or_dmarc_record_syntax():
+    users = {str(p.relative_to(PACKAGE.parent)): lines
+             for p in sorted(PACKAGE.rglob("*.py")) if (lines := _regex_literals(p))}
+    assert set(users) == {"mailwarden/orgdomain.py"}, users
