@@ -39,7 +39,13 @@ def cmd_run(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mailwarden", description=__doc__.splitlines()[0])
+    # the module's docstring is for developers; this line is for --help and
+    # the manual page made from it
+    parser = argparse.ArgumentParser(
+        prog="mailwarden",
+        description="A mail filter (milter) for Postfix and Sendmail, and the tools "
+                    "around it: offline scans, audits of Postfix, of a mail server and "
+                    "of a domain's mail DNS, DKIM keys, DMARC reports.")
     parser.add_argument("--version", action="version", version=f"mailwarden {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -1,7 +1,9 @@
 """Prometheus metrics: what the filter did and how healthy it is.
 
 Off unless ``[metrics] listen = HOST:PORT`` is set; then ``mailwarden run``
-serves ``/metrics`` there (prometheus-client's HTTP server, one thread).
+serves ``/metrics`` there (prometheus-client's WSGI application in a small
+threaded HTTP server of our own: ``start_http_server`` returns the server only
+from prometheus-client 0.17 on, and Debian 12 has 0.16).
 A port alone binds loopback (127.0.0.1); every interface only when asked
 for by address (``0.0.0.0:PORT``, ``[::]:PORT``).
 Metrics are fed through a few hooks, never from inside a check:
@@ -49,11 +51,15 @@ mailwarden_config_loaded_timestamp_seconds  when the running config was loaded
 
 from __future__ import annotations
 
+import socket
+import socketserver
+import threading
 import time
 from typing import Iterable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 
 from .model import TLS_VERSIONS, Action, tls_name
 from .state import StateError, Store
@@ -151,7 +157,10 @@ class Metrics:
         whom how much."""
         host, _, port = listen.rpartition(":")
         host = host.strip("[]") or LOOPBACK
-        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+        server_class = _MetricsServer6 if ":" in host else _MetricsServer
+        server = make_server(host, int(port), make_wsgi_app(self.registry),
+                             server_class=server_class, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         return server
 
 
@@ -164,6 +173,21 @@ def tls_label(tls_version: str) -> str:
     if not tls_version.strip():
         return "none"
     return tls_name(tls_version) or "other"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No line on stderr per scrape."""
+
+    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+        pass
+
+
+class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _MetricsServer6(_MetricsServer):
+    address_family = socket.AF_INET6
 
 
 def cause(verdict) -> str:

@@ -117,7 +117,14 @@ def _clean(name: str) -> str:
 def _split(name: str) -> tuple:
     """(suffix, label under it) by the list; suffix '' when the list knows
     no suffix of ``name``."""
-    r = _tld()(name)
+    try:
+        r = _tld()(name)
+    except ValueError:
+        # tldextract before 3.2 (Debian 12 has 3.1.2) hands a name that
+        # starts with a digit to socket.inet_aton, which raises ValueError on
+        # a NUL in it; later releases answer ('', last label) there, which
+        # every caller reads as "no suffix the list knows", as this does
+        return "", ""
     return r.suffix, r.domain
 
 

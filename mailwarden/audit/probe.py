@@ -210,10 +210,30 @@ def _self_signed(cert) -> bool:
         return False
     from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     try:
-        cert.verify_directly_issued_by(cert)
+        if hasattr(cert, "verify_directly_issued_by"):
+            cert.verify_directly_issued_by(cert)
+        else:
+            _verify_own_signature(cert)     # cryptography < 40 (Debian 12 has 38)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
+
+
+def _verify_own_signature(cert) -> None:
+    """Raise unless ``cert`` is signed by its own key: RSA (PKCS #1 v1.5),
+    ECDSA, Ed25519 or Ed448; another scheme (RSA-PSS, DSA) raises too."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+    key = cert.public_key()
+    data, signature = cert.tbs_certificate_bytes, cert.signature
+    if isinstance(key, rsa.RSAPublicKey):
+        key.verify(signature, data, padding.PKCS1v15(), cert.signature_hash_algorithm)
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        key.verify(signature, data, ec.ECDSA(cert.signature_hash_algorithm))
+    elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        key.verify(signature, data)
+    else:
+        raise UnsupportedAlgorithm(f"{type(key).__name__} signatures are not checked")
 
 
 def judge_certificate(der: Optional[bytes], name: Optional[str],

@@ -19,6 +19,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rrset
+import dns.version
 import pytest
 
 from mailwarden.config import loads
@@ -139,10 +140,18 @@ def _resolver(port, timeout="1s", deadline="2s"):
     return cfg, Resolver(cfg.dns)
 
 
+# dnspython 2.6 ignores an answer with the wrong id (or unreadable) and
+# waits for the real one (CVE-2023-29483, "TuDoor"); before it, as in
+# Debian 12's 2.3.0, the first such packet ends the lookup as a failure of
+# the server: still temporary (a temperror, never a pass), but a forged
+# packet can cut a lookup short
+_IGNORES_BAD_ANSWERS = tuple(int(n) for n in dns.version.version.split(".")[:2]) >= (2, 6)
+
+
 @pytest.mark.parametrize("mode,status", [
     ("servfail", Status.SERVFAIL),
     ("silent", Status.TIMEOUT),
-    ("wrong_id", Status.TIMEOUT),       # dnspython ignores it and waits for the real one
+    ("wrong_id", Status.TIMEOUT if _IGNORES_BAD_ANSWERS else Status.SERVFAIL),
     ("garbage", None),                  # ERROR or TIMEOUT: temporary either way
     ("late", Status.TIMEOUT),
 ])

@@ -287,3 +287,27 @@ def test_the_listener_without_a_host_is_on_loopback():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_the_listener_on_an_ipv6_address():
+    metrics = Metrics()
+    port = _free_port()
+    server = metrics.serve(f"[::1]:{port}")
+    try:
+        assert server.server_address[0] == "::1", server.server_address
+        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=5) as resp:
+            assert resp.status == 200
+            assert "mailwarden_connections_open" in resp.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -122,6 +122,14 @@ def test_organizational_domain_properties(labels, suffix):
         assert org.count(".") >= 1
 
 
+@pytest.mark.parametrize("text", ["1\x00", "1.2.3\x00", "0\x00.example.com"])
+def test_a_nul_after_a_digit_gives_an_answer(text):
+    # tldextract < 3.2 raised ValueError from socket.inet_aton there
+    for fn in (organizational, public_suffix, registered_domain):
+        assert isinstance(fn(text), str)
+    assert registered_domain("1\x00") == ""
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.text(max_size=80))
 def test_any_text_gives_an_answer_not_an_exception(text):
