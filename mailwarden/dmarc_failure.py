@@ -282,19 +282,19 @@ class Outbox:
         the check's own alignment test."""
         queued = 0
         for row in rows:
-            (domain, record, result, disposition, _override, spf_aligned, dkim_aligned,
+            (domain, record, result, _disposition, _override, spf_aligned, dkim_aligned,
              spf_identities, _dkim_identities) = row[:9]
             if not getattr(record, "ruf", "") or getattr(record, "psd", "") == "y":
                 continue
             destinations = check_rua(record.ruf)[0]
             if not destinations:
                 continue
-            queued += self._offer_one(ctx, domain, record, result, disposition, spf_aligned,
-                                      dkim_aligned, spf_identities, destinations,
-                                      outcomes.get(domain), aligned)
+            queued += self._offer_one(ctx, domain, record, result, spf_aligned, dkim_aligned,
+                                      spf_identities, destinations, outcomes.get(domain),
+                                      aligned)
         return queued
 
-    def _offer_one(self, ctx, domain, record, result, disposition, spf_aligned, dkim_aligned,
+    def _offer_one(self, ctx, domain, record, result, spf_aligned, dkim_aligned,
                    spf_identities, destinations, outcome, check) -> int:
         dkim = [(r.header_d, r.header_s, r.header_i or f"@{r.header_d}", r.result)
                 for r in ctx.results_of("dkim") if r.header_d]
