@@ -86,7 +86,7 @@ from ..options import ValueProblem, opt, parse_bool, parse_choice, parse_int, pa
 from ..dmarc_failure import outbox_for
 from ..dmarc_records import Evaluation, RecordsError, is_redis, open_records
 from ..dns import Status
-from ..model import Reply
+from ..model import Action, Reply, Trust
 from ..orgdomain import is_dmarc_record, is_domain, organizational
 from . import Check, CheckOptions
 
@@ -214,7 +214,7 @@ def from_domains(values: list) -> tuple:
 
 def _severity(r) -> int:
     """How strict one author domain's outcome is: the strictest decides."""
-    if r.reply is not None and r.reply.action == "reject":
+    if r.reply is not None and r.reply.action == Action.REJECT:
         return 6
     if r.result == "temperror":
         return 5
@@ -231,7 +231,7 @@ class DmarcCheck(Check):
     method = "dmarc"
     Options = DmarcOptions
     requires = ("spf", "dkim")
-    skip_for = frozenset({"allowlisted", "authenticated", "trusted"})
+    skip_for = frozenset({Trust.ALLOWLISTED, Trust.AUTHENTICATED, Trust.TRUSTED})
     fail_closed = True             # a crash tempfails, whatever temperror_action
     symbols = {
         "DMARC_PASS": 0.0,
@@ -302,7 +302,7 @@ class DmarcCheck(Check):
         if not domains:
             reply = None
             if self.options.reject_bad_from:
-                reply = Reply("reject", 550, "5.7.1",
+                reply = Reply(Action.REJECT, 550, "5.7.1",
                               "Message needs a From header field with an author domain")
             ctx.log.info("dmarc: no author domain to evaluate: %s%s", problem,
                          f" ({note})" if note else "")
@@ -397,7 +397,7 @@ class DmarcCheck(Check):
             action = {"reject": self.options.on_reject,
                       "quarantine": self.options.on_quarantine}.get(disposition, "score")
             if action == "reject":
-                reply = Reply("reject", 550, "5.7.1",
+                reply = Reply(Action.REJECT, 550, "5.7.1",
                               f"Message rejected: it fails the DMARC policy of {domain}")
             elif action == "quarantine":
                 quarantine = f"DMARC {which}={policy} of {domain}"
