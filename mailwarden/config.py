@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from .address import DomainSet
+from .address import DomainSet, analyze
 from .orgdomain import is_domain
 # the option parsers live apart so that checks can import them without
 # importing this loader, which imports the check registry
@@ -209,6 +209,47 @@ class DmarcReportOptions:
         return self
 
 
+def parse_report_sender(text: str) -> str:
+    """The envelope sender of report mail: one plain address that every MTA
+    reads the same way (no quotes, spaces, routes, percent hack or bang
+    path, no address literal, no leading ``-`` that a sendmail could take
+    for an option)."""
+    value = parse_str(text)
+    if not value:
+        return value
+    route = analyze(value)
+    if (not route.ok or route.address != value or not value.isascii()
+            or not value.isprintable() or any(c in value for c in ' "<>,;()\\')
+            or value.startswith("-") or len(route.hops) != 1 or not route.local_part
+            or "." not in route.domain or route.domain.startswith("[")):
+        raise ValueProblem(f"not one plain address: {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class FailureOptions:
+    """``[dmarc_failure]``: DMARC failure reports (RFC 9991), see
+    :mod:`mailwarden.dmarc_failure`."""
+
+    enabled: bool = opt(False, parse_bool)
+    # From and envelope sender of the reports; required when enabled
+    sender: str = opt("", parse_report_sender)
+    # headers: the header section only; redacted: headers and a redacted body
+    content: str = opt("headers", parse_choice("headers", "redacted"))
+    # reports to one destination domain per rate_period, at most
+    rate_limit: int = opt(10, parse_int(1, 10 ** 6))
+    rate_period: float = opt(3600.0, parse_seconds)
+    # reports waiting for the sender thread, at most
+    queue_size: int = opt(100, parse_int(1, 100000))
+
+    def resolve(self, error):
+        if self.enabled and not self.sender:
+            raise error("sender", "needed when enabled = yes: the From of failure reports")
+        if self.rate_period < 1:
+            raise error("rate_period", "must be at least 1s")
+        return self
+
+
 CORE_SECTIONS: Mapping[str, type] = MappingProxyType({
     "milter": MilterOptions,
     "authserv": AuthservOptions,
@@ -218,6 +259,7 @@ CORE_SECTIONS: Mapping[str, type] = MappingProxyType({
     "state": StateOptions,
     "metrics": MetricsOptions,
     "dmarc_report": DmarcReportOptions,
+    "dmarc_failure": FailureOptions,
 })
 
 
@@ -234,6 +276,7 @@ class Config:
     checks: Mapping[str, Any]          # check name -> its Options instance
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
     dmarc_report: DmarcReportOptions = field(default_factory=DmarcReportOptions)
+    dmarc_failure: FailureOptions = field(default_factory=FailureOptions)
 
     def check(self, name: str):
         return self.checks[name]

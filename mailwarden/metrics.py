@@ -46,6 +46,13 @@ mailwarden_connections_total              SMTP connections seen
 mailwarden_state_errors_total             limits state store failures
 mailwarden_config_reloads_total{result}   SIGHUP reloads: ok or failed
 mailwarden_config_loaded_timestamp_seconds  when the running config was loaded
+mailwarden_dmarc_failure_reports_total    DMARC failure reports (RFC 9991) by outcome:
+  {outcome}                               sent, and every one withheld: failed,
+                                          rate_limited, queue_full, unauthorized,
+                                          dns_error, too_big, state_error,
+                                          report_loop, error (read from
+                                          :data:`mailwarden.dmarc_failure.TALLY`,
+                                          the sender thread's own count)
 ========================================  ===========================================
 """
 
@@ -60,6 +67,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import make_wsgi_app
+from prometheus_client.core import CounterMetricFamily
 
 from .model import TLS_VERSIONS, Action, tls_name
 from .state import StateError, Store
@@ -109,6 +117,7 @@ class Metrics:
         self.config_loaded.set(time.time())
         for outcome in ("ok", "failed"):
             self.reloads.labels(result=outcome)   # shown as 0 before the first reload
+        r.register(_FailureReports())
 
     # -- hooks --------------------------------------------------------------
 
@@ -208,6 +217,22 @@ def cause(verdict) -> str:
     if verdict.action == Action.ADD_HEADER:
         return "score"
     return "-"
+
+
+class _FailureReports:
+    """DMARC failure reports by outcome, counted by their sender thread."""
+
+    def collect(self):
+        from .dmarc_failure import TALLY
+        family = CounterMetricFamily("mailwarden_dmarc_failure_reports",
+                                     "DMARC failure reports by outcome (sent or withheld)",
+                                     labels=["outcome"])
+        for outcome, count in sorted(TALLY.snapshot().items()):
+            family.add_metric([outcome], count)
+        yield family
+
+    def describe(self):
+        return []
 
 
 class CountingStore(Store):

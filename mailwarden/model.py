@@ -151,6 +151,11 @@ class Result:
         return self._value("header.d")
 
     @property
+    def header_i(self) -> str:
+        """dkim: the signing identity (``header.i``) when shown, else ""."""
+        return self._value("header.i")
+
+    @property
     def header_s(self) -> str:
         """dkim: the selector (``header.s``), else ""."""
         return self._value("header.s")

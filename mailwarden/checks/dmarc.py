@@ -55,6 +55,11 @@ error is logged, never fails the message.  Rows are deleted once
 report never run): at most once an hour and at most ``PURGE_BATCH``
 messages at a time, by the writer itself.
 
+Failure reports (RFC 9991, ``[dmarc_failure]``, off by default): each
+evaluation of a domain whose record has ``ruf`` is offered to
+:mod:`mailwarden.dmarc_failure`, which queues what its ``fo`` asks for and
+sends it from a thread of its own, never in this callback.
+
 INI keys (``[check.dmarc]``):
   enabled             yes
   tempfail_on_error   yes
@@ -78,6 +83,7 @@ from typing import Optional
 
 from ..address import AddressProblem, authors, idna_to_ascii
 from ..options import ValueProblem, opt, parse_bool, parse_choice, parse_int, parse_redis_url
+from ..dmarc_failure import outbox_for
 from ..dmarc_records import Evaluation, RecordsError, is_redis, open_records
 from ..dns import Status
 from ..model import Action, Reply, Trust
@@ -244,6 +250,8 @@ class DmarcCheck(Check):
         self.history = (History(options.history, options.history_days,
                                 state=getattr(getattr(services, "config", None), "state", None))
                         if options.history else None)
+        # failure reports (RFC 9991): None unless [dmarc_failure] enabled
+        self.failure = outbox_for(services)
 
     # -- organizational domain -------------------------------------------------
 
@@ -307,6 +315,9 @@ class DmarcCheck(Check):
         if self.history is not None:
             for row in rows:
                 self.history.record(ctx, *row)
+        if self.failure is not None and rows:
+            # queued for the sender thread of mailwarden.dmarc_failure, never sent here
+            self.failure.offer(ctx, rows, dict(outcomes), self.aligned)
         if len(outcomes) == 1 and not note:
             return outcomes[0][1]
         # RFC 7489 §6.6.1: every author domain is checked and the strictest
