@@ -111,7 +111,6 @@ The sendmail command line is ``[dmarc_report] sendmail``.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import email.errors
 import email.header
 import email.message
