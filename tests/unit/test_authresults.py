@@ -320,7 +320,7 @@ def test_authentication_results_round_trip(keys):
     assert dkim_props[0][("header", "a")] == "rsa-sha256"
     assert len(dkim_props[0][("header", "b")]) == 8
     order = [r.method for r in parsed.results]
-    assert order == sorted(order, key=["iprev", "auth", "spf", "dkim", "dmarc"].index)
+    assert order == sorted(order, key=["iprev", "auth", "spf", "dkim", "dmarc", "arc"].index)
 
 
 def test_full_header_round_trip_without_auth():
