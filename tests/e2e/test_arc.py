@@ -98,10 +98,18 @@ def test_inbound_chain_passes_with_remote_ip_and_chain(postfix, sink, mailwarden
 
 def test_forward_leaves_sealed_and_the_seal_verifies(postfix, sink, mailwarden, keys,
                                                        dns_server):
-    mw = mailwarden(settings(keys))
-    # a plain message a trusted client sends on to another domain
+    both = settings(keys)
+    both["check.dkim_sign"] = {
+        "keys": f"outbound.example:rsa2026:{keys}/outbound-rsa2026.private",
+        "sign_trusted_networks": "127.0.0.1/32", "sign_trusted_domains": "outbound.example"}
+    mw = mailwarden(both)
+    # a message a trusted client sends on to another domain, with a forged
+    # A-R that mailwarden removes and a DKIM signature it adds: the seal is
+    # made after both, on what the sink gets
     data, msgid = make_message("forwarded", sender="alice@outbound.example",
-                               to="friend@elsewhere.example")
+                               to="friend@elsewhere.example",
+                               extra_headers=[f"Authentication-Results: {AUTHSERV_ID}; "
+                                              "dkim=pass header.d=outbound.example"])
     result = smtp_send(postfix.smtp_port, xclient=LOOPBACK, helo=LOOPBACK["HELO"],
                        mail_from="alice@outbound.example", rcpts=["friend@elsewhere.example"],
                        data=data)
@@ -112,6 +120,9 @@ def test_forward_leaves_sealed_and_the_seal_verifies(postfix, sink, mailwarden, 
     cv, results, why = dkim.arc_verify(got.data, dnsfunc=dnsfunc(dns_server))
     assert cv == dkim.CV_Pass, why
     assert results[0]["as-domain"] == b"outbound.example"
+    assert dkim.verify(got.data, dnsfunc=dnsfunc(dns_server))
+    assert "dkim-signature" in got.header_values("ARC-Message-Signature")[0]
+    assert b"dkim=pass header.d=outbound.example" not in got.data
     out = mw.scan(data, client_ip=LOOPBACK["ADDR"], helo=LOOPBACK["HELO"],
                   mail_from="alice@outbound.example", rcpts=["friend@elsewhere.example"])
     assert [h[0] for h in out["headers_added"]][:3] == [
