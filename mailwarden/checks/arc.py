@@ -361,7 +361,7 @@ def verify(message: bytes, chain: Chain, dnsfunc, over_budget=lambda: False,
             return out
         if bad_cv:
             i = bad_cv[0]
-            out.reason = f"ARC-Seal i={i} says cv={_text(seals[i].get(b'cv', b'?'))}"
+            out.reason = f"ARC-Seal i={i} says cv={_text(seals[i].get(b'cv', b'?'))[:20]}"
             return out
         if last != top:
             out.reason = f"ARC-Seal i={last + 1} did not verify"
@@ -541,7 +541,7 @@ class ArcCheck(Check):
                                    authres_value.replace("\n", "\r\n").encode("utf-8"),
                                    prior, include, ctx.now())
         except dkimpy.DKIMException as exc:
-            ctx.log.warning("arc: cannot seal: %s", exc)
+            ctx.log.warning("arc: cannot seal: %r", str(exc))
             return ()
         ctx.log.info("arc: sealed i=%d cv=%s d=%s s=%s", instance, cv, key.domain, key.selector)
         return tuple((n.decode("ascii"), v.decode("ascii", "replace").replace("\r\n", "\n"))

@@ -419,3 +419,16 @@ def test_ams_naming_too_many_fields_does_not_verify(sealer_keys):
                          sealer_keys[SEALER].private, SEALER.encode(), include_headers=many)
     found = arc_of(scan(b"".join(made) + original(), sealer_keys)[0])
     assert (found.result, found.reason) == ("fail", "ARC-Message-Signature i=1 did not verify")
+
+
+def test_hostile_sealer_domain_never_reaches_the_header_as_structure(sealer_keys):
+    sealed = seal_with(original(), SEALER, sealer_keys[SEALER])
+    hostile = sealed.replace(f"d={SEALER};".encode(), b"d=x.example) (; arc=pass;", 1)
+    assert hostile != sealed
+    verdict, _left, _b = scan(hostile, sealer_keys)
+    found = arc_of(verdict)
+    assert found.result == "fail" and found.arc_chain == ("",)
+    ar = dict(verdict.headers_added)["Authentication-Results"]
+    assert "(arc.chain=invalid)" in ar
+    parsed = strict_parse(ar)
+    assert [r.result for r in parsed.results if r.method == "arc"] == ["fail"]
