@@ -421,7 +421,8 @@ def outgoing(msg: Message, added: tuple, removed: tuple) -> bytes:
 
 def run_offline(engine: Engine, *, client_ip, client_name: str = "", helo: str = "",
                 mail_from: str = "", rcpts: Iterable[str] = (), message: bytes = b"",
-                auth_user: str = "", tls_version: str = "", queue_id: str = "",
+                auth_user: str = "", tls_version: str = "", tls_cipher: str = "",
+                tls_bits: str = "", queue_id: str = "",
                 esmtp_size: Optional[int] = None) -> tuple:
     """Run every stage as the milter would, on one message (``scan``).
 
@@ -432,7 +433,8 @@ def run_offline(engine: Engine, *, client_ip, client_name: str = "", helo: str =
     from .mime import split_message
 
     conn = Connection(client_ip=parse_client_address(client_ip),
-                      client_name=client_name or "unknown", tls_version=tls_version)
+                      client_name=client_name or "unknown", tls_version=tls_version,
+                      tls_cipher=tls_cipher, tls_bits=tls_bits)
     verdict = engine.connect(conn)
     if verdict is not None:
         return verdict, conn, None

@@ -9,7 +9,7 @@ Metrics are fed through a few hooks, never from inside a check:
 * the resolver's ``on_query`` -> DNS queries by outcome and their latency;
 * the engine's ``observer`` -> results by check and result;
 * the milter adapter -> verdicts, symbols, time per stage and per message,
-  open connections;
+  open connections, transactions by TLS version;
 * :class:`CountingStore` around the limits state store -> its errors;
 * the reload path -> reloads by outcome.
 
@@ -26,6 +26,11 @@ mailwarden_verdicts_total{stage,action,   every verdict that stopped or ended a
 mailwarden_check_results_total{check,     each check result as produced
   result}
 mailwarden_symbols_total{symbol}          symbols in verdicts, once per verdict
+mailwarden_tls_messages_total{version}    transactions (MAIL FROM) by the TLS version
+                                          of their SMTP session: none (cleartext),
+                                          SSLv2, SSLv3, TLSv1, TLSv1.1, TLSv1.2,
+                                          TLSv1.3, or other (a value the MTA gave
+                                          that names none of these)
 mailwarden_dns_queries_total{outcome}     noerror, nxdomain, nodata, servfail,
                                           timeout, error
 mailwarden_dns_query_seconds              histogram of DNS query latency (cache
@@ -50,7 +55,7 @@ from typing import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import start_http_server
 
-from .model import Action
+from .model import TLS_VERSIONS, Action, tls_name
 from .state import StateError, Store
 
 LOOPBACK = "127.0.0.1"
@@ -72,6 +77,9 @@ class Metrics:
                                ["check", "result"], registry=r)
         self.symbols = Counter("mailwarden_symbols", "Symbols in verdicts", ["symbol"],
                                registry=r)
+        self.tls_messages = Counter("mailwarden_tls_messages",
+                                    "Transactions by the TLS version of their session",
+                                    ["version"], registry=r)
         self.dns_queries = Counter("mailwarden_dns_queries", "DNS queries by outcome",
                                    ["outcome"], registry=r)
         self.dns_seconds = Histogram("mailwarden_dns_query_seconds", "DNS query latency",
@@ -108,6 +116,11 @@ class Metrics:
         for r in results:
             self.results.labels(check=r.check, result=r.result).inc()
 
+    def tls_message(self, tls_version: str) -> None:
+        """The adapter, at MAIL FROM: one transaction in a session of this
+        ``{tls_version}`` ("" for cleartext)."""
+        self.tls_messages.labels(version=tls_label(tls_version)).inc()
+
     def stage(self, stage: str, seconds: float) -> None:
         self.stage_seconds.labels(stage=stage).observe(seconds)
 
@@ -140,6 +153,17 @@ class Metrics:
         host = host.strip("[]") or LOOPBACK
         server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
         return server
+
+
+TLS_LABELS = ("none",) + TLS_VERSIONS + ("other",)
+
+
+def tls_label(tls_version: str) -> str:
+    """The ``version`` label of a ``{tls_version}`` value: one of
+    :data:`TLS_LABELS`, so that what the MTA passes cannot make new series."""
+    if not tls_version.strip():
+        return "none"
+    return tls_name(tls_version) or "other"
 
 
 def cause(verdict) -> str:

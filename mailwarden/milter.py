@@ -41,10 +41,20 @@ USED_ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
 MACROS = {
     Milter.M_CONNECT: ("j", "{client_addr}"),
     Milter.M_HELO: ("{tls_version}", "{cipher}"),
-    Milter.M_ENVFROM: ("i", "{auth_type}", "{auth_authen}", "{tls_version}", "{cipher}"),
+    Milter.M_ENVFROM: ("i", "{auth_type}", "{auth_authen}", "{tls_version}", "{cipher}",
+                       "{cipher_bits}", "{cert_subject}", "{cert_issuer}", "{verify}"),
     Milter.M_DATA: ("i",),
     Milter.M_EOM: ("i", "{auth_authen}", "{tls_version}", "{cipher}"),
 }
+
+# Connection attribute <- macro: once given, a value lasts the connection
+# (a session in TLS does not return to cleartext; STARTTLS comes before MAIL)
+_CONNECTION_MACROS = (
+    ("auth_user", "{auth_authen}"), ("auth_type", "{auth_type}"),
+    ("tls_version", "{tls_version}"), ("tls_cipher", "{cipher}"),
+    ("tls_bits", "{cipher_bits}"), ("tls_cert_subject", "{cert_subject}"),
+    ("tls_cert_issuer", "{cert_issuer}"), ("tls_verify", "{verify}"),
+)
 
 _REPLY_UNSAFE = re.compile(r"[^\x20-\x7e]")
 # libmilter's smfi_setreply refuses a text over 980 characters (MAXREPLYLEN
@@ -134,8 +144,7 @@ class MailwardenMilter(Milter.Base):
 
     def _refresh_macros(self) -> None:
         conn = self.conn
-        for attr, name in (("auth_user", "{auth_authen}"), ("auth_type", "{auth_type}"),
-                           ("tls_version", "{tls_version}"), ("tls_cipher", "{cipher}")):
+        for attr, name in _CONNECTION_MACROS:
             value = _macro(self, name)
             if value:
                 setattr(conn, attr, value)
@@ -236,6 +245,8 @@ class MailwardenMilter(Milter.Base):
         self._message_seconds = 0.0
         self.msg = self.engine.new_message(self.conn, strip_brackets(mailfrom), _params(params))
         self._refresh_macros()
+        if self.metrics is not None:
+            self.metrics.tls_message(self.conn.tls_version)
         return self._stage_verdict(self._timed(Stage.MAIL, self.engine.mail, self.conn, self.msg))
 
     def envrcpt(self, rcpt, *params):

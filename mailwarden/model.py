@@ -237,6 +237,36 @@ class ArcHop:
 _ids = itertools.count(1)
 
 
+# TLS protocol versions as OpenSSL names them (SSL_get_version), which is
+# what Postfix and Sendmail pass in {tls_version}; oldest first
+TLS_VERSIONS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+_TLS_VERSION = re.compile(r"(SSL|TLS)v?([0-9])(?:\.([0-9]))?", re.I | re.A)
+
+
+def tls_rank(version: str) -> Optional[tuple]:
+    """A ``{tls_version}`` value as ``(family, major, minor)``, SSL (0)
+    before TLS (1), so that versions compare (``TLSv1`` and ``TLSv1.0`` are
+    ``(1, 1, 0)``); None for a value that names no SSL or TLS version."""
+    m = _TLS_VERSION.fullmatch(version.strip()) if len(version) <= 16 else None
+    if m is None:
+        return None
+    return (0 if m.group(1).upper() == "SSL" else 1, int(m.group(2)), int(m.group(3) or 0))
+
+
+def tls_name(version: str) -> str:
+    """The OpenSSL name (one of :data:`TLS_VERSIONS`) of a ``{tls_version}``
+    value, or "" when it names none of them."""
+    rank = tls_rank(version)
+    if rank is None:
+        return ""
+    family, major, minor = rank
+    if family == 0:
+        name = f"SSLv{major}" if not minor else ""
+    else:
+        name = f"TLSv{major}" + (f".{minor}" if minor else "")
+    return name if name in TLS_VERSIONS else ""
+
+
 def parse_client_address(addr) -> Optional[ipaddress._BaseAddress]:
     """An address as MTAs pass it: ``IPv6:2001:db8::1``, ``[1.2.3.4]``, ..."""
     if addr is None:
@@ -272,8 +302,13 @@ class Connection:
     helo: str = ""
     auth_user: str = ""
     auth_type: str = ""
-    tls_version: str = ""
-    tls_cipher: str = ""
+    # the TLS session, as the MTA's macros give it: all empty in cleartext
+    tls_version: str = ""             # {tls_version}, e.g. TLSv1.3
+    tls_cipher: str = ""              # {cipher}
+    tls_bits: str = ""                # {cipher_bits}
+    tls_cert_subject: str = ""        # {cert_subject} of a client certificate
+    tls_cert_issuer: str = ""         # {cert_issuer} (Postfix: only when verified)
+    tls_verify: str = ""              # {verify} (Sendmail: OK, NO, FAIL, NONE, ...)
     our_hostname: str = ""            # macro j
     macros: dict = field(default_factory=dict)
     results: list = field(default_factory=list)   # connect and helo stage results

@@ -3,7 +3,9 @@
 Checks emit symbols; ``[scores]`` weighs them; ``[policy]`` says what a total
 means.  Precedence, strongest first:
 
-1. a hard reply from a check (blocked client, oversized message, ...);
+1. a hard reply from a check (blocked client, oversized message, ...); of
+   several, the first refusal (5xx) before any tempfail, so that one check's
+   4xx (a limit, TLS required) never turns another's 5xx into a retry;
 2. a total at or above ``reject_score``;
 3. a temperror of a check that may tempfail: ``temperror_action`` for the
    client's trust class (authenticated, trusted, other);
@@ -89,7 +91,9 @@ class Policy:
         o = self.options
 
         action, reply, reason = None, None, ""
-        hard = next((r for r in results if r.reply is not None), None)
+        replied = [r for r in results if r.reply is not None]
+        hard = next((r for r in replied if r.reply.action == "reject"),
+                    replied[0] if replied else None)
         asked = next((r for r in results if r.quarantine), None)
         if hard is not None:
             action, reply = hard.reply.action, hard.reply

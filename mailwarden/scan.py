@@ -41,7 +41,9 @@ def cmd_scan(args) -> int:
             engine, client_ip=args.client_ip, client_name=args.client_name or "",
             helo=args.helo or "", mail_from=args.mail_from, rcpts=args.rcpt or [],
             message=data, auth_user=args.auth or "",
-            tls_version="TLSv1.3" if args.tls else "", queue_id=args.queue_id or "",
+            tls_version=args.tls_version or ("TLSv1.3" if args.tls else ""),
+            tls_cipher=args.cipher or "", tls_bits=args.cipher_bits or "",
+            queue_id=args.queue_id or "",
             esmtp_size=args.esmtp_size)
         out = verdict.to_json(config.scores)
         if msg is not None:
@@ -67,7 +69,12 @@ def register(subparsers) -> None:
     p.add_argument("--mail-from", default="", help="envelope sender ('' for the null sender)")
     p.add_argument("--rcpt", action="append", help="envelope recipient (repeat)")
     p.add_argument("--auth", default="", help="SMTP AUTH user name")
-    p.add_argument("--tls", action="store_true", help="the client used TLS")
+    p.add_argument("--tls", action="store_true",
+                   help="the client used TLS (TLSv1.3 unless --tls-version says)")
+    p.add_argument("--tls-version", default="",
+                   help="{tls_version} as the MTA passes it, e.g. TLSv1.2 (implies --tls)")
+    p.add_argument("--cipher", default="", help="{cipher}, e.g. TLS_AES_256_GCM_SHA384")
+    p.add_argument("--cipher-bits", default="", help="{cipher_bits}, e.g. 256")
     p.add_argument("--queue-id", default="")
     p.add_argument("--esmtp-size", type=int, default=None, help="ESMTP SIZE= at MAIL FROM")
     p.add_argument("--zone", action="append",

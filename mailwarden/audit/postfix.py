@@ -48,6 +48,7 @@ REQUIRED_MACROS = (
     ("auth_authen", "milter_mail_macros", ("milter_mail_macros",)),
     ("tls_version", "milter_mail_macros", ("milter_helo_macros", "milter_mail_macros")),
     ("cipher", "milter_mail_macros", ("milter_helo_macros", "milter_mail_macros")),
+    ("cipher_bits", "milter_mail_macros", ("milter_helo_macros", "milter_mail_macros")),
     ("i", "milter_end_of_data_macros",
      ("milter_end_of_header_macros", "milter_end_of_data_macros", "milter_data_macros")),
 )

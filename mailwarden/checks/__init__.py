@@ -71,6 +71,7 @@ CHECK_MODULES = (
     "limits",
     "helo",
     "dnsbl",
+    "tls",
 )
 
 

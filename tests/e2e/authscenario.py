@@ -49,13 +49,19 @@ def scenario(postfix, sink, mw, client, mail_from, from_addr, *, sign=(), change
     if change is not None:
         data = change(data)
     xclient = dict(client, **(xclient_extra or {}))
+    # an authenticated client submits over TLS, as require_tls_for_auth wants;
+    # scan is told the very session the client got
+    login = (xclient_extra or {}).get("LOGIN", "")
     result = smtp_send(postfix.smtp_port, xclient=xclient, helo=client["HELO"],
-                       mail_from=mail_from, rcpts=[RCPT], data=data)
+                       mail_from=mail_from, rcpts=[RCPT], data=data, starttls=bool(login))
+    session = []
+    if result.tls is not None:
+        cipher, version, bits = result.tls
+        session = ["--tls-version", version, "--cipher", cipher, "--cipher-bits", str(bits)]
     report = mw.scan(data, client_ip=client["ADDR"], helo=client["HELO"],
                      mail_from=mail_from, rcpts=[RCPT],
                      client_name=client["NAME"] if not client["NAME"].startswith("[") else "",
-                     auth=(xclient_extra or {}).get("LOGIN", ""),
-                     extra_args=["--tls"] if (xclient_extra or {}).get("LOGIN") else [])
+                     auth=login, extra_args=session)
     if not result.accepted:
         return f"{result.code} {result.enhanced}", None, report
     try:

@@ -76,7 +76,8 @@ def test_hostile_spf_explanation_reads_back_as_one_spf_fail(postfix, sink, mailw
     assert [(p.type, p.name, p.value) for p in spf[0].properties] == \
         [("smtp", "mailfrom", SENDER)]
     # every result is one of ours: these methods, in this order
-    assert [r.method for r in parsed.results] == ["iprev", "spf", "spf", "dkim", "dmarc", "arc"], ar
+    assert [r.method for r in parsed.results] == ["iprev", "spf", "spf", "dkim", "dmarc",
+                                               "arc", "x-tls"], ar
     # nothing the explanation wrote became a result: no pass at all here,
     # and no result names paypal.com
     assert not [r for r in parsed.results if r.result == "pass"], ar
@@ -126,7 +127,8 @@ def test_hostile_dkim_tags_read_back_as_what_was_found(postfix, sink, mailwarden
     got, _data = _send(postfix, sink, extra_headers=[sig], mail_from=f"b@nospf.{DOMAIN}")
     (ar,) = _ours(got)
     parsed = _strict(ar)
-    assert [r.method for r in parsed.results] == ["iprev", "spf", "spf", "dkim", "dmarc", "arc"], ar
+    assert [r.method for r in parsed.results] == ["iprev", "spf", "spf", "dkim", "dmarc",
+                                               "arc", "x-tls"], ar
     (dkim,) = [r for r in parsed.results if r.method == "dkim"]
     assert dkim.result in ("fail", "permerror", "neutral"), ar
     assert not [r for r in parsed.results if r.result == "pass"], ar

@@ -9,7 +9,7 @@
 * Debian's Dovecot (imap, pop3, imaps, pop3s) from a private configuration,
   with ``disable_plaintext_auth = yes`` and with it off.
 
-Certificates are made here with openssl.  The probe is only ever given
+Certificates come from ``tests.harness.certs`` (openssl).  The probe is only ever given
 127.0.0.1; it connects from 127.0.0.2 because Dovecot counts a client on the
 server's own address as secure.
 """
@@ -30,6 +30,7 @@ from mailwarden import cli
 from mailwarden.audit import probe
 
 from tests.harness import Postfix, free_port, wait_until
+from tests.harness.certs import make_ca_signed, make_self_signed
 
 HOSTNAME = "mx.test.example"        # the harness Postfix's myhostname
 SOURCE = "127.0.0.2"
@@ -39,42 +40,6 @@ DOVECONF = shutil.which("doveconf") or "/usr/bin/doveconf"
 pytestmark = pytest.mark.skipif(
     not Path(DOVECOT).exists(),
     reason="probe tests need Dovecot (apt-get install dovecot-imapd dovecot-pop3d)")
-
-
-# --------------------------------------------------------------------------
-# certificates
-
-def _openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def make_ca_signed(directory: Path, name: str) -> tuple:
-    """A test CA and a certificate for ``name`` signed by it: (key, cert)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "30",
-             "-subj", "/CN=mailwarden test CA",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
-    _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr",
-             "-subj", f"/CN={name}", cwd=directory)
-    (directory / "ext.cnf").write_text(f"subjectAltName=DNS:{name}\n"
-                                       "extendedKeyUsage=serverAuth\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "server.pem", "-days", "30",
-             "-extfile", "ext.cnf", cwd=directory)
-    # the chain a server sends: its certificate, then the CA
-    (directory / "chain.pem").write_bytes((directory / "server.pem").read_bytes()
-                                          + (directory / "ca.pem").read_bytes())
-    return directory / "server.key", directory / "chain.pem"
-
-
-def make_self_signed(directory: Path, name: str) -> tuple:
-    directory.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
-             "-out", "server.pem", "-days", "30", "-subj", f"/CN={name}",
-             "-addext", f"subjectAltName=DNS:{name}", cwd=directory)
-    return directory / "server.key", directory / "server.pem"
 
 
 # --------------------------------------------------------------------------
@@ -321,7 +286,9 @@ def run_probe(capsys, *, smtp=0, submission=0, imap=0, pop3=0, imaps=0, pop3s=0,
               extra=()):
     argv = ["probe", "127.0.0.1", "--smtp-port", str(smtp), "--submission-port", str(submission),
             "--imap-port", str(imap), "--pop3-port", str(pop3), "--imaps-port", str(imaps),
-            "--pop3s-port", str(pop3s), "--source", SOURCE, "--timeout", "10", "--json", *extra]
+            "--pop3s-port", str(pop3s), "--source", SOURCE, "--timeout", "10", "--json",
+            # the other services have their own tests (test_host_services.py)
+            "--others", "none", *extra]
     code = cli.main(argv)
     out = capsys.readouterr().out
     data = json.loads(out)
@@ -475,7 +442,7 @@ def test_from_the_servers_own_address_dovecot_allows_cleartext(capsys, dovecot_s
     p = dovecot_strict.ports
     code = cli.main(["probe", "127.0.0.1", "--smtp-port", "0", "--submission-port", "0",
                      "--imap-port", str(p["imap"]), "--pop3-port", "0", "--imaps-port", "0",
-                     "--pop3s-port", "0", "--source", "127.0.0.1", "--json"])
+                     "--pop3s-port", "0", "--source", "127.0.0.1", "--others", "none", "--json"])
     data = json.loads(capsys.readouterr().out)
     login = by_subject(data)[f"imap:{p['imap']} cleartext login"]
     assert code == 1
@@ -490,7 +457,7 @@ def test_nothing_answers_is_exit_2(capsys):
     code = cli.main(["probe", "127.0.0.1", "--smtp-port", str(ports[0]),
                      "--submission-port", str(ports[1]), "--imap-port", str(ports[2]),
                      "--pop3-port", str(ports[3]), "--imaps-port", str(ports[4]),
-                     "--pop3s-port", str(ports[5])])
+                     "--pop3s-port", str(ports[5]), "--others", "none"])
     assert code == 2
     assert "nothing answers" in capsys.readouterr().err
 
@@ -498,7 +465,8 @@ def test_nothing_answers_is_exit_2(capsys):
 def test_table_output(capsys, postfix_hardened):
     code = cli.main(["probe", "127.0.0.1", "--smtp-port", str(postfix_hardened.smtp_port),
                      "--submission-port", "0", "--imap-port", "0", "--pop3-port", "0",
-                     "--imaps-port", "0", "--pop3s-port", "0", "--source", SOURCE])
+                     "--imaps-port", "0", "--pop3s-port", "0", "--source", SOURCE,
+                     "--others", "none"])
     out = capsys.readouterr().out
     assert code == 0
     assert out.startswith("probe 127.0.0.1\nAREA")

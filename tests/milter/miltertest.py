@@ -26,6 +26,25 @@ class RecordingCtx(TestCtx):
         self.changed = []      # (name, idx, value)
         self.quarantined = None
 
+    # macros one stage's list may name: Sendmail's MAXFILTERMACROS
+    # (sendmail/conf.h); Postfix has no limit and libmilter enforces none.
+    # TestCtx refuses more than 5, after a note in the smfi_setsymlist page
+    # that no MTA's code bears out (5 there is the number of stages, libmilter's
+    # MAX_MACROS_ENTRIES), so this takes its place.
+    MAX_MACROS = 50
+
+    def setsymlist(self, stage, macros):
+        if self._stage != -1:
+            raise RuntimeError("setsymlist may only be called from negotiate")
+        names = (macros.encode("utf-8") if isinstance(macros, str) else macros).split()
+        if not names:
+            raise ValueError(f"setsymlist with an empty list for stage {stage}")
+        if len(names) > self.MAX_MACROS:
+            raise ValueError(f"setsymlist: more than {self.MAX_MACROS} macros")
+        if self._symlist[stage] is not None:
+            raise ValueError(f"setsymlist already called for stage {stage}")
+        self._symlist[stage] = set(names)
+
     def addheader(self, field, value, idx):
         self.added.append((field, value, idx))
 

@@ -92,7 +92,8 @@ def test_asks_for_the_macros_it_reads(engine):
     lists = s.ctx._symlist
     assert lists[Milter.M_CONNECT] == {b"j", b"{client_addr}"}
     assert lists[Milter.M_ENVFROM] == {b"i", b"{auth_type}", b"{auth_authen}",
-                                       b"{tls_version}", b"{cipher}"}
+                                       b"{tls_version}", b"{cipher}", b"{cipher_bits}",
+                                       b"{cert_subject}", b"{cert_issuer}", b"{verify}"}
     assert lists[Milter.M_EOM] >= {b"i", b"{auth_authen}"}
     # nothing read there: the MTA's own lists stay
     assert lists[Milter.M_EOH] is None and lists[Milter.M_ENVRCPT] is None

@@ -56,7 +56,8 @@ def hardened_main(certdir: Path) -> dict:
         "milter_default_action": "tempfail",
         "milter_connect_macros": "j {daemon_name} {daemon_addr} v _ {client_addr} {client_name}",
         "milter_mail_macros":
-            "i {mail_addr} {auth_type} {auth_authen} {auth_author} {tls_version} {cipher}",
+            "i {mail_addr} {auth_type} {auth_authen} {auth_author} {tls_version} {cipher}"
+            " {cipher_bits}",
         "milter_end_of_data_macros": "i {auth_authen} {tls_version} {cipher}",
     }
 

@@ -116,7 +116,7 @@ def _ordered(results):
     """In the header's order of methods (RFC 8601 leaves it open; ours is fixed)."""
     order = ("iprev", "auth", "spf", "dkim", "dmarc", "arc")
     return sorted(results, key=lambda r: (order.index(r.method), "") if r.method in order
-                  else (len(order), r.method))
+                  else (len(order), r.method or ""))
 
 
 def _assert_reads_back_as_produced(results, value):
@@ -319,8 +319,11 @@ def test_authentication_results_round_trip(keys):
     assert dkim_props[0][("header", "d")] == "mw-dkim.example"
     assert dkim_props[0][("header", "a")] == "rsa-sha256"
     assert len(dkim_props[0][("header", "b")]) == 8
+    assert ("x-tls", "pass") in methods
     order = [r.method for r in parsed.results]
-    assert order == sorted(order, key=["iprev", "auth", "spf", "dkim", "dmarc", "arc"].index)
+    # the fixed order, then any other method (x-tls) by name
+    assert order == sorted(order, key=["iprev", "auth", "spf", "dkim", "dmarc", "arc",
+                                       "x-tls"].index)
 
 
 def test_full_header_round_trip_without_auth():

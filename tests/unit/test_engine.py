@@ -234,6 +234,24 @@ def test_dry_run_never_rejects_but_says_what_it_would_do():
     assert out["action"] == "add_header" and out["dry_run_action"] == "reject"
 
 
+def test_the_policy_keeps_a_refusal_before_a_tempfail_whatever_their_order():
+    """One check's 4xx (a limit, TLS required) never turns another's 5xx
+    into a retry."""
+    from mailwarden.model import Result, Stage
+    from mailwarden.policy import Policy
+    cfg = loads("[authserv]\nid = mx.test.example\n")
+    policy = Policy(cfg.policy, cfg.scores)
+    tempfail = Result(check="limits", result="fail", symbol="LIMIT_MESSAGES_SENDER",
+                      reply=Reply("tempfail", 451, "4.7.1", "Too many messages"))
+    reject = Result(check="dmarc", result="fail", symbol="DMARC_FAIL_REJECT",
+                    reply=Reply("reject", 550, "5.7.1", "DMARC"))
+    for results in ([tempfail, reject], [reject, tempfail]):
+        verdict = policy.decide(results, "other", Stage.EOM, final=True)
+        assert verdict.reply.code == 550 and verdict.reason.startswith("dmarc:")
+    verdict = policy.decide([tempfail], "other", Stage.MAIL, final=False)
+    assert verdict.reply.code == 451
+
+
 def test_independent_checks_of_one_stage_run_in_parallel():
     import threading
     barrier = threading.Barrier(2, timeout=5)

@@ -212,6 +212,7 @@ def test_grafana_dashboard_uses_only_exported_metrics():
     metrics.symbols.labels(symbol="X")
     metrics.dns_queries.labels(outcome="noerror")
     metrics.stage_seconds.labels(stage="eom")
+    metrics.tls_message("TLSv1.3")
     exported = {name for name, _ in samples(metrics)}
     used = set()
     for expr in exprs:
