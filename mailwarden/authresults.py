@@ -212,3 +212,94 @@ def forged(authserv_id: str, headers: Iterable[tuple], status_header: str = "") 
         if lower == status or authserv_id_of(value) == ours:
             out.append((name, value.strip(), index))
     return out
+
+
+# -- reading an A-R (or ARC-Authentication-Results) value ---------------------
+
+def _split_top(text: str, sep: str = ";") -> list:
+    """``text`` cut at each ``sep`` outside comments and quoted-strings."""
+    parts, start, depth, quoted_ = [], 0, 0, False
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\\" and (depth or quoted_):
+            i += 2
+            continue
+        if quoted_:
+            quoted_ = ch != '"'
+        elif ch == '"' and not depth:
+            quoted_ = True
+        elif ch == "(":
+            depth += 1
+        elif ch == ")" and depth:
+            depth -= 1
+        elif ch == sep and not depth:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def _strip_comments(text: str) -> str:
+    out, depth, quoted_, i = [], 0, False, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text) and (depth or quoted_):
+            if not depth:
+                out.append(text[i:i + 2])
+            i += 2
+            continue
+        if quoted_:
+            quoted_ = ch != '"'
+            out.append(ch)
+        elif ch == "(":
+            depth += 1
+        elif ch == ")" and depth:
+            depth -= 1
+            out.append(" ")
+        elif not depth:
+            quoted_ = ch == '"'
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+_PROP = re.compile(r'([A-Za-z0-9_-]+)\.([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s;"]+)')
+_METHOD = re.compile(r"\s*([A-Za-z0-9_.-]+)(?:/[0-9]+)?\s*=\s*([A-Za-z0-9_-]+)")
+_REASON = re.compile(r'\breason\s*=\s*("(?:[^"\\]|\\.)*"|[^\s;"]+)', re.I)
+
+
+def _unquote(value: str) -> str:
+    if value.startswith('"') and value.endswith('"') and len(value) > 1:
+        return re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value
+
+
+def resinfo_texts(value: str) -> tuple:
+    """(authserv-id, [resinfo text, ...]) of an A-R value, each resinfo as
+    written (comments kept, folding made one space); ``none`` gives no
+    resinfo.  Lenient: made for reading what other hosts wrote, never for
+    deciding that a header is ours."""
+    flat = " ".join(value.replace("\r", " ").replace("\n", " ").split())
+    parts = [p.strip() for p in _split_top(flat)]
+    head = _strip_comments(parts[0]).split()
+    ident = head[0].lower() if head else ""
+    infos = [p for p in parts[1:] if p and _strip_comments(p).strip().lower() != "none"]
+    return ident, infos
+
+
+def read_resinfo(text: str) -> Optional[tuple]:
+    """One resinfo text -> (method, result, reason, ((ptype.property,
+    value), ...)), all lower case but the values; None if it is no
+    ``method=result``.  Comments are dropped."""
+    bare = _strip_comments(text)
+    m = _METHOD.match(bare)
+    if m is None:
+        return None
+    rest = bare[m.end():]
+    reason = _REASON.search(rest)
+    props = tuple((f"{p.group(1).lower()}.{p.group(2).lower()}", _unquote(p.group(3)))
+                  for p in _PROP.finditer(rest))
+    return (m.group(1).lower(), m.group(2).lower(),
+            _unquote(reason.group(1)) if reason else "", props)

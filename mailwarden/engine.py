@@ -367,8 +367,56 @@ class Engine:
                 self.policy.status_header(verdict.action, verdict.score, verdict.symbols,
                                           results),
             )
+            added = self._leave(ctx, msg, added, removed) + added
             verdict = dataclasses.replace(verdict, headers_added=added, headers_removed=removed)
         return verdict
+
+    def _leave(self, ctx: Context, msg: Message, added: tuple, removed: tuple) -> tuple:
+        """The last step before the message goes: each check with an
+        ``on_leave(ctx, message, authres_value)`` (ARC sealing) may ask
+        ``message()`` for the message as it will leave, every other change
+        made (``added`` on top, as the adapter inserts them; ``removed``
+        gone), and gives header fields to put above all.  A crash there is logged and adds
+        nothing: the message goes as it is."""
+        leaving = [c for c in self.checks if callable(getattr(c, "on_leave", None))
+                   and not (c.skips() & ctx.tags)]
+        if not leaving:
+            return ()
+        ctx.new = []
+        authres_value = dict(added).get(authresults.HEADER, "")
+        out: tuple = ()
+        for check in leaving:
+            above = out + added
+            try:
+                out = tuple(check.on_leave(ctx, lambda: outgoing(msg, above, removed),
+                                           authres_value)) + out
+            except Exception as exc:      # as in _call_check: a crash stays a log line
+                ctx.log.error("check %s crashed before the message left: %s: %s", check.name,
+                              exc.__class__.__name__, exc, exc_info=True)
+        return out
+
+
+def outgoing(msg: Message, added: tuple, removed: tuple) -> bytes:
+    """The message as the MTA will pass it on: ``added`` (name, value)
+    fields on top in their order, with the space after the colon the
+    adapter sends and CRLF line ends; the ``removed`` (name, value, index)
+    occurrences gone; then the headers as received and the body."""
+    gone = {(name.lower(), index) for name, _value, index in removed}
+    head = []
+    for name, value in added:
+        if value[:1] not in (" ", "\t"):
+            value = " " + value
+        head.append(name.encode("ascii") + b":" +
+                    value.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
+                    + b"\r\n")
+    counts: dict = {}
+    for name, value in msg.wire_headers():
+        low = name.decode("ascii", "surrogateescape").lower()
+        counts[low] = counts.get(low, 0) + 1
+        if (low, counts[low]) not in gone:
+            head.append(name + b":" + value)
+    body = msg.body.read() if msg.body else b""
+    return b"".join(head) + b"\r\n" + body
 
 
 def run_offline(engine: Engine, *, client_ip, client_name: str = "", helo: str = "",

@@ -119,6 +119,8 @@ class Result:
                                # (e.g. DMARC p=quarantine), weaker than a reply
     options: tuple = ()        # short ASCII words shown next to the symbol in the status
                                # header and a score reject text (e.g. listed domains)
+    findings: tuple = ()       # (key, value) pairs other checks read through the named
+                               # accessors below; never written to a header
 
     def __post_init__(self):
         if self.result not in RESULTS:
@@ -160,6 +162,45 @@ class Result:
         """dkim: the selector (``header.s``), else ""."""
         return self._value("header.s")
 
+    def _finding(self, key: str, default=None):
+        for name, value in self.findings:
+            if name == key:
+                return value
+        return default
+
+    @property
+    def arc_valid(self) -> bool:
+        """arc: the ARC chain validated (RFC 8617 §5.2: ``arc=pass``)."""
+        return self.check == "arc" and self.result == "pass"
+
+    @property
+    def arc_chain(self) -> tuple:
+        """arc: the sealer domain (the ARC-Seal's ``d=``) of each set, from
+        instance 1 up, lower case; () without a readable chain.  A domain
+        listed here is the sender's claim unless :attr:`arc_valid`."""
+        return self._finding("arc.chain", ())
+
+    @property
+    def arc_last_valid(self) -> int:
+        """arc: the highest instance N such that the sets 1..N are whole and
+        their seals 1..N all verify, each with the cv= RFC 8617 asks; N is
+        the chain's length when :attr:`arc_valid`, 0 when not even set 1
+        is good (or there is no chain)."""
+        return self._finding("arc.last_valid", 0)
+
+    @property
+    def arc_terminated(self) -> bool:
+        """arc: the highest ARC-Seal already said ``cv=fail``: the chain
+        ended before us, and no set may be added to it."""
+        return bool(self._finding("arc.terminated", False))
+
+    @property
+    def arc_hops(self) -> tuple:
+        """arc: an :class:`ArcHop` per set (instance 1 up): what each sealer
+        recorded in its ARC-Authentication-Results.  Only the hops up to
+        :attr:`arc_last_valid` are vouched for by their seal."""
+        return self._finding("arc.hops", ())
+
     def at_stage(self, stage: "Stage") -> "Result":
         """This result as found at ``stage``: a copy (the fields were checked
         when it was made; ``dataclasses.replace`` would check them again)."""
@@ -169,6 +210,33 @@ class Result:
         copy.__dict__.update(self.__dict__)
         copy.__dict__["stage"] = stage
         return copy
+
+
+@dataclass(frozen=True)
+class ArcHop:
+    """One ARC set's ARC-Authentication-Results, read (RFC 8617 §4.1.1):
+    the instance, the sealer domain (its ARC-Seal's ``d=``), the
+    authserv-id the sealer wrote, and each resinfo as (method, result,
+    ((ptype.property, value), ...)), method and result in lower case.
+    Values are the sealer's text: data, quoted before any header."""
+
+    instance: int
+    sealer: str
+    authserv_id: str
+    results: tuple = ()
+
+    def result_of(self, method: str) -> str:
+        """The first result recorded for ``method`` (``dmarc``, ``dkim``,
+        ``spf``, ...) at this hop, else ""."""
+        for name, result, _props in self.results:
+            if name == method:
+                return result
+        return ""
+
+    def passed(self, method: str) -> bool:
+        """Whether any result of ``method`` at this hop is ``pass`` (a
+        message may carry several DKIM signatures)."""
+        return any(name == method and result == "pass" for name, result, _p in self.results)
 
 
 _ids = itertools.count(1)

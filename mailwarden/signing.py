@@ -37,8 +37,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 
-__all__ = ["KeyProblem", "SigningKey", "load_key", "sign", "txt_record", "split_txt",
-           "MIN_RSA_BITS", "DEFAULT_SIGN_HEADERS"]
+from .address import AddressProblem, normalize_domain
+from .options import ValueProblem, parse_list
+
+__all__ = ["KeyProblem", "SigningKey", "load_key", "sign", "arc_set", "txt_record",
+           "split_txt", "parse_key_specs", "MIN_RSA_BITS", "DEFAULT_SIGN_HEADERS"]
 
 # RFC 8301 §3.2: signers MUST use at least 1024 bits (and SHOULD use 2048)
 MIN_RSA_BITS = 1024
@@ -83,6 +86,28 @@ class SigningKey:
 
 def valid_selector(text: str) -> bool:
     return bool(_SELECTOR.match(text)) and len(text) <= 63 * 4
+
+
+def parse_key_specs(text: str) -> tuple:
+    """``DOMAIN:SELECTOR:PATH`` items (comma or space separated), as
+    ``[check.dkim_sign] keys`` and ``[check.arc] keys`` take them:
+    ((domain, selector, path), ...); ValueProblem names a bad item."""
+    specs = []
+    for item in parse_list(text):
+        parts = item.split(":", 2)
+        if len(parts) != 3 or not all(parts):
+            raise ValueProblem(f"expected DOMAIN:SELECTOR:PATH, got {item!r}")
+        domain_text, selector, path = parts
+        try:
+            domain = normalize_domain(domain_text)
+        except AddressProblem as exc:
+            raise ValueProblem(f"{item!r}: {exc}") from None
+        if domain.startswith("["):
+            raise ValueProblem(f"{item!r}: an address literal cannot sign")
+        if not valid_selector(selector):
+            raise ValueProblem(f"{item!r}: not a DKIM selector: {selector!r}")
+        specs.append((domain, selector.lower(), path))
+    return tuple(specs)
 
 
 def load_key(path: str, domain: str = "", selector: str = "") -> SigningKey:
@@ -227,3 +252,81 @@ def sign(message: bytes, key: SigningKey, include: list,
     value = dkim.fold(b"; ".join(b"=".join(f) for f in fields) + b"\r\n", namelen=len(name),
                       linesep=b"\r\n")
     return value.rstrip(b"\r\n")
+
+
+# -- ARC sets (RFC 8617) -------------------------------------------------------
+
+_RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+
+
+def _arc_header(name: bytes, fields: list, key: SigningKey, hashed: list,
+                standardize: bool) -> bytes:
+    """One ARC-Message-Signature or ARC-Seal value (after the colon, no
+    trailing CRLF): ``hashed`` are the relaxed-canonical (name, value)
+    fields that come before the signature field itself in the hash."""
+    if standardize:
+        # the conformance suite's form: tags sorted, lower case but bh= and
+        # b=, no white space, never folded
+        fields = sorted(((k, v.replace(b" ", b"") if k in (b"bh", b"b")
+                          else v.lower().replace(b" ", b"")) for k, v in fields),
+                        key=lambda f: f[0])
+        unsigned = b"; ".join(b"=".join(f) for f in fields)
+    else:
+        unsigned = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(name),
+                             linesep=b"\r\n")
+    unsigned = dkim.RE_BTAG.sub(b"\\1", unsigned)
+    hasher = hashlib.sha256()
+    for field_name, value in hashed:
+        hasher.update(field_name + b":" + value)
+    ((cname, cvalue),) = _RELAXED.canonicalize_headers([(name, b" " + unsigned)])
+    hasher.update(cname + b":" + cvalue.rstrip())
+    fields = [(k, base64.b64encode(key.sign_digest(hasher.digest())) if k == b"b" else v)
+              for k, v in fields]
+    value = b"; ".join(b"=".join(f) for f in fields)
+    if not standardize:
+        value = dkim.fold(value + b"\r\n", namelen=len(name), linesep=b"\r\n").rstrip(b"\r\n")
+    return value
+
+
+def arc_set(message: bytes, key: SigningKey, instance: int, cv: str, aar: bytes,
+            prior: list, include: list, now: float | None = None,
+            standardize: bool = False) -> list:
+    """The ARC set of ``instance`` for ``message`` (RFC 8617 §5.1): three
+    (name, value) pairs, ARC-Seal first, values after the colon without
+    the trailing CRLF, folded with CRLF SP.
+
+    ``message`` is the message as it will leave, without this set;
+    ``aar`` the ARC-Authentication-Results payload after ``i=N;``
+    (``authserv-id; resinfo; ...``); ``prior`` the (name, value) ARC
+    header fields of the sets the seal covers, in increasing instance
+    order, AAR, AMS, AS each (empty for ``cv=fail``: RFC 8617 §5.1.2 has
+    the seal of a failed chain cover its own set alone); ``include`` the
+    lower-case h= names of the AMS; ``cv`` none, pass or fail.
+    The seal hashes the sets in instance order whatever their place in
+    the header.  ``standardize`` writes the tags as the ARC conformance
+    suite expects (sorted, unfolded).  RFC 8617 knows rsa-sha256 only.
+    """
+    if key.algorithm != "rsa-sha256":
+        raise dkim.ParameterError("ARC seals with rsa-sha256 only (RFC 8617 §4.1.3)")
+    if "from" not in include:
+        raise dkim.ParameterError("the From header field must be signed (RFC 6376 §5.4)")
+    headers, body = dkim.rfc822_parse(message)
+    stamp = str(int(time.time() if now is None else now)).encode("ascii")
+    i = str(instance).encode("ascii")
+    domain, selector = key.domain.encode("ascii"), key.selector.encode("ascii")
+    aar_value = b"i=" + i + b"; " + aar.strip()
+    bodyhash = base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(body)).digest())
+    include_b = [h.encode("ascii") for h in include]
+    ams_fields = [(b"i", i), (b"a", b"rsa-sha256"), (b"c", b"relaxed/relaxed"),
+                  (b"d", domain), (b"s", selector), (b"t", stamp),
+                  (b"h", b" : ".join(include_b)), (b"bh", bodyhash), (b"b", b"0" * 60)]
+    signed = dkim.select_headers(_RELAXED.canonicalize_headers(headers), include_b)
+    ams = _arc_header(b"ARC-Message-Signature", ams_fields, key, signed, standardize)
+    as_fields = [(b"i", i), (b"cv", cv.encode("ascii")), (b"a", b"rsa-sha256"),
+                 (b"d", domain), (b"s", selector), (b"t", stamp), (b"b", b"0" * 60)]
+    chain = list(prior) + [(b"ARC-Authentication-Results", b" " + aar_value),
+                           (b"ARC-Message-Signature", b" " + ams)]
+    seal = _arc_header(b"ARC-Seal", as_fields, key, _RELAXED.canonicalize_headers(chain),
+                       standardize)
+    return [(b"ARC-Seal", seal), (b"ARC-Message-Signature", ams),
+            (b"ARC-Authentication-Results", aar_value)]

@@ -27,6 +27,11 @@ A check is a small class in ``checks/NAME.py``:
   nothing (counting, storing, logging) that must not happen twice.  The
   engine then first runs it on cached answers alone, in the calling thread,
   and only hands it to a thread when a lookup must go to the network;
+* ``on_leave(ctx, message, authres_value)`` (optional): the last step
+  before an accepted message leaves; ``message()`` gives its bytes with
+  every other change made (our A-R, DKIM signatures, removals), made only
+  when asked; returns (name, value) header fields to put on top of all
+  (ARC sealing).  A crash adds nothing and is logged;
 * ``on_close(conn)`` (optional): the SMTP connection ended; drop what the
   check holds for it elsewhere (a concurrency slot).  Errors are logged.
 * ``fail_closed``: True for a policy check (relay, submission, dmarc): if
@@ -62,6 +67,7 @@ CHECK_MODULES = (
     "spf",
     "dkim",
     "dmarc",
+    "arc",
     "limits",
     "helo",
     "dnsbl",

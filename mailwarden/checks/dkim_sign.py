@@ -60,31 +60,12 @@ from dataclasses import dataclass, field
 import dkim
 
 from .. import signing
-from ..address import AddressProblem, DomainSet, authors, normalize_domain
+from ..address import DomainSet, authors
 from ..loginmap import LoginMapFile, from_refusal
 from ..options import Networks, ValueProblem, opt, parse_bool, parse_domains, parse_list, \
     parse_networks
 from ..model import Trust
 from . import Check, CheckOptions
-
-
-def parse_key_specs(text: str) -> tuple:
-    specs = []
-    for item in parse_list(text):
-        parts = item.split(":", 2)
-        if len(parts) != 3 or not all(parts):
-            raise ValueProblem(f"expected DOMAIN:SELECTOR:PATH, got {item!r}")
-        domain_text, selector, path = parts
-        try:
-            domain = normalize_domain(domain_text)
-        except AddressProblem as exc:
-            raise ValueProblem(f"{item!r}: {exc}") from None
-        if domain.startswith("["):
-            raise ValueProblem(f"{item!r}: an address literal cannot sign")
-        if not signing.valid_selector(selector):
-            raise ValueProblem(f"{item!r}: not a DKIM selector: {selector!r}")
-        specs.append((domain, selector.lower(), path))
-    return tuple(specs)
 
 
 def _parse_canonicalization(text: str) -> tuple:
@@ -104,7 +85,7 @@ def _parse_header_names(text: str) -> tuple:
 
 @dataclass(frozen=True)
 class DkimSignOptions(CheckOptions):
-    keys: tuple = opt((), parse_key_specs)
+    keys: tuple = opt((), signing.parse_key_specs)
     canonicalization: tuple = opt(("relaxed", "relaxed"), _parse_canonicalization)
     sign_headers: tuple = opt(signing.DEFAULT_SIGN_HEADERS, _parse_header_names)
     oversign_headers: tuple = opt(("From",), _parse_header_names)

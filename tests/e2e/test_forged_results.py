@@ -77,7 +77,7 @@ def test_hostile_spf_explanation_reads_back_as_one_spf_fail(postfix, sink, mailw
         [("smtp", "mailfrom", SENDER)]
     # every result is one of ours: these methods, in this order
     assert [r.method for r in parsed.results] == ["iprev", "spf", "spf", "dkim", "dmarc",
-                                               "x-tls"], ar
+                                               "arc", "x-tls"], ar
     # nothing the explanation wrote became a result: no pass at all here,
     # and no result names paypal.com
     assert not [r for r in parsed.results if r.result == "pass"], ar
@@ -128,7 +128,7 @@ def test_hostile_dkim_tags_read_back_as_what_was_found(postfix, sink, mailwarden
     (ar,) = _ours(got)
     parsed = _strict(ar)
     assert [r.method for r in parsed.results] == ["iprev", "spf", "spf", "dkim", "dmarc",
-                                               "x-tls"], ar
+                                               "arc", "x-tls"], ar
     (dkim,) = [r for r in parsed.results if r.method == "dkim"]
     assert dkim.result in ("fail", "permerror", "neutral"), ar
     assert not [r for r in parsed.results if r.result == "pass"], ar

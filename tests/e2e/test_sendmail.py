@@ -13,12 +13,16 @@ are skipped only where every e2e test is (not root, see ``conftest.py``).
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import socket
 
+import dkim
 import pytest
 
-from tests.harness import AUTHSERV_ID, free_port, make_message, read_smtp_reply, smtp_send
+from tests.harness import (AUTHSERV_ID, ROOT, free_port, make_message, read_smtp_reply,
+                           smtp_send)
 from tests.harness.sendmail import SENDMAIL_HOSTNAME, Sendmail
 
 # the addresses the tests send from, and the names Sendmail finds for them
@@ -110,6 +114,30 @@ def test_accepted_with_our_ar_and_the_forged_one_removed(sendmail, sink, mailwar
     assert re.search(rf"INFO {qid}: action=accept .*client=mail\.sm-client\.example\[127\.0\.0\.5\]"
                      rf" helo=mail\.sm-client\.example from=<{SENDER}>", mw.log_text()), \
         explain(sendmail, mw)
+
+
+def test_forward_sealed_after_every_other_change(sendmail, sink, mailwarden, dns_server,
+                                                 tmp_path):
+    """A trusted client's mail to another domain leaves with an ARC set that
+    covers what Sendmail passes on: our A-R on top, the forged one gone."""
+    key = tmp_path / "outbound-rsa2026.private"
+    shutil.copy(ROOT / "tests/data/keys/outbound-rsa2026.private", key)
+    os.chmod(key, 0o600)
+    mw = mailwarden({"relay": {"trusted_networks": f"127.0.0.1/32, {CLIENT}/32"},
+                     "check.arc": {"keys": f"outbound.example:rsa2026:{key}"}})
+    got, _qid = deliver(sendmail, sink, mw, CLIENT, "sealed through sendmail", extra_headers=[
+        f"Authentication-Results: {AUTHSERV_ID}; dkim=pass header.d=forged.example"])
+    assert got.data.startswith(b"ARC-Seal: i=1;"), got.data[:300]
+    assert b"forged.example" not in got.data
+
+    def lookup(name, timeout=5):
+        for rrset in dns_server.query(name.decode(), "TXT").answer:
+            for rdata in rrset:
+                return b"".join(rdata.strings)
+        return None
+    cv, results, why = dkim.arc_verify(got.data, dnsfunc=lookup)
+    assert cv == dkim.CV_Pass, f"{why}{explain(sendmail, mw)}"
+    assert results[0]["as-domain"] == b"outbound.example"
 
 
 # -- refused --------------------------------------------------------------------

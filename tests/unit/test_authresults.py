@@ -322,7 +322,8 @@ def test_authentication_results_round_trip(keys):
     assert ("x-tls", "pass") in methods
     order = [r.method for r in parsed.results]
     # the fixed order, then any other method (x-tls) by name
-    assert order == sorted(order, key=["iprev", "auth", "spf", "dkim", "dmarc", "x-tls"].index)
+    assert order == sorted(order, key=["iprev", "auth", "spf", "dkim", "dmarc", "arc",
+                                       "x-tls"].index)
 
 
 def test_full_header_round_trip_without_auth():
