@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -81,7 +81,7 @@ from ..options import ValueProblem, opt, parse_bool, parse_choice, parse_int, pa
 from ..dmarc_records import Evaluation, RecordsError, is_redis, open_records
 from ..dns import Status
 from ..model import Reply
-from ..orgdomain import is_dmarc_record, is_domain, organizational
+from ..orgdomain import TreeWalk, dmarc_tags, is_dmarc_record, is_domain, tree_walk, walk_names
 from . import Check, CheckOptions
 
 log = logging.getLogger("mailwarden.dmarc")
@@ -116,7 +116,17 @@ class DmarcOptions(CheckOptions):
 
 @dataclass(frozen=True)
 class Record:
-    """A DMARC policy record, defaults filled in (RFC 7489 §6.3)."""
+    """A DMARC policy record as RFC 9989 reads it, defaults filled in.
+
+    ``domain``: where it was published (the policy domain).  ``t``: ``y``
+    when the domain owner is testing (``t=y``, or ``pct=0`` without ``t=``,
+    see :func:`parse_record`).  ``pct``: the RFC 7489 value as published
+    (100 when absent); RFC 9989 removed the tag and it samples nothing.
+    ``historic``: the removed tags (``pct``, ``rf``, ``ri``) the record
+    still carries.  ``transition``: how ``pct`` was taken ('' when absent
+    or 100).  ``assumed_none``: why ``p=none`` stands in for a missing or
+    invalid policy ('' when the record has a valid one).
+    """
 
     domain: str                   # where it was published
     p: str
@@ -128,40 +138,131 @@ class Record:
     fo: str = "0"
     rua: str = ""
     ruf: str = ""
+    psd: str = "u"
+    t: str = "n"
+    historic: tuple = ()
+    transition: str = ""
+    assumed_none: str = ""
+
+    @property
+    def testing(self) -> bool:
+        return self.t == "y"
+
+
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s,!]+")     # RFC 3986 scheme ":" and more
+_HISTORIC = ("pct", "rf", "ri")                     # RFC 9989 §C.5.2: removed tags
+
+
+def _has_report_uri(rua: str) -> bool:
+    """RFC 9989 §4.10.1: ``rua`` holds at least one syntactically valid URI
+    (an RFC 7489 size suffix ``!10m`` is obsolete syntax, allowed)."""
+    return any(_URI.fullmatch(u.strip().split("!", 1)[0]) for u in rua.split(","))
 
 
 def parse_record(domain: str, text: str) -> Optional[Record]:
-    """The record, or None when it is no usable DMARC record."""
+    """The record, or None when RFC 9989 applies no DMARC processing with it.
+
+    * Tags outside RFC 9989's registry are ignored; a value outside its
+      syntax is discarded in favour of the default (``psd``, ``t``,
+      ``adkim``, ``aspf``).
+    * No valid ``p``, or an ``sp`` or ``np`` that is not valid (§4.10.1):
+      with a syntactically valid ``rua`` URI the record counts as ``p=none``
+      (no ``sp``, no ``np``); without one, no DMARC processing (None).
+    * The transition from RFC 7489: ``pct``, ``rf`` and ``ri`` are no
+      longer part of the protocol (§C.5.2) and sample nothing.  ``t=y`` is
+      what ``pct=0`` was used for (Appendix A.6), so a record with
+      ``pct=0`` and no valid ``t=`` is taken as ``t=y``; any other ``pct``
+      is ignored (the policy applies in full, as ``pct=100`` and ``t=n``
+      meant), and a ``t=`` present always wins over ``pct``.
+    """
     if not is_dmarc_record(text):
         return None
-    tags = {}
-    for part in text.split(";")[1:]:
-        key, sep, value = part.partition("=")
-        if sep:
-            tags.setdefault(key.strip().lower(), value.strip())
+    tags = dmarc_tags(text)
     rua = tags.get("rua", "")
     p = tags.get("p", "").lower()
     sp = tags.get("sp", "").lower() or None
-    if p not in _POLICIES or (sp is not None and sp not in _POLICIES):
-        # RFC 7489 §6.6.3 step 6: with a usable rua, act as if p=none
-        if not any(u.strip().lower().startswith("mailto:") for u in rua.split(",")):
-            return None
-        p, sp = "none", None
     np = tags.get("np", "").lower() or None
-    if np not in _POLICIES:
-        np = None
-    try:
-        pct = int(tags.get("pct", "100"))
-    except ValueError:
-        pct = 100
-    if not 0 <= pct <= 100:
-        pct = 100
+    assumed = ""
+    if p not in _POLICIES or sp not in _POLICIES + (None,) or np not in _POLICIES + (None,):
+        if not _has_report_uri(rua):
+            return None
+        bad = ("p" if p not in _POLICIES else "sp" if sp not in _POLICIES + (None,) else "np")
+        assumed = f"no valid {bad}= and a rua=: taken as p=none"
+        p, sp, np = "none", None, None
+    psd = tags.get("psd", "u").lower()
+    t = tags.get("t", "").lower()
+    historic = tuple(tag for tag in _HISTORIC if tag in tags)
+    pct, transition = 100, ""
+    if "pct" in tags:
+        try:
+            pct = int(tags["pct"])
+        except ValueError:
+            pct = 100
+        if not 0 <= pct <= 100:
+            pct = 100
+        if t in ("y", "n"):
+            transition = f"pct={pct} ignored, t={t} present" if pct != 100 else ""
+        elif pct == 0:
+            t, transition = "y", "pct=0 taken as t=y"
+        elif pct < 100:
+            transition = f"pct={pct} ignored"
     adkim = tags.get("adkim", "r").lower()
     aspf = tags.get("aspf", "r").lower()
     return Record(domain=domain, p=p, sp=sp, np=np, pct=pct,
                   adkim=adkim if adkim in ("r", "s") else "r",
                   aspf=aspf if aspf in ("r", "s") else "r",
-                  fo=tags.get("fo", "0"), rua=rua, ruf=tags.get("ruf", ""))
+                  fo=tags.get("fo", "0"), rua=rua, ruf=tags.get("ruf", ""),
+                  psd=psd if psd in ("y", "n", "u") else "u",
+                  t="y" if t == "y" else "n", historic=historic,
+                  transition=transition, assumed_none=assumed)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What RFC 9989's evaluation of one author domain found: the facts an
+    aggregate report (RFC 9990) or a failure report (RFC 9991) states.
+    ``DmarcCheck.evaluate_author`` returns them next to the result; the
+    history writer receives them (:meth:`History.record`, ``facts=``).
+
+    ``discovery_method``: ``treewalk`` (RFC 9990's name; ``psl`` was RFC
+    7489's method, never used here).  ``record_name``: ``_dmarc.NAME``
+    where the policy record was found; ``policy_domain``: that NAME.
+    ``source``: ``author``, ``organizational`` or ``psd`` (whose record it
+    is).  ``organizational_domain``: the author domain's, by the tree walk.
+    ``psd``: the policy record's ``psd`` (``y``, ``n``, ``u``).
+    ``policy_tag``: ``p``, ``sp`` or ``np``, the tag that applied;
+    ``requested``: its value.  ``testing``: ``t=y`` applied (or ``pct=0``
+    taken as ``t=y``); ``policy``: the policy after ``t`` (what
+    ``policy.dmarc`` says).  ``transition``: how an RFC 7489 ``pct`` was
+    taken ('' when none).  ``historic``: removed tags the record carries.
+    ``walk``: the names the tree walk asked for.
+    """
+
+    header_from: str
+    record_name: str
+    policy_domain: str
+    source: str
+    organizational_domain: str
+    psd: str
+    policy_tag: str
+    requested: str
+    testing: bool
+    policy: str
+    transition: str = ""
+    historic: tuple = ()
+    walk: tuple = ()
+    discovery_method: str = "treewalk"
+
+    def comment(self, disposition: str) -> str:
+        """The A-R comment of ``policy.dmarc``: how the policy was found,
+        which tag applied, and the transition rules that did."""
+        parts = [f"{self.policy_tag}={self.requested} from {self.record_name} by tree walk"]
+        if self.testing:
+            parts.append(self.transition or "t=y")
+        elif self.transition:
+            parts.append(self.transition)
+        parts.append(f"dis={disposition}")
+        return ", ".join(parts)
 
 
 class _TempError(Exception):
@@ -239,53 +340,66 @@ class DmarcCheck(Check):
 
     def __init__(self, options, services):
         super().__init__(options, services)
-        # tests replace it for deterministic pct sampling
-        self.random = random.Random()
         self.history = (History(options.history, options.history_days,
                                 state=getattr(getattr(services, "config", None), "state", None))
                         if options.history else None)
 
-    # -- organizational domain -------------------------------------------------
+    # -- the tree walk (RFC 9989 §4.10) ------------------------------------------
 
-    def organizational(self, domain: str) -> str:
-        return organizational(domain)
+    @staticmethod
+    def _txt(ctx, qname: str) -> list:
+        answer = ctx.dns.query(qname, "TXT", decisive=True)
+        if answer.temporary:
+            raise _TempError(answer.describe())
+        return list(answer.records) if answer.ok else []
 
-    def aligned(self, a: str, b: str, mode: str) -> bool:
-        a, b = _normalize(a), _normalize(b)
+    @staticmethod
+    def prefetch(ctx, domains) -> None:
+        """Start the lookups of every name the walks of ``domains`` can
+        read, at once: they do not depend on each other, only on which
+        answers the walk goes on to read."""
+        names = dict.fromkeys(n for d in domains for n in walk_names(d))
+        if names:
+            ctx.dns.query_many([(f"_dmarc.{n}", "TXT") for n in names], decisive=True)
+
+    def walk(self, ctx, domain: str, walks: dict) -> TreeWalk:
+        """The tree walk from ``domain``, once per message (``walks``)."""
+        domain = _normalize(domain)
+        if domain not in walks:
+            self.prefetch(ctx, (domain,))
+            walks[domain] = tree_walk(domain, lambda qname: self._txt(ctx, qname))
+        return walks[domain]
+
+    def aligned(self, ctx, identifier: str, author: str, mode: str, walks: dict):
+        """True, False, or None when a lookup it needed failed.
+
+        Strict: the same name.  Relaxed (RFC 9989 §4.10.2): the same
+        organizational domain, each by its tree walk; an identifier that is
+        not the author's organizational domain or under it cannot have the
+        same one (an organizational domain is always the name itself or a
+        parent), so it costs no walk.
+        """
+        identifier, author = _normalize(identifier), _normalize(author)
+        if identifier == author:
+            return True
         if mode == "s":
-            return a == b
-        return a == b or self.organizational(a) == self.organizational(b)
-
-    # -- discovery -------------------------------------------------------------
-
-    def _fetch(self, ctx, domain: str) -> Optional[Record]:
-        answer = ctx.dns.query(f"_dmarc.{domain}", "TXT", decisive=True)
-        if answer.temporary:
-            raise _TempError(answer.describe())
-        texts = [t for t in answer.records if is_dmarc_record(t)] if answer.ok else []
-        if len(texts) != 1:
+            return False
+        org = self.walk(ctx, author, walks).organizational
+        if identifier != org and not identifier.endswith("." + org):
+            return False
+        try:
+            return self.walk(ctx, identifier, walks).organizational == org
+        except _TempError:
             return None
-        return parse_record(domain, texts[0])
-
-    def discover(self, ctx, domain: str) -> tuple:
-        """(record, organizational domain); RFC 7489 §6.6.3."""
-        org = self.organizational(domain)
-        answer = ctx.dns.query(f"_dmarc.{domain}", "TXT", decisive=True)
-        if answer.temporary:
-            raise _TempError(answer.describe())
-        texts = [t for t in answer.records if is_dmarc_record(t)] if answer.ok else []
-        if len(texts) > 1:
-            return None, org            # several records: no DMARC processing
-        if texts:
-            return parse_record(domain, texts[0]), org
-        if org == domain:
-            return None, org
-        return self._fetch(ctx, org), org
 
     def _nonexistent(self, ctx, domain: str) -> bool:
-        answers = ctx.dns.query_many([(domain, "A"), (domain, "AAAA"), (domain, "MX")],
-                                     decisive=True)
-        return all(a.status is Status.NXDOMAIN for a in answers)
+        """RFC 9989 §3.2.13 and A.4: a name does not exist when a query for
+        it gets NXDOMAIN (any record of any type makes it exist; RFC 8020:
+        NXDOMAIN covers every type).  One query, of type A."""
+        answer = ctx.dns.query(domain, "A", decisive=True)
+        if answer.temporary:
+            raise _TempError(f"existence of {domain}: {answer.describe()}")
+        return answer.status is Status.NXDOMAIN
 
     # -- the check -------------------------------------------------------------
 
@@ -299,19 +413,21 @@ class DmarcCheck(Check):
             ctx.log.info("dmarc: no author domain to evaluate: %s%s", problem,
                          f" ({note})" if note else "")
             return self.result("permerror", "DMARC_BAD_FROM", problem, reply=reply)
-        if len(domains) > 1:
-            # start every policy lookup at once rather than one domain after another
-            ctx.dns.query_many([(f"_dmarc.{d}", "TXT") for d in domains], decisive=True)
+        # every name the author domains' walks can read, at once
+        self.prefetch(ctx, [_normalize(d) for d in domains])
+        walks: dict = {}                # the message's tree walks, by starting name
         rows: list = []                 # history, written once every lookup is done
-        outcomes = [(domain, self._author(ctx, domain, rows)) for domain in domains]
+        outcomes = [(domain, self.evaluate_author(ctx, domain, walks, rows)[0])
+                    for domain in domains]
         if self.history is not None:
             for row in rows:
-                self.history.record(ctx, *row)
+                self.history.record(ctx, *row[:-1], facts=row[-1])
         if len(outcomes) == 1 and not note:
             return outcomes[0][1]
-        # RFC 7489 §6.6.1: every author domain is checked and the strictest
-        # outcome applies; A-R carries that one, its header.from the domain
-        # that decided, the others are named in its reason
+        # RFC 9989 §5.3.1 allows going on with several author domains: every
+        # one is checked and the strictest outcome applies; A-R carries that
+        # one, its header.from the domain that decided, the others are named
+        # in its reason
         worst = max(outcomes, key=lambda o: _severity(o[1]))[1]
         parts = [worst.reason, note]
         if len(outcomes) > 1:
@@ -320,23 +436,32 @@ class DmarcCheck(Check):
         ctx.log.info("dmarc: %s", reason)
         return dataclasses.replace(worst, reason=reason)
 
-    def _author(self, ctx, domain: str, rows: list):
-        """The DMARC outcome for one author domain."""
+    def evaluate_author(self, ctx, domain: str, walks: dict, rows: list) -> tuple:
+        """(result, facts) for one author domain; facts None when no
+        policy applied (none, temperror)."""
+        domain = _normalize(domain)
         try:
-            record, org = self.discover(ctx, domain)
+            walk = self.walk(ctx, domain, walks)
         except _TempError as exc:
             return self.result("temperror", "DMARC_TEMPERROR", f"policy lookup: {exc}",
-                               properties=(("header.from", domain),))
+                               properties=(("header.from", domain),)), None
+        record = (parse_record(walk.policy_domain, walk.policy_record)
+                  if walk.policy_record else None)
         if record is None:
-            return self.result("none", "DMARC_NONE", "",
-                               properties=(("header.from", domain),))
+            reason = ""
+            if walk.policy_record:
+                reason = (f"_dmarc.{walk.policy_domain} has no valid policy and no rua=: "
+                          "no DMARC processing")
+            return self.result("none", "DMARC_NONE", reason,
+                               properties=(("header.from", domain),)), None
         try:
-            return self._evaluate(ctx, domain, org, record, rows)
+            return self._evaluate(ctx, domain, walk, record, walks, rows)
         except _TempError as exc:
             return self.result("temperror", "DMARC_TEMPERROR", str(exc),
-                               properties=(("header.from", domain),))
+                               properties=(("header.from", domain),)), None
 
-    def _evaluate(self, ctx, domain: str, org: str, record: Record, rows: list):
+    def _evaluate(self, ctx, domain: str, walk: TreeWalk, record: Record, walks: dict,
+                  rows: list) -> tuple:
         spf_identities = []             # (domain, result) of the MAIL FROM identity
         for r in ctx.results_of("spf"):
             if r.mailfrom:
@@ -346,38 +471,48 @@ class DmarcCheck(Check):
             if r.header_d:
                 dkim_identities.append((r.header_d, r.header_s, r.result))
 
-        spf_aligned = any(res == "pass" and self.aligned(d, domain, record.aspf)
-                          for d, res in spf_identities)
-        dkim_aligned = any(res == "pass" and self.aligned(d, domain, record.adkim)
-                           for d, _s, res in dkim_identities)
+        # RFC 9989 §4.10.2: only authenticated identifiers (a pass) are
+        # aligned; one whose lookup had a temporary error is unknown
+        spf_align = [self.aligned(ctx, d, domain, record.aspf, walks)
+                     for d, res in spf_identities if res == "pass"]
+        dkim_align = [self.aligned(ctx, d, domain, record.adkim, walks)
+                      for d, _s, res in dkim_identities if res == "pass"]
+        spf_aligned, dkim_aligned = True in spf_align, True in dkim_align
 
-        if record.domain == domain:
-            policy, which = record.p, "p"
+        if walk.source == "author":
+            tag = "p"
         elif record.np is not None and self._nonexistent(ctx, domain):
-            policy, which = record.np, "np"
+            tag = "np"
         elif record.sp is not None:
-            policy, which = record.sp, "sp"
+            tag = "sp"
         else:
-            policy, which = record.p, "p"
+            tag = "p"
+        requested = {"p": record.p, "sp": record.sp, "np": record.np}[tag]
+        # t=y: the next weaker policy (RFC 9989 §4.7)
+        policy = _MILDER[requested] if record.testing else requested
+        facts = Facts(header_from=domain, record_name=f"_dmarc.{walk.policy_domain}",
+                      policy_domain=walk.policy_domain, source=walk.source,
+                      organizational_domain=walk.organizational, psd=record.psd,
+                      policy_tag=tag, requested=requested, testing=record.testing,
+                      policy=policy, transition=record.transition,
+                      historic=record.historic, walk=walk.asked)
 
         override = ""
         if spf_aligned or dkim_aligned:
             result, disposition = "pass", "none"
         else:
-            unsure = (any(res == "temperror" and self.aligned(d, domain, record.aspf)
-                          for d, res in spf_identities)
-                      or any(res == "temperror" and self.aligned(d, domain, record.adkim)
+            unsure = (None in spf_align or None in dkim_align
+                      or any(res == "temperror" and self._maybe_aligned(d, walk, record.aspf)
+                             for d, res in spf_identities)
+                      or any(res == "temperror" and self._maybe_aligned(d, walk, record.adkim)
                              for d, _s, res in dkim_identities))
             if unsure:
                 raise _TempError("an aligned SPF or DKIM identity had a temporary error")
             result, disposition = "fail", policy
-            if policy != "none" and record.pct < 100 and \
-                    not self.random.random() * 100 < record.pct:
-                disposition, override = _MILDER[policy], "sampled_out"
+            if record.testing and requested != "none":
+                override = "policy_test_mode"
 
-        comment = ("" if which == "p" else f"by {which}: ") + (
-            f"p={record.p} sp={record.sp or '-'} np={record.np or '-'} "
-            f"pct={record.pct} dis={disposition}")
+        comment = facts.comment(disposition)
         props = (("header.from", domain), ("policy.dmarc", policy, comment))
         if result == "pass":
             out = self.result("pass", "DMARC_PASS", properties=props)
@@ -389,18 +524,30 @@ class DmarcCheck(Check):
                 reply = Reply("reject", 550, "5.7.1",
                               f"Message rejected: it fails the DMARC policy of {domain}")
             elif action == "quarantine":
-                quarantine = f"DMARC {which}={policy} of {domain}"
+                quarantine = f"DMARC {tag}={policy} of {domain}"
             elif disposition != "none":
                 override = override or "local_policy"
-            reason = f"not aligned with {domain}" + (" (sampled out by pct)"
-                                                     if override == "sampled_out" else "")
+            reason = f"not aligned with {domain}" + (" (testing: t=y)" if record.testing
+                                                     and requested != "none" else "")
             out = self.result("fail", "DMARC_FAIL_" + disposition.upper(), reason,
                               properties=props, reply=reply, quarantine=quarantine)
             if action == "score":
                 disposition = "none"       # what was applied on DMARC's account
         rows.append((domain, record, result, disposition, override,
-                     spf_aligned, dkim_aligned, spf_identities, dkim_identities))
-        return out
+                     spf_aligned, dkim_aligned, spf_identities, dkim_identities, facts))
+        return out, facts
+
+    @staticmethod
+    def _maybe_aligned(identifier: str, walk: TreeWalk, mode: str) -> bool:
+        """Whether an identifier whose check had a temporary error could have
+        aligned: strict, the same name; relaxed, a name at or under the
+        author's organizational domain (its walk is not worth the lookups:
+        the identifier was not authenticated anyway)."""
+        identifier = _normalize(identifier)
+        if identifier == walk.domain:
+            return True
+        org = walk.organizational
+        return mode == "r" and (identifier == org or identifier.endswith("." + org))
 
 
 # --------------------------------------------------------------------------
@@ -416,7 +563,10 @@ class History:
         self.records = open_records(target, days, state=state)
 
     def record(self, ctx, domain, record: Record, result, disposition, override,
-               spf_aligned, dkim_aligned, spf_identities, dkim_identities) -> None:
+               spf_aligned, dkim_aligned, spf_identities, dkim_identities,
+               facts: Optional[Facts] = None) -> None:
+        """``facts``: RFC 9989's facts of the evaluation (see :class:`Facts`),
+        for the records once their schema holds them."""
         msg = ctx.msg
         sender = msg.mail_from
         rcpt = msg.rcpts[0] if msg.rcpts else ""
