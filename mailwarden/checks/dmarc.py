@@ -1,38 +1,64 @@
-"""dmarc: DMARC (RFC 7489) on the SPF and DKIM results, with ``np`` (DMARCbis).
+"""dmarc: DMARC as RFC 9989 specifies it, on the SPF and DKIM results.
+
+Records written for RFC 7489 keep working; where RFC 9989 changed the
+outcome, the comment of ``policy.dmarc`` says what applied (see below).
 
 It reads the results of the ``spf`` and ``dkim`` checks (never their
 objects): the MAIL FROM identity's SPF result (the HELO identity for the
-null sender, RFC 7489 §4.1) and every DKIM signature's result and ``d=``.
+null sender, RFC 9989 §3.2.4) and every DKIM signature's result and ``d=``.
 
-* The author domains (RFC 7489 §6.6.1, the same in DMARCbis): every domain
-  of every address in every From field, groups included, is evaluated and
-  the strictest outcome applies (reject, then temperror, quarantine, fail,
-  none, pass), so that two From fields, a list of addresses, a group or a
-  field the parser chokes on cannot dodge a domain's policy.  A field the
-  strict parser cannot read (too long, nested or grouped too deeply,
-  unbalanced) is read leniently: each ``@domain`` token names an author
-  domain (see :func:`mailwarden.address.authors`).  Authentication-Results
-  gets one ``dmarc`` result, the strictest, with ``header.from`` the domain
-  that decided; its reason names what was irregular and every author
-  domain's result.  At most 10 author domains are evaluated.
+* The author domains (RFC 9989 §5.3.1 lets a receiver go on with several):
+  every domain of every address in every From field, groups included, is
+  evaluated and the strictest outcome applies (reject, then temperror,
+  quarantine, fail, none, pass), so that two From fields, a list of
+  addresses, a group or a field the parser chokes on cannot dodge a
+  domain's policy.  A field the strict parser cannot read (too long, nested
+  or grouped too deeply, unbalanced) is read leniently: each ``@domain``
+  token names an author domain (see :func:`mailwarden.address.authors`).
+  Authentication-Results gets one ``dmarc`` result, the strictest, with
+  ``header.from`` the domain that decided; its reason names what was
+  irregular and every author domain's result.  At most 10 author domains
+  are evaluated.
 * No author domain at all (no From, an empty group, no ``@domain``, more
   than 10 domains): ``permerror`` (``DMARC_BAD_FROM``), refused with ``550
   5.7.1`` unless ``reject_bad_from = no``.
-* Policy discovery (RFC 7489 §6.6.3): ``_dmarc.FROM-DOMAIN``, then
-  ``_dmarc.ORGANIZATIONAL-DOMAIN``.  The organizational domain comes from
-  :mod:`mailwarden.orgdomain`: the Public Suffix List (tldextract's bundled
-  snapshot, never downloaded), its ICANN and private sections, so tenants
-  of a private suffix (``a.eu.org``, ``b.eu.org``) are organizations of
-  their own; a name under a TLD the list does not know takes the list's
-  default rule ``*``, the last label is the suffix.  Several
-  DMARC records, or none, mean ``dmarc=none``; a SERVFAIL or timeout is
-  ``temperror``.
+* Policy discovery (RFC 9989 §4.10.1) by the DNS tree walk of
+  :func:`mailwarden.orgdomain.tree_walk`, not the Public Suffix List:
+  ``_dmarc.AUTHOR-DOMAIN``, then up the tree (at most eight names; past
+  eight labels the walk jumps to the last seven), stopping at a record with
+  ``psd=y`` or ``psd=n``.  The record applied is the author domain's own,
+  else its organizational domain's, else that of the public suffix domain
+  (``psd=y``) above it.  Every name the walk can read is asked for at once
+  (one round trip); the answers are read in the walk's order, so a lookup
+  that fails beyond where the walk stops changes nothing.  Several DMARC
+  records at one name count as none; no record means ``dmarc=none``; a
+  SERVFAIL or timeout the walk reads is ``temperror``.  The lookups count
+  in the message's DNS budget and may use its decisive reserve.
 * Alignment: SPF and DKIM each strict (``s``: same domain) or relaxed
-  (``r``: same organizational domain), per ``aspf`` and ``adkim``.
-* The policy: ``p`` for the From domain itself; for a subdomain, ``np``
-  when the From domain does not exist (NXDOMAIN for A, AAAA and MX), else
-  ``sp``, else ``p``.  ``pct`` samples failing messages; one not sampled is
-  treated one step milder (reject -> quarantine -> none, RFC 7489 §6.6.4).
+  (``r``: the same organizational domain, each found by its own tree walk,
+  RFC 9989 §4.10.2).  The walks are made once per message.  An identifier
+  that is neither the author's organizational domain nor under it cannot
+  share it and costs no lookup; one whose walk fails is unknown, and a
+  message whose only candidates are unknown is ``temperror``.
+* The policy: ``p`` for the author domain's own record; for a subdomain of
+  the policy domain, ``np`` when the author domain does not exist, else
+  ``sp``, else ``p``.  Non-existence is RFC 9989's (§3.2.13, A.4): one
+  query for the author domain (type A) answered NXDOMAIN; any record of any
+  type makes it exist (NODATA), and a SERVFAIL or timeout there is
+  ``temperror``.  Asked only when the record has ``np``.
+* ``t=y`` (testing) applies the next weaker policy: reject -> quarantine
+  -> none.  ``policy.dmarc`` is the policy after it (RFC 9989 §9.1).
+* The transition from RFC 7489: ``pct``, ``rf`` and ``ri`` are historic
+  (RFC 9989 §C.5.2) and sample nothing.  ``pct=0`` is what ``t=y`` replaces
+  (Appendix A.6), so a record with ``pct=0`` and no ``t=`` is taken as
+  ``t=y``; any other ``pct`` is ignored (the policy applies in full); a
+  ``t=`` present wins over ``pct``.  The A-R comment says so when it applied
+  (``pct=0 taken as t=y``, ``pct=50 ignored``, ``pct=0 ignored, t=n
+  present``).  Unknown tags are ignored; ``psd`` and ``t`` values outside
+  their syntax are read as their defaults (``u``, ``n``).
+* A record without a valid ``p``, or with an ``sp`` or ``np`` that is not
+  valid: with a syntactically valid ``rua`` URI it counts as ``p=none``;
+  without, no DMARC processing (``dmarc=none``, RFC 9989 §4.10.1).
 * Enforcement is local choice: a failing message whose policy is
   ``reject`` is refused (``550 5.7.1``), quarantined or only scored per
   ``on_reject``; ``quarantine`` per ``on_quarantine``.  Authenticated and
@@ -42,7 +68,24 @@ null sender, RFC 7489 §4.1) and every DKIM signature's result and ``d=``.
   identity had a temporary error, the result is ``temperror``.
 
 Authentication-Results: ``dmarc=RESULT header.from=DOMAIN
-policy.dmarc=POLICY (p= sp= np= pct= dis=)``.
+policy.dmarc=POLICY (TAG=VALUE from _dmarc.NAME by tree walk[, t=y |
+TRANSITION], dis=DISPOSITION)``: ``header.from`` and ``policy.dmarc`` as
+RFC 9989 §9.1 registers them; the comment names the tag that applied
+(``p``, ``sp`` or ``np``) and the name where the walk found the record.
+
+Facts for reports (:class:`Facts`, one per evaluated author domain with a
+policy; :meth:`History.record` gets them as ``facts=``):
+``discovery_method`` (``treewalk``), ``record_name`` (``_dmarc.NAME``),
+``policy_domain``, ``source`` (``author``, ``organizational``, ``psd``),
+``organizational_domain``, ``psd`` (``y``, ``n``, ``u``), ``policy_tag``
+(``p``, ``sp``, ``np``), ``requested``, ``testing`` (``t=y`` applied),
+``policy`` (after ``t``), ``transition`` (how ``pct`` was taken, '' when
+absent), ``historic`` (``pct``, ``rf``, ``ri`` present), ``walk`` (the
+names asked).  The record itself (:class:`Record`) carries ``psd``, ``t``,
+``pct``, ``historic``, ``transition`` and ``assumed_none``.  A message
+whose failure is softened by ``t=y`` is recorded with the override
+``policy_test_mode`` (RFC 9990's reason); nothing is ``sampled_out`` any
+more.
 
 History (``history``): each message with a pass or fail is recorded for
 aggregate reports in the DMARC records of :mod:`mailwarden.dmarc_records`:
