@@ -34,8 +34,11 @@ answers it reads).  The rules, with the RFC's words:
   domain's, else the ``psd=y`` record of its public suffix domain;
   none when the walk found none of these.
 
-A temporary error of ``lookup`` (it raises) ends the walk with that
-exception: only the names the walk actually reaches are asked for.
+A name whose lookup fails (``lookup`` returns None: SERVFAIL, timeout)
+ends the walk there and is named in ``failed``; answers beyond where the
+walk stops are never read.  The policy record is still known when the
+domain has its own (nothing further up can change it), the
+organizational domain is not ('').
 
 The Public Suffix List
 ----------------------
@@ -185,6 +188,9 @@ class TreeWalk:
     """What a tree walk found for ``domain``.
 
     ``asked``: the names whose ``_dmarc`` TXT records were read, in order.
+    ``failed``: the name whose lookup failed and ended the walk ('' when
+    none did); then ``organizational`` is '' (unknown), and so is the
+    policy record unless it is the domain's own.
     ``found``: (name, record) of each name that had exactly one DMARC
     record, longest name first.  ``stop``: the name whose ``psd=y`` or
     ``psd=n`` record ended the walk ('' when it ran to the top).
@@ -204,6 +210,7 @@ class TreeWalk:
     policy_domain: str
     policy_record: str
     source: str
+    failed: str = ""
 
     @property
     def psd(self) -> str:
@@ -224,16 +231,21 @@ def tree_walk(domain: str, lookup) -> TreeWalk:
     """RFC 9989 §4.10 from ``domain`` (a normalised ASCII name).
 
     ``lookup(qname)`` returns the TXT strings at ``qname`` (``_dmarc.``
-    and a name; empty for NXDOMAIN or no TXT) and raises on a temporary
-    error, which ends the walk.  See the module's docstring for the rules.
+    and a name; empty for NXDOMAIN or no TXT), or None when the lookup
+    failed (SERVFAIL, timeout), which ends the walk.  See the module's
+    docstring for the rules.
     """
     domain = _clean(domain)
     asked: list = []
     found: list = []
-    stop = ""
+    stop = failed = ""
     for name in walk_names(domain):
         asked.append(name)
-        texts = [t for t in lookup(f"_dmarc.{name}") if is_dmarc_record(t)]
+        answer = lookup(f"_dmarc.{name}")
+        if answer is None:
+            failed = name
+            break
+        texts = [t for t in answer if is_dmarc_record(t)]
         if len(texts) != 1:
             continue                    # none, or several: all discarded
         found.append((name, texts[0]))
@@ -254,6 +266,13 @@ def tree_walk(domain: str, lookup) -> TreeWalk:
         if found:
             org = found[-1][0]          # the fewest labels
     records = dict(found)
+    if failed:
+        # nothing further up changes the domain's own record; all else is unknown
+        own = domain in records
+        return TreeWalk(domain=domain, asked=tuple(asked), found=tuple(found), stop="",
+                        organizational="", policy_domain=domain if own else "",
+                        policy_record=records.get(domain, ""),
+                        source="author" if own else "", failed=failed)
     if domain in records:
         policy, source = domain, "author"
     elif org in records:

@@ -69,12 +69,6 @@ _UNREACHABLE = tuple(ipaddress.ip_network(n) for n in (
 _POLICY_STRENGTH = {"none": 0, "quarantine": 1, "reject": 2}
 
 
-class _LookupFailed(Exception):
-    def __init__(self, answer):
-        super().__init__(answer.name)
-        self.answer = answer
-
-
 @dataclass
 class Report:
     domain: str
@@ -596,13 +590,14 @@ class DomainAudit:
         def lookup(qname):
             answer = self.q(qname, "TXT")
             if answer.temporary:
-                raise _LookupFailed(answer)
+                return None
             return answer.records if answer.ok else ()
-        try:
-            return tree_walk(domain, lookup)
-        except _LookupFailed as exc:
-            self.failed("dmarc", exc.answer.name.rstrip("."), exc.answer)
+        walk = tree_walk(domain, lookup)
+        if walk.failed:
+            name = f"_dmarc.{walk.failed}"
+            self.failed("dmarc", name, self.q(name, "TXT"))
             return None
+        return walk
 
     def audit_dmarc(self) -> None:
         d = self.domain

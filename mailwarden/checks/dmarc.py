@@ -271,8 +271,9 @@ class Facts:
     7489's method, never used here).  ``record_name``: ``_dmarc.NAME``
     where the policy record was found; ``policy_domain``: that NAME.
     ``source``: ``author``, ``organizational`` or ``psd`` (whose record it
-    is).  ``organizational_domain``: the author domain's, by the tree walk.
-    ``psd``: the policy record's ``psd`` (``y``, ``n``, ``u``).
+    is).  ``organizational_domain``: the author domain's, by the tree walk
+    ('' when a lookup above the domain's own record failed).  ``psd``:
+    the policy record's ``psd`` (``y``, ``n``, ``u``).
     ``policy_tag``: ``p``, ``sp`` or ``np``, the tag that applied;
     ``requested``: its value.  ``testing``: ``t=y`` applied (or ``pct=0``
     taken as ``t=y``); ``policy``: the policy after ``t`` (what
@@ -390,10 +391,13 @@ class DmarcCheck(Check):
     # -- the tree walk (RFC 9989 §4.10) ------------------------------------------
 
     @staticmethod
-    def _txt(ctx, qname: str) -> list:
+    def _txt(ctx, qname: str, failures: dict):
+        """The TXT strings at ``qname``; None, its reason kept in
+        ``failures``, when the lookup failed."""
         answer = ctx.dns.query(qname, "TXT", decisive=True)
         if answer.temporary:
-            raise _TempError(answer.describe())
+            failures[qname[len("_dmarc."):]] = answer.describe()
+            return None
         return list(answer.records) if answer.ok else []
 
     @staticmethod
@@ -406,12 +410,22 @@ class DmarcCheck(Check):
             ctx.dns.query_many([(f"_dmarc.{n}", "TXT") for n in names], decisive=True)
 
     def walk(self, ctx, domain: str, walks: dict) -> TreeWalk:
-        """The tree walk from ``domain``, once per message (``walks``)."""
+        """The tree walk from ``domain``, once per message (``walks``).
+        ``walks[None]``: name -> why its lookup failed."""
         domain = _normalize(domain)
         if domain not in walks:
             self.prefetch(ctx, (domain,))
-            walks[domain] = tree_walk(domain, lambda qname: self._txt(ctx, qname))
+            failures = walks.setdefault(None, {})
+            walks[domain] = tree_walk(domain, lambda qname: self._txt(ctx, qname, failures))
         return walks[domain]
+
+    def organizational(self, ctx, domain: str, walks: dict) -> str:
+        """The organizational domain of ``domain`` by its tree walk;
+        :class:`_TempError` when a lookup the walk needed failed."""
+        walk = self.walk(ctx, domain, walks)
+        if walk.failed:
+            raise _TempError(f"_dmarc.{walk.failed}: {walks[None].get(walk.failed, 'failed')}")
+        return walk.organizational
 
     def aligned(self, ctx, identifier: str, author: str, mode: str, walks: dict):
         """True, False, or None when a lookup it needed failed.
@@ -427,11 +441,11 @@ class DmarcCheck(Check):
             return True
         if mode == "s":
             return False
-        org = self.walk(ctx, author, walks).organizational
-        if identifier != org and not identifier.endswith("." + org):
-            return False
         try:
-            return self.walk(ctx, identifier, walks).organizational == org
+            org = self.organizational(ctx, author, walks)
+            if identifier != org and not identifier.endswith("." + org):
+                return False
+            return self.organizational(ctx, identifier, walks) == org
         except _TempError:
             return None
 
@@ -483,10 +497,11 @@ class DmarcCheck(Check):
         """(result, facts) for one author domain; facts None when no
         policy applied (none, temperror)."""
         domain = _normalize(domain)
-        try:
-            walk = self.walk(ctx, domain, walks)
-        except _TempError as exc:
-            return self.result("temperror", "DMARC_TEMPERROR", f"policy lookup: {exc}",
+        walk = self.walk(ctx, domain, walks)
+        if walk.failed and not walk.policy_record:
+            why = walks[None].get(walk.failed, "failed")
+            return self.result("temperror", "DMARC_TEMPERROR",
+                               f"policy lookup: _dmarc.{walk.failed}: {why}",
                                properties=(("header.from", domain),)), None
         record = (parse_record(walk.policy_domain, walk.policy_record)
                   if walk.policy_record else None)
@@ -590,6 +605,8 @@ class DmarcCheck(Check):
         if identifier == walk.domain:
             return True
         org = walk.organizational
+        if mode == "r" and not org:
+            return True                 # the organizational domain is not known
         return mode == "r" and (identifier == org or identifier.endswith("." + org))
 
 

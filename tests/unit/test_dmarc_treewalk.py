@@ -129,18 +129,23 @@ def test_walk_without_records():
         ("a.b.example", "", "", "")
 
 
-def test_walk_stops_at_a_temporary_error_only_where_it_reads():
-    class Temporary(Exception):
-        pass
-
+def test_walk_stops_at_a_failed_lookup_only_where_it_reads():
     def lookup(qname):
         if qname == "_dmarc.com":
-            raise Temporary(qname)
-        return {"_dmarc.example.com": ["v=DMARC1; p=reject; psd=n"]}.get(qname, [])
+            return None                         # SERVFAIL or timeout
+        return {"_dmarc.example.com": ["v=DMARC1; p=reject; psd=n"],
+                "_dmarc.own.other.com": ["v=DMARC1; p=quarantine"]}.get(qname, [])
     # psd=n stops the walk before _dmarc.com: its failure is never read
-    assert tree_walk("a.example.com", lookup).organizational == "example.com"
-    with pytest.raises(Temporary):
-        tree_walk("a.other.com", lookup)
+    walk = tree_walk("a.example.com", lookup)
+    assert (walk.organizational, walk.failed) == ("example.com", "")
+    # no record below the failure: nothing is known
+    walk = tree_walk("a.other.com", lookup)
+    assert (walk.failed, walk.policy_record, walk.organizational) == ("com", "", "")
+    # the domain's own record is known whatever is above it; its
+    # organizational domain is not
+    walk = tree_walk("own.other.com", lookup)
+    assert (walk.failed, walk.policy_domain, walk.source, walk.organizational) == \
+        ("com", "own.other.com", "author", "")
 
 
 def test_dmarc_tags():
@@ -388,6 +393,28 @@ def test_facts_handed_to_the_history_writer():
     assert (pct.testing, pct.policy, pct.transition, pct.historic) == \
         (True, "quarantine", "pct=0 taken as t=y", ("pct",))
     assert row[3:5] == ("quarantine", "policy_test_mode")      # disposition, override
+
+
+BROKEN_PARENT = "_dmarc.example. SERVFAIL\n"
+
+
+def test_a_failing_parent_does_not_hide_the_authors_own_record():
+    # _dmarc.example fails: the From domain's own record still applies, and an
+    # identical SPF domain aligns without the organizational domain
+    v = run("", BROKEN_PARENT, mail_from="x@mw-reject.example", msg=message("a@mw-reject.example"))
+    assert dmarc_of(v).result == "pass"
+    v = run("", BROKEN_PARENT, ip=STRANGER, mail_from=NOT_ALIGNED,
+            msg=message("a@mw-reject.example"))
+    assert (dmarc_of(v).symbol, v.action) == ("DMARC_FAIL_REJECT", "reject")
+    # relaxed alignment needs the organizational domain: unknown -> temperror
+    v = run("", BROKEN_PARENT, mail_from="x@mail.mw-reject.example",
+            msg=message("a@mw-reject.example"))
+    assert dmarc_of(v).result == "temperror"
+    # no record of its own: the policy depends on the failed lookup
+    v = run("", BROKEN_PARENT, ip=STRANGER, mail_from=NOT_ALIGNED,
+            msg=message("a@a.b.c.mw-walk.example"))
+    r = dmarc_of(v)
+    assert r.result == "temperror" and "_dmarc.example" in r.reason
 
 
 class Counting(ZoneBackend):
