@@ -42,13 +42,12 @@ organizational domain is not ('').
 
 The Public Suffix List
 ----------------------
-The dmarc check no longer uses it (RFC 9989 replaced it by the tree
-walk); it remains for the URL and domain block lists
-(:func:`registered_domain`), for ``dmarc-report``'s external destination
-check (RFC 9990 §3 compares organizational domains the way RFC 9989 says,
-but the report writer runs offline from the DNS walk of the message, so
-it keeps the list's answer: see that module) and for ``audit``'s
-suggestions.
+The dmarc check and ``audit`` no longer use it (RFC 9989 replaced it by
+the tree walk).  It remains for the URL and domain block lists
+(:func:`registered_domain`), and for now in ``dmarc-report``'s external
+destination check; RFC 9990 §3 compares RFC 9989's organizational
+domains there, so that check is to move to :func:`tree_walk` too (it has
+a resolver), as ``audit``'s already has.
 
 The list is tldextract's bundled snapshot, read once on first use and never
 fetched (``suffix_list_urls=()``, ``cache_dir=None``).  Both sections of the

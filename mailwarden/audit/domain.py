@@ -40,14 +40,12 @@ from dataclasses import dataclass, field
 
 from ..address import AddressProblem, idna_to_ascii
 from ..dns import Answer, Resolver, Status, normalize, ptr_name
-from ..orgdomain import (dmarc_tags, is_dmarc_record, is_domain, organizational as
-                         organizational_domain, tree_walk, walk_names)
+from ..orgdomain import dmarc_tags, is_dmarc_record, is_domain, tree_walk, walk_names
 from .findings import FAIL, OK, WARN, Finding, render
 from .records import (SPF_LOOKUP_MECHANISMS, RecordError, is_spf, parse_dkim_key,
                       parse_dmarc, parse_spf, parse_sts, parse_tlsrpt)
 
-__all__ = ["DomainAudit", "Report", "audit_domain", "register", "configured_keys",
-           "organizational_domain"]
+__all__ = ["DomainAudit", "Report", "audit_domain", "register", "configured_keys"]
 
 SPF_LOOKUP_LIMIT = 10
 SPF_VOID_LIMIT = 2
@@ -132,9 +130,6 @@ class DomainAudit:
         self.add(area, FAIL, subject, f"lookup failed, cannot judge: {detail}")
         if detail not in self.report.errors:
             self.report.errors.append(detail)
-
-    def org(self, domain: str) -> str:
-        return organizational_domain(domain)
 
     def addresses(self, name: str):
         """(addresses, failed Answer or None); NXDOMAIN and NODATA give none."""
