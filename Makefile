@@ -7,9 +7,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= conf/mailwarden.ini
 # Debian packages: the milter needs libmilter-dev to build pymilter; the
-# tests also run a private Postfix, a DNS server and Redis on loopback.
+# tests also run a private Postfix, a DNS server and Redis on loopback, and
+# a private Sendmail (SMTP AUTH through Cyrus SASL's PLAIN plugin).
 RUN_APT_PACKAGES := libmilter-dev
-TEST_APT_PACKAGES := libmilter-dev postfix unbound redis-server swaks dovecot-imapd dovecot-pop3d
+TEST_APT_PACKAGES := libmilter-dev postfix unbound redis-server swaks dovecot-imapd dovecot-pop3d \
+	libsasl2-modules
+# Sendmail conflicts with postfix: its packages are unpacked here, not installed
+SENDMAIL_DEPS := .deps/sendmail
 PYTEST_ARGS ?=
 
 .PHONY: run test deps-run deps-test check-config bench bench-compare
@@ -39,6 +43,7 @@ deps-run:
 
 deps-test:
 	scripts/install-deps $(VENV) "$(PYTHON)" "[test]" $(TEST_APT_PACKAGES)
+	scripts/fetch-sendmail $(SENDMAIL_DEPS)
 
 check-config: deps-run
 	$(BIN)/mailwarden check-config -c $(CONFIG)

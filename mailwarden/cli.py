@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple = (
     "mailwarden.scan",
     "mailwarden.audit.postfix",
     "mailwarden.audit.probe",
+    "mailwarden.audit.host",
     "mailwarden.audit.domain",
     "mailwarden.genkey",
     "mailwarden.dmarc_report",

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from .address import DomainSet
+from .orgdomain import is_domain
 # the option parsers live apart so that checks can import them without
 # importing this loader, which imports the check registry
 from .options import (ConfigError, Networks, ValueProblem, opt, parse_bool, parse_choice,
@@ -179,14 +180,16 @@ class MetricsOptions:
 
 @dataclass(frozen=True)
 class DmarcReportOptions:
-    """``mailwarden dmarc-report`` (RFC 7489 §7.2); the records come from
-    ``[check.dmarc] history``."""
+    """``mailwarden dmarc-report`` (RFC 9990 aggregate reports); the records
+    come from ``[check.dmarc] history``."""
 
     # report_metadata: who we are (org_name, email) and the receiver domain
     # named in file names and the Subject (Submitter)
     org_name: str = opt("", parse_str)
     domain: str = opt("", parse_str)
     email: str = opt("", parse_str)
+    # report_metadata/extra_contact_info (optional)
+    extra_contact_info: str = opt("", parse_str)
     # the From of report mail; empty: email
     sender: str = opt("", parse_str)
     # the local MTA's sendmail(1) command line, arguments allowed
@@ -196,6 +199,14 @@ class DmarcReportOptions:
     max_reports_per_run: int = opt(1000, parse_int(1, 10 ** 6))
     max_mails_per_run: int = opt(2000, parse_int(1, 10 ** 6))
     max_mails_per_domain: int = opt(200, parse_int(1, 10 ** 6))
+
+    def resolve(self, error):
+        # the receiver of RFC 9990's file names and Subject: a domain-name,
+        # never a path
+        if self.domain and not is_domain(self.domain):
+            raise error("domain", f"not a host name: {self.domain!r} (it names the "
+                                  "report files and the Subject's Submitter)")
+        return self
 
 
 CORE_SECTIONS: Mapping[str, type] = MappingProxyType({

@@ -25,6 +25,9 @@ The interface:
 ``save_report(report, ids, deliveries, now)``
     Record a report written and delete the rows it holds, in one step;
     ``deliveries`` (address, max_size) are queued as pending.
+``last_report_end(domains)``
+    {policy domain: end of its last report saved}, for the domains that
+    have one (a report period begins where the last one ended).
 ``deliveries()`` / ``update_delivery(...)``
     The report mails still pending, oldest report first; the outcome of one
     (``pending``, ``sent``, ``skipped``, ``abandoned``).
@@ -33,6 +36,19 @@ The interface:
     an expiry in Redis): while one ``dmarc-report`` run holds it, another
     (on this host or another) gets None and does nothing.  A run that dies
     loses it after ``ttl`` seconds.
+
+What is kept of a message is an :class:`Evaluation`, named after the
+elements of the RFC 9990 report.  Its last fields are optional, for the
+evaluation to fill where it knows them ('' = not recorded, the report then
+leaves the element out or derives it): ``discovery_method`` (``treewalk``
+or ``psl``), ``testing`` (the record's ``t=``: ``y``/``n``), ``policy_tag``
+(``p``, ``sp`` or ``np``: whose policy applied), ``override_comment`` (the
+comment of the override reason) and ``record_error`` (what was wrong with
+the published record); a DKIM or SPF entry may carry a fourth field,
+``human_result``.  An SQLite file written by an earlier version gets the
+new columns at its first open (:data:`MIGRATIONS`); a Redis record
+without them reads with the defaults, and fields this version does not
+know are left out.
 
 Every backend failure raises :class:`RecordsError`; the check logs it and
 the message goes on, ``dmarc-report`` reports it and exits non-zero.
@@ -69,6 +85,7 @@ class RecordsError(Exception):
 MAX_NAME = 253                  # a domain name (RFC 1035 §2.3.4), a selector
 MAX_RUA = 1024
 MAX_SHORT = 32                  # fo, a result word
+MAX_COMMENT = 256               # a human_result, an override comment, a record error
 MAX_DKIM_ROWS = 20              # DKIM signatures kept per message
 NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 
@@ -88,12 +105,22 @@ def bound_rua(text) -> str:
     return text[:cut] if cut > 0 else ""
 
 
-def bound_identities(dkim: list, spf: list) -> tuple:
+def _identity(entry) -> tuple:
+    """One DKIM (domain, selector, result[, human_result]) or SPF (domain,
+    scope, result[, human_result]) entry as kept: four fields, bounded."""
+    entry = tuple(entry)
+    first, second, result = entry[:3]
+    human = entry[3] if len(entry) > 3 else ""
+    return (bound_text(first), bound_text(second), bound_text(result, MAX_SHORT),
+            bound_text(human, MAX_COMMENT))
+
+
+def bound_identities(dkim, spf) -> tuple:
     """(dkim, spf) as the history keeps them: at most :data:`MAX_DKIM_ROWS`
-    signatures, every field bounded."""
-    return ([(bound_text(d), bound_text(s), bound_text(r, MAX_SHORT))
-             for d, s, r in list(dkim)[:MAX_DKIM_ROWS]],
-            [(bound_text(d), bound_text(r, MAX_SHORT)) for d, r in list(spf)[:2]])
+    signatures and two SPF identities, each a 4-tuple of bounded fields
+    (a 3-tuple is taken with an empty human_result)."""
+    return (tuple(_identity(x) for x in list(dkim)[:MAX_DKIM_ROWS]),
+            tuple(_identity(x) for x in list(spf)[:2]))
 
 
 # --------------------------------------------------------------------------
@@ -103,7 +130,11 @@ def bound_identities(dkim: list, spf: list) -> tuple:
 @dataclass(frozen=True)
 class Evaluation:
     """One message evaluated against a published DMARC record; the names
-    are those of RFC 7489 Appendix C (see :data:`SCHEMA`)."""
+    are those of the aggregate report (RFC 9990; see :data:`SCHEMA`).
+
+    The fields after ``spf`` are optional: a writer that does not know
+    them leaves their defaults, and the report then leaves the element out
+    (or derives it, see :mod:`mailwarden.dmarc_report`)."""
 
     received: int
     queue_id: str
@@ -125,16 +156,33 @@ class Evaluation:
     spf_aligned: bool
     disposition: str
     override: str
-    dkim: tuple = ()            # (domain, selector, result) per signature
-    spf: tuple = ()             # (domain, scope, result): mfrom, or helo for the null sender
+    # (domain, selector, result[, human_result]) per signature
+    dkim: tuple = ()
+    # (domain, scope, result[, human_result]): mfrom, or helo for the null sender
+    spf: tuple = ()
+    # how the record was found: "treewalk" (RFC 9989) or "psl" (RFC 7489)
+    discovery_method: str = ""
+    # the record's t= tag: "y" or "n" ("" not recorded)
+    testing: str = ""
+    # which tag's policy applied to this message: "p", "sp" or "np"
+    policy_tag: str = ""
+    # free text for policy_evaluated/reason/comment, with ``override``
+    override_comment: str = ""
+    # what was wrong with the published record (report_metadata/error)
+    record_error: str = ""
 
 
-_MESSAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Evaluation))[:-2]
+_IDENTITIES = ("dkim", "spf")
+_MESSAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Evaluation)
+                        if f.name not in _IDENTITIES)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Evaluation)
+             if f.default is not dataclasses.MISSING}
 
 
 @dataclass(frozen=True)
 class Row(Evaluation):
-    """An :class:`Evaluation` as stored, with its id in the store."""
+    """An :class:`Evaluation` as stored, with its id in the store; its
+    ``dkim`` and ``spf`` entries always have four fields."""
 
     id: int = 0
 
@@ -144,17 +192,31 @@ class Row(Evaluation):
 
 def bounded(ev: Evaluation) -> Evaluation:
     """``ev`` with every field the sender or a policy domain controls bounded."""
-    dkim, spf = bound_identities([tuple(x) for x in ev.dkim],
-                                 [(d, r) for d, _scope, r in ev.spf])
-    scopes = [scope for _d, scope, _r in ev.spf]
+    dkim, spf = bound_identities(ev.dkim, ev.spf)
     return dataclasses.replace(
         ev, received=int(ev.received), queue_id=bound_text(ev.queue_id),
         source_ip=bound_text(ev.source_ip, 64), header_from=bound_text(ev.header_from),
         envelope_from=bound_text(ev.envelope_from), envelope_to=bound_text(ev.envelope_to),
         policy_domain=bound_text(ev.policy_domain), fo=bound_text(ev.fo, MAX_SHORT),
         rua=bound_rua(ev.rua), dkim_aligned=bool(ev.dkim_aligned),
-        spf_aligned=bool(ev.spf_aligned), dkim=tuple(dkim),
-        spf=tuple((d, bound_text(scopes[i], MAX_SHORT), r) for i, (d, r) in enumerate(spf)))
+        spf_aligned=bool(ev.spf_aligned), dkim=dkim, spf=spf,
+        discovery_method=bound_text(ev.discovery_method, MAX_SHORT),
+        testing=bound_text(ev.testing, MAX_SHORT), policy_tag=bound_text(ev.policy_tag, MAX_SHORT),
+        override_comment=bound_text(ev.override_comment, MAX_COMMENT),
+        record_error=bound_text(ev.record_error, MAX_COMMENT))
+
+
+def _row(values: dict, dkim, spf, mid: int) -> Row:
+    """A :class:`Row` from stored values: a field the writer did not know
+    takes its default, one this version does not know is left out."""
+    known = {name: values.get(name, _DEFAULTS.get(name)) for name in _MESSAGE_FIELDS}
+    for name in ("dkim_aligned", "spf_aligned"):
+        known[name] = bool(known[name])
+    for name in ("discovery_method", "testing", "policy_tag", "override_comment",
+                 "record_error"):
+        known[name] = known[name] or ""
+    dkim, spf = bound_identities(dkim, spf)   # bounded again: whatever else wrote them
+    return Row(**known, dkim=dkim, spf=spf, id=mid)
 
 
 PURGE_INTERVAL = 3600.0     # seconds between two purges of old rows
@@ -222,6 +284,9 @@ class Records:
         and gz (the compressed report, kept where another host may need it)."""
         raise NotImplementedError
 
+    def last_report_end(self, domains: list) -> dict:
+        raise NotImplementedError
+
     def deliveries(self) -> list:
         """Pending report mails: dicts with report_id, address, max_size,
         attempts, policy_domain, begin, end, file, messages and gz (None
@@ -250,7 +315,7 @@ class Records:
 
 SCHEMA = """
 -- One row per message evaluated against a published DMARC record.
--- Columns follow RFC 7489 Appendix C (aggregate report) names.
+-- Columns follow the aggregate report's element names (RFC 9990).
 CREATE TABLE IF NOT EXISTS dmarc_message (
     id            INTEGER PRIMARY KEY,
     received      INTEGER NOT NULL,   -- Unix time (UTC) of the evaluation
@@ -262,8 +327,8 @@ CREATE TABLE IF NOT EXISTS dmarc_message (
     policy_domain TEXT NOT NULL,      -- policy_published/domain: where the record was found
     p             TEXT NOT NULL,      -- policy_published/p
     sp            TEXT,               -- policy_published/sp (NULL: not given)
-    np            TEXT,               -- DMARCbis np (NULL: not given)
-    pct           INTEGER NOT NULL,   -- policy_published/pct
+    np            TEXT,               -- policy_published/np (NULL: not given)
+    pct           INTEGER NOT NULL,   -- RFC 7489 pct (no longer reported)
     adkim         TEXT NOT NULL,      -- policy_published/adkim (r or s)
     aspf          TEXT NOT NULL,      -- policy_published/aspf (r or s)
     fo            TEXT NOT NULL,      -- policy_published/fo
@@ -271,8 +336,14 @@ CREATE TABLE IF NOT EXISTS dmarc_message (
     result        TEXT NOT NULL,      -- DMARC result: pass or fail
     dkim_aligned  INTEGER NOT NULL,   -- policy_evaluated/dkim: 1 pass, 0 fail
     spf_aligned   INTEGER NOT NULL,   -- policy_evaluated/spf: 1 pass, 0 fail
-    disposition   TEXT NOT NULL,      -- policy_evaluated/disposition applied: none, quarantine, reject
-    override      TEXT NOT NULL       -- reason/type: '', sampled_out or local_policy
+    disposition   TEXT NOT NULL,      -- applied: none, quarantine, reject
+    override      TEXT NOT NULL,      -- reason/type ('' none; see dmarc_report.REASONS)
+    -- added in user_version 2 (ALTER TABLE on older files, see MIGRATIONS)
+    discovery_method TEXT NOT NULL DEFAULT '',  -- policy_published/discovery_method
+    testing       TEXT NOT NULL DEFAULT '',     -- policy_published/testing (t=): y, n
+    policy_tag    TEXT NOT NULL DEFAULT '',     -- p, sp or np: whose policy applied
+    override_comment TEXT NOT NULL DEFAULT '',  -- reason/comment
+    record_error  TEXT NOT NULL DEFAULT ''      -- report_metadata/error
 );
 CREATE INDEX IF NOT EXISTS dmarc_message_domain ON dmarc_message (policy_domain, received);
 CREATE INDEX IF NOT EXISTS dmarc_message_received ON dmarc_message (received);
@@ -281,19 +352,56 @@ CREATE TABLE IF NOT EXISTS dmarc_dkim (
     message_id    INTEGER NOT NULL REFERENCES dmarc_message (id) ON DELETE CASCADE,
     domain        TEXT NOT NULL,
     selector      TEXT NOT NULL,
-    result        TEXT NOT NULL       -- RFC 8601 dkim result
+    result        TEXT NOT NULL,      -- RFC 8601 dkim result
+    human_result  TEXT NOT NULL DEFAULT ''
 );
 -- auth_results/spf: the MAIL FROM (scope mfrom) identity
 CREATE TABLE IF NOT EXISTS dmarc_spf (
     message_id    INTEGER NOT NULL REFERENCES dmarc_message (id) ON DELETE CASCADE,
     domain        TEXT NOT NULL,
     scope         TEXT NOT NULL,      -- mfrom (helo for the null sender)
-    result        TEXT NOT NULL
+    result        TEXT NOT NULL,
+    human_result  TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS dmarc_dkim_message ON dmarc_dkim (message_id);
 CREATE INDEX IF NOT EXISTS dmarc_spf_message ON dmarc_spf (message_id);
-PRAGMA user_version = 1;
 """
+
+SCHEMA_VERSION = 2
+# Columns added since user_version 1: (table, column, declaration).  A file
+# written by an older version gets them at its first open, with defaults,
+# so its rows stay readable and an older writer's INSERTs keep working.
+MIGRATIONS = (
+    ("dmarc_message", "discovery_method", "TEXT NOT NULL DEFAULT ''"),
+    ("dmarc_message", "testing", "TEXT NOT NULL DEFAULT ''"),
+    ("dmarc_message", "policy_tag", "TEXT NOT NULL DEFAULT ''"),
+    ("dmarc_message", "override_comment", "TEXT NOT NULL DEFAULT ''"),
+    ("dmarc_message", "record_error", "TEXT NOT NULL DEFAULT ''"),
+    ("dmarc_dkim", "human_result", "TEXT NOT NULL DEFAULT ''"),
+    ("dmarc_spf", "human_result", "TEXT NOT NULL DEFAULT ''"),
+)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Add the :data:`MIGRATIONS` columns a history file lacks (in one
+    immediate transaction: two processes opening an old file at once add
+    each column once)."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, column, declaration in MIGRATIONS:
+            columns = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if columns and column not in columns:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                        " AND name = 'dmarc_message'").fetchone() is not None:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
 
 REPORT_SCHEMA = """
 -- Aggregate reports written, and which history rows each one holds.
@@ -378,6 +486,7 @@ class SqliteRecords(Records):
                     conn.executescript(SCHEMA)
                 else:
                     conn.executescript(REPORT_SCHEMA)
+                migrate(conn)
             except sqlite3.Error:
                 conn.close()
                 raise
@@ -402,22 +511,19 @@ class SqliteRecords(Records):
             raise RecordsError(f"{self.path}: {exc}") from None
 
     def _write(self, ev: Evaluation) -> None:
-        row = tuple(getattr(ev, name) for name in _MESSAGE_FIELDS)
-        row = row[:16] + (int(ev.dkim_aligned), int(ev.spf_aligned)) + row[18:]
+        row = tuple(int(v) if isinstance(v, bool) else v
+                    for v in (getattr(ev, name) for name in _MESSAGE_FIELDS))
+        insert = (f"INSERT INTO dmarc_message ({', '.join(_MESSAGE_FIELDS)})"
+                  f" VALUES ({','.join('?' * len(_MESSAGE_FIELDS))})")
 
         def work(conn):
-            cur = conn.execute(
-                "INSERT INTO dmarc_message (received, queue_id, source_ip, header_from,"
-                " envelope_from, envelope_to, policy_domain, p, sp, np, pct, adkim, aspf,"
-                " fo, rua, result, dkim_aligned, spf_aligned, disposition, override)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
-            mid = cur.lastrowid
+            mid = conn.execute(insert, row).lastrowid
             conn.executemany(
-                "INSERT INTO dmarc_dkim (message_id, domain, selector, result)"
-                " VALUES (?,?,?,?)", [(mid, d, s, r) for d, s, r in ev.dkim])
+                "INSERT INTO dmarc_dkim (message_id, domain, selector, result, human_result)"
+                " VALUES (?,?,?,?,?)", [(mid, *entry) for entry in ev.dkim])
             conn.executemany(
-                "INSERT INTO dmarc_spf (message_id, domain, scope, result)"
-                " VALUES (?,?,?,?)", [(mid, d, sc, r) for d, sc, r in ev.spf])
+                "INSERT INTO dmarc_spf (message_id, domain, scope, result, human_result)"
+                " VALUES (?,?,?,?,?)", [(mid, *entry) for entry in ev.spf])
         self._transaction(work)
 
     def _expire(self, before: int, limit: int) -> int:
@@ -440,17 +546,14 @@ class SqliteRecords(Records):
             out = []
             for m in conn.execute(query + " m.received >= ? AND m.received <= ? ORDER BY m.id",
                                   (begin, end)).fetchall():
-                # bounded again here: rows written before the history bounded them
-                dkim = tuple((bound_text(d), bound_text(s), r) for d, s, r in conn.execute(
-                    "SELECT domain, selector, result FROM dmarc_dkim WHERE message_id = ?"
-                    " ORDER BY domain, selector, result LIMIT ?", (m["id"], MAX_DKIM_ROWS)))
-                spf = tuple((bound_text(d), sc, r) for d, sc, r in conn.execute(
-                    "SELECT domain, scope, result FROM dmarc_spf WHERE message_id = ?"
-                    " ORDER BY domain, scope, result LIMIT 2", (m["id"],)))
-                values = {name: m[name] for name in _MESSAGE_FIELDS}
-                values["dkim_aligned"] = bool(values["dkim_aligned"])
-                values["spf_aligned"] = bool(values["spf_aligned"])
-                out.append(Row(**values, dkim=dkim, spf=spf, id=m["id"]))
+                dkim = conn.execute(
+                    "SELECT domain, selector, result, human_result FROM dmarc_dkim"
+                    " WHERE message_id = ? ORDER BY domain, selector, result LIMIT ?",
+                    (m["id"], MAX_DKIM_ROWS)).fetchall()
+                spf = conn.execute(
+                    "SELECT domain, scope, result, human_result FROM dmarc_spf"
+                    " WHERE message_id = ? ORDER BY rowid LIMIT 2", (m["id"],)).fetchall()
+                out.append(_row(dict(zip(m.keys(), m)), dkim, spf, m["id"]))
             return out
         return self._transaction(work)
 
@@ -469,6 +572,17 @@ class SqliteRecords(Records):
                  for address, max_size in deliveries])
             forget(conn, ids)       # reported: the history keeps them no more
         self._transaction(work, "BEGIN IMMEDIATE")
+
+    def last_report_end(self, domains: list) -> dict:
+        def work(conn):
+            out = {}
+            for i in range(0, len(domains), _ID_CHUNK):
+                chunk = list(domains[i:i + _ID_CHUNK])
+                out.update(conn.execute(
+                    "SELECT policy_domain, MAX(end) FROM dmarc_report WHERE policy_domain IN"
+                    f" ({','.join('?' * len(chunk))}) GROUP BY policy_domain", chunk).fetchall())
+            return out
+        return self._transaction(work)
 
     def deliveries(self) -> list:
         def work(conn):
@@ -548,12 +662,21 @@ def _dumps(value) -> str:
 # index for a period and for expiry); ``report:ID`` a report written (JSON,
 # its compressed file included so that any host can send it again) and
 # ``delivery:ID`` its mails (address -> JSON), both expiring with the
-# history; ``pending`` the pending mails in the order queued; ``lock``
+# history; ``last_end`` policy domain -> end of its last report (a hash);
+# ``pending`` the pending mails in the order queued; ``lock``
 # the report lock (a token, with an expiry).
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_LAST_END = """
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if old == nil or old < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
 return 0
 """
@@ -651,13 +774,8 @@ class RedisRecords(Records):
                         gone.append(mid)        # expired by the server: its index entry goes
                         continue
                     values = json.loads(data)
-                    # bounded again here: whatever else wrote to the server
-                    values["dkim"] = tuple((bound_text(d), bound_text(s), bound_text(r, MAX_SHORT))
-                                           for d, s, r in values.get("dkim", ())[:MAX_DKIM_ROWS])
-                    values["spf"] = tuple((bound_text(d), bound_text(sc, MAX_SHORT),
-                                           bound_text(r, MAX_SHORT))
-                                          for d, sc, r in values.get("spf", ())[:2])
-                    out.append(Row(**values, id=mid))
+                    out.append(_row(values, values.get("dkim", ())[:MAX_DKIM_ROWS],
+                                    values.get("spf", ())[:2], mid))
             if gone:
                 client.zrem(self._key("received"), *gone)
             return out
@@ -680,12 +798,23 @@ class RedisRecords(Records):
                 pipe.zadd(self._key("pending"), {_dumps([rid, address]): now}, nx=True)
             if deliveries:
                 pipe.pexpire(self._key("delivery", rid), keep)
+            pipe.eval(_LAST_END, 1, self._key("last_end"), report["policy_domain"],
+                      int(report["end"]))
+            pipe.pexpire(self._key("last_end"), keep)
             for i in range(0, len(ids), _ID_CHUNK):
                 chunk = ids[i:i + _ID_CHUNK]
                 pipe.delete(*[self._key("m", m) for m in chunk])
                 pipe.zrem(self._key("received"), *[str(m) for m in chunk])
             pipe.execute()
         self._call(work)
+
+    def last_report_end(self, domains: list) -> dict:
+        def work(client):
+            if not domains:
+                return {}
+            values = client.hmget(self._key("last_end"), list(domains))
+            return {d: int(v) for d, v in zip(domains, values) if v is not None}
+        return self._call(work)
 
     def deliveries(self) -> list:
         def work(client):

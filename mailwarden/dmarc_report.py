@@ -1,4 +1,4 @@
-"""``mailwarden dmarc-report``: DMARC aggregate reports (RFC 7489 §7.2).
+"""``mailwarden dmarc-report``: DMARC aggregate reports (RFC 9990).
 
 The dmarc check keeps one row per evaluated message in ``[check.dmarc]
 history``: the DMARC records of :mod:`mailwarden.dmarc_records`, an SQLite
@@ -7,16 +7,34 @@ on any host reports the mail of all of them).  Each run holds the report
 lock of the records (:data:`LOCK_TTL` seconds, renewed as it goes): a run
 that finds it taken, on this host or another, does nothing, so two runs
 never send the same report.  This command reads the rows of a period not
-yet reported and writes, for each policy domain that asked for aggregate
-reports (a ``rua=mailto:`` in the record it published when the message was
-evaluated), one report:
+yet reported and writes, for each DMARC policy domain that asked for
+aggregate reports (a ``rua=mailto:`` in the record it published when the
+message was evaluated), one report:
 
-* the XML of RFC 7489 Appendix C (namespace ``http://dmarc.org/dmarc-xml/0.1``),
-  rows grouped by source IP, identifiers, evaluated policy and
-  authentication results, each group with its message count;
+* the XML of RFC 9990 Appendix A: namespace
+  ``urn:ietf:params:xml:ns:dmarc-2.0``, ``version`` 1.0,
+  ``report_metadata`` (``org_name``, ``email``, ``extra_contact_info`` of
+  ``[dmarc_report]``, the Report-ID, the period, an ``error`` naming what
+  the record got wrong, ``generator``), ``policy_published`` of the last
+  record seen (domain, ``discovery_method`` and ``testing`` where the
+  check recorded them, p, sp, np, fo, adkim, aspf with RFC 9989's
+  defaults; no pct, rf or ri), then one ``record`` per source IP,
+  identifiers, evaluated policy and authentication results, with its
+  message count.  ``policy_evaluated/disposition`` is ``pass`` for a
+  DMARC pass under quarantine or reject; ``reason`` carries the row's
+  override, mapped by :data:`REASONS` onto RFC 9990's types
+  (``local_policy``, ``mailing_list``, ``other``, ``policy_test_mode``,
+  ``trusted_forwarder``), and is added where a failing message got
+  another disposition than the record asked for.  DKIM results come in
+  RFC 9990's order (aligned passes first), each with its selector and a
+  ``human_result`` where the check gave one; SPF is the MAIL FROM
+  identity alone (scope ``mfrom``: for the null sender, the HELO name);
 * gzip-compressed, named ``receiver!policy-domain!begin!end!unique-id.xml.gz``
-  (§7.2.1.1), ``receiver`` being ``[dmarc_report] domain``;
-* ``report_metadata`` from ``[dmarc_report]`` (``org_name``, ``email``).
+  (RFC 9990, "Email"), ``receiver`` being ``[dmarc_report] domain`` and
+  ``unique-id`` the Report-ID itself (32 hex digits: RFC 9990, "Unique
+  Identifiers in Aggregate Reporting", wants the two identical).  A
+  domain's period begins where its last report ended (if that is within
+  ``--since``), so that periods do not overlap.
 
 A domain whose record had no ``rua`` is never reported, not even inside
 another domain's report.  A report written is recorded in the same records
@@ -27,28 +45,33 @@ again and the history does not grow with what was reported (rows of
 domains that asked for no reports go after ``[check.dmarc]
 history_days``).
 
-``--send`` mails each report to its ``rua`` addresses through the local MTA
-(``[dmarc_report] sendmail``): a MIME message with the Subject of §7.2.1.1
-(``Report Domain: D Submitter: R Report-ID: <ID>``) and the report attached
-as ``application/gzip``.  A ``!size`` suffix is honoured: a larger report is
-not sent there (and the output says so).  A destination outside the policy
-domain's organizational domain gets reports only if it published
-``<policy-domain>._report._dmarc.<destination-domain> TXT "v=DMARC1..."``
-(§7.1), checked through ``[dns]``.
+``--send`` mails each report to its ``rua`` addresses, in the order given,
+through the local MTA (``[dmarc_report] sendmail``): a MIME message with
+the Subject RFC 9990 gives (``Report Domain: D Submitter: R Report-ID: <ID>``),
+a Message-ID made of the Report-ID, a short text part and the report
+attached as ``application/gzip``.  A ``!size`` suffix (RFC 7489) is read
+and ignored, as RFC 9989's record format says (obs-dmarc-report-size).
+A destination outside the policy domain's organizational domain gets
+reports only if ``<policy-domain>._report._dmarc.<destination host>`` has
+a TXT record that is a DMARC tag list starting with ``v=DMARC1`` (RFC
+9990, "Verifying External Destinations", checked through ``[dns]``); a
+``rua`` in that record replaces the destination if all its URIs name the
+same host, and if one names another host neither is used.
 
 A ``rua`` is text the policy domain publishes, so every URI must be one
 strict addr-spec once %-decoded (:func:`strict_address`: no list, group,
 angle brackets, quotes, white space or control characters, no bang path or
-percent hack, no leading ``-``); anything else is refused and shown, never
-split or repaired.  At most :data:`MAX_URIS` destinations per record.
-sendmail runs once per address, as ``sendmail -i -f SENDER -- ADDRESS``.
+percent hack, no leading ``-``); anything else is refused and shown (also
+in the report's ``error``), never split or repaired.  At most
+:data:`MAX_URIS` destinations per record.  sendmail runs once per address,
+as ``sendmail -i -f SENDER -- ADDRESS``.
 
 Delivery is recorded per (report, address) in ``dmarc_delivery``: pending
 when the report is saved, ``sent`` only once sendmail exited 0.  A failure
 (sendmail, a DNS temperror) stays pending and the next ``--send`` run tries
-again with the saved file, up to :data:`MAX_ATTEMPTS` runs; a refusal (not
-authorized, over ``!size``) is final.  One bad destination never stops the
-others.
+again with the saved file (same file name, same Report-ID), up to
+:data:`MAX_ATTEMPTS` runs; a refusal (not authorized) is final.  One bad
+destination never stops the others.
 
 Bounds (``[dmarc_report]``): ``max_reports_per_run`` reports written per run
 (the domains waiting longest first; the rest wait), ``max_mails_per_run``
@@ -60,6 +83,7 @@ controlled text bounded (``bound_text``, ``bound_rua`` and
 
 INI keys (``[dmarc_report]``):
   org_name, domain, email     report_metadata, the Submitter (required to write)
+  extra_contact_info          report_metadata/extra_contact_info (default: none)
   sender                      From of report mail (default: email)
   sendmail             /usr/sbin/sendmail  the local MTA's command line
   max_reports_per_run  1000
@@ -93,12 +117,11 @@ from .orgdomain import is_dmarc_record, is_domain, organizational
 
 log = logging.getLogger("mailwarden.dmarc_report")
 
-NAMESPACE = "http://dmarc.org/dmarc-xml/0.1"
+NAMESPACE = "urn:ietf:params:xml:ns:dmarc-2.0"      # RFC 9990, IANA Considerations
 
 _DKIM_RESULTS = {"none", "pass", "fail", "policy", "neutral", "temperror", "permerror"}
-_SPF_RESULTS = {"none", "neutral", "pass", "fail", "softfail", "temperror", "permerror"}
-_OVERRIDES = {"forwarded", "sampled_out", "trusted_forwarder", "mailing_list", "local_policy",
-              "other"}
+_SPF_RESULTS = {"none", "neutral", "pass", "fail", "softfail", "policy", "temperror",
+                "permerror"}
 _SIZE = re.compile(r"(\d{1,20})([kmgt]?)", re.I)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -111,7 +134,7 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 # recipient or an option into the MTA's command line.
 _LOCAL = re.compile(r"[A-Za-z0-9#$&'*+=?^_`{}~-]+(?:\.[A-Za-z0-9#$&'*+=?^_`{}~-]+)*")
 MAX_ADDRESS = 254               # RFC 5321 §4.5.3.1.3 (path 256, less the brackets)
-MAX_URIS = 5                    # destinations taken from one rua (RFC 7489 §6.2: MAY limit)
+MAX_URIS = 5                    # destinations taken from one rua (RFC 9990: the receiver's limit)
 
 
 class ReportError(Exception):
@@ -154,8 +177,9 @@ def strict_address(text: str) -> str:
 
 
 def parse_destination(uri: str) -> tuple:
-    """(Destination or None, why not) for one ``rua`` URI (RFC 7489 §6.4:
-    ``URI [ "!" size ]``, a literal "!" or "," in the URI itself encoded)."""
+    """(Destination or None, why not) for one ``rua`` URI (RFC 9989:
+    a URI, a literal "!" or "," in it encoded; an obsolete ``"!" size``
+    suffix is taken off and kept in ``max_size``, which nothing enforces)."""
     if uri[:7].lower() != "mailto:":
         return None, "not a mailto: URI"
     rest = uri[7:]
@@ -164,7 +188,7 @@ def parse_destination(uri: str) -> tuple:
     if bang:
         m = _SIZE.fullmatch(tail)
         if m is None or "!" in head or int(m.group(1)) >= 1 << 64:
-            return None, "a \"!\" that is not a size suffix (RFC 7489 §6.4)"
+            return None, "a \"!\" that is not a size suffix (RFC 9989)"
         rest, size = head, int(m.group(1)) * _UNITS[m.group(2).lower()]
     path = rest.split("?", 1)[0]        # header fields (RFC 6068) are not used
     address = urllib.parse.unquote(path, errors="replace")
@@ -236,16 +260,38 @@ def _open(config) -> Records:
 
 
 # --------------------------------------------------------------------------
-# the XML
+# the XML (RFC 9990, "Aggregate Reports" and Appendix A)
+
+# The policy override types of RFC 9990, "Policy Override Reason".
+OVERRIDE_TYPES = ("local_policy", "mailing_list", "other", "policy_test_mode",
+                  "trusted_forwarder")
+
+# The ``override`` word a history row holds -> (reason type, comment).  The
+# RFC 9990 types stand for themselves; RFC 7489's ``forwarded`` and
+# ``sampled_out`` (pct) have no RFC 9990 type and are reported as
+# ``other`` with a comment saying what they were; any other word too.
+REASONS = {t: (t, "") for t in OVERRIDE_TYPES}
+REASONS.update({
+    "forwarded": ("other", "forwarded (the RFC 7489 override type)"),
+    "sampled_out": ("other", "sampled out by the record's pct (RFC 7489)"),
+})
+
+_ACTIONS = ("none", "quarantine", "reject")
+MAX_DKIM_REPORTED = 100         # signatures per record (RFC 9990: SHOULD NOT exceed)
+MAX_ERROR = 1000                # characters of report_metadata/error
+
+
+def generator() -> str:
+    from . import __version__
+    return f"mailwarden {__version__}"
 
 
 def _ip(text: str) -> str:
-    """Appendix C's IPAddress type knows only dotted quads and full IPv6."""
+    """RFC 3986 §3.2.2 IPv4address or IPv6address: the canonical text form."""
     try:
-        ip = ipaddress.ip_address(text)
+        return str(ipaddress.ip_address(text))
     except ValueError:
         return text
-    return ip.exploded if ip.version == 6 else str(ip)
 
 
 def _sub(parent, name: str, text=None):
@@ -255,62 +301,173 @@ def _sub(parent, name: str, text=None):
     return el
 
 
+def _policy(value, default: str) -> str:
+    return value if value in _ACTIONS else default
+
+
+def published(row) -> dict:
+    """policy_published of ``row``'s record, with the defaults of RFC 9989
+    for what it did not publish (sp: p; np: sp, else p; fo: 0; adkim,
+    aspf: r); testing and discovery_method only where the row has them."""
+    p = _policy(row["p"], "none")
+    sp = _policy(row["sp"], p)
+    out = {"p": p, "sp": sp, "np": _policy(row["np"], sp),
+           "fo": row["fo"] or "0",
+           "adkim": row["adkim"] if row["adkim"] in ("r", "s") else "r",
+           "aspf": row["aspf"] if row["aspf"] in ("r", "s") else "r"}
+    if row["testing"] in ("y", "n"):
+        out["testing"] = row["testing"]
+    if row["discovery_method"] in ("treewalk", "psl"):
+        out["discovery_method"] = row["discovery_method"]
+    return out
+
+
+def requested(row) -> set:
+    """The policies the record asked for this row's mail: the one of its
+    ``policy_tag``, or where the row does not say, p for the policy
+    domain itself and sp or np for a subdomain."""
+    pub = published(row)
+    if row["policy_tag"] in ("p", "sp", "np"):
+        return {pub[row["policy_tag"]]}
+    if row["header_from"].lower().rstrip(".") == row["policy_domain"].lower().rstrip("."):
+        return {pub["p"]}
+    return {pub["sp"], pub["np"]}
+
+
+def disposition(row) -> str:
+    """policy_evaluated/disposition: for a DMARC pass ``pass`` where the
+    record asked for quarantine or reject, else ``none``; for a fail what
+    was applied (none, quarantine, reject)."""
+    if row["result"] == "pass":
+        return "pass" if requested(row) & {"quarantine", "reject"} else "none"
+    return _policy(row["disposition"], "none")
+
+
+def reasons(row) -> tuple:
+    """policy_evaluated/reason: ((type, comment), ...).  The row's
+    override, mapped by :data:`REASONS`; and where a failing message got
+    another disposition than the record asked for and the row names no
+    override, one all the same (RFC 9990, "policy_evaluated": it MUST be there):
+    ``policy_test_mode`` under t=y, else ``other``."""
+    word = row["override"]
+    if word:
+        kind, comment = REASONS.get(word, ("other", word))
+        return ((kind, row["override_comment"] or comment),)
+    applied = disposition(row)
+    if row["result"] != "pass" and applied not in requested(row):
+        if row["testing"] == "y":
+            return (("policy_test_mode", ""),)
+        return (("other", f"{applied} applied, the record asks for "
+                          + " or ".join(sorted(requested(row)))),)
+    return ()
+
+
+def _dkim_order(header_from: str):
+    """RFC 9990's preference ("DKIM Signatures in Aggregate Reports"): a
+    pass in strict alignment with the From domain, one in relaxed
+    alignment, any other pass, the rest."""
+    header_from = header_from.lower().rstrip(".")
+    org = organizational(header_from)
+
+    def rank(entry):
+        domain, _selector, result, _human = entry
+        if result != "pass":
+            return 3
+        domain = domain.lower().rstrip(".")
+        if domain == header_from:
+            return 0
+        return 1 if org and organizational(domain) == org else 2
+    return rank
+
+
+def record_key(row) -> tuple:
+    """The key rows are counted under: one ``record`` per source IP,
+    identifiers, evaluated policy and authentication results."""
+    dkim = row.dkim
+    if len(dkim) > 1:
+        dkim = tuple(sorted(dkim, key=_dkim_order(row["header_from"])))[:MAX_DKIM_REPORTED]
+    # RFC 9990 reports the MAIL FROM identity alone (scope mfrom): for the
+    # null sender that is the HELO name (RFC 7208 §2.4), kept as scope helo
+    spf = next((e for e in row.spf if e[1] == "mfrom"), row.spf[0] if row.spf else None)
+    return (row["source_ip"], row["header_from"], row["envelope_from"], row["envelope_to"],
+            disposition(row), bool(row["dkim_aligned"]), bool(row["spf_aligned"]),
+            reasons(row), dkim, spf)
+
+
+def report_error(latest, refused: list) -> str:
+    """report_metadata/error: what the record's own text got wrong, as the
+    check recorded it, and the rua URIs not used."""
+    parts = [latest["record_error"]] if latest["record_error"] else []
+    if refused:
+        parts.append(f"rua: {len(refused)} URI(s) not used: " + "; ".join(
+            f"{uri!r} ({why})" for uri, why in refused))
+    text = " ".join(parts)
+    return text if len(text) <= MAX_ERROR else text[:MAX_ERROR - 3] + "..."
+
+
 def build_xml(options, policy_domain: str, begin: int, end: int, report_id: str,
-              latest, groups: dict) -> bytes:
-    """``groups``: key -> count, key = (ip, header_from, envelope_from,
-    envelope_to, disposition, dkim_aligned, spf_aligned, override, dkim, spf)."""
+              latest, groups: dict, error: str = "") -> bytes:
+    """The report of RFC 9990 Appendix A.  ``groups``: :func:`record_key`
+    -> message count; ``latest``: the last row, whose record is the one
+    published (RFC 9990: the final configuration observed)."""
     ET.register_namespace("", NAMESPACE)
     root = ET.Element(f"{{{NAMESPACE}}}feedback")
     _sub(root, "version", "1.0")
     meta = _sub(root, "report_metadata")
     _sub(meta, "org_name", options.org_name)
     _sub(meta, "email", options.email)
+    if options.extra_contact_info:
+        _sub(meta, "extra_contact_info", options.extra_contact_info)
     _sub(meta, "report_id", report_id)
     dates = _sub(meta, "date_range")
     _sub(dates, "begin", begin)
     _sub(dates, "end", end)
+    if error:
+        _sub(meta, "error", error)
+    _sub(meta, "generator", generator())
     pub = _sub(root, "policy_published")
     _sub(pub, "domain", policy_domain)
-    _sub(pub, "adkim", latest["adkim"])
-    _sub(pub, "aspf", latest["aspf"])
-    _sub(pub, "p", latest["p"])
-    _sub(pub, "sp", latest["sp"] or latest["p"])       # sp defaults to p (§6.3)
-    _sub(pub, "pct", latest["pct"])
-    _sub(pub, "fo", latest["fo"] or "0")
+    values = published(latest)
+    for name in ("discovery_method", "p", "sp", "np", "fo", "adkim", "aspf", "testing"):
+        if name in values:
+            _sub(pub, name, values[name])
     for key, count in groups.items():
-        (ip, header_from, envelope_from, envelope_to, disposition, dkim_aligned,
-         spf_aligned, override, dkim, spf) = key
+        (ip, header_from, envelope_from, envelope_to, action, dkim_aligned,
+         spf_aligned, why, dkim, spf) = key
         record = _sub(root, "record")
         row = _sub(record, "row")
         _sub(row, "source_ip", _ip(ip))
         _sub(row, "count", count)
         evaluated = _sub(row, "policy_evaluated")
-        _sub(evaluated, "disposition", disposition)
+        _sub(evaluated, "disposition", action)
         _sub(evaluated, "dkim", "pass" if dkim_aligned else "fail")
         _sub(evaluated, "spf", "pass" if spf_aligned else "fail")
-        if override:
+        for kind, comment in why:
             reason = _sub(evaluated, "reason")
-            _sub(reason, "type", override if override in _OVERRIDES else "other")
+            _sub(reason, "type", kind if kind in OVERRIDE_TYPES else "other")
+            if comment:
+                _sub(reason, "comment", comment)
         ids = _sub(record, "identifiers")
+        _sub(ids, "header_from", header_from)
+        _sub(ids, "envelope_from", envelope_from)     # empty: the null reverse-path
         if envelope_to:
             _sub(ids, "envelope_to", envelope_to)
-        _sub(ids, "envelope_from", envelope_from)
-        _sub(ids, "header_from", header_from)
         auth = _sub(record, "auth_results")
-        for domain, selector, result in dkim:
+        for domain, selector, result, human in dkim:
             d = _sub(auth, "dkim")
             _sub(d, "domain", domain)
-            if selector:
-                _sub(d, "selector", selector)
+            _sub(d, "selector", selector)
             _sub(d, "result", result if result in _DKIM_RESULTS else "permerror")
-        if not spf:
-            # Appendix C: there is always an SPF result; none was checked
-            spf = ((envelope_from or header_from, "mfrom", "none"),)
-        for domain, scope, result in spf:
+            if human:
+                _sub(d, "human_result", human)
+        if spf is not None:
+            domain, _scope, result, human = spf
             s = _sub(auth, "spf")
             _sub(s, "domain", domain)
-            _sub(s, "scope", scope if scope in ("helo", "mfrom") else "mfrom")
+            _sub(s, "scope", "mfrom")
             _sub(s, "result", result if result in _SPF_RESULTS else "permerror")
+            if human:
+                _sub(s, "human_result", human)
     out = io.BytesIO()
     ET.ElementTree(root).write(out, encoding="UTF-8", xml_declaration=True)
     return out.getvalue()
@@ -325,7 +482,11 @@ def make_reports(config, since: float, now: Optional[float] = None) -> tuple:
     reported; ``skipped`` counts rows of domains that asked for none (or
     whose name cannot stand in a file name).  At most ``[dmarc_report]
     max_reports_per_run`` reports, for the domains waiting longest; the
-    rows of the others wait for the next run."""
+    rows of the others wait for the next run.
+
+    A domain's period begins where its last report ended, if that is later
+    than ``now - since`` (RFC 9990, "date_range": periods SHOULD NOT overlap),
+    and never after its oldest row."""
     options = config.dmarc_report
     missing = [k for k in ("org_name", "domain", "email") if not getattr(options, k)]
     if missing:
@@ -349,25 +510,26 @@ def make_reports(config, since: float, now: Optional[float] = None) -> tuple:
             by_domain.setdefault(domain, []).append(row)
         # rows come oldest first, and so do the domains in by_domain
         chosen = sorted(list(by_domain.items())[:options.max_reports_per_run])
+        last = records.last_report_end([domain for domain, _rows in chosen])
         reports = []
         for domain, domain_rows in chosen:
             groups: dict = {}
             for row in domain_rows:
-                dkim, spf = row.dkim, row.spf
-                key = (row["source_ip"], row["header_from"], row["envelope_from"],
-                       row["envelope_to"], row["disposition"], bool(row["dkim_aligned"]),
-                       bool(row["spf_aligned"]), row["override"], dkim, spf)
+                key = record_key(row)
                 groups[key] = groups.get(key, 0) + 1
             latest = domain_rows[-1]
-            unique = uuid.uuid4().hex[:16]
-            report_id = f"{unique}@{options.domain}"
-            xml = build_xml(options, domain, begin, end, report_id, latest, groups)
-            filename = f"{options.domain}!{domain}!{begin}!{end}!{unique}.xml.gz"
+            start = max(begin, min(last.get(domain, begin), domain_rows[0]["received"]))
+            # RFC 9990: the Report-ID and the file name's
+            # unique-id are one and the same (so letters and digits only)
+            report_id = uuid.uuid4().hex
+            destinations, refused = check_rua(latest["rua"])
+            xml = build_xml(options, domain, start, end, report_id, latest, groups,
+                            report_error(latest, refused))
+            filename = f"{options.domain}!{domain}!{start}!{end}!{report_id}.xml.gz"
             buf = io.BytesIO()
             with gzip.GzipFile(filename=filename[:-3], mode="wb", fileobj=buf, mtime=now) as gz:
                 gz.write(xml)
-            destinations, refused = check_rua(latest["rua"])
-            reports.append(Report(domain, begin, end, report_id, filename, xml, buf.getvalue(),
+            reports.append(Report(domain, start, end, report_id, filename, xml, buf.getvalue(),
                                   [r["id"] for r in domain_rows], len(domain_rows),
                                   destinations, refused=refused))
         return reports, skipped
@@ -402,34 +564,114 @@ def save(config, reports: list, out_dir: str, queue: bool = False) -> None:
 # sending
 
 
-def authorized(resolver, policy_domain: str, destination: Destination) -> tuple:
-    """(may we send, why not): §7.1 external destination verification."""
-    if organizational(destination.domain) == organizational(policy_domain):
-        return True, ""
-    name = f"{policy_domain}._report._dmarc.{destination.domain}"
-    if len(name) > 253 or ".." in name:
-        return False, f"external destination not authorized: {name[:80]}... is no DNS name"
+_TAG = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def dmarc_tags(text: str) -> Optional[dict]:
+    """The tags of a TXT record that passes step 6 of RFC 9990's external
+    destination check (a tag=value list, the same format as a DMARC
+    record, ``v=DMARC1`` first; a trailing ";" optional), None for one
+    that does not.  A tag named twice fails it too: which ``rua`` would
+    then replace the destination is not clear, and none is the safe side."""
+    parts = [part.strip(" \t") for part in text.split(";")]
+    if parts and parts[-1] == "":
+        parts.pop()
+    tags: dict = {}
+    for i, part in enumerate(parts):
+        tag, eq, value = part.partition("=")
+        tag, value = tag.strip(" \t"), value.strip(" \t")
+        if not eq or not _TAG.fullmatch(tag) or tag.lower() in tags:
+            return None
+        if i == 0 and (tag.lower() != "v" or value != "DMARC1"):
+            return None
+        tags[tag.lower()] = value
+    return tags or None
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """Whether a report may go to one ``rua`` destination (RFC 9990, "Verifying External
+    Destinations")."""
+
+    ok: bool
+    why: str = ""
+    # the destinations to mail instead (the override of step 9), or None
+    instead: Optional[tuple] = None
+    temporary: bool = False
+
+
+def verify(resolver, policy_domain: str, destination: Destination) -> Authorization:
+    """RFC 9990, "Verifying External Destinations".  A destination in the
+    policy domain's organizational domain needs nothing; any other needs a
+    ``<policy-domain>._report._dmarc.<destination host>`` TXT record that
+    is a DMARC tag list with ``v=DMARC1`` first.  If that record has a
+    ``rua``, its URIs replace the destination (step 9), provided each of
+    them names the same destination host; if one names another host,
+    neither the original nor the override is used."""
+    host = destination.domain
+    if organizational(host) == organizational(policy_domain):
+        return Authorization(True)
+    try:
+        name = f"{policy_domain.encode('idna').decode('ascii')}._report._dmarc.{host}"
+    except UnicodeError as exc:
+        return Authorization(False, f"external destination not authorized: {exc}")
+    if len(name) > 253 or any(not 0 < len(label) <= 63 for label in name.split(".")):
+        return Authorization(False, f"external destination not authorized: {name[:80]}... "
+                              "is no DNS name (too long)")
     answer = resolver.query(name, "TXT")
     if answer.temporary:
-        return False, f"{name}: {answer.status.value}, try again later"
-    if answer.ok and any(is_dmarc_record(t) for t in answer.records):
-        return True, ""
-    return False, f"external destination not authorized: no v=DMARC1 at {name}"
+        return Authorization(False, f"{name}: {answer.status.value}, try again later",
+                             temporary=True)
+    records = [tags for tags in (dmarc_tags(t) for t in (answer.records if answer.ok else ())
+                                 if is_dmarc_record(t))
+               if tags is not None]
+    if not records:
+        return Authorization(False, f"external destination not authorized: no v=DMARC1 at {name}")
+    override = next((tags["rua"] for tags in records if tags.get("rua")), None)
+    if override is None:
+        return Authorization(True)
+    instead, _refused = check_rua(override)
+    others = sorted({d.domain for d in instead if d.domain != host})
+    if others:
+        return Authorization(False, f"the rua of {name} names another host ({others[0]}): "
+                              "no report to it nor to the original address")
+    if not instead:
+        return Authorization(False, f"the rua of {name} has no usable mailto: URI")
+    return Authorization(True, instead=tuple(instead))
+
+
+def authorized(resolver, policy_domain: str, destination: Destination) -> tuple:
+    """(may we send, why not): :func:`verify` without the override."""
+    verdict = verify(resolver, policy_domain, destination)
+    return verdict.ok, verdict.why
+
+
+# Header lines up to RFC 5322's 998 characters: the attachment's file name
+# (about 100 characters) stays one quoted parameter, as RFC 9990 writes it,
+# not RFC 2231 pieces with "!" %-encoded that a simple report parser misreads.
+_MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
+
+
+def _utc(when: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(when))
 
 
 def report_message(options, report: Report, destination: Destination) -> bytes:
-    msg = email.message.EmailMessage(policy=email.policy.SMTP)
+    """The report mail (RFC 9990, "Email"): the Subject of its ABNF, a short
+    text part and the report as an ``application/gzip`` attachment named as
+    the file; the Message-ID carries the Report-ID, so that a mail sent
+    again is known as the same report."""
+    msg = email.message.EmailMessage(policy=_MAIL_POLICY)
     sender = options.sender or options.email
     msg["From"] = sender
     msg["To"] = destination.address
     msg["Date"] = email.utils.formatdate(usegmt=True)
-    msg["Message-ID"] = email.utils.make_msgid(domain=options.domain)
+    msg["Message-ID"] = f"<{report.report_id}@{options.domain}>"
     msg["Subject"] = (f"Report Domain: {report.policy_domain} Submitter: {options.domain} "
                       f"Report-ID: <{report.report_id}>")
     msg.set_content(
         f"DMARC aggregate report for {report.policy_domain} from {options.org_name}\n"
-        f"({report.messages} messages, {time.strftime('%Y-%m-%d %H:%M', time.gmtime(report.begin))}"
-        f" to {time.strftime('%Y-%m-%d %H:%M', time.gmtime(report.end))} UTC).\n")
+        f"({report.messages} messages, {_utc(report.begin)} to {_utc(report.end)} UTC).\n")
     msg.add_attachment(report.gz, maintype="application", subtype="gzip",
                        filename=report.filename)
     return msg.as_bytes()
@@ -464,21 +706,39 @@ class Caps:
 
 def send_one(config, report: Report, dest: Destination, resolver, caps: Caps,
              runner=None) -> str:
-    """Mail ``report`` to one destination.  The outcome starts with
-    ``sent``, ``skipped:`` (never to be sent there: not allowed, too big),
-    ``deferred:`` (over a cap; the next run sends it) or ``failed:``
-    (sendmail did not take it, or DNS could not say whether the destination
-    is allowed; the next run tries again)."""
-    options = config.dmarc_report
+    """Mail ``report`` to one destination (or to the override its
+    ``_report._dmarc`` record names).  The outcome starts with ``sent``,
+    ``skipped:`` (never to be sent there: not allowed), ``deferred:`` (over
+    a cap; the next run sends it) or ``failed:`` (sendmail did not take
+    it, or DNS could not say whether the destination is allowed; the next
+    run tries again).  A ``!size`` suffix is obsolete (RFC 9989:
+    reporters ignore it) and is not enforced."""
     why = strict_address(dest.address)    # whatever built the Destination
     if why:
         return f"skipped: {why}"
     try:
-        ok, why = authorized(resolver, report.policy_domain, dest)
+        verdict = verify(resolver, report.policy_domain, dest)
     except (ValueError, UnicodeError) as exc:
-        ok, why = False, f"external destination not authorized: {exc}"
-    if not ok:        # a DNS failure is tried again by the next run, as a sendmail one
-        return ("failed: " if why.endswith("try again later") else "skipped: ") + why
+        verdict = Authorization(False, f"external destination not authorized: {exc}")
+    if not verdict.ok:        # a DNS failure is tried again by the next run, as a sendmail one
+        return ("failed: " if verdict.temporary else "skipped: ") + verdict.why
+    if verdict.instead is None:
+        return _mail(config, report, dest, caps, runner)
+    outcomes = [(d.address, _mail(config, report, d, caps, runner)) for d in verdict.instead]
+    # the worst outcome is the delivery's: a failure is tried again (the
+    # addresses sent to get it again, as the same report, the same file name)
+    word = next(w for w in ("failed", "deferred", "sent", "skipped")
+                if w == "skipped" or any(o.startswith(w) for _a, o in outcomes))
+    return f"{word}: to the rua of its _report._dmarc record instead: " + "; ".join(
+        f"{a}: {o}" for a, o in outcomes)
+
+
+def _mail(config, report: Report, dest: Destination, caps: Caps, runner=None) -> str:
+    """One sendmail run for an address already allowed."""
+    options = config.dmarc_report
+    why = strict_address(dest.address)
+    if why:
+        return f"skipped: {why}"
     refusal = caps.refusal(dest.domain)
     if refusal:
         return f"deferred: {refusal}"
@@ -486,8 +746,6 @@ def send_one(config, report: Report, dest: Destination, resolver, caps: Caps,
         data = report_message(options, report, dest)
     except (ValueError, TypeError) as exc:
         return f"skipped: the report mail cannot be made: {exc}"
-    if dest.max_size is not None and len(data) > dest.max_size:
-        return f"skipped: {len(data)} bytes is over its !{dest.max_size} limit"
     argv = [*shlex.split(options.sendmail), "-i", "-f", options.sender or options.email,
             "--", dest.address]
     caps.take(dest.domain)
@@ -663,7 +921,7 @@ def _report_locked(args, config, lock) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("dmarc-report",
-                              help="write DMARC aggregate reports (RFC 7489) from the history")
+                              help="write DMARC aggregate reports (RFC 9990) from the history")
     from .command import DEFAULT_CONFIG
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                    help=f"configuration file (default {DEFAULT_CONFIG})")

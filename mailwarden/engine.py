@@ -32,7 +32,7 @@ from . import authresults
 from .checks import Check, registry as check_registry
 from .config import Config
 from .dns import CacheMiss, Lookup, Resolver
-from .model import Body, Connection, Message, Reply, Result, Stage
+from .model import Action, Body, Connection, Message, Reply, Result, Stage, Trust
 from .policy import Policy, Verdict
 from .state import Store, make_store
 
@@ -203,7 +203,7 @@ class Engine:
 
     # -- trust --------------------------------------------------------------
 
-    def trust(self, conn: Connection) -> str:
+    def trust(self, conn: Connection) -> Trust:
         """The client's trust class: ``authenticated`` (SMTP AUTH),
         ``trusted`` (its address is in ``[relay] trusted_networks``) or
         ``other``.  A client whose address the MTA did not give, or gave in
@@ -211,10 +211,10 @@ class Engine:
         presents mail submitted with sendmail(1) to ``non_smtpd_milters`` as
         ``localhost[127.0.0.1]``, or ``::1``: trusted only as loopback is.)"""
         if conn.authenticated:
-            return "authenticated"
+            return Trust.AUTHENTICATED
         if conn.client_ip is not None and conn.client_ip in self.config.relay.trusted_networks:
-            return "trusted"
-        return "other"
+            return Trust.TRUSTED
+        return Trust.OTHER
 
     # -- running checks -----------------------------------------------------
 
@@ -235,7 +235,7 @@ class Engine:
                           exc.__class__.__name__, exc, exc_info=True)
             # a policy check that could not decide fails closed, whatever
             # temperror_action says for this client
-            reply = (Reply("tempfail", 451, "4.7.1",
+            reply = (Reply(Action.TEMPFAIL, 451, "4.7.1",
                            f"Temporary failure in {check.name} checks, please try again later")
                      if check.fail_closed else None)
             return [Result(check=check.name, result="temperror", symbol=check.error_symbol(),
@@ -336,7 +336,7 @@ class Engine:
     def rcpt(self, conn: Connection, msg: Message, rcpt: str) -> Optional[Verdict]:
         before = len(msg.results)
         verdict = self._stage(conn, msg, Stage.RCPT, msg.dns, rcpt)
-        if verdict is not None and verdict.action in ("reject", "tempfail"):
+        if verdict is not None and verdict.action in (Action.REJECT, Action.TEMPFAIL):
             # answered for this recipient alone: its results must not judge
             # the message the other recipients still receive
             del msg.results[before:]
@@ -359,7 +359,7 @@ class Engine:
             msg.dns.pause()
         results = conn.results + msg.results
         verdict = self.policy.decide(results, self.trust(conn), Stage.EOM, final=True)
-        if verdict.action in ("accept", "add_header", "quarantine"):
+        if verdict.action in (Action.ACCEPT, Action.ADD_HEADER, Action.QUARANTINE):
             removed = tuple(authresults.forged(self.config.authserv.id, msg.headers,
                                                self.config.policy.status_header))
             added = tuple(h for r in results for h in r.add_headers) + (
@@ -406,7 +406,7 @@ def run_offline(engine: Engine, *, client_ip, client_name: str = "", helo: str =
     last = None
     for rcpt in rcpts:
         v = engine.rcpt(conn, msg, rcpt)
-        if v is None or v.action not in ("reject", "tempfail"):
+        if v is None or v.action not in (Action.REJECT, Action.TEMPFAIL):
             accepted += 1
         else:
             last = v

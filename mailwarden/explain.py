@@ -18,17 +18,30 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-from .model import Connection, Message
+from .model import Action, Connection, Message
 from .policy import Verdict
 
 
+# code points that reorder or break what a terminal or log viewer shows
+# without being controls in ASCII's sense: C1 controls (U+0080-U+009F; some
+# terminals act on U+009B as CSI), the bidirectional marks, embeddings,
+# overrides and isolates (Unicode TR #9; "Trojan Source"), and the line and
+# paragraph separators
+_INVISIBLE = frozenset([*range(0x80, 0xa0), 0x061c, 0x200e, 0x200f, *range(0x202a, 0x202f),
+                        *range(0x2066, 0x206a), 0x2028, 0x2029])
+
+
 def clean(value) -> str:
-    """Network text made safe for one line: controls and stray bytes as \\xNN."""
+    """Network text made safe for one line: controls and stray bytes as
+    \\xNN, C1 controls, bidirectional controls and line separators as
+    \\uNNNN; other text, non-ASCII letters included, as it is."""
     out = []
     for ch in str(value):
         o = ord(ch)
         if o < 0x20 or o == 0x7f or 0xdc80 <= o <= 0xdcff:
             out.append(f"\\x{o & 0xff:02x}")
+        elif o in _INVISIBLE:
+            out.append(f"\\u{o:04x}")
         elif ch == "\\":
             out.append("\\\\")
         else:
@@ -103,8 +116,8 @@ def format_line(fields: Mapping) -> str:
 # --------------------------------------------------------------------------
 # scan --explain
 
-_ACTION_COLOUR = {"accept": "32", "add_header": "33", "quarantine": "33",
-                  "tempfail": "35", "reject": "31", "discard": "31"}
+_ACTION_COLOUR = {Action.ACCEPT: "32", Action.ADD_HEADER: "33", Action.QUARANTINE: "33",
+                  Action.TEMPFAIL: "35", Action.REJECT: "31", Action.DISCARD: "31"}
 
 
 def explain_table(verdict: Verdict, scores: Mapping[str, float], policy, colour: bool = False,

@@ -50,6 +50,7 @@ from typing import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import start_http_server
 
+from .model import Action
 from .state import StateError, Store
 
 LOOPBACK = "127.0.0.1"
@@ -147,16 +148,16 @@ def cause(verdict) -> str:
         for r in verdict.results:
             if r.reply is not None and r.reply == verdict.reply:
                 return r.check
-        if verdict.action == "tempfail":
+        if verdict.action == Action.TEMPFAIL:
             failed = next((r for r in verdict.results if r.result == "temperror" and r.tempfail),
                           None)
             if failed is not None:
                 return failed.check
         return "score"
-    if verdict.action == "quarantine":
+    if verdict.action == Action.QUARANTINE:
         asked = next((r for r in verdict.results if r.quarantine), None)
         return asked.check if asked is not None else "score"
-    if verdict.action == "add_header":
+    if verdict.action == Action.ADD_HEADER:
         return "score"
     return "-"
 

@@ -24,7 +24,7 @@ from . import sockopt
 from .engine import ConnLog, Engine
 from .explain import format_line, verdict_fields
 from .logsetup import VERDICT_ATTR
-from .model import Connection, Stage, parse_client_address, strip_brackets
+from .model import Action, Connection, Stage, parse_client_address, strip_brackets
 
 log = logging.getLogger("mailwarden")
 
@@ -82,9 +82,9 @@ def reply_text(text: str, xcode: str = "", most: int = REPLY_TEXT_MAX) -> str:
 _MESSAGE_STAGES = (Stage.MAIL, Stage.RCPT, Stage.BODY, Stage.EOM)
 
 _ACTION_CODES = {
-    "reject": Milter.REJECT,
-    "tempfail": Milter.TEMPFAIL,
-    "discard": Milter.DISCARD,
+    Action.REJECT: Milter.REJECT,
+    Action.TEMPFAIL: Milter.TEMPFAIL,
+    Action.DISCARD: Milter.DISCARD,
 }
 
 
@@ -281,7 +281,7 @@ class MailwardenMilter(Milter.Base):
                 if value[:1] not in (" ", "\t"):
                     value = lead + value
                 self.addheader(name, value, 0)
-            if verdict.action == "quarantine":
+            if verdict.action == Action.QUARANTINE:
                 self.quarantine(verdict.quarantine_reason or "mailwarden quarantine")
             status = Milter.ACCEPT
         self._end_message()

@@ -30,6 +30,42 @@ class Stage(enum.IntEnum):
         return "on_" + self.name.lower()
 
 
+class Word(str, enum.Enum):
+    """A word of mailwarden's vocabulary that logs, JSON, metrics labels and
+    the INI file spell as text.  A member is its text: it equals, hashes,
+    prints and serializes as the string, so ``Action.REJECT == "reject"``,
+    ``"reject" in {Action.REJECT}`` and ``json.dumps(Action.REJECT)`` all
+    hold, and a value read from the configuration compares with it."""
+
+    __hash__ = str.__hash__
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Action(Word):
+    """What the MTA is told to do with a message (the verdict's action, a
+    check's hard reply)."""
+    ACCEPT = "accept"
+    ADD_HEADER = "add_header"        # accept, with X-Spam headers
+    QUARANTINE = "quarantine"        # accept into the MTA's hold queue
+    TEMPFAIL = "tempfail"            # 4xx
+    REJECT = "reject"                # 5xx
+    DISCARD = "discard"              # accept and drop
+
+
+class Trust(Word):
+    """The client's trust class (``Engine.trust``), and with ``ALLOWLISTED``
+    the client tags a check's ``skip_for`` and ``[limits] exempt`` name."""
+    AUTHENTICATED = "authenticated"  # SMTP AUTH
+    TRUSTED = "trusted"              # in [relay] trusted_networks
+    OTHER = "other"
+    ALLOWLISTED = "allowlisted"      # a tag set by iplist, never a class
+
+
 # RFC 8601 result words (plus "policy" from RFC 8601 §2.7.1 and "hardfail"
 # never: SPF's is "fail"). Checks that are not authentication methods use
 # "pass", "fail" and "none" too.
@@ -40,15 +76,15 @@ RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerro
 class Reply:
     """An SMTP reply the MTA should give, with its enhanced status code."""
 
-    action: str        # "reject", "tempfail", "discard"
+    action: Action     # REJECT, TEMPFAIL or DISCARD
     code: int
     xcode: str
     text: str
 
     def __post_init__(self):
-        if self.action == "reject" and not 500 <= self.code <= 599:
+        if self.action == Action.REJECT and not 500 <= self.code <= 599:
             raise ValueError(f"a reject needs a 5xx code, not {self.code}")
-        if self.action == "tempfail" and not 400 <= self.code <= 499:
+        if self.action == Action.TEMPFAIL and not 400 <= self.code <= 499:
             raise ValueError(f"a tempfail needs a 4xx code, not {self.code}")
 
     def line(self) -> str:
@@ -146,6 +182,14 @@ def parse_client_address(addr) -> Optional[ipaddress._BaseAddress]:
         ip = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
         return None
+    return unmapped(ip)
+
+
+def unmapped(ip):
+    """An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``) as the IPv4
+    address it carries; any other address (or None) as it is.  Every
+    comparison of a client's address goes through here, so that a client
+    cannot pass as another by the form its address is written in."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         return ip.ipv4_mapped
     return ip

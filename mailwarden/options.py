@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .address import AddressProblem, normalize_domain
+from .model import unmapped
 
 __all__ = [
     "ConfigError", "ValueProblem", "opt", "Networks",
@@ -176,8 +177,7 @@ class Networks:
                 address = ipaddress.ip_address(address)
             except ValueError:
                 return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
+        address = unmapped(address)
         return any(address.version == n.version and address in n for n in self.networks)
 
     def __bool__(self) -> bool:

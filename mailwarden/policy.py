@@ -16,17 +16,17 @@ means.  Precedence, strongest first:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional
 
-from .model import Reply, Result, Stage
+from .model import Action, Reply, Result, Stage, Trust
 
-ACTIONS = ("accept", "add_header", "quarantine", "tempfail", "reject", "discard")
+ACTIONS = tuple(Action)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    action: str                        # what the MTA is told to do
+    action: Action                     # what the MTA is told to do
     score: float
     results: tuple
     reply: Optional[Reply] = None
@@ -76,8 +76,8 @@ class Policy:
 
     def temperror_action(self, trust: str) -> str:
         o = self.options
-        return {"authenticated": o.temperror_action_authenticated,
-                "trusted": o.temperror_action_trusted}.get(trust, o.temperror_action)
+        return {Trust.AUTHENTICATED: o.temperror_action_authenticated,
+                Trust.TRUSTED: o.temperror_action_trusted}.get(trust, o.temperror_action)
 
     def decide(self, results: Iterable[Result], trust: str, stage: Stage,
                final: bool) -> Optional[Verdict]:
@@ -95,46 +95,46 @@ class Policy:
             action, reply = hard.reply.action, hard.reply
             reason = f"{hard.check}: {hard.reason or hard.reply.text}"
         elif final and total >= o.reject_score:
-            action = "reject"
-            reply = Reply("reject", 550, "5.7.1", f"{o.reject_text} (score {total:.1f}: {hits})")
+            action = Action.REJECT
+            reply = Reply(Action.REJECT, 550, "5.7.1", f"{o.reject_text} (score {total:.1f}: {hits})")
             reason = f"score {total:.2f} >= {o.reject_score:g}"
         else:
             failed = next((r for r in results if r.result == "temperror" and r.tempfail),
                           None) if final else None
-            if failed is not None and self.temperror_action(trust) == "tempfail":
-                action = "tempfail"
-                reply = Reply("tempfail", 451, "4.7.1",
+            if failed is not None and self.temperror_action(trust) == Action.TEMPFAIL:
+                action = Action.TEMPFAIL
+                reply = Reply(Action.TEMPFAIL, 451, "4.7.1",
                               f"Temporary failure in {failed.check} checks, please try again later")
                 reason = f"{failed.check} temperror: {failed.reason}"
             elif final and asked is not None:
-                action, reason = "quarantine", f"{asked.check}: {asked.quarantine}"
+                action, reason = Action.QUARANTINE, f"{asked.check}: {asked.quarantine}"
             elif final and total >= o.quarantine_score:
-                action, reason = "quarantine", f"score {total:.2f} >= {o.quarantine_score:g}"
+                action, reason = Action.QUARANTINE, f"score {total:.2f} >= {o.quarantine_score:g}"
             elif final and total >= o.add_header_score:
-                action, reason = "add_header", f"score {total:.2f} >= {o.add_header_score:g}"
+                action, reason = Action.ADD_HEADER, f"score {total:.2f} >= {o.add_header_score:g}"
             elif final:
-                action = "accept"
+                action = Action.ACCEPT
 
         if action is None:
             return None
         if (final and hard is None and o.outbound_action == "hold"
-                and trust in ("authenticated", "trusted")
-                and action in ("reject", "quarantine", "add_header")):
+                and trust in (Trust.AUTHENTICATED, Trust.TRUSTED)
+                and action in (Action.REJECT, Action.QUARANTINE, Action.ADD_HEADER)):
             reason = f"outbound {trust} mail held ({action}: {reason})"
-            action, reply = "quarantine", None
+            action, reply = Action.QUARANTINE, None
         decided = action
-        if o.dry_run and action != "accept":
+        if o.dry_run and action != Action.ACCEPT:
             if not final:
                 return None        # dry run: keep going, decide again at the end
-            action = "add_header" if total >= o.add_header_score else "accept"
+            action = Action.ADD_HEADER if total >= o.add_header_score else Action.ACCEPT
             reply = None
         return Verdict(action=action, score=total, results=results, reply=reply,
                        decided=decided, stage=stage, reason=reason, symbols=symbols,
-                       quarantine_reason=reason if action == "quarantine" else "")
+                       quarantine_reason=reason if action == Action.QUARANTINE else "")
 
     def status_header(self, verdict_action: str, total: float, symbols: tuple,
                       results: Iterable[Result] = ()) -> tuple:
-        flag = "Yes" if verdict_action in ("add_header", "quarantine", "reject") else "No"
+        flag = "Yes" if verdict_action in (Action.ADD_HEADER, Action.QUARANTINE, Action.REJECT) else "No"
         shown = _options(results)
         listed = ",\n\t".join(f"{s}({w:.2f}){shown.get(s, '')}" for s, w in symbols if w != 0)
         value = f"{flag}, score={total:.2f} required={self.options.add_header_score:.2f}"

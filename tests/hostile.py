@@ -366,3 +366,22 @@ def main(argv) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv))
+
+
+# every classic relay-test trick, with a non-local final destination
+RELAY_TRICKS = [
+    "user%other.example@outbound.example",
+    "user@other.example@outbound.example",
+    '"user@other.example"@outbound.example',
+    "@outbound.example:user@other.example",
+    "other.example!user@outbound.example",
+    "user@other.example.",
+    "USER@OTHER.Example",
+    "user@[203.0.113.5]",
+    "user@[IPv6:2001:db8::5]",
+    '"user%other.example"@outbound.example',
+    "@outbound.example,@other.example:user@outbound.example",
+    "user%other.example%outbound.example@outbound.example",
+    "a!other.example!user@outbound.example",
+    "user\\@other.example@outbound.example",
+]

@@ -1,9 +1,9 @@
 """Findings of an audit, and the one way they are printed.
 
-Every audit (``audit DOMAIN``, ``audit-postfix``, ``probe``) returns a list
-of :class:`Finding`; :func:`render` prints them as a table (colour only on a
-terminal) or JSON, and :func:`exit_code` gives 0 (nothing fails), 1 (a
-finding fails) or 2 (the audit itself could not be done).
+Every audit (``audit DOMAIN``, ``audit-postfix``, ``probe``, ``audit-host``)
+returns a list of :class:`Finding`; :func:`render` prints them as a table
+(colour only on a terminal) or JSON, and :func:`exit_code` gives 0 (nothing
+fails), 1 (a finding fails) or 2 (the audit itself could not be done).
 
 What an audit shows comes from DNS, remote servers and files: a TXT
 record or a banner may hold terminal escapes.  :func:`printable` is the one

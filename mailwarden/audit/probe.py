@@ -13,6 +13,12 @@ that one address and nowhere else) and looks at:
 * IMAP (143) and POP3 (110): STARTTLS/STLS offered, LOGINDISABLED before it,
   USER refused before it; IMAPS (993) and POP3S (995) likewise for TLS and
   the certificate.
+* Everything else that answers on the mail host: FTP, Telnet, web servers
+  and administration panels, databases, rsync, SNMP over TCP and the rest
+  of :mod:`mailwarden.audit.ports`' catalogue, each a finding with what the
+  service said of itself.  These ports are tried in parallel, each once,
+  asked at most one first line; ``others`` chooses them (None: all) and
+  ``other_ports`` moves one (a port of 0 leaves it out).
 
 A port given as 0 is not probed.  Findings follow ``audit``: a table or
 JSON, exit 0 (nothing fails), 1 (something fails), 2 (the probe could not
@@ -21,6 +27,7 @@ be done: the host does not resolve, nothing answers, a session broke off).
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import ipaddress
 import re
@@ -29,9 +36,11 @@ import socket
 import ssl
 import sys
 import warnings
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from . import ports
 from .findings import FAIL, OK, WARN, AuditError, Finding, printable, render
 
 SMTP, SUBMISSION, IMAP, POP3, CERT = "smtp", "submission", "imap", "pop3", "tls"
@@ -311,6 +320,14 @@ class ProbeOptions:
     helo: Optional[str] = None
     source: Optional[str] = None
     timeout: float = 10.0
+    # the other services (names of ports.CATALOGUE; None: all) and their
+    # ports where they are not the usual ones (0: left out)
+    others: Optional[tuple] = None
+    other_ports: dict = field(default_factory=dict)
+
+
+# connections open at once while the other services are tried
+MAX_PARALLEL = 32
 
 
 class Probe:
@@ -879,6 +896,38 @@ class Probe:
                            lambda ctx: _tls_version(open_, port, ctx, True))
         return True
 
+    # -- the other services -------------------------------------------------
+
+    def probe_others(self) -> None:
+        """One finding for each other service that answers, or one saying
+        that none does."""
+        o = self.options
+        chosen = ports.choose(o.others, o.other_ports)
+        if not chosen:
+            return
+        family, addr = self.address
+        context = self._context()
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(chosen))) as pool:
+            futures = [pool.submit(ports.grab, family, addr, known, o.timeout, o.source,
+                                   self._sni(), context) for known in chosen]
+            answers = []
+            for future in futures:
+                try:
+                    answers.append(future.result())
+                except OSError as exc:      # the bind to --source
+                    raise AuditError(f"cannot connect from {o.source}: "
+                                     f"{exc.strerror or exc}") from None
+        answered = [a for a in answers if a.answered]
+        self.answered += len(answered)
+        for answer in answered:
+            level, message, value = ports.judge_answer(answer)
+            self.add(ports.AREA, level, f"{answer.known.name}:{answer.known.port}",
+                     message, value)
+        if not answered:
+            self.add(ports.AREA, OK, "other services",
+                     f"none of {len(chosen)} other well-known services answers",
+                     " ".join(str(k.port) for k in chosen))
+
     # -- all ----------------------------------------------------------------
 
     def run(self) -> tuple:
@@ -894,11 +943,15 @@ class Probe:
         pop3s_open = self.probe_pop3s(o.pop3s_port) if o.pop3s_port else False
         if o.pop3_port:
             self.probe_pop3(o.pop3_port, o.pop3s_port, pop3s_open)
+        self.probe_others()
         if self.answered == 0:
-            ports = [p for p in (o.smtp_port, o.submission_port, o.imap_port, o.pop3_port,
-                                 o.imaps_port, o.pop3s_port) if p]
+            tried = [str(p) for p in (o.smtp_port, o.submission_port, o.imap_port,
+                                      o.pop3_port, o.imaps_port, o.pop3s_port) if p]
+            others = len(ports.choose(o.others, o.other_ports))
+            if others:
+                tried.append(f"{others} other well-known port{'s' if others > 1 else ''}")
             raise AuditError(f"{o.host} ({self.address[1]}): nothing answers on ports "
-                             f"{', '.join(map(str, ports))}")
+                             f"{', '.join(tried)}")
         return self.findings, self.errors
 
 
@@ -908,7 +961,7 @@ def cmd_probe(args) -> int:
         imap_port=args.imap_port, pop3_port=args.pop3_port, imaps_port=args.imaps_port,
         pop3s_port=args.pop3s_port, local_domain=args.local_domain,
         relay_target=args.relay_target, name=args.name, helo=args.helo, source=args.source,
-        timeout=args.timeout)
+        timeout=args.timeout, others=args.others, other_ports=dict(args.other_port))
     try:
         findings, errors = Probe(options).run()
     except AuditError as exc:
@@ -924,9 +977,34 @@ def _port(text: str) -> int:
     return value
 
 
+def parse_others(text: str) -> Optional[tuple]:
+    """``--others``: ``all`` (None), ``none`` (()) or names of the catalogue."""
+    if text == "all":
+        return None
+    if text == "none":
+        return ()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        if name not in ports.BY_NAME:
+            raise argparse.ArgumentTypeError(
+                f"unknown service {name!r} (known: {', '.join(ports.BY_NAME)})")
+    return names
+
+
+OTHERS_HELP = ("the other services tried (names of the list above, comma-separated), "
+               "in parallel, each asked one first line at most: all (the default) or none")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "probe", help="connect to a mail server as a client and check TLS, AUTH, relaying")
+        "probe", help="connect to a mail server as a client and check TLS, AUTH, relaying, "
+                      "and which other services answer on it",
+        description="Connects to HOST only: SMTP and submission (STARTTLS, AUTH after it, "
+                    "TLS versions, certificate, VRFY, relay tricks), IMAP and POP3 (STARTTLS, "
+                    "cleartext logins), then the other well-known services, each that "
+                    "answers a finding with its first line, its level by kind: "
+                    + ports.levels_help(udp=False) + ". Exit 0: nothing fails; 1: a finding fails; 2: the host does not "
+                      "resolve, nothing answers, or a session broke off.")
     p.add_argument("host", help="the server to probe (the only host ever contacted)")
     for name, default in (("smtp", 25), ("submission", 587), ("imap", 143), ("pop3", 110),
                           ("imaps", 993), ("pop3s", 995)):
@@ -946,6 +1024,10 @@ def register(subparsers) -> None:
     p.add_argument("--source", default=None,
                    help="the local address to connect from (default: the system's choice)")
     p.add_argument("--timeout", type=float, default=10.0,
-                   help="seconds to wait for any answer (default 10)")
+                   help="seconds to wait for any answer (default 10; a service's first "
+                        f"line is awaited {ports.BANNER_WAIT:g} s at most)")
+    p.add_argument("--others", type=parse_others, default=None, metavar="LIST",
+                   help=OTHERS_HELP)
+    ports.add_other_port_argument(p, "probe")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_probe)

@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ClassVar, Mapping, Optional
 
-from ..options import ValueProblem, opt, parse_bool, parse_list
-from ..model import Result, Stage
+from ..options import opt, parse_bool, parse_subset
+from ..model import Result, Stage, Trust
 
 # Each module defines CHECKS = (SomeCheck, ...). Order here is only the
 # tie-break for checks that do not depend on each other.
@@ -68,16 +68,8 @@ CHECK_MODULES = (
 )
 
 
-CLIENT_TAGS = frozenset({"allowlisted", "authenticated", "trusted", "other"})
-
-
-def parse_client_tags(text: str) -> frozenset:
-    tags = frozenset(t.lower() for t in parse_list(text))
-    unknown = tags - CLIENT_TAGS
-    if unknown:
-        raise ValueProblem(f"unknown client tag {', '.join(sorted(unknown))} "
-                           f"(known: {', '.join(sorted(CLIENT_TAGS))})")
-    return tags
+CLIENT_TAGS = tuple(sorted(Trust))      # the words skip_for and [limits] exempt take
+parse_client_tags = parse_subset(CLIENT_TAGS, "client tag")
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ from dkim.crypto import HASH_ALGORITHMS
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from ..options import ValueProblem, opt, parse_choice, parse_int, parse_seconds
+from ..model import Trust
 from ..orgdomain import is_label
 from . import Check, CheckOptions
 
@@ -185,7 +186,7 @@ class DkimCheck(Check):
     replayable = True              # pure but for its lookups (see checks/__init__)
     method = "dkim"
     Options = DkimOptions
-    skip_for = frozenset({"allowlisted"})
+    skip_for = frozenset({Trust.ALLOWLISTED})
     symbols = {
         "DKIM_PASS": 0.0,
         "DKIM_NONE": 0.0,

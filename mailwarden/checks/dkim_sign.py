@@ -64,6 +64,7 @@ from ..address import AddressProblem, DomainSet, authors, normalize_domain
 from ..loginmap import LoginMapFile, from_refusal
 from ..options import Networks, ValueProblem, opt, parse_bool, parse_domains, parse_list, \
     parse_networks
+from ..model import Trust
 from . import Check, CheckOptions
 
 
@@ -183,7 +184,7 @@ class DkimSignCheck(Check):
     def _refusal(self, ctx, trust: str, domain: str):
         """Why this client may not have ``domain`` signed, or None."""
         conn = ctx.conn
-        if trust == "authenticated":
+        if trust == Trust.AUTHENTICATED:
             if self._logins is None:
                 return None
             return from_refusal(self._logins.get(ctx), conn.auth_user,
@@ -198,7 +199,7 @@ class DkimSignCheck(Check):
         if not self.options.loaded:
             return None
         trust = ctx.trust
-        if trust not in ("authenticated", "trusted"):
+        if trust not in (Trust.AUTHENTICATED, Trust.TRUSTED):
             return None
         found = authors(ctx.msg.header_texts("From"))
         if not found.single:

@@ -123,7 +123,7 @@ from ..address import AddressProblem, authors, idna_to_ascii
 from ..options import ValueProblem, opt, parse_bool, parse_choice, parse_int, parse_redis_url
 from ..dmarc_records import Evaluation, RecordsError, is_redis, open_records
 from ..dns import Status
-from ..model import Reply
+from ..model import Action, Reply, Trust
 from ..orgdomain import TreeWalk, dmarc_tags, is_dmarc_record, is_domain, tree_walk, walk_names
 from . import Check, CheckOptions
 
@@ -353,7 +353,7 @@ def from_domains(values: list) -> tuple:
 
 def _severity(r) -> int:
     """How strict one author domain's outcome is: the strictest decides."""
-    if r.reply is not None and r.reply.action == "reject":
+    if r.reply is not None and r.reply.action == Action.REJECT:
         return 6
     if r.result == "temperror":
         return 5
@@ -370,7 +370,7 @@ class DmarcCheck(Check):
     method = "dmarc"
     Options = DmarcOptions
     requires = ("spf", "dkim")
-    skip_for = frozenset({"allowlisted", "authenticated", "trusted"})
+    skip_for = frozenset({Trust.ALLOWLISTED, Trust.AUTHENTICATED, Trust.TRUSTED})
     fail_closed = True             # a crash tempfails, whatever temperror_action
     symbols = {
         "DMARC_PASS": 0.0,
@@ -465,7 +465,7 @@ class DmarcCheck(Check):
         if not domains:
             reply = None
             if self.options.reject_bad_from:
-                reply = Reply("reject", 550, "5.7.1",
+                reply = Reply(Action.REJECT, 550, "5.7.1",
                               "Message needs a From header field with an author domain")
             ctx.log.info("dmarc: no author domain to evaluate: %s%s", problem,
                          f" ({note})" if note else "")
@@ -579,7 +579,7 @@ class DmarcCheck(Check):
             action = {"reject": self.options.on_reject,
                       "quarantine": self.options.on_quarantine}.get(disposition, "score")
             if action == "reject":
-                reply = Reply("reject", 550, "5.7.1",
+                reply = Reply(Action.REJECT, 550, "5.7.1",
                               f"Message rejected: it fails the DMARC policy of {domain}")
             elif action == "quarantine":
                 quarantine = f"DMARC {tag}={policy} of {domain}"

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from ..options import opt, parse_bool, parse_choice
 from ..dns import normalize, reverse_name
 from ..dnslist import DnsList, DnsblSection, log_blocked, read
-from ..model import Reply
+from ..model import Action, Reply, Trust
 from . import Check, CheckOptions
 from ..orgdomain import is_domain, registered_domain
 
@@ -100,7 +100,7 @@ class DnsblCheck(Check):
     Options = DnsblOptions
     Item = DnsblSection
     requires = ("iplist",)
-    skip_for = frozenset({"allowlisted", "authenticated"})
+    skip_for = frozenset({Trust.ALLOWLISTED, Trust.AUTHENTICATED})
 
     @classmethod
     def symbols_for(cls, options) -> dict:
@@ -212,7 +212,7 @@ class DnsblCheck(Check):
         for symbol, found in reading.listed.items():
             reply = None
             if dl.rejects(symbol):
-                reply = Reply("reject", 554, "5.7.1", _reply_text(ask, reason_text))
+                reply = Reply(Action.REJECT, 554, "5.7.1", _reply_text(ask, reason_text))
             out.append(self.result("fail", symbol,
                                    f"{ask.subject} listed in {dl.zone} ({', '.join(found)})",
                                    reply=reply))

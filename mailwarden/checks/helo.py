@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from ..options import Networks, ValueProblem, opt, parse_bool, parse_list, parse_networks
 from ..dns import normalize
-from ..model import Reply
+from ..model import Action, Reply, Trust, unmapped
 from ..orgdomain import is_domain
 from . import Check, CheckOptions
 
@@ -102,13 +102,13 @@ class HeloCheck(Check):
     replayable = True              # pure but for its lookups (see checks/__init__)
     Options = HeloOptions
     requires = ("iplist",)
-    skip_for = frozenset({"allowlisted", "trusted", "authenticated"})
+    skip_for = frozenset({Trust.ALLOWLISTED, Trust.TRUSTED, Trust.AUTHENTICATED})
     symbols = SYMBOLS
 
     def _say(self, result: str, symbol: str, reason: str, helo: str):
         reply = None
         if symbol in self.options.reject:
-            reply = Reply("reject", 550, "5.7.1", f"HELO/EHLO {helo} rejected: {reason}")
+            reply = Reply(Action.REJECT, 550, "5.7.1", f"HELO/EHLO {helo} rejected: {reason}")
         return self.result(result, symbol, reason, reply=reply)
 
     def _ours(self, ctx, address) -> bool:
@@ -123,8 +123,7 @@ class HeloCheck(Check):
             if literal is None:
                 return self._say("fail", "HELO_INVALID", f"malformed address literal {shown}",
                                  shown)
-            if isinstance(literal, ipaddress.IPv6Address) and literal.ipv4_mapped:
-                literal = literal.ipv4_mapped
+            literal = unmapped(literal)
             out = []
             if self._ours(ctx, literal):
                 out.append(self._say("fail", "HELO_OUR_ADDRESS",
@@ -177,9 +176,7 @@ def _same(ip, text) -> bool:
         found = ipaddress.ip_address(text)
     except ValueError:
         return False
-    if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped:
-        found = found.ipv4_mapped
-    return found == ip
+    return unmapped(found) == ip
 
 
 def _printable(text: str) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ..options import ConfigError, Networks, opt, parse_networks, parse_path, parse_str, \
     read_network_file
-from ..model import Reply
+from ..model import Action, Reply, Trust
 from . import Check, CheckOptions
 
 
@@ -64,11 +64,11 @@ class IplistCheck(Check):
         block = self.options.block.match(ip)
         if block is not None and (allow is None or block.prefixlen >= allow.prefixlen):
             return self.result("fail", "IPLIST_BLOCK", f"{ip} in block list ({block})",
-                               reply=Reply("reject", 554, "5.7.1",
+                               reply=Reply(Action.REJECT, 554, "5.7.1",
                                            f"{self.options.block_text} [{ip}]"))
         if allow is not None:
             return self.result("pass", "IPLIST_ALLOW", f"{ip} in allow list ({allow})",
-                               tags=frozenset({"allowlisted"}))
+                               tags=frozenset({Trust.ALLOWLISTED}))
         return None
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from ..options import opt, parse_int
 from ..dns import ptr_name
+from ..model import Trust
 from . import Check, CheckOptions
 
 
@@ -40,7 +41,7 @@ class IprevCheck(Check):
     method = "iprev"
     Options = IprevOptions
     requires = ("iplist",)
-    skip_for = frozenset({"allowlisted", "trusted"})
+    skip_for = frozenset({Trust.ALLOWLISTED, Trust.TRUSTED})
     symbols = {
         "IPREV_PASS": 0.0,
         "IPREV_FAIL": 1.0,

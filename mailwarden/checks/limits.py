@@ -60,11 +60,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Optional
 
-from ..options import ValueProblem, opt, parse_int, parse_seconds, parse_subset
+from ..options import ValueProblem, opt, parse_int, parse_seconds
 from ..explain import clean
-from ..model import Reply
+from ..model import Action, Reply, Trust
 from ..state import StateError
-from . import Check, CheckOptions
+from . import Check, CheckOptions, parse_client_tags
 
 log = logging.getLogger("mailwarden")
 
@@ -96,12 +96,6 @@ def parse_rate(text: str) -> Optional[Rate]:
     return Rate(count, window)
 
 
-TAGS = ("allowlisted", "trusted", "authenticated", "other")
-
-
-parse_tags = parse_subset(TAGS, "client tag(s)")
-
-
 @dataclass(frozen=True)
 class LimitsOptions(CheckOptions):
     ipv4_prefix: int = opt(32, parse_int(8, 32))
@@ -114,7 +108,7 @@ class LimitsOptions(CheckOptions):
     recipients_per_user: Optional[Rate] = opt(None, parse_rate)
     recipients_per_message: int = opt(0, parse_int(0, 1_000_000))
     lease: float = opt(3600.0, parse_seconds)
-    exempt: frozenset = opt(frozenset({"allowlisted", "trusted"}), parse_tags)
+    exempt: frozenset = opt(frozenset({Trust.ALLOWLISTED, Trust.TRUSTED}), parse_client_tags)
 
 
 def sender_key(sender: str, *, user: str = "", spf_pass: bool = False,
@@ -207,7 +201,7 @@ class LimitsCheck(Check):
                                           o.concurrent_per_ip, o.lease, now)
                 if not held.allowed:
                     return self._over(ctx, "LIMIT_CONCURRENT_IP", "concurrent_per_ip", net, held,
-                                      Reply("tempfail", 421, "4.7.0",
+                                      Reply(Action.TEMPFAIL, 421, "4.7.0",
                                             "Too many concurrent connections from your "
                                             "network, try again later"))
             if o.connections_per_ip:
@@ -215,7 +209,7 @@ class LimitsCheck(Check):
                 taken = self.store.take(f"conn:{net}", 1, rate.count, rate.window, now)
                 if not taken.allowed:
                     return self._over(ctx, "LIMIT_CONNECTIONS_IP", "connections_per_ip", net,
-                                      taken, Reply("tempfail", 421, "4.7.0",
+                                      taken, Reply(Action.TEMPFAIL, 421, "4.7.0",
                                                    "Too many connections from your network, "
                                                    "try again later"))
         except StateError as exc:
@@ -252,7 +246,7 @@ class LimitsCheck(Check):
             return None
         o = self.options
         if o.recipients_per_message and len(ctx.msg.rcpts) >= o.recipients_per_message:
-            reply = Reply("tempfail", 452, "4.5.3", "Too many recipients in this message")
+            reply = Reply(Action.TEMPFAIL, 452, "4.5.3", "Too many recipients in this message")
             ctx.log.warning("limits: recipients_per_message exceeded: recipient %d of at most "
                             "%d, refused with %s", len(ctx.msg.rcpts) + 1,
                             o.recipients_per_message, reply.line())
@@ -296,7 +290,7 @@ class LimitsCheck(Check):
         if taken.allowed:
             return None
         return self._over(ctx, symbol, limit, label, taken,
-                          Reply("tempfail", 451, "4.7.1", f"{text}, try again later"))
+                          Reply(Action.TEMPFAIL, 451, "4.7.1", f"{text}, try again later"))
 
 
 def _limit_text(count, options, limit: str) -> str:

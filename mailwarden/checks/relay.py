@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from ..address import analyze
 from ..options import opt, parse_str
 from ..explain import clean
-from ..model import Reply
+from ..model import Action, Reply, Trust
 from . import Check, CheckOptions
 
 
@@ -41,7 +41,7 @@ class RelayCheck(Check):
     Options = RelayCheckOptions
     symbols = {"RELAY_DENIED": 0.0}
     # authenticated and trusted clients may relay: nothing to decide for them
-    skip_for = frozenset({"authenticated", "trusted"})
+    skip_for = frozenset({Trust.AUTHENTICATED, Trust.TRUSTED})
     fail_closed = True
 
     def on_rcpt(self, ctx):
@@ -60,7 +60,7 @@ class RelayCheck(Check):
         ctx.log.info("relay denied: %s, client %s not authenticated nor trusted",
                      clean(why), clean(ctx.conn.label()))
         return self.result("fail", "RELAY_DENIED", why,
-                           reply=Reply("reject", 554, "5.7.1", self.options.reject_text))
+                           reply=Reply(Action.REJECT, 554, "5.7.1", self.options.reject_text))
 
 
 CHECKS = (RelayCheck,)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..options import opt, parse_size
-from ..model import Reply
+from ..model import Action, Reply
 from . import Check, CheckOptions
 
 
@@ -31,7 +31,7 @@ class SizeCheck(Check):
     symbols = {"SIZE_DECLARED_EXCEEDED": 0.0, "SIZE_EXCEEDED": 0.0}
 
     def _reply(self) -> Reply:
-        return Reply("reject", 552, "5.3.4",
+        return Reply(Action.REJECT, 552, "5.3.4",
                      f"Message size exceeds fixed limit of {self.options.max_size} bytes")
 
     def on_mail(self, ctx):

@@ -40,13 +40,12 @@ INI keys (``[check.spf]``):
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 import spf as pyspf
 
 from ..options import opt, parse_bool, parse_int
-from ..model import Reply
+from ..model import Action, Reply, Trust, unmapped
 from ..orgdomain import is_domain
 from . import Check, CheckOptions
 
@@ -132,7 +131,7 @@ class SpfCheck(Check):
     replayable = True              # pure but for its lookups (see checks/__init__)
     method = "spf"
     Options = SpfOptions
-    skip_for = frozenset({"allowlisted", "authenticated", "trusted"})
+    skip_for = frozenset({Trust.ALLOWLISTED, Trust.AUTHENTICATED, Trust.TRUSTED})
     symbols = {
         "SPF_PASS": 0.0,
         "SPF_FAIL": 3.0,
@@ -152,9 +151,7 @@ class SpfCheck(Check):
 
     def _evaluate(self, ctx, sender: str, helo: str) -> tuple:
         """(result, explanation) of one identity; ``sender`` '' means HELO."""
-        ip = ctx.conn.client_ip
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
+        ip = unmapped(ctx.conn.client_ip)
         query = _Query(ctx.dns, self.options.max_lookups, self.options.max_void_lookups,
                        i=str(ip), s=sender, h=helo,
                        receiver=self.services.hostname or "unknown")
@@ -190,7 +187,7 @@ class SpfCheck(Check):
 
         reply = None
         if result == "fail" and self.options.reject_fail:
-            reply = Reply("reject", 550, "5.7.23", explanation or "SPF fail - not authorized")
+            reply = Reply(Action.REJECT, 550, "5.7.23", explanation or "SPF fail - not authorized")
         props = (("smtp.mailfrom", identity, comment),) if identity else ()
         out.append(self.result(result, "SPF_" + result.upper(),
                                _reason(result, explanation, identity), properties=props,

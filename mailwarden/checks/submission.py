@@ -40,7 +40,7 @@ from typing import Optional
 from ..options import ConfigError, opt, parse_bool, parse_path, parse_str
 from ..explain import clean
 from ..loginmap import LoginMap, LoginMapFile, from_refusal, read_login_map, split_address
-from ..model import Reply
+from ..model import Action, Reply, Trust
 from . import Check, CheckOptions
 
 log = logging.getLogger("mailwarden")
@@ -87,7 +87,7 @@ class SubmissionCheck(Check):
         ctx.log.warning("submission refused for login %s: %s", clean(ctx.conn.auth_user),
                         clean(why))
         return self.result("fail", symbol, why,
-                           reply=Reply("reject", 553, "5.7.1", why))
+                           reply=Reply(Action.REJECT, 553, "5.7.1", why))
 
     def on_mail(self, ctx):
         conn, msg = ctx.conn, ctx.msg
@@ -97,7 +97,7 @@ class SubmissionCheck(Check):
                                 clean(conn.auth_user))
                 return self.result("fail", "SUBMISSION_NO_TLS",
                                    f"login {conn.auth_user} without TLS",
-                                   reply=Reply("reject", 530, "5.7.0",
+                                   reply=Reply(Action.REJECT, 530, "5.7.0",
                                                "Authenticated submission requires TLS"))
             if self._map is None or not msg.mail_from:
                 return None
@@ -108,7 +108,7 @@ class SubmissionCheck(Check):
                                     f"{conn.auth_user}", ctx)
             return None
         local = self.services.config.relay.local
-        if not local or ctx.trust != "other" or not msg.mail_from:
+        if not local or ctx.trust != Trust.OTHER or not msg.mail_from:
             return None
         parts = split_address(msg.mail_from)
         if parts is not None and parts[1] in local:

@@ -65,7 +65,7 @@ from typing import Mapping
 from ..options import opt, parse_bool, parse_int, parse_list, parse_size
 from ..dns import reverse_name
 from ..dnslist import UrlSection, log_blocked, read
-from ..model import Reply
+from ..model import Action, Reply, Trust
 from ..urls import Limits, extract, registered_domain
 from . import Check, CheckOptions
 
@@ -156,7 +156,7 @@ class UriblCheck(Check):
     replayable = True              # pure but for its lookups (see checks/__init__)
     Options = UriblOptions
     Item = UrlSection
-    skip_for = frozenset({"allowlisted", "trusted"})
+    skip_for = frozenset({Trust.ALLOWLISTED, Trust.TRUSTED})
     symbols = {
         "SURBL_PH": 5.5, "SURBL_MW": 5.5, "SURBL_ABUSE": 5.0, "SURBL_CR": 3.0,
         "SURBL_FAIL": 0.0,
@@ -229,7 +229,7 @@ class UriblCheck(Check):
             reason = f"{', '.join(hits)} listed in {dl.zone}"
             reply = None
             if dl.rejects(symbol):
-                reply = Reply("reject", 550, "5.7.1",
+                reply = Reply(Action.REJECT, 550, "5.7.1",
                               f"Message contains a link to {hits[0]}, listed in {dl.zone}")
             results.append(self.result("fail", symbol, reason, reply=reply,
                                        options=tuple(hits)))

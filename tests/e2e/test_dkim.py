@@ -8,7 +8,7 @@ import pytest
 
 from tests import dkimkeys
 
-from .test_authentication import NOT_ALIGNED, STRANGER, assert_scan_agrees, scenario
+from tests.e2e.authscenario import NOT_ALIGNED, STRANGER, assert_scan_agrees, scenario
 
 BANK = "mw-bank.example"
 

@@ -23,8 +23,8 @@ from tests.redisserver import RedisServer, redis_binary
 from tests.harness import (MAILWARDEN_BIN, ROOT, Mailwarden, Postfix, make_message, smtp_send,
                            wait_until)
 
-SCHEMA = xmlschema.XMLSchema(str(ROOT / "tests" / "data" / "dmarc" / "rfc7489.xsd"))
-NS = {"d": "http://dmarc.org/dmarc-xml/0.1"}
+SCHEMA = xmlschema.XMLSchema(str(ROOT / "tests" / "data" / "dmarc" / "rfc9990.xsd"))
+NS = {"d": "urn:ietf:params:xml:ns:dmarc-2.0"}
 SENDER = "a@rep-e2e.example"
 RCPT = "bob@rcpt.example"
 CLIENT = {"ADDR": "198.51.100.7", "NAME": "mail.sender.example", "HELO": "mail.sender.example"}

@@ -9,7 +9,7 @@ record, the forged aligned signature's key) still run on the reserve.
 
 from __future__ import annotations
 
-from tests.unit.test_dns_budget import forged, hostile_zone
+from tests.budgetcase import forged, hostile_zone
 
 from tests.harness import smtp_send
 

@@ -21,8 +21,8 @@ from tests.harness import MAILWARDEN_BIN, ROOT, free_port, make_message, smtp_se
 SENDER = "alice@sender.example"
 RCPT = "bob@rcpt.example"
 CLIENT = {"ADDR": "198.51.100.7", "NAME": "mail.sender.example", "HELO": "mail.sender.example"}
-SCHEMA = xmlschema.XMLSchema(str(ROOT / "tests" / "data" / "dmarc" / "rfc7489.xsd"))
-NS = {"d": "http://dmarc.org/dmarc-xml/0.1"}
+SCHEMA = xmlschema.XMLSchema(str(ROOT / "tests" / "data" / "dmarc" / "rfc9990.xsd"))
+NS = {"d": "urn:ietf:params:xml:ns:dmarc-2.0"}
 
 
 def _page(port: int) -> str:
@@ -120,11 +120,17 @@ def test_dmarc_report_sent_through_postfix(postfix, sink, mailwarden, tmp_path):
 
     for rcpt in ("agg@rep-e2e.example", "agg@reports-e2e.example"):
         def arrived():
-            return [m for m in sink.messages if rcpt in m.rcpts and b"Report Domain:" in m.data]
+            # the sink is shared: this run's report mail, by its file name
+            return [m for m in sink.messages if rcpt in m.rcpts and b"Report Domain:" in m.data
+                    and next(email.message_from_bytes(m.data, policy=email.policy.default)
+                             .iter_attachments()).get_filename() == files[0].name]
         wait_until(lambda: bool(arrived()), 60, f"the report mail to {rcpt}", interval=0.2)
         msg = email.message_from_bytes(arrived()[0].data, policy=email.policy.default)
-        assert re.fullmatch(r"Report Domain: rep-e2e\.example Submitter: mx\.test\.example "
-                            r"Report-ID: <\w+@mx\.test\.example>", msg["Subject"]), msg["Subject"]
+        # RFC 9990: the Report-ID is the file name's unique-id
+        subject = re.fullmatch(r"Report Domain: rep-e2e\.example Submitter: mx\.test\.example "
+                               r"Report-ID: <([0-9a-f]{32})>", msg["Subject"])
+        assert subject, msg["Subject"]
+        assert files[0].name.endswith(f"!{subject.group(1)}.xml.gz"), files[0].name
         part = next(msg.iter_attachments())
         assert part.get_filename() == files[0].name
         xml = gzip.decompress(part.get_content())

@@ -18,7 +18,7 @@ import shutil
 import dkim
 import pytest
 
-from ..unit.test_address import TRICKS
+from tests.hostile import RELAY_TRICKS as TRICKS
 from tests.harness import ROOT, make_message, smtp_send
 
 OUTSIDE = {"ADDR": "198.51.100.71", "NAME": "[UNAVAILABLE]", "HELO": "outside.elsewhere.example"}

@@ -321,7 +321,9 @@ def run_probe(capsys, *, smtp=0, submission=0, imap=0, pop3=0, imaps=0, pop3s=0,
               extra=()):
     argv = ["probe", "127.0.0.1", "--smtp-port", str(smtp), "--submission-port", str(submission),
             "--imap-port", str(imap), "--pop3-port", str(pop3), "--imaps-port", str(imaps),
-            "--pop3s-port", str(pop3s), "--source", SOURCE, "--timeout", "10", "--json", *extra]
+            "--pop3s-port", str(pop3s), "--source", SOURCE, "--timeout", "10", "--json",
+            # the other services have their own tests (test_host_services.py)
+            "--others", "none", *extra]
     code = cli.main(argv)
     out = capsys.readouterr().out
     data = json.loads(out)
@@ -475,7 +477,7 @@ def test_from_the_servers_own_address_dovecot_allows_cleartext(capsys, dovecot_s
     p = dovecot_strict.ports
     code = cli.main(["probe", "127.0.0.1", "--smtp-port", "0", "--submission-port", "0",
                      "--imap-port", str(p["imap"]), "--pop3-port", "0", "--imaps-port", "0",
-                     "--pop3s-port", "0", "--source", "127.0.0.1", "--json"])
+                     "--pop3s-port", "0", "--source", "127.0.0.1", "--others", "none", "--json"])
     data = json.loads(capsys.readouterr().out)
     login = by_subject(data)[f"imap:{p['imap']} cleartext login"]
     assert code == 1
@@ -490,7 +492,7 @@ def test_nothing_answers_is_exit_2(capsys):
     code = cli.main(["probe", "127.0.0.1", "--smtp-port", str(ports[0]),
                      "--submission-port", str(ports[1]), "--imap-port", str(ports[2]),
                      "--pop3-port", str(ports[3]), "--imaps-port", str(ports[4]),
-                     "--pop3s-port", str(ports[5])])
+                     "--pop3s-port", str(ports[5]), "--others", "none"])
     assert code == 2
     assert "nothing answers" in capsys.readouterr().err
 
@@ -498,7 +500,8 @@ def test_nothing_answers_is_exit_2(capsys):
 def test_table_output(capsys, postfix_hardened):
     code = cli.main(["probe", "127.0.0.1", "--smtp-port", str(postfix_hardened.smtp_port),
                      "--submission-port", "0", "--imap-port", "0", "--pop3-port", "0",
-                     "--imaps-port", "0", "--pop3s-port", "0", "--source", SOURCE])
+                     "--imaps-port", "0", "--pop3s-port", "0", "--source", SOURCE,
+                     "--others", "none"])
     out = capsys.readouterr().out
     assert code == 0
     assert out.startswith("probe 127.0.0.1\nAREA")

@@ -6,9 +6,11 @@
 * :class:`Sink`: an in-process SMTP server keeping what Postfix delivers.
 * :class:`Postfix`: a private Postfix instance relaying everything to a sink,
   with the milter lines of ``contrib/postfix/main.cf``.
+* :class:`tests.harness.sendmail.Sendmail`: the same for a private Sendmail,
+  built around the lines of ``contrib/sendmail/mailwarden.mc``.
 * :class:`Mailwarden`: ``mailwarden run`` on a UNIX socket, with a written INI.
-* :func:`smtp_send`: one SMTP transaction (optionally with XCLIENT), every
-  reply recorded.
+* :func:`smtp_send`: one SMTP transaction (optionally with XCLIENT, STARTTLS,
+  AUTH, or from another loopback address), every reply recorded.
 
 Every server listens on 127.0.0.1 on a free port; every process started here
 is stopped by ``stop()`` (all classes are context managers too).  Nothing
@@ -34,6 +36,7 @@ smtpd processes may serve a connection or two with the old settings).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.parser
 import email.policy
@@ -623,6 +626,22 @@ def contrib_milter_settings(milter_socket: str) -> dict:
     return settings
 
 
+def make_certificate(directory: Path, common_name: str) -> None:
+    """A self-signed ``cert.pem`` and its ``key.pem`` (mode 0600) in
+    ``directory``, for an MTA that offers STARTTLS (kept if there)."""
+    if (directory / "cert.pem").exists():
+        return
+    directory.mkdir(exist_ok=True)
+    done = subprocess.run(
+        [shutil.which("openssl") or "/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048",
+         "-nodes", "-days", "2", "-subj", f"/CN={common_name}",
+         "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem")],
+        capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise HarnessError(f"openssl could not make a test certificate: {done.stderr}")
+    os.chmod(directory / "key.pem", 0o600)
+
+
 class Postfix:
     """A private Postfix on 127.0.0.1:``smtp_port`` relaying all mail to a sink.
 
@@ -728,21 +747,7 @@ class Postfix:
         postfix_user = pwd.getpwnam("postfix")
         os.chown(self.data_dir, postfix_user.pw_uid, grp.getgrnam("postfix").gr_gid)
         os.chmod(self.data_dir, 0o700)
-        self._make_certificate()
-
-    def _make_certificate(self) -> None:
-        tls = self.workdir / "tls"
-        if (tls / "cert.pem").exists():
-            return
-        tls.mkdir(exist_ok=True)
-        done = subprocess.run(
-            [shutil.which("openssl") or "/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048",
-             "-nodes", "-days", "2", "-subj", f"/CN={AUTHSERV_ID}",
-             "-keyout", str(tls / "key.pem"), "-out", str(tls / "cert.pem")],
-            capture_output=True, text=True, timeout=60)
-        if done.returncode != 0:
-            raise HarnessError(f"openssl could not make a test certificate: {done.stderr}")
-        os.chmod(tls / "key.pem", 0o600)
+        make_certificate(self.workdir / "tls", AUTHSERV_ID)
 
     def _postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run([_sbin("postfix"), "-c", str(self.config_dir), *args],
@@ -1065,7 +1070,7 @@ class Mailwarden:
 class SmtpResult:
     """How one transaction ended.
 
-    ``stage`` is where it ended: connect, starttls, xclient, helo, mail,
+    ``stage`` is where it ended: connect, starttls, auth, xclient, helo, mail,
     rcpt, data or done; ``code``/``text`` the last reply (the DATA end reply
     when it went through); ``replies`` every ``(command, code, text)``.
     """
@@ -1157,7 +1162,8 @@ def dot_stuff(data: bytes) -> bytes:
 def smtp_send(port: int, *, xclient: Optional[dict] = None, helo: str = "client.test.example",
               mail_from: str, rcpts: Iterable[str], data: bytes,
               esmtp_size: Optional[int] = None, timeout: float = 30,
-              host: str = "127.0.0.1", starttls: bool = False) -> SmtpResult:
+              host: str = "127.0.0.1", starttls: bool = False,
+              source: Optional[str] = None, auth: Optional[tuple] = None) -> SmtpResult:
     """One SMTP transaction; never raises for an SMTP refusal, only returns it.
 
     ``xclient`` (e.g. ``{"ADDR": "198.51.100.7", "NAME": "mail.sender.example",
@@ -1166,11 +1172,16 @@ def smtp_send(port: int, *, xclient: Optional[dict] = None, helo: str = "client.
     certificate is not verified) after the first EHLO, before XCLIENT, so
     the milter sees ``{tls_version}`` and ``{cipher}``; the stage is then
     "starttls" if that fails.  Recipients refused one by one are recorded;
-    DATA follows if at least one was accepted.
+    DATA follows if at least one was accepted.  ``source`` binds the client
+    socket to that local address (e.g. 127.0.0.5): how a client is
+    presented to an MTA without XCLIENT (Sendmail).  ``auth`` is
+    ``(login, password)`` for SMTP AUTH PLAIN after EHLO (and STARTTLS);
+    the stage is then "auth" if it is refused.
     """
     rcpts = list(rcpts)
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=timeout,
+                                        source_address=(source, 0) if source else None)
     except OSError as exc:
         return SmtpResult(0, f"connect failed: {exc}", "connect")
     conv = _Conversation(sock)
@@ -1197,6 +1208,12 @@ def smtp_send(port: int, *, xclient: Optional[dict] = None, helo: str = "client.
                 stage = "helo"
                 code, text = conv.command(f"EHLO {helo}")
                 if code != 250:
+                    return done(code, text, stage)
+            if auth:
+                stage = "auth"
+                token = base64.b64encode(f"\0{auth[0]}\0{auth[1]}".encode("utf-8")).decode()
+                code, text = conv.command(f"AUTH PLAIN {token}")
+                if code != 235:
                     return done(code, text, stage)
             if xclient:
                 stage = "xclient"

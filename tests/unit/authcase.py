@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import authres
+
 from mailwarden.config import loads
 from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.engine import Engine, run_offline
@@ -55,3 +57,11 @@ def props(result):
 
 def ar_header(verdict):
     return dict(verdict.headers_added)["Authentication-Results"]
+
+
+def strict_parse(value: str):
+    """authres's strict parser on the unfolded value."""
+    header = authres.core.AuthenticationResultsHeader(authres.core_features(), strict=True)
+    header._parse_text = value.replace("\n", "")
+    header._parse()
+    return header

@@ -6,26 +6,9 @@ import pytest
 
 from mailwarden.address import DomainSet, analyze, normalize_domain
 
+from tests.hostile import RELAY_TRICKS as TRICKS
+
 LOCAL = DomainSet.of(["outbound.example"])
-
-# every classic relay-test trick, with a non-local final destination
-TRICKS = [
-    "user%other.example@outbound.example",
-    "user@other.example@outbound.example",
-    '"user@other.example"@outbound.example',
-    "@outbound.example:user@other.example",
-    "other.example!user@outbound.example",
-    "user@other.example.",
-    "USER@OTHER.Example",
-    "user@[203.0.113.5]",
-    "user@[IPv6:2001:db8::5]",
-    '"user%other.example"@outbound.example',
-    "@outbound.example,@other.example:user@outbound.example",
-    "user%other.example%outbound.example@outbound.example",
-    "a!other.example!user@outbound.example",
-    "user\\@other.example@outbound.example",
-]
-
 
 def routes_only_local(address: str) -> bool:
     route = analyze(address)

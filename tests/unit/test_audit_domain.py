@@ -7,20 +7,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from mailwarden.audit.domain import audit_domain, configured_keys
+from mailwarden.audit.domain import configured_keys
 from mailwarden.audit.findings import EXIT_ERROR, EXIT_FAIL, EXIT_OK, FAIL, OK, WARN
 from mailwarden.cli import main
-from mailwarden.config import DnsOptions
-from mailwarden.dns import Resolver, ZoneBackend
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-ZONE_FILE = DATA / "zones" / "audit_domains.zone"
-ZONE = ZONE_FILE.read_text(encoding="utf-8")
+from tests.unit.auditcase import DATA, ZONE, ZONE_FILE, audit, find  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -32,24 +27,6 @@ def keys(tmp_path_factory):
             shutil.copy(path, target / path.name)
             os.chmod(target / path.name, 0o600)
     return target
-
-
-def audit(domain, selectors=("s2048",), keys=(), zone=ZONE):
-    backend = ZoneBackend(zone)
-    resolver = Resolver(DnsOptions(), backend=backend)
-    try:
-        report = audit_domain(resolver, domain, selectors, keys)
-    finally:
-        resolver.close()
-    report.backend = backend
-    return report
-
-
-def find(report, area, subject, level=None):
-    found = [f for f in report.findings if f.area == area and f.subject == subject
-             and (level is None or f.level == level)]
-    assert found, f"no {area} finding about {subject}: {report.findings}"
-    return found
 
 
 # -- the well-configured domain --------------------------------------------------

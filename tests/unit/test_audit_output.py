@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from mailwarden.audit.findings import FAIL, WARN, Finding, printable, render
 from mailwarden.cli import main
 from tests.hostile import HOSTILE_TEXTS
-from tests.unit import test_properties  # noqa: F401  (loads the hypothesis profile)
 
 BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 

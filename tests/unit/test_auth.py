@@ -10,7 +10,7 @@ from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.engine import Engine, run_offline
 
 from .foundationcase import BASE, MESSAGE
-from .test_authresults import strict_parse
+from .authcase import strict_parse
 
 ONLY_AUTH = {"auth": registry()["auth"]}
 

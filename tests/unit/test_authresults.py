@@ -79,8 +79,7 @@ from hypothesis import strategies as st  # noqa: E402
 from mailwarden.model import RESULTS  # noqa: E402
 from tests import dkimkeys  # noqa: E402
 from tests.hostile import FORGED_RESULTS, HOSTILE_TEXTS  # noqa: E402
-from tests.unit.authcase import ar_header, message, run  # noqa: E402
-from tests.unit import test_properties  # noqa: E402,F401  (loads the hypothesis profile)
+from tests.unit.authcase import ar_header, message, run, strict_parse  # noqa: E402
 
 # the properties each method writes, as the checks name them
 PROPERTIES = {
@@ -91,14 +90,6 @@ PROPERTIES = {
     "dmarc": ("header.from", "policy.dmarc"),
     "x-local": ("policy.x",),
 }
-
-
-def strict_parse(value: str):
-    """authres's strict parser on the unfolded value."""
-    header = authres.core.AuthenticationResultsHeader(authres.core_features(), strict=True)
-    header._parse_text = value.replace("\n", "")
-    header._parse()
-    return header
 
 
 def _unq(text):

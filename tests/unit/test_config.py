@@ -60,6 +60,8 @@ def test_shipped_config_is_valid_and_matches_defaults():
     ("[authserv]\nid = -mx.example.org\n", 2, "authserv", "id", "not a host name"),
     ("[authserv]\nid = mx.example.org\n[policy]\nstatus_header = X Status\n", 4, "policy",
      "status_header", "not a header field name"),
+    ("[authserv]\nid = mx.example.org\n[dmarc_report]\ndomain = ../mx.example.org\n", 4,
+     "dmarc_report", "domain", "not a host name"),
 ])
 def test_bad_config_is_located(text, line, section, key, words):
     err = error_of(text)

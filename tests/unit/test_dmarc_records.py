@@ -64,11 +64,121 @@ def test_a_recorded_evaluation_reads_back_whole(make):
     first = rows[0]
     assert (first.sp, first.np, first.pct, first.dkim_aligned, first.spf_aligned) == \
         ("quarantine", "reject", 50, True, False)
-    assert first.dkim == (("a.example", "sel", "pass"),)
-    assert first.spf == (("a.example", "mfrom", "fail"),)
-    assert rows[1].spf == (("", "helo", "none"),)
+    assert first.dkim == (("a.example", "sel", "pass", ""),)
+    assert first.spf == (("a.example", "mfrom", "fail", ""),)
+    assert rows[1].spf == (("", "helo", "none", ""),)
     assert first["rua"] == "mailto:d@a.example"
     assert rows[0].id != rows[1].id
+
+
+def test_the_rfc9990_fields_read_back_and_default_when_not_given(make):
+    records = make()
+    records.record(ev(discovery_method="treewalk", testing="y", policy_tag="np",
+                      override="policy_test_mode", override_comment="t=y: quarantine, not reject",
+                      record_error="rua: 1 URI not used",
+                      dkim=(("a.example", "sel", "fail", "body hash did not verify"),),
+                      spf=(("a.example", "mfrom", "softfail", "~all matched"),)))
+    records.record(ev("b.example", received=NOW + 1))
+    new, old = make(report=True).rows(NOW - 10, NOW + 10)
+    assert (new.discovery_method, new.testing, new.policy_tag, new.override,
+            new.override_comment, new.record_error) == \
+        ("treewalk", "y", "np", "policy_test_mode", "t=y: quarantine, not reject",
+         "rua: 1 URI not used")
+    assert new.dkim == (("a.example", "sel", "fail", "body hash did not verify"),)
+    assert new.spf == (("a.example", "mfrom", "softfail", "~all matched"),)
+    assert (old.discovery_method, old.testing, old.policy_tag, old.override_comment,
+            old.record_error) == ("", "", "", "", "")
+
+
+# a history file as the version before RFC 9990 reports wrote it
+_V1_SCHEMA = """
+CREATE TABLE dmarc_message (id INTEGER PRIMARY KEY, received INTEGER NOT NULL,
+    queue_id TEXT NOT NULL, source_ip TEXT NOT NULL, header_from TEXT NOT NULL,
+    envelope_from TEXT NOT NULL, envelope_to TEXT NOT NULL, policy_domain TEXT NOT NULL,
+    p TEXT NOT NULL, sp TEXT, np TEXT, pct INTEGER NOT NULL, adkim TEXT NOT NULL,
+    aspf TEXT NOT NULL, fo TEXT NOT NULL, rua TEXT NOT NULL, result TEXT NOT NULL,
+    dkim_aligned INTEGER NOT NULL, spf_aligned INTEGER NOT NULL, disposition TEXT NOT NULL,
+    override TEXT NOT NULL);
+CREATE TABLE dmarc_dkim (message_id INTEGER NOT NULL, domain TEXT NOT NULL,
+    selector TEXT NOT NULL, result TEXT NOT NULL);
+CREATE TABLE dmarc_spf (message_id INTEGER NOT NULL, domain TEXT NOT NULL,
+    scope TEXT NOT NULL, result TEXT NOT NULL);
+PRAGMA user_version = 1;
+INSERT INTO dmarc_message VALUES (7, 1700000000, 'Q7', '198.51.100.7', 'a.example',
+    'a.example', 'test.example', 'a.example', 'reject', NULL, NULL, 50, 'r', 'r', '0',
+    'mailto:d@a.example', 'fail', 0, 0, 'quarantine', 'sampled_out');
+INSERT INTO dmarc_dkim VALUES (7, 'a.example', 'sel', 'fail');
+INSERT INTO dmarc_spf VALUES (7, 'a.example', 'mfrom', 'fail');
+"""
+
+
+@pytest.mark.parametrize("opener", ["reader", "writer"])
+def test_a_history_file_of_the_previous_version_is_migrated_and_read(tmp_path, opener):
+    import sqlite3
+    path = str(tmp_path / "v1.sqlite")
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_V1_SCHEMA)
+    first = SqliteRecords(path, report=opener == "reader")
+    try:
+        if opener == "writer":
+            first.record(ev(received=NOW + 1, testing="n", policy_tag="p"))
+        reader = SqliteRecords(path, report=True)
+        try:
+            rows = reader.rows(NOW - 10, NOW + 10)
+        finally:
+            reader.close()
+    finally:
+        first.close()
+    old = rows[0]
+    assert (old.id, old.override, old.pct, old.testing, old.policy_tag) == \
+        (7, "sampled_out", 50, "", "")
+    assert old.dkim == (("a.example", "sel", "fail", ""),)
+    if opener == "writer":
+        assert (rows[1].testing, rows[1].policy_tag) == ("n", "p")
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == dmarc_records.SCHEMA_VERSION
+        # a writer of the previous version still inserts (its columns only)
+        conn.execute("INSERT INTO dmarc_message (received, queue_id, source_ip, header_from,"
+                     " envelope_from, envelope_to, policy_domain, p, sp, np, pct, adkim, aspf,"
+                     " fo, rua, result, dkim_aligned, spf_aligned, disposition, override) VALUES"
+                     " (1700000002, 'Q8', '198.51.100.8', 'a.example', '', '', 'a.example',"
+                     " 'none', NULL, NULL, 100, 'r', 'r', '0', '', 'pass', 1, 1, 'none', '')")
+
+
+def test_a_redis_record_of_the_previous_version_reads_with_defaults(redis_server):
+    import json
+    records = RedisRecords(redis_server.url, state=_state("v1:"))
+    try:
+        values = dict(received=NOW, queue_id="Q1", source_ip="198.51.100.7",
+                      header_from="a.example", envelope_from="a.example",
+                      envelope_to="test.example", policy_domain="a.example", p="none",
+                      sp=None, np=None, pct=100, adkim="r", aspf="r", fo="0",
+                      rua="mailto:d@a.example", result="pass", dkim_aligned=True,
+                      spf_aligned=False, disposition="none", override="",
+                      dkim=[["a.example", "sel", "pass"]], spf=[["a.example", "mfrom", "pass"]],
+                      some_future_field="x")
+        client = records._client
+        client.set(records._key("m", 1), json.dumps(values))
+        client.zadd(records._key("received"), {"1": NOW})
+        (row,) = records.rows(NOW, NOW)
+    finally:
+        records.close()
+    assert (row.testing, row.discovery_method, row.policy_tag) == ("", "", "")
+    assert row.dkim == (("a.example", "sel", "pass", ""),)
+
+
+def test_the_end_of_a_domains_last_report_is_kept(make):
+    reader = make(report=True)
+    assert reader.last_report_end(["a.example"]) == {}
+    for rid, end in (("r1", NOW + 10), ("r3", NOW + 30), ("r2", NOW + 20)):
+        reader.save_report({"report_id": rid, "policy_domain": "a.example", "begin": NOW,
+                            "end": end, "file": f"/nowhere/{rid}.xml.gz", "messages": 0,
+                            "gz": b"\x1f\x8b"}, [], [], NOW + 40)
+    reader.save_report({"report_id": "r4", "policy_domain": "b.example", "begin": NOW,
+                        "end": NOW + 5, "file": "/nowhere/r4.xml.gz", "messages": 0,
+                        "gz": b"\x1f\x8b"}, [], [], NOW + 40)
+    assert make(report=True).last_report_end(["a.example", "b.example", "c.example"]) == \
+        {"a.example": NOW + 30, "b.example": NOW + 5}
 
 
 def test_rows_are_those_of_the_period_oldest_first(make):
@@ -85,7 +195,7 @@ def test_what_the_sender_controls_is_bounded(make):
     (row,) = records.rows(NOW, NOW)
     assert len(row.header_from) <= 253 and "\x01" not in row.header_from
     assert len(row.fo) <= 32 and row.rua == "mailto:a@b.example"
-    assert len(row.dkim) == 20 and all(len(s) <= 253 for _d, s, _r in row.dkim)
+    assert len(row.dkim) == 20 and all(len(s) <= 253 for _d, s, _r, _h in row.dkim)
 
 
 def test_a_saved_report_deletes_its_rows_and_queues_its_mails(make):

@@ -1,8 +1,8 @@
-"""DMARC aggregate reports from the dmarc check's history (RFC 7489 §7.2).
+"""DMARC aggregate reports from the dmarc check's history (RFC 9990).
 
 Messages run through the real engine (spf, dkim, dmarc on zone data) so the
 history rows are the ones the milter writes; the XML is validated against
-the Appendix C schema in ``tests/data/dmarc/rfc7489.xsd``.
+the schema of RFC 9990 Appendix A in ``tests/data/dmarc/rfc9990.xsd``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.engine import Engine, run_offline
 
 SCHEMA = xmlschema.XMLSchema(str(Path(__file__).resolve().parents[1] / "data" / "dmarc"
-                                 / "rfc7489.xsd"))
+                                 / "rfc9990.xsd"))
 NS = {"d": NAMESPACE}
 ZONE = """
 rep-a.example. TXT "v=spf1 ip4:198.51.100.0/24 -all"
@@ -90,8 +90,11 @@ def test_one_valid_report_per_asking_domain_with_matching_counts(history, tmp_pa
     SCHEMA.validate(report.xml)
     assert gzip.decompress(report.gz) == report.xml
     assert b"rep-none.example" not in report.xml
-    assert re.fullmatch(rf"mx\.test\.example!rep-a\.example!{report.begin}!{report.end}"
-                        r"!\w+\.xml\.gz", report.filename), report.filename
+    # RFC 9990 "Email": receiver!policy-domain!begin!end!unique-id.xml.gz, the
+    # unique-id (1*(ALPHA / DIGIT)) being the Report-ID itself
+    assert re.fullmatch(r"[0-9a-f]{32}", report.report_id)
+    assert report.filename == (f"mx.test.example!rep-a.example!{report.begin}!{report.end}"
+                               f"!{report.report_id}.xml.gz")
     assert report.end - report.begin == 3600
 
     root = ET.fromstring(report.xml)
@@ -113,10 +116,10 @@ def test_one_valid_report_per_asking_domain_with_matching_counts(history, tmp_pa
               rec.findtext("d:identifiers/d:header_from", namespaces=NS),
               rec.findtext("d:auth_results/d:spf/d:result", namespaces=NS))] += count
     assert seen == Counter({
-        ("198.51.100.7", "none", "pass", "rep-a.example", "pass"): 3,
+        # a DMARC pass under p=quarantine: disposition "pass" (RFC 9990)
+        ("198.51.100.7", "pass", "pass", "rep-a.example", "pass"): 3,
         ("198.51.100.8", "quarantine", "fail", "rep-a.example", "fail"): 2,
-        ("2001:0db8:0000:0000:0000:0000:0000:0005", "none", "fail", "sub.rep-a.example",
-         "fail"): 1,
+        ("2001:db8::5", "none", "fail", "sub.rep-a.example", "fail"): 1,
     })
     assert sum(seen.values()) == report.messages
 
@@ -159,11 +162,12 @@ def test_parse_rua_sizes_and_encoding():
     destinations, refused = check_rua(rua)
     assert destinations == [Destination("a@x.example", 10 << 20), Destination("d@w.example", 5)]
     assert destinations == parse_rua(rua)
-    # "!" is routing syntax (bang paths) and RFC 7489 §6.4's size separator
+    # "!" is routing syntax (bang paths) and the obsolete size separator
+    # (RFC 7489; RFC 9989 keeps it as obs-dmarc-report-size, to be ignored)
     assert dict(refused) == {
         "mailto:b%21c@y.example": "not a plain local part",
-        "mailto:e@v.example!5!6": 'a "!" that is not a size suffix (RFC 7489 §6.4)',
-        "mailto:f@u.example!x": 'a "!" that is not a size suffix (RFC 7489 §6.4)'}
+        "mailto:e@v.example!5!6": 'a "!" that is not a size suffix (RFC 9989)',
+        "mailto:f@u.example!x": 'a "!" that is not a size suffix (RFC 9989)'}
     assert parse_rua("") == []
     # one mail per address, whatever its case; RFC 7489's size fits 64 bits
     assert parse_rua("mailto:a@x.example!1k,mailto:A@x.example") == [
@@ -187,7 +191,7 @@ n = len(list(spool.iterdir()))
     return str(script)
 
 
-def test_send_honours_size_and_external_authorization(history, tmp_path):
+def test_send_ignores_the_obsolete_size_and_checks_external_authorization(history, tmp_path):
     config = loads(f"[authserv]\nid = mx.test.example\n[check.dmarc]\nhistory = "
                    f"{tmp_path / 'dmarc.sqlite'}\n" + REPORTER
                    + f"sender = dmarc-noreply@test.example\nsendmail = {_fake_sendmail(tmp_path)} -oi\n")
@@ -199,10 +203,11 @@ def test_send_honours_size_and_external_authorization(history, tmp_path):
         resolver.close()
     assert outcomes["dmarc@rep-a.example"].startswith("sent")       # same organization
     assert outcomes["agg@reports.example"].startswith("sent")       # authorized by TXT
-    assert "over its !1024 limit" in outcomes["tiny@reports.example"]
+    # !1k: RFC 9989 says reporters ignore the size; the report is larger
+    assert outcomes["tiny@reports.example"].startswith("sent")
     assert "not authorized" in outcomes["x@unauth.example"]
     sent = [json.loads(p.read_text()) for p in sorted((tmp_path / "spool").iterdir())]
-    assert len(sent) == 2
+    assert len(sent) == 3 and all(len(item["data"]) > 1024 for item in sent)
     for item in sent:
         assert item["args"][:4] == ["-oi", "-i", "-f", "dmarc-noreply@test.example"]
         msg = email.message_from_string(item["data"], policy=email.policy.default)
@@ -232,7 +237,8 @@ def test_command_writes_files_and_marks_rows(history, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------
-# where reports may go (RFC 7489 §7.1), and that none is lost
+# where reports may go (RFC 9990, "Verifying External Destinations"), and
+# that none is lost
 
 import functools  # noqa: E402
 import sqlite3  # noqa: E402
@@ -402,7 +408,7 @@ def test_a_failing_destination_stays_pending_and_the_others_are_sent(history, tm
     assert outcomes["dmarc@rep-a.example"].startswith("sent")
     assert _states(config) == {
         "dmarc@rep-a.example": ("sent", 0), "agg@reports.example": ("pending", 1),
-        "tiny@reports.example": ("skipped", 0), "x@unauth.example": ("skipped", 0)}
+        "tiny@reports.example": ("sent", 0), "x@unauth.example": ("skipped", 0)}
 
     second = FakeRunner()
     _deliver(config, second)
@@ -442,7 +448,7 @@ def test_a_dns_failure_on_the_authorization_is_tried_again(history, tmp_path):
     assert _states(config)["agg@reports.example"] == ("pending", 1)
     second = FakeRunner()
     _deliver(config, second)
-    assert second.recipients == [["agg@reports.example"]]
+    assert second.recipients == [["agg@reports.example"], ["tiny@reports.example"]]
 
 
 def test_cap_on_mails_per_destination_domain_leaves_the_rest_for_the_next_run(tmp_path):
@@ -465,11 +471,12 @@ def test_cap_on_mails_per_run(history, tmp_path):
     reports, _ = make_reports(config, since=3600, now=time.time() + 1)
     save(config, reports, str(tmp_path / "out"), queue=True)
     runs = []
-    for _ in range(3):
+    for _ in range(4):
         fake = FakeRunner()
         _deliver(config, fake)
         runs.append(fake.recipients)
-    assert runs == [[["dmarc@rep-a.example"]], [["agg@reports.example"]], []]
+    assert runs == [[["dmarc@rep-a.example"]], [["agg@reports.example"]],
+                    [["tiny@reports.example"]], []]
 
 
 def test_cap_on_reports_per_run_keeps_the_other_domains_for_later(tmp_path):
@@ -585,9 +592,10 @@ def test_reports_sendmail_refused_are_sent_by_the_next_run(history, tmp_path, ca
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "no records to report" in out and "of an earlier run, tried again" in out
-    assert sorted(_spooled(tmp_path)) == ["agg@reports.example", "dmarc@rep-a.example"]
+    assert sorted(_spooled(tmp_path)) == ["agg@reports.example", "dmarc@rep-a.example",
+                                          "tiny@reports.example"]
     assert cli.main(argv) == 0
-    assert len(_spooled(tmp_path)) == 2                       # sent once, not again
+    assert len(_spooled(tmp_path)) == 3                       # sent once, not again
 
 
 # --------------------------------------------------------------------------
@@ -658,3 +666,352 @@ def test_long_dkim_tags_of_a_real_message_are_kept_bounded(tmp_path):
         max(len(d) for d, _s in rows)
     reports, _ = make_reports(config, since=3600, now=time.time() + 1)
     SCHEMA.validate(reports[0].xml)
+
+
+# --------------------------------------------------------------------------
+# the format of RFC 9990, field by field, from rows written as the check
+# writes them (mailwarden.dmarc_records.Evaluation)
+
+from mailwarden.dmarc_records import Evaluation, open_records  # noqa: E402
+
+RFC9990 = "{urn:ietf:params:xml:ns:dmarc-2.0}"
+
+
+def _evaluation(received, **kw):
+    values = dict(received=int(received), queue_id="Q", source_ip="198.51.100.7",
+                  header_from="f.example", envelope_from="f.example",
+                  envelope_to="test.example", policy_domain="f.example", p="reject",
+                  sp=None, np=None, pct=100, adkim="r", aspf="r", fo="0",
+                  rua="mailto:agg@f.example", result="fail", dkim_aligned=False,
+                  spf_aligned=False, disposition="reject", override="",
+                  dkim=(), spf=(("f.example", "mfrom", "fail"),))
+    values.update(kw)
+    return Evaluation(**values)
+
+
+def _report_of(tmp_path, *evaluations, now=None):
+    config = config_for(tmp_path)
+    records = open_records(config.checks["dmarc"].history)
+    try:
+        for evaluation in evaluations:
+            records.record(evaluation)
+    finally:
+        records.close()
+    reports, _ = make_reports(config, since=3600, now=now or time.time() + 1)
+    assert len(reports) == 1
+    SCHEMA.validate(reports[0].xml)
+    return reports[0], ET.fromstring(reports[0].xml)
+
+
+def _names(element) -> list:
+    return [child.tag.replace(RFC9990, "") for child in element]
+
+
+def test_the_report_has_the_rfc9990_namespace_elements_and_order(tmp_path):
+    now = time.time()
+    report, root = _report_of(tmp_path, _evaluation(now, sp="quarantine"))
+    assert root.tag == RFC9990 + "feedback"
+    assert _names(root) == ["version", "report_metadata", "policy_published", "record"]
+    assert root.findtext("d:version", namespaces=NS) == "1.0"
+    meta = root.find("d:report_metadata", NS)
+    assert _names(meta) == ["org_name", "email", "report_id", "date_range", "generator"]
+    assert meta.findtext("d:generator", namespaces=NS).startswith("mailwarden ")
+    # RFC 9989 defaults for what the record did not publish; no pct, rf, ri
+    pub = root.find("d:policy_published", NS)
+    assert {el.tag.replace(RFC9990, ""): el.text for el in pub} == {
+        "domain": "f.example", "p": "reject", "sp": "quarantine", "np": "quarantine",
+        "fo": "0", "adkim": "r", "aspf": "r"}
+    record = root.find("d:record", NS)
+    assert _names(record) == ["row", "identifiers", "auth_results"]
+    assert _names(record.find("d:row", NS)) == ["source_ip", "count", "policy_evaluated"]
+    assert _names(record.find("d:row/d:policy_evaluated", NS)) == ["disposition", "dkim", "spf"]
+    assert _names(record.find("d:auth_results/d:spf", NS)) == ["domain", "scope", "result"]
+
+
+def test_the_fields_the_evaluation_records_reach_the_report(tmp_path):
+    now = time.time()
+    report, root = _report_of(
+        tmp_path,
+        _evaluation(now, header_from="gone.f.example", np="quarantine", discovery_method="treewalk",
+                    testing="y", policy_tag="np", disposition="none", override="policy_test_mode",
+                    override_comment="t=y: none instead of quarantine",
+                    record_error="pct=50 is no longer part of DMARC (RFC 9989)",
+                    dkim=(("f.example", "s1", "fail", "body hash did not verify"),),
+                    spf=(("f.example", "mfrom", "softfail", "matched ~all"),)))
+    pub = root.find("d:policy_published", NS)
+    assert pub.findtext("d:discovery_method", namespaces=NS) == "treewalk"
+    assert pub.findtext("d:testing", namespaces=NS) == "y"
+    assert pub.findtext("d:np", namespaces=NS) == "quarantine"
+    assert root.findtext("d:report_metadata/d:error", namespaces=NS) == \
+        "pct=50 is no longer part of DMARC (RFC 9989)"
+    evaluated = root.find("d:record/d:row/d:policy_evaluated", NS)
+    assert evaluated.findtext("d:disposition", namespaces=NS) == "none"
+    assert [(r.findtext("d:type", namespaces=NS), r.findtext("d:comment", namespaces=NS))
+            for r in evaluated.findall("d:reason", NS)] == \
+        [("policy_test_mode", "t=y: none instead of quarantine")]
+    dkim = root.find("d:record/d:auth_results/d:dkim", NS)
+    assert _names(dkim) == ["domain", "selector", "result", "human_result"]
+    assert dkim.findtext("d:human_result", namespaces=NS) == "body hash did not verify"
+    assert root.findtext("d:record/d:auth_results/d:spf/d:human_result", namespaces=NS) == \
+        "matched ~all"
+
+
+@pytest.mark.parametrize("override, comment, expected", [
+    ("local_policy", "", ("local_policy", None)),
+    ("mailing_list", "list.example", ("mailing_list", "list.example")),
+    ("trusted_forwarder", "", ("trusted_forwarder", None)),
+    ("policy_test_mode", "", ("policy_test_mode", None)),
+    ("other", "", ("other", None)),
+    # RFC 7489 types that RFC 9990 no longer has
+    ("sampled_out", "", ("other", "sampled out by the record's pct (RFC 7489)")),
+    ("forwarded", "", ("other", "forwarded (the RFC 7489 override type)")),
+    ("something_new", "", ("other", "something_new")),
+])
+def test_override_words_map_onto_rfc9990_reason_types(tmp_path, override, comment, expected):
+    _report, root = _report_of(tmp_path, _evaluation(time.time(), disposition="none",
+                                                     override=override,
+                                                     override_comment=comment))
+    reasons = root.findall("d:record/d:row/d:policy_evaluated/d:reason", NS)
+    assert [(r.findtext("d:type", namespaces=NS), r.findtext("d:comment", namespaces=NS))
+            for r in reasons] == [expected]
+    assert set(dmarc_report.OVERRIDE_TYPES) == {
+        "local_policy", "mailing_list", "other", "policy_test_mode", "trusted_forwarder"}
+
+
+def test_a_disposition_other_than_requested_always_has_a_reason(tmp_path):
+    """RFC 9990: if alignment fails and the policy applied is not the one
+    the record asks for, the reason element MUST be there."""
+    now = time.time()
+    _report, root = _report_of(
+        tmp_path,
+        _evaluation(now, disposition="quarantine"),                              # p=reject
+        _evaluation(now, source_ip="198.51.100.8", disposition="none", testing="y"),
+        _evaluation(now, source_ip="198.51.100.9", disposition="reject"),       # as asked
+        _evaluation(now, source_ip="198.51.100.10", header_from="x.f.example", sp="none",
+                    np="reject", disposition="reject"))                        # np, by value
+    got = {rec.findtext("d:row/d:source_ip", namespaces=NS):
+           [r.findtext("d:type", namespaces=NS)
+            for r in rec.findall("d:row/d:policy_evaluated/d:reason", NS)]
+           for rec in root.findall("d:record", NS)}
+    assert got == {"198.51.100.7": ["other"], "198.51.100.8": ["policy_test_mode"],
+                   "198.51.100.9": [], "198.51.100.10": []}
+
+
+def test_disposition_pass_is_for_a_pass_under_an_enforcing_policy(tmp_path):
+    now = time.time()
+    passing = dict(result="pass", dkim_aligned=True, disposition="none")
+    _report, root = _report_of(
+        tmp_path,
+        _evaluation(now, **passing),                                            # p=reject
+        _evaluation(now, source_ip="198.51.100.8", header_from="s.f.example", sp="none",
+                    **passing))                                                 # sp=none
+    got = {rec.findtext("d:row/d:source_ip", namespaces=NS):
+           rec.findtext("d:row/d:policy_evaluated/d:disposition", namespaces=NS)
+           for rec in root.findall("d:record", NS)}
+    assert got == {"198.51.100.7": "pass", "198.51.100.8": "none"}
+
+
+def test_dkim_results_come_aligned_passes_first(tmp_path):
+    sigs = (("other.example", "a", "fail"), ("esp.example", "b", "pass"),
+            ("mail.f.example", "c", "pass"), ("f.example", "d", "fail"), ("f.example", "e", "pass"))
+    _report, root = _report_of(tmp_path, _evaluation(time.time(), dkim=sigs))
+    order = [(d.findtext("d:domain", namespaces=NS), d.findtext("d:selector", namespaces=NS))
+             for d in root.findall("d:record/d:auth_results/d:dkim", NS)]
+    assert order[:3] == [("f.example", "e"), ("mail.f.example", "c"), ("esp.example", "b")]
+    assert sorted(order[3:]) == [("f.example", "d"), ("other.example", "a")]
+
+
+def test_the_null_sender_has_an_empty_envelope_from_and_its_helo_as_mfrom(tmp_path):
+    _report, root = _report_of(tmp_path, _evaluation(
+        time.time(), envelope_from="", spf=(("mail.sender.example", "helo", "pass"),)))
+    ids = root.find("d:record/d:identifiers", NS)
+    assert _names(ids) == ["header_from", "envelope_from", "envelope_to"]
+    assert ids.findtext("d:envelope_from", namespaces=NS) in ("", None)
+    spf = root.find("d:record/d:auth_results/d:spf", NS)
+    assert (spf.findtext("d:domain", namespaces=NS), spf.findtext("d:scope", namespaces=NS)) == \
+        ("mail.sender.example", "mfrom")
+
+
+def test_refused_rua_uris_are_named_in_the_error_element(tmp_path):
+    _report, root = _report_of(tmp_path, _evaluation(
+        time.time(), rua="mailto:agg@f.example,mailto:a%2Cb@f.example"))
+    error = root.findtext("d:report_metadata/d:error", namespaces=NS)
+    assert error == "rua: 1 URI(s) not used: 'mailto:a%2Cb@f.example' (a list of addresses " \
+                    "(','), not one address)"
+
+
+def test_extra_contact_info_comes_from_the_config(tmp_path):
+    config = config_for(tmp_path, "extra_contact_info = https://test.example/dmarc\n")
+    records = open_records(config.checks["dmarc"].history)
+    try:
+        records.record(_evaluation(time.time()))
+    finally:
+        records.close()
+    (report,), _ = make_reports(config, since=3600, now=time.time() + 1)
+    SCHEMA.validate(report.xml)
+    assert ET.fromstring(report.xml).findtext("d:report_metadata/d:extra_contact_info",
+                                              namespaces=NS) == "https://test.example/dmarc"
+
+
+def test_a_domains_next_period_begins_where_its_last_report_ended(tmp_path):
+    config = config_for(tmp_path)
+    now = int(time.time())
+    records = open_records(config.checks["dmarc"].history)
+    try:
+        records.record(_evaluation(now - 1000))
+    finally:
+        records.close()
+    first, _ = make_reports(config, since=3600, now=now - 900)
+    save(config, first, str(tmp_path / "out"))
+    records = open_records(config.checks["dmarc"].history)
+    try:
+        records.record(_evaluation(now - 100))
+    finally:
+        records.close()
+    second, _ = make_reports(config, since=3600, now=now)
+    assert (second[0].begin, second[0].end) == (first[0].end, now)
+    assert second[0].filename.startswith(f"mx.test.example!f.example!{first[0].end}!{now}!")
+    # a period never starts after the rows it holds (a late row, an early end)
+    records = open_records(config.checks["dmarc"].history)
+    try:
+        records.record(_evaluation(now - 50))
+    finally:
+        records.close()
+    save(config, second, str(tmp_path / "out"))
+    third, _ = make_reports(config, since=3600, now=now - 10)
+    assert third[0].begin <= now - 50 and third[0].end == now - 10
+
+
+_SUBJECT = re.compile(   # RFC 9990 "Email": dmarc-subject, FWS unfolded to one space
+    r"Report Domain: (?P<domain>[A-Za-z0-9.-]+) Submitter: (?P<submitter>[A-Za-z0-9.-]+)"
+    r"( Report-ID: <?(?P<rid>[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+(@[A-Za-z0-9.-]+)?)>?)?")
+
+
+def test_the_report_mail_follows_rfc9990(history, tmp_path):
+    config = loads(f"[authserv]\nid = mx.test.example\n[check.dmarc]\nhistory = "
+                   f"{tmp_path / 'dmarc.sqlite'}\n" + REPORTER
+                   + f"sender = dmarc-noreply@test.example\nsendmail = {_fake_sendmail(tmp_path)}\n")
+    (report,), _ = make_reports(config, since=3600, now=time.time() + 1)
+    resolver = Resolver(config.dns, backend=ZoneBackend(ZONE))
+    try:
+        send(config, report, resolver)
+    finally:
+        resolver.close()
+    item = json.loads(sorted((tmp_path / "spool").iterdir())[0].read_text())
+    msg = email.message_from_string(item["data"], policy=email.policy.default)
+    m = _SUBJECT.fullmatch(" ".join(str(msg["Subject"]).split()))
+    assert m and (m["domain"], m["submitter"], m["rid"]) == \
+        ("rep-a.example", "mx.test.example", report.report_id)
+    assert msg["Message-ID"] == f"<{report.report_id}@mx.test.example>"
+    assert msg.get_content_type() == "multipart/mixed"
+    text, attachment = list(msg.iter_parts())
+    assert text.get_content_type() == "text/plain"
+    assert attachment.get_content_type() == "application/gzip"
+    assert attachment.get_filename() == report.filename
+    assert gzip.decompress(attachment.get_content()) == report.xml
+
+
+# external destinations: RFC 9990, "Verifying External Destinations"
+
+VERIFY_ZONE = """
+f.example._report._dmarc.plain.example. TXT "v=DMARC1"
+f.example._report._dmarc.redirect.example. TXT "v=DMARC1; rua=mailto:inbox@redirect.example,mailto:copy@redirect.example"
+f.example._report._dmarc.elsewhere.example. TXT "v=DMARC1; rua=mailto:inbox@elsewhere.example,mailto:victim@victim.example"
+f.example._report._dmarc.notfirst.example. TXT "p=none; v=DMARC1"
+f.example._report._dmarc.garbage.example. TXT "v=DMARC1; this is no tag list"
+f.example._report._dmarc.lower.example. TXT "v=dmarc1"
+f.example._report._dmarc.two.example. TXT "spf1 whatever"
+f.example._report._dmarc.two.example. TXT "v=DMARC1;"
+"""
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("agg@f.example", (True, None)),                          # same organizational domain
+    ("agg@reports.f.example", (True, None)),
+    ("agg@plain.example", (True, None)),
+    ("agg@two.example", (True, None)),                        # one record of two passes
+    ("agg@redirect.example", (True, ("inbox@redirect.example", "copy@redirect.example"))),
+    ("agg@elsewhere.example", (False, None)),                 # override names another host
+    ("agg@notfirst.example", (False, None)),                  # v=DMARC1 MUST come first
+    ("agg@garbage.example", (False, None)),
+    ("agg@lower.example", (False, None)),
+    ("agg@nothing.example", (False, None)),
+])
+def test_external_destination_verification(address, expected):
+    resolver = Resolver(SEND_CONFIG.dns, backend=ZoneBackend(VERIFY_ZONE))
+    try:
+        verdict = dmarc_report.verify(resolver, "f.example", Destination(address))
+    finally:
+        resolver.close()
+    instead = None if verdict.instead is None else tuple(d.address for d in verdict.instead)
+    assert (verdict.ok, instead) == expected, verdict.why
+
+
+def test_a_name_over_the_dns_limits_is_not_authorized():
+    resolver = Resolver(SEND_CONFIG.dns, backend=ZoneBackend(VERIFY_ZONE))
+    try:
+        verdict = dmarc_report.verify(resolver, ("a" * 60 + ".") * 3 + "example",
+                                      Destination("agg@" + "b" * 50 + ".plain.example"))
+    finally:
+        resolver.close()
+    assert not verdict.ok and "too long" in verdict.why
+
+
+def test_the_override_rua_gets_the_report_and_the_original_does_not():
+    fake = FakeRun()
+    report = _report("f.example", "mailto:agg@redirect.example,mailto:agg@elsewhere.example")
+    resolver = Resolver(SEND_CONFIG.dns, backend=ZoneBackend(VERIFY_ZONE))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(dmarc_report.subprocess, "run", fake)
+            outcomes = dict(send(SEND_CONFIG, report, resolver))
+    finally:
+        resolver.close()
+    assert fake.recipients == [["inbox@redirect.example"], ["copy@redirect.example"]]
+    assert outcomes["agg@redirect.example"].startswith("sent: to the rua of its _report._dmarc")
+    assert outcomes["agg@elsewhere.example"].startswith("skipped: the rua of")
+
+
+def test_the_attachment_name_is_one_plain_parameter(history, tmp_path):
+    """About 100 characters: not cut into RFC 2231 pieces with "!" %-encoded."""
+    (report,), _ = make_reports(history, since=3600, now=time.time() + 1)
+    data = dmarc_report.report_message(history.dmarc_report, report,
+                                       Destination("agg@rep-a.example"))
+    assert f'filename="{report.filename}"'.encode() in data
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+
+
+_WORD = st.one_of(st.sampled_from(["", "y", "n", "p", "sp", "np", "psl", "treewalk", "pass",
+                                   "none", "quarantine", "reject", "local_policy",
+                                   "sampled_out", "policy_test_mode"]),
+                  st.text(max_size=12))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(st.fixed_dictionaries({
+    "p": _WORD, "sp": _WORD, "np": _WORD, "adkim": _WORD, "aspf": _WORD, "result": _WORD,
+    "disposition": _WORD, "override": _WORD, "override_comment": _WORD, "testing": _WORD,
+    "discovery_method": _WORD, "policy_tag": _WORD, "record_error": _WORD, "fo": _WORD}),
+    st.lists(st.tuples(_WORD, _WORD, _WORD, _WORD), max_size=4),
+    st.lists(st.tuples(_WORD, _WORD, _WORD, _WORD), max_size=2))
+def test_whatever_a_row_holds_the_report_is_valid(tmp_path_factory, fields, dkim, spf):
+    path = tmp_path_factory.mktemp("any")
+    report, root = _report_of(path, _evaluation(time.time(), dkim=tuple(dkim), spf=tuple(spf),
+                                                **fields))
+    assert report.messages == 1
+
+
+@pytest.mark.parametrize("text, tags", [
+    ("v=DMARC1", {"v": "DMARC1"}),
+    ("v=DMARC1;", {"v": "DMARC1"}),
+    ("V=DMARC1", {"v": "DMARC1"}),                 # as orgdomain.is_dmarc_record reads it
+    ("v = DMARC1 ; rua=mailto:a@b.example", {"v": "DMARC1", "rua": "mailto:a@b.example"}),
+    ("v=DMARC1; rua=mailto:a@b.example; rua=mailto:c@b.example", None),   # which rua?
+    ("p=none; v=DMARC1", None),
+    ("v=DMARC2", None),
+    ("v=DMARC1; junk", None),
+    ("", None),
+])
+def test_the_authorizing_record_is_a_dmarc_tag_list(text, tags):
+    assert dmarc_report.dmarc_tags(text) == tags

@@ -19,7 +19,6 @@ from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.engine import Engine
 from mailwarden.orgdomain import WALK_LIMIT, dmarc_tags, tree_walk, walk_names
 from tests import dkimkeys
-from tests.unit import test_properties  # noqa: F401  (loads the hypothesis profile)
 from tests.unit.authcase import BASE, RELAY, STRANGER, ZONE, ar_header, message, of, props, run
 
 

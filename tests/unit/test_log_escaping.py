@@ -17,7 +17,6 @@ from mailwarden.config import loads
 from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.engine import Engine, run_offline
 from tests.hostile import HOSTILE_TEXTS
-from tests.unit import test_properties  # noqa: F401  (loads the hypothesis profile)
 
 CONF = """[authserv]
 id = mx.test.example
@@ -35,9 +34,11 @@ sender_login_map = {path}
 require_tls_for_auth = {tls}
 """
 MESSAGE = b"From: a@outbound.example\r\nSubject: x\r\n\r\nbody\r\n"
-CONTROL = re.compile(r"[\x00-\x1f\x7f\udc80-\udcff]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+                     r"\u2028\u2029\udc80-\udcff]")
 TEXT = st.one_of(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40),
-                 st.text(alphabet="\r\n\t\x00\x1b\x7f\"\\ @<>a", max_size=40),
+                 st.text(alphabet="\r\n\t\x00\x1b\x7f\x85\x9b\u202e\u2066\u2028\"\\ @<>a\u00e9",
+                         max_size=40),
                  st.sampled_from(HOSTILE_TEXTS))
 
 
@@ -118,3 +119,17 @@ def test_no_control_character_reaches_a_log_record(tmp_path_factory, sender, log
         engine.close()
     for line in lines:
         assert not CONTROL.search(line), line
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60))
+def test_clean_leaves_no_control_bidi_or_line_separator(text):
+    from mailwarden.explain import clean
+    out = clean(text)
+    assert not CONTROL.search(out), out
+    # letters pass as they are: an IDN or a name in another script stays readable
+    assert all(ch in out for ch in text if ch.isalpha() and ord(ch) < 0x2000)
+
+
+def test_clean_names_what_it_escaped():
+    from mailwarden.explain import clean
+    assert clean("a\u202eb\x9bc\u00e9\\d\x01") == "a\\u202eb\\u009bc\u00e9\\\\d\\x01"

@@ -159,3 +159,39 @@ def test_the_message_buffer_is_the_message_bytes(size):
         msg.body.write(payload[start:start + 65000])
     assert bytes(msg.as_buffer()) == msg.as_bytes()
     msg.close()
+
+
+# -- the words: actions and trust classes ------------------------------------
+
+def test_a_word_is_its_text_everywhere_it_is_used():
+    import json
+    from mailwarden.model import Action, Trust
+    for word in (*Action, *Trust):
+        text = word.value
+        assert word == text and text == word
+        assert hash(word) == hash(text)
+        assert text in {word} and word in {text} and word in frozenset({text})
+        assert {text: 1}[word] == 1 and {word: 1}[text] == 1
+        assert str(word) == text and f"{word}" == text and "%s" % word == text
+        assert json.dumps(word) == json.dumps(text)
+    assert Action("reject") is Action.REJECT and Trust("other") is Trust.OTHER
+
+
+def test_no_module_spells_an_action_or_trust_word_where_the_enums_belong():
+    """Replies, skip_for sets and trust comparisons use the enums, not
+    strings repeated across the checks."""
+    import ast
+    from pathlib import Path
+    package = Path(__file__).resolve().parents[2] / "mailwarden"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "Reply"
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                found.append(f"{path.name}:{node.lineno} Reply({node.args[0].value!r})")
+            if (isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "skip_for"
+                                                      for t in node.targets)):
+                found += [f"{path.name}:{node.lineno} skip_for {c.value!r}"
+                          for c in ast.walk(node.value) if isinstance(c, ast.Constant)]
+    assert not found, found

@@ -23,8 +23,8 @@ from mailwarden.dmarc_report import Destination, authorized
 from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.orgdomain import organizational, public_suffix, registered_domain
 from tests import dkimkeys
-from tests.unit.test_audit_domain import ZONE as AUDIT_ZONE
-from tests.unit.test_audit_domain import audit, find
+from tests.unit.auditcase import ZONE as AUDIT_ZONE
+from tests.unit.auditcase import audit, find
 from tests.unit.authcase import RELAY, STRANGER, message, of, run
 
 PACKAGE = Path(__file__).resolve().parents[2] / "mailwarden"

@@ -12,7 +12,6 @@ from mailwarden.config import loads
 from mailwarden.model import Result, Stage
 from mailwarden.policy import Policy
 from tests.hostile import HOSTILE_TEXTS
-from tests.unit import test_properties  # noqa: F401  (loads the hypothesis profile)
 
 OPTION = st.one_of(st.text(max_size=30), st.sampled_from(HOSTILE_TEXTS))
 

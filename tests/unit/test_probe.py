@@ -159,6 +159,7 @@ class ScriptedSmtp:
 
 
 def smtp_only(port, **kwargs) -> probe.ProbeOptions:
+    kwargs.setdefault("others", ())
     return probe.ProbeOptions("127.0.0.1", smtp_port=port, submission_port=0, imap_port=0,
                               pop3_port=0, imaps_port=0, pop3s_port=0, timeout=5, **kwargs)
 
@@ -253,7 +254,7 @@ def test_mail_from_refused(area_port, level):
         else:
             options = probe.ProbeOptions("127.0.0.1", smtp_port=0, submission_port=server.port,
                                          imap_port=0, pop3_port=0, imaps_port=0, pop3s_port=0,
-                                         timeout=5)
+                                         timeout=5, others=())
         findings, errors = probe.Probe(options).run()
     finally:
         server.stop()

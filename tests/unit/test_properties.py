@@ -20,7 +20,7 @@ import os
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailwarden import authresults
@@ -32,13 +32,6 @@ from mailwarden.mime import split_message
 from mailwarden.model import Result
 from mailwarden.urls import Limits, extract, registered_domain
 
-settings.register_profile("ci", max_examples=150, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow,
-                                                 HealthCheck.function_scoped_fixture])
-settings.register_profile("dev", max_examples=5000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow,
-                                                 HealthCheck.function_scoped_fixture])
-settings.load_profile(os.environ.get("MAILWARDEN_HYPOTHESIS", "ci"))
 
 LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 DOMAIN = st.builds(lambda labels, tld: ".".join(labels + [tld]),

@@ -7,7 +7,7 @@ from mailwarden.config import ConfigError, loads
 from mailwarden.model import Stage
 
 from .outboundcase import BASE, make_message, of, run  # noqa: F401
-from .test_address import TRICKS
+from tests.hostile import RELAY_TRICKS as TRICKS
 
 
 # -- relay -------------------------------------------------------------------

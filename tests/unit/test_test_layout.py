@@ -127,3 +127,20 @@ def test_the_auth_tests_share_authcase_not_a_test_module():
         imported = _imports(TESTS / "unit" / name)
         assert "tests.unit.authcase" in imported, name
         assert not any(m.startswith("tests.unit.test_checks_auth") for m in imported), name
+
+
+def test_no_test_module_imports_another_test_module():
+    """What several test modules share lives in a helper module
+    (``authcase``, ``auditcase``, ``budgetcase``, ``hostile``,
+    ``codecsteps``, ``tests/e2e/authscenario``) or a ``conftest.py``, never
+    in a ``test_*`` module that others import (which would collect its
+    tests twice over and tie the files together)."""
+    offenders = {}
+    for path in _sources():
+        own = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        bad = sorted(m for m in _imports(path)
+                     if m != own and any(part.startswith("test_") for part in m.split(".")[:3])
+                     and m.startswith("tests."))
+        if bad:
+            offenders[str(path.relative_to(ROOT))] = bad
+    assert offenders == {}

@@ -223,7 +223,7 @@ def test_hostile_content_costs_bounded_work_with_uribl_on(name):
     import tracemalloc
 
     from tests.hostile import corpus
-    from tests.unit.test_urls import _codec_steps
+    from tests.unit.codecsteps import codec_steps
 
     item = {i.name: i for i in corpus(big=False)}[name]
     config = loads(BASE.format(extra="", sections=""))
@@ -241,7 +241,7 @@ def test_hostile_content_costs_bounded_work_with_uribl_on(name):
     try:
         tracemalloc.start()
         try:
-            steps = _codec_steps(run)
+            steps = codec_steps(run)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

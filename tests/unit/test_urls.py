@@ -211,36 +211,7 @@ def test_random_bytes_never_raise():
 # --------------------------------------------------------------------------
 # bounded work in content parsing: charsets and multipart delimiters
 
-class _OverBudget(BaseException):
-    """Raised by the tracer: not an Exception, so no ``except`` in the code
-    under test can swallow it."""
-
-
-def _codec_steps(fn, budget: int = 20000) -> int:
-    """Python lines run inside the ``encodings`` package while ``fn`` runs:
-    the work a pure-Python codec does (C codecs run none).  Stops ``fn``
-    when ``budget`` is spent, so a runaway codec fails the test at once."""
-    import sys
-    steps = 0
-
-    def local(frame, event, arg):
-        nonlocal steps
-        if event == "line":
-            steps += 1
-            if steps > budget:
-                raise _OverBudget(f"over {budget} codec steps")
-        return local
-
-    def calls(frame, event, arg):
-        return local if "/encodings/" in frame.f_code.co_filename.replace("\\", "/") else None
-
-    old = sys.gettrace()
-    sys.settrace(calls)
-    try:
-        fn()
-    finally:
-        sys.settrace(old)
-    return steps
+from tests.unit.codecsteps import OverBudget, codec_steps  # noqa: E402
 
 
 def _python_codec_names() -> list:
@@ -270,7 +241,7 @@ def test_no_charset_name_makes_python_code_decode_the_part(name):
     body = b"-" + b"9" * 4000 + b" http://cs.example.org/ \xe9\x00+AGEA-"
     message = _message(body, ctype)
     found = []
-    steps = _codec_steps(lambda: found.append(extract(message)))
+    steps = codec_steps(lambda: found.append(extract(message)))
     assert steps <= 10, f"{name}: {steps} Python steps in the codec"
     assert found[0].parts == 1
 
@@ -282,7 +253,7 @@ def test_punycode_part_of_320k_is_never_given_to_the_punycode_codec(monkeypatch)
 
     def refuse(text, errors):
         called.append(len(text))
-        raise _OverBudget("the punycode codec was called")
+        raise OverBudget("the punycode codec was called")
 
     monkeypatch.setattr(encodings.punycode, "punycode_decode", refuse)
     found = extract(_message(b"-" + b"9" * (320 << 10) + b" http://after.example.org/",
