@@ -81,8 +81,11 @@ policy; :meth:`History.record` gets them as ``facts=``):
 (``p``, ``sp``, ``np``), ``requested``, ``testing`` (``t=y`` applied),
 ``policy`` (after ``t``), ``transition`` (how ``pct`` was taken, '' when
 absent), ``historic`` (``pct``, ``rf``, ``ri`` present), ``walk`` (the
-names asked).  The record itself (:class:`Record`) carries ``psd``, ``t``,
-``pct``, ``historic``, ``transition`` and ``assumed_none``.  A message
+names asked).  The record itself (:class:`Record`) carries ``psd``, ``t``
+(as applied), ``t_tag`` (as published), ``pct``, ``historic``,
+``transition`` and ``assumed_none``.  The history rows get the facts their
+schema has: ``discovery_method``, ``policy_tag``, ``testing`` (``t=`` as
+published) and, for ``policy_test_mode``, the transition as its comment.  A message
 whose failure is softened by ``t=y`` is recorded with the override
 ``policy_test_mode`` (RFC 9990's reason); nothing is ``sampled_out`` any
 more.
@@ -183,6 +186,7 @@ class Record:
     ruf: str = ""
     psd: str = "u"
     t: str = "n"
+    t_tag: str = ""               # t= as published (y or n), '' when absent or invalid
     historic: tuple = ()
     transition: str = ""
     assumed_none: str = ""
@@ -256,7 +260,8 @@ def parse_record(domain: str, text: str) -> Optional[Record]:
                   aspf=aspf if aspf in ("r", "s") else "r",
                   fo=tags.get("fo", "0"), rua=rua, ruf=tags.get("ruf", ""),
                   psd=psd if psd in ("y", "n", "u") else "u",
-                  t="y" if t == "y" else "n", historic=historic,
+                  t="y" if t == "y" else "n", t_tag=tags.get("t", "").lower()
+                  if tags.get("t", "").lower() in ("y", "n") else "", historic=historic,
                   transition=transition, assumed_none=assumed)
 
 
@@ -625,8 +630,11 @@ class History:
     def record(self, ctx, domain, record: Record, result, disposition, override,
                spf_aligned, dkim_aligned, spf_identities, dkim_identities,
                facts: Optional[Facts] = None) -> None:
-        """``facts``: RFC 9989's facts of the evaluation (see :class:`Facts`),
-        for the records once their schema holds them."""
+        """``facts``: RFC 9989's facts of the evaluation (see :class:`Facts`).
+        The records take ``discovery_method``, ``policy_tag``, the record's
+        ``t=`` as published (``testing``) and, when ``t=y`` softened the
+        policy because of ``pct=0``, that transition as the override's
+        comment; the other facts are not in their schema."""
         msg = ctx.msg
         sender = msg.mail_from
         rcpt = msg.rcpts[0] if msg.rcpts else ""
@@ -641,7 +649,11 @@ class History:
             dkim_aligned=bool(dkim_aligned), spf_aligned=bool(spf_aligned),
             disposition=disposition, override=override,
             dkim=tuple((d, s, r) for d, s, r in dkim_identities),
-            spf=tuple((d, scope, r) for d, r in spf_identities))
+            spf=tuple((d, scope, r) for d, r in spf_identities),
+            discovery_method=facts.discovery_method if facts else "",
+            testing=record.t_tag or "n", policy_tag=facts.policy_tag if facts else "",
+            override_comment=(facts.transition if facts and override == "policy_test_mode"
+                              else ""))
         try:
             self.records.record(evaluation)
         except RecordsError as exc:

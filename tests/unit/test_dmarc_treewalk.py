@@ -455,3 +455,29 @@ def test_an_unrelated_identifier_costs_no_walk():
         engine.close()
     asked = {n for n, t in backend.asked if n.startswith("_dmarc.")}
     assert asked == {"_dmarc.mw-walk.example", "_dmarc.example"}, asked
+
+
+def test_history_rows_carry_the_rfc_9989_facts_the_schema_has(tmp_path):
+    import sqlite3
+    db = tmp_path / "dmarc.sqlite"
+    cfg = loads(BASE + f"[check.dmarc]\nhistory = {db}\n")
+    engine = Engine(cfg, resolver=Resolver(cfg.dns, backend=ZoneBackend(ZONE)),
+                    hostname="mx.test.example")
+    try:
+        for author in ("ghost.mw-psd.example", "mw-pct.example", "mw-test.example"):
+            run(engine=engine, ip=STRANGER, mail_from=NOT_ALIGNED, msg=message(f"a@{author}"))
+    finally:
+        engine.close()
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    rows = conn.execute("SELECT * FROM dmarc_message ORDER BY id").fetchall()
+    conn.close()
+    got = [(r["header_from"], r["policy_domain"], r["discovery_method"], r["policy_tag"],
+            r["testing"], r["disposition"], r["override"], r["override_comment"]) for r in rows]
+    assert got == [
+        ("ghost.mw-psd.example", "mw-psd.example", "treewalk", "np", "n", "reject", "", ""),
+        ("mw-pct.example", "mw-pct.example", "treewalk", "p", "n", "quarantine",
+         "policy_test_mode", "pct=0 taken as t=y"),
+        ("mw-test.example", "mw-test.example", "treewalk", "p", "y", "quarantine",
+         "policy_test_mode", ""),
+    ]
