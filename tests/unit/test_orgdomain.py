@@ -287,7 +287,7 @@ _AUDIT_EXTRA = """
 sub.victim.eu.org.          MX    10 mx.victim.eu.org.
 mx.victim.eu.org.           A     192.0.2.25
 _dmarc.victim.eu.org.       TXT   "v=DMARC1; p=reject"
-_dmarc.eu.org.              TXT   "v=DMARC1; p=none"
+_dmarc.eu.org.              TXT   "v=DMARC1; p=none; psd=y"
 sub.corp.internal.          MX    10 mx.corp.internal.
 mx.corp.internal.           A     192.0.2.26
 _dmarc.corp.internal.       TXT   "v=DMARC1; p=quarantine"
@@ -298,7 +298,10 @@ def test_audit_of_a_tenants_subdomain_reads_the_tenants_record():
     report = audit("sub.victim.eu.org", selectors=(), zone=AUDIT_ZONE + _AUDIT_EXTRA)
     find(report, "dmarc", "_dmarc.victim.eu.org", "ok")
     assert find(report, "dmarc", "p")[0].value == "reject"
-    assert ("_dmarc.eu.org", "TXT") not in report.backend.queries
+    # RFC 9989: the tree walk reads _dmarc.eu.org, whose psd=y stops it and
+    # leaves victim.eu.org, one label below, as the organizational domain
+    assert ("_dmarc.eu.org", "TXT") in report.backend.queries
+    assert find(report, "dmarc", "organizational domain")[0].value == "victim.eu.org"
 
 
 def test_audit_under_an_unknown_tld_takes_the_default_rule():
