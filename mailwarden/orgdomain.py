@@ -42,12 +42,12 @@ organizational domain is not ('').
 
 The Public Suffix List
 ----------------------
-The dmarc check and ``audit`` no longer use it (RFC 9989 replaced it by
-the tree walk).  It remains for the URL and domain block lists
-(:func:`registered_domain`), and for now in ``dmarc-report``'s external
-destination check; RFC 9990 §3 compares RFC 9989's organizational
-domains there, so that check is to move to :func:`tree_walk` too (it has
-a resolver), as ``audit``'s already has.
+The dmarc check, ``audit`` and ``dmarc-report``'s external destination
+check no longer use it (RFC 9989 replaced it by the tree walk; RFC 9990
+compares tree-walk organizational domains).  It remains for the URL and
+domain block lists (:func:`registered_domain`), and for the order in
+which an aggregate report lists DKIM results (a presentation choice that
+asks no DNS).
 
 The list is tldextract's bundled snapshot, read once on first use and never
 fetched (``suffix_list_urls=()``, ``cache_dir=None``).  Both sections of the

@@ -267,14 +267,18 @@ def test_tenants_of_github_io_do_not_align():
 # -- dmarc-report: another tenant is an external destination ------------------------
 
 def test_report_to_another_tenant_of_a_private_suffix_needs_its_authorization():
-    zone = ('victim.eu.org._report._dmarc.reports.eu.org. TXT "v=DMARC1"\n')
+    # eu.org says psd=y; victim.eu.org publishes its own record, so the tree
+    # walk makes it an organization (RFC 9990 compares tree-walk ones)
+    zone = ('_dmarc.eu.org. TXT "v=DMARC1; p=none; psd=y"\n'
+            '_dmarc.victim.eu.org. TXT "v=DMARC1; p=reject"\n'
+            'victim.eu.org._report._dmarc.reports.eu.org. TXT "v=DMARC1"\n')
     resolver = Resolver(DnsOptions(), backend=ZoneBackend(zone))
     try:
         ok, why = authorized(resolver, "victim.eu.org", Destination("r@attacker.eu.org"))
         assert not ok and "victim.eu.org._report._dmarc.attacker.eu.org" in why
         assert authorized(resolver, "victim.eu.org", Destination("r@reports.eu.org")) == \
             (True, "")
-        # same organization: no lookup needed
+        # same organization: no _report._dmarc record needed
         assert authorized(resolver, "mail.victim.eu.org",
                           Destination("dmarc@victim.eu.org")) == (True, "")
     finally:
