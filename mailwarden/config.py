@@ -34,7 +34,7 @@ from .orgdomain import is_domain
 from .options import (ConfigError, Networks, ValueProblem, opt, parse_bool, parse_choice,
                       parse_domains, parse_float, parse_int, parse_list, parse_mode,
                       parse_networks, parse_path, parse_listen, parse_redis_url,
-                      parse_seconds, parse_size, parse_socket, parse_str, read_domain_file,
+                      parse_seconds, parse_size, parse_socket, parse_str, domains_and_file,
                       read_text_file)
 
 # ConfigError is what load() raises; option parsers: mailwarden.options
@@ -143,16 +143,8 @@ class RelayOptions:
     local: DomainSet = field(default=DomainSet())
 
     def resolve(self, error):
-        names = self.local_domains
-        if self.local_domains_file:
-            try:
-                names = names + read_domain_file(self.local_domains_file)
-            except ConfigError as exc:
-                if exc.line is None:             # unreadable: point at our key
-                    raise error("local_domains_file",
-                                exc.message + f": {self.local_domains_file}") from None
-                raise
-        return dataclasses.replace(self, local=DomainSet.of(names))
+        return dataclasses.replace(self, local=domains_and_file(
+            self.local_domains, self.local_domains_file, "local_domains_file", error))
 
 
 @dataclass(frozen=True)

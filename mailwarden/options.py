@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .address import AddressProblem, normalize_domain
+from .address import AddressProblem, DomainSet, normalize_domain
 from .model import unmapped
 
 __all__ = [
@@ -242,6 +242,29 @@ def read_list_file(path: str, parse_item: Callable[[str], Any]) -> tuple:
 def read_domain_file(path: str) -> tuple:
     """One domain per line (see :func:`read_list_file`)."""
     return read_list_file(path, _domain)
+
+
+def domains_and_file(names: tuple, path: str, key: str, error) -> DomainSet:
+    """The domains of a list key and of its ``*_file`` key (``key``, whose
+    value is ``path``) as one :class:`DomainSet`, for an options class's
+    ``resolve``.  A file that cannot be read is reported at ``key``; a bad
+    line in it at ``path:line``."""
+    if path:
+        try:
+            names = tuple(names) + read_domain_file(path)
+        except ConfigError as exc:
+            if exc.line is None:             # unreadable: point at our key
+                raise error(key, exc.message + f": {path}") from None
+            raise
+    return DomainSet.of(names)
+
+
+def parse_cpu_budget(text: str) -> float:
+    """Seconds of CPU a check may spend on one message; more than 0."""
+    seconds = parse_seconds(text)
+    if seconds <= 0:
+        raise ValueProblem("a CPU budget must be more than 0 (nothing would be checked)")
+    return seconds
 
 
 def parse_network(text: str):

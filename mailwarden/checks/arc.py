@@ -92,7 +92,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from .. import authresults, signing
 from ..address import analyze
 from ..model import ArcHop, Trust
-from ..options import ValueProblem, opt, parse_bool, parse_choice, parse_seconds
+from ..options import opt, parse_bool, parse_choice, parse_cpu_budget
 from ..orgdomain import is_domain
 from . import Check, CheckOptions
 
@@ -105,19 +105,12 @@ SEAL_HEADERS = signing.DEFAULT_SIGN_HEADERS + ("DKIM-Signature",)
 _AAR_INSTANCE = re.compile(rb"\s*i\s*=\s*([0-9]+)\s*;")
 
 
-def _budget(text: str) -> float:
-    seconds = parse_seconds(text)
-    if seconds <= 0:
-        raise ValueProblem("a CPU budget must be more than 0 (nothing would be checked)")
-    return seconds
-
-
 @dataclass(frozen=True)
 class ArcOptions(CheckOptions):
     tempfail_on_error: bool = opt(False, parse_bool)
     seal: str = opt("forward", parse_choice("forward", "always", "never"))
     keys: tuple = opt((), signing.parse_key_specs)
-    cpu_budget: float = opt(2.0, _budget)
+    cpu_budget: float = opt(2.0, parse_cpu_budget)
     # the sealing key, read by resolve(), never from the INI
     sealer: object = field(default=None)
 

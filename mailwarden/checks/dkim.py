@@ -94,19 +94,12 @@ from dkim.canonicalization import (
 from dkim.crypto import HASH_ALGORITHMS
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from ..options import ValueProblem, opt, parse_choice, parse_int, parse_seconds
+from ..options import opt, parse_choice, parse_cpu_budget, parse_int
 from ..model import Trust
 from ..orgdomain import is_label
 from . import Check, CheckOptions
 
 _WS = re.compile(rb"\s+")
-
-
-def _budget(text: str) -> float:
-    seconds = parse_seconds(text)
-    if seconds <= 0:
-        raise ValueProblem("a CPU budget must be more than 0 (nothing would be checked)")
-    return seconds
 
 
 @dataclass(frozen=True)
@@ -115,7 +108,7 @@ class DkimOptions(CheckOptions):
     min_key_bits: int = opt(1024, parse_int(512, 16384))
     rsa_sha1: str = opt("fail", parse_choice("fail", "policy", "pass"))
     max_signed_headers: int = opt(100, parse_int(5, 10000))
-    cpu_budget: float = opt(5.0, _budget)
+    cpu_budget: float = opt(5.0, parse_cpu_budget)
 
 
 def _text(value: bytes) -> str:

@@ -86,8 +86,8 @@ from dataclasses import dataclass, field
 from ..address import DomainSet, analyze, author_domain, authors
 from ..explain import clean
 from ..model import Reply, tls_name, tls_rank
-from ..options import (ConfigError, ValueProblem, opt, parse_choice, parse_domains,
-                       parse_path, read_domain_file)
+from ..options import (ValueProblem, domains_and_file, opt, parse_choice,
+                       parse_domains, parse_path)
 from . import Check, CheckOptions
 
 MIN_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
@@ -124,16 +124,8 @@ class TlsOptions(CheckOptions):
     required: DomainSet = field(default=DomainSet())
 
     def resolve(self, error):
-        names = self.require_from
-        if self.require_from_file:
-            try:
-                names = names + read_domain_file(self.require_from_file)
-            except ConfigError as exc:
-                if exc.line is None:             # unreadable: point at our key
-                    raise error("require_from_file",
-                                exc.message + f": {self.require_from_file}") from None
-                raise
-        return dataclasses.replace(self, required=DomainSet.of(names))
+        return dataclasses.replace(self, required=domains_and_file(
+            self.require_from, self.require_from_file, "require_from_file", error))
 
 
 class TlsCheck(Check):
