@@ -691,13 +691,16 @@ def _arc(cfg: PostfixSettings, mx: dict, milter_address: Optional[str],
                         queue_dir, arc_seal)
     if found is not None:
         findings.append(found)
+    mx_service = cfg.mx_service()
     for service in cfg.smtpd_services():
-        if "smtpd_milters" in service.overrides:
+        # the public service's own override is in ``mx`` already
+        if service != mx_service and "smtpd_milters" in service.overrides:
             found = _seal_order(f"master.cf {service.key}", service.overrides["smtpd_milters"],
                                 milter_address, queue_dir, arc_seal)
             if found is not None:
                 findings.append(found)
-    value = mx.get("non_smtpd_milters", "")
+    # the cleanup of sendmail(1) and pickup reads main.cf, not a smtpd's -o
+    value = cfg.main.get("non_smtpd_milters", "")
     found = _seal_order("non_smtpd_milters", value, milter_address, queue_dir, arc_seal)
     if found is None:
         findings.append(Finding(MILTER, OK, "non_smtpd_milters",
