@@ -113,7 +113,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .dmarc_records import NOT_XML, Records, RecordsError, is_redis, open_records
-from .orgdomain import is_dmarc_record, is_domain, organizational
+from .orgdomain import is_dmarc_record, is_domain, organizational, tree_walk
 
 log = logging.getLogger("mailwarden.dmarc_report")
 
@@ -600,16 +600,34 @@ class Authorization:
     temporary: bool = False
 
 
+def walk_organizational(resolver, domain: str) -> str:
+    """The organizational domain of ``domain`` by RFC 9989's tree walk, as
+    RFC 9990 compares them for external destinations; '' when a lookup the
+    walk needed failed (the destination is then verified as external)."""
+    def lookup(qname):
+        answer = resolver.query(qname, "TXT")
+        if answer.temporary:
+            return None
+        return list(answer.records) if answer.ok else []
+    try:
+        return tree_walk(domain.lower().rstrip(".").encode("idna").decode("ascii"),
+                         lookup).organizational
+    except UnicodeError:
+        return ""
+
+
 def verify(resolver, policy_domain: str, destination: Destination) -> Authorization:
     """RFC 9990, "Verifying External Destinations".  A destination in the
-    policy domain's organizational domain needs nothing; any other needs a
+    policy domain's organizational domain (each by its tree walk) needs
+    nothing; any other needs a
     ``<policy-domain>._report._dmarc.<destination host>`` TXT record that
     is a DMARC tag list with ``v=DMARC1`` first.  If that record has a
     ``rua``, its URIs replace the destination (step 9), provided each of
     them names the same destination host; if one names another host,
     neither the original nor the override is used."""
     host = destination.domain
-    if organizational(host) == organizational(policy_domain):
+    org = walk_organizational(resolver, host)
+    if org and org == walk_organizational(resolver, policy_domain):
         return Authorization(True)
     try:
         name = f"{policy_domain.encode('idna').decode('ascii')}._report._dmarc.{host}"

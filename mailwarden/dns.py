@@ -814,8 +814,8 @@ class Lookup:
     The budget counts distinct lookups: asking again for a name and type
     this message has already asked for costs nothing.  Its last ``reserve``
     lookups are kept for those marked ``decisive`` (the ones DMARC's
-    verdict rests on: the author domain's policy record, its organizational
-    domain's, the key of a DKIM signature), so that lookups a sender can
+    verdict rests on: the names of the author domain's DNS tree walk, the
+    np test, the walks of aligned identifiers, the key of a DKIM signature), so that lookups a sender can
     multiply (SPF includes, URLs, signatures of other domains) cannot use
     them up and turn a DMARC fail into a temperror.
 

@@ -1,12 +1,53 @@
-"""Domain names: their syntax, the organizational domain of a name, the
-registered domain of a host, and what a DMARC record is.
+"""Domain names: their syntax, the organizational domain of a name (by
+RFC 9989's DNS tree walk, and by the Public Suffix List), the registered
+domain of a host, and what a DMARC record is.
 
-This module is mailwarden's one reader of the Public Suffix List: the
-dmarc check, ``dmarc-report``, ``audit`` and the URL / domain lists all ask
-it, so that they all draw the same boundaries.  It is also the one place
-that says what a domain name may look like (:func:`is_domain`,
-:func:`is_label`) and which TXT record is a DMARC record
-(:func:`is_dmarc_record`).
+It is the one place that says what a domain name may look like
+(:func:`is_domain`, :func:`is_label`), which TXT record is a DMARC record
+(:func:`is_dmarc_record`) and what its tags are (:func:`dmarc_tags`).
+
+The DNS tree walk (RFC 9989 §4.10)
+----------------------------------
+:func:`tree_walk` finds, for a domain, the DMARC policy record that applies
+to it and its organizational domain, from DMARC records in the DNS alone:
+no list.  It asks a ``lookup`` callable for the TXT records at
+``_dmarc.NAME``, so that the dmarc check feeds it from the message's
+budgeted resolver and ``audit`` from its own; :func:`walk_names` says which
+names it can ask for, in order, so that a caller can start those lookups
+together (they do not depend on each other: the walk only decides which
+answers it reads).  The rules, with the RFC's words:
+
+* the names: the domain itself, then its parent, and so on up to the
+  top-level label; a domain of more than eight labels goes from itself
+  straight to its last seven labels (§4.10 step 4), so that no walk asks
+  more than eight names;
+* at each name, TXT records that do not start with ``v=DMARC1`` are
+  discarded, and several DMARC records at one name count as none
+  (steps 2 and 6); a single record with ``psd=y`` or ``psd=n`` stops the
+  walk (a record that does not say, ``psd=u``, does not);
+* the organizational domain (§4.10.2), from the records found, longest
+  name first: a ``psd=n`` record's name; else one label below a ``psd=y``
+  record's name (unless that record is the domain's own); else the name
+  with the fewest labels that has a record; with no record at all, the
+  domain itself;
+* the policy record (§4.10.1): the domain's own, else the organizational
+  domain's, else the ``psd=y`` record of its public suffix domain;
+  none when the walk found none of these.
+
+A name whose lookup fails (``lookup`` returns None: SERVFAIL, timeout)
+ends the walk there and is named in ``failed``; answers beyond where the
+walk stops are never read.  The policy record is still known when the
+domain has its own (nothing further up can change it), the
+organizational domain is not ('').
+
+The Public Suffix List
+----------------------
+The dmarc check, ``audit`` and ``dmarc-report``'s external destination
+check no longer use it (RFC 9989 replaced it by the tree walk; RFC 9990
+compares tree-walk organizational domains).  It remains for the URL and
+domain block lists (:func:`registered_domain`), and for the order in
+which an aggregate report lists DKIM results (a presentation choice that
+asks no DNS).
 
 The list is tldextract's bundled snapshot, read once on first use and never
 fetched (``suffix_list_urls=()``, ``cache_dir=None``).  Both sections of the
@@ -44,9 +85,11 @@ from __future__ import annotations
 import functools
 import re
 import threading
+from dataclasses import dataclass
 
 __all__ = ["organizational", "registered_domain", "public_suffix",
-           "is_domain", "is_label", "is_dmarc_record"]
+           "is_domain", "is_label", "is_dmarc_record", "dmarc_tags",
+           "walk_names", "tree_walk", "TreeWalk", "WALK_LIMIT"]
 
 # RFC 1035 §2.3.1 / RFC 5321 §4.1.2 Domain: letters, digits, hyphens inside
 _LDH = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
@@ -89,6 +132,157 @@ def is_dmarc_record(text: str) -> bool:
     followed by ``;`` or its end (RFC 9989's ``v`` tag: a record that does
     not start so is ignored; ``v=DMARC10`` and ``v=dmarc1`` are none)."""
     return _DMARC_VERSION.match(text) is not None
+
+
+_TAG_NAME = re.compile(r"[A-Za-z]+\Z")       # RFC 9989 §4.8: dmarc-tag = 1*ALPHA equals ...
+
+
+def dmarc_tags(text: str) -> dict:
+    """The tags of a DMARC record after ``v=DMARC1``: lower-case name ->
+    value with its surrounding space removed.  The first of a repeated tag
+    counts; a part that is no ``name=value`` is a syntax error and dropped
+    (RFC 9989 §4.8: syntax errors are discarded).  Values keep their case:
+    each tag's reader decides."""
+    tags: dict = {}
+    for part in text.split(";")[1:]:
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if sep and _TAG_NAME.match(name):
+            tags.setdefault(name.lower(), value.strip())
+    return tags
+
+
+def _psd(text: str) -> str:
+    """A record's ``psd`` value: ``y``, ``n``, or ``u`` (the default, and
+    what a value outside the three stands for)."""
+    value = dmarc_tags(text).get("psd", "u").lower()
+    return value if value in ("y", "n", "u") else "u"
+
+
+# --------------------------------------------------------------------------
+# RFC 9989 §4.10: the DNS tree walk
+
+WALK_LIMIT = 8       # names asked at most; past 8 labels, the walk jumps to the last 7
+
+
+def walk_names(domain: str) -> tuple:
+    """The names a tree walk from ``domain`` may ask for, in the order it
+    asks: ``a.b.example.com`` -> (``a.b.example.com``, ``b.example.com``,
+    ``example.com``, ``com``); of ten labels, the name, then its last seven
+    labels, six, ... one."""
+    domain = _clean(domain)
+    if not domain:
+        return ()
+    labels = domain.split(".")
+    names = [domain]
+    rest = labels[1:] if len(labels) <= WALK_LIMIT else labels[-(WALK_LIMIT - 1):]
+    while rest:
+        names.append(".".join(rest))
+        rest = rest[1:]
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class TreeWalk:
+    """What a tree walk found for ``domain``.
+
+    ``asked``: the names whose ``_dmarc`` TXT records were read, in order.
+    ``failed``: the name whose lookup failed and ended the walk ('' when
+    none did); then ``organizational`` is '' (unknown), and so is the
+    policy record unless it is the domain's own.
+    ``found``: (name, record) of each name that had exactly one DMARC
+    record, longest name first.  ``stop``: the name whose ``psd=y`` or
+    ``psd=n`` record ended the walk ('' when it ran to the top).
+    ``organizational``: the organizational domain.  ``policy_domain`` and
+    ``policy_record``: where the applicable record is and its text ('' and
+    '' when there is none); ``source`` says which one it is: ``author``
+    (the domain's own), ``organizational`` or ``psd`` (a public suffix
+    domain's ``psd=y`` record), '' for none.  ``psd``: the ``psd`` value of
+    the policy record (``u`` when none).
+    """
+
+    domain: str
+    asked: tuple
+    found: tuple
+    stop: str
+    organizational: str
+    policy_domain: str
+    policy_record: str
+    source: str
+    failed: str = ""
+
+    @property
+    def psd(self) -> str:
+        return _psd(self.policy_record) if self.policy_record else "u"
+
+    def record_at(self, name: str) -> str:
+        return next((text for n, text in self.found if n == name), "")
+
+
+def _below(name: str, domain: str) -> str:
+    """The name one label below ``name`` on the way to ``domain``
+    (``example.com`` in ``a.b.example.com`` -> ``b.example.com``)."""
+    labels = domain.split(".")
+    return ".".join(labels[-(name.count(".") + 2):])
+
+
+def tree_walk(domain: str, lookup) -> TreeWalk:
+    """RFC 9989 §4.10 from ``domain`` (a normalised ASCII name).
+
+    ``lookup(qname)`` returns the TXT strings at ``qname`` (``_dmarc.``
+    and a name; empty for NXDOMAIN or no TXT), or None when the lookup
+    failed (SERVFAIL, timeout), which ends the walk.  See the module's
+    docstring for the rules.
+    """
+    domain = _clean(domain)
+    asked: list = []
+    found: list = []
+    stop = failed = ""
+    for name in walk_names(domain):
+        asked.append(name)
+        answer = lookup(f"_dmarc.{name}")
+        if answer is None:
+            failed = name
+            break
+        texts = [t for t in answer if is_dmarc_record(t)]
+        if len(texts) != 1:
+            continue                    # none, or several: all discarded
+        found.append((name, texts[0]))
+        if _psd(texts[0]) in ("y", "n"):
+            stop = name
+            break
+    org = domain
+    psd_name = ""
+    for name, text in found:            # longest first
+        psd = _psd(text)
+        if psd == "n":
+            org = name
+            break
+        if psd == "y" and name != domain:
+            org, psd_name = _below(name, domain), name
+            break
+    else:
+        if found:
+            org = found[-1][0]          # the fewest labels
+    records = dict(found)
+    if failed:
+        # nothing further up changes the domain's own record; all else is unknown
+        own = domain in records
+        return TreeWalk(domain=domain, asked=tuple(asked), found=tuple(found), stop="",
+                        organizational="", policy_domain=domain if own else "",
+                        policy_record=records.get(domain, ""),
+                        source="author" if own else "", failed=failed)
+    if domain in records:
+        policy, source = domain, "author"
+    elif org in records:
+        policy, source = org, "organizational"
+    elif psd_name:
+        policy, source = psd_name, "psd"
+    else:
+        policy, source = "", ""
+    return TreeWalk(domain=domain, asked=tuple(asked), found=tuple(found), stop=stop,
+                    organizational=org, policy_domain=policy,
+                    policy_record=records.get(policy, ""), source=source)
 
 _SPECIAL_SUFFIXES = ("test", "example", "invalid")
 _extractor = None

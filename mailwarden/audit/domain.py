@@ -19,12 +19,16 @@ Areas and what each finding means:
   defines rsa-sha256 alone, and verifiers refuse an ARC seal made with any
   other algorithm, so an Ed25519 key fails.  No ARC selector, no ``arc``
   finding: sealing is optional.
-* ``dmarc``: one record at ``_dmarc`` (or the organizational domain's, for
-  a subdomain), valid, its policy, ``sp``, ``pct``, alignment modes, report
+* ``dmarc``: as RFC 9989 reads it.  The DNS tree walk from the domain up
+  (each name asked and what it has, where it stops), the organizational
+  domain it gives, and the record that applies: the domain's own, its
+  organizational domain's or a public suffix domain's (``psd=y``), found
+  as the dmarc check finds it (:func:`mailwarden.orgdomain.tree_walk`).
+  Then the record: valid, its policy, ``sp``, ``np``, ``psd``, ``t=y``
+  (testing), the RFC 7489 tags RFC 9989 removed (``pct``, ``rf``, ``ri``:
+  noted, with what a receiver now does with them), alignment modes, report
   addresses, and the authorisation of external report addresses
-  (RFC 7489 §7.1).  The organizational domain is the one the dmarc check
-  uses (:mod:`mailwarden.orgdomain`: Public Suffix List, private section
-  included, the default rule ``*`` for a TLD the list does not know).
+  (RFC 9990 §3, RFC 7489 §7.1).
 * ``mta-sts`` / ``tls-rpt``: the ``_mta-sts`` and ``_smtp._tls`` records.
   The MTA-STS policy file is served over HTTPS: this audit asks DNS only and
   says so.
@@ -42,13 +46,12 @@ from dataclasses import dataclass, field
 
 from ..address import AddressProblem, idna_to_ascii
 from ..dns import Answer, Resolver, Status, normalize, ptr_name
-from ..orgdomain import is_dmarc_record, is_domain, organizational as organizational_domain
+from ..orgdomain import dmarc_tags, is_dmarc_record, is_domain, tree_walk, walk_names
 from .findings import FAIL, OK, WARN, Finding, render
 from .records import (SPF_LOOKUP_MECHANISMS, RecordError, is_spf, parse_dkim_key,
                       parse_dmarc, parse_spf, parse_sts, parse_tlsrpt)
 
-__all__ = ["DomainAudit", "Report", "audit_domain", "register", "configured_keys",
-           "organizational_domain"]
+__all__ = ["DomainAudit", "Report", "audit_domain", "register", "configured_keys"]
 
 SPF_LOOKUP_LIMIT = 10
 SPF_VOID_LIMIT = 2
@@ -131,9 +134,6 @@ class DomainAudit:
         self.add(area, FAIL, subject, f"lookup failed, cannot judge: {detail}")
         if detail not in self.report.errors:
             self.report.errors.append(detail)
-
-    def org(self, domain: str) -> str:
-        return organizational_domain(domain)
 
     def addresses(self, name: str):
         """(addresses, failed Answer or None); NXDOMAIN and NODATA give none."""
@@ -595,53 +595,98 @@ class DomainAudit:
         answer = self.q(f"_dmarc.{domain}", "TXT")
         if answer.temporary:
             return answer, []
-        # RFC 7489 §6.6.3: records that do not start with v=DMARC1 are discarded
+        # RFC 9989 §4.10 step 2: records that do not start with v=DMARC1 are discarded
         return answer, sorted(r for r in answer.records
                               if is_dmarc_record(r)) if answer.ok else []
 
+    def dmarc_walk(self, domain: str):
+        """RFC 9989's tree walk from ``domain`` on this audit's answers, all
+        its names asked at once; None (and a finding) when a lookup it
+        reads fails."""
+        self.prefetch([(f"_dmarc.{n}", "TXT") for n in walk_names(domain)])
+
+        def lookup(qname):
+            answer = self.q(qname, "TXT")
+            if answer.temporary:
+                return None
+            return answer.records if answer.ok else ()
+        walk = tree_walk(domain, lookup)
+        if walk.failed:
+            name = f"_dmarc.{walk.failed}"
+            self.failed("dmarc", name, self.q(name, "TXT"))
+            return None
+        return walk
+
     def audit_dmarc(self) -> None:
         d = self.domain
-        policy_domain = d
-        answer, found = self.dmarc_records(d)
+        answer, own = self.dmarc_records(d)
         if answer.temporary:
             self.failed("dmarc", f"_dmarc.{d}", answer)
             return
-        inherited = False
-        if not found:
-            org = self.org(d)
-            if org != d:
-                org_answer, org_found = self.dmarc_records(org)
-                if org_answer.temporary:
-                    self.failed("dmarc", f"_dmarc.{org}", org_answer)
-                    return
-                if org_found:
-                    found, policy_domain, inherited = org_found, org, True
+        if len(own) > 1:
+            self.add("dmarc", FAIL, f"_dmarc.{d}", f"{len(own)} DMARC records: receivers "
+                     "ignore them all (RFC 9989 §4.10) and look further up the tree",
+                     " | ".join(own))
+            return
+        walk = self.dmarc_walk(d)
+        if walk is None:
+            return
+        found = dict(walk.found)
+        for name in walk.asked:
+            text = found.get(name)
+            if text is None:
+                what = "no single DMARC record"
+            else:
+                psd = dmarc_tags(text).get("psd", "u").lower()
+                what = f"a record, psd={psd if psd in ('y', 'n') else 'u'}"
+                if name == walk.stop:
+                    what += ": the walk stops here"
+            self.add("dmarc", OK, "tree walk", f"_dmarc.{name}: {what}", name)
+        self.add("dmarc", OK, "organizational domain",
+                 f"{walk.organizational}, by the tree walk (RFC 9989 §4.10.2): SPF and DKIM "
+                 "domains at or under it align with relaxed alignment", walk.organizational)
+        policy_domain = walk.policy_domain or d
+        inherited = walk.source in ("organizational", "psd")
         record_name = f"_dmarc.{policy_domain}"
-        if not found:
+        if not walk.policy_record:
             self.add("dmarc", FAIL, record_name, "no DMARC record: receivers apply no policy "
                      "to mail forged in your name, and you get no reports")
             return
-        if len(found) > 1:
-            self.add("dmarc", FAIL, record_name, f"{len(found)} DMARC records: receivers "
-                     "ignore them all (RFC 7489 §6.6.3)", " | ".join(found))
-            return
-        text = found[0]
+        text = walk.policy_record
         try:
             record = parse_dmarc(text)
         except RecordError as exc:
             self.add("dmarc", FAIL, record_name, f"syntax error: {exc}", text)
             return
-        if inherited:
+        if walk.source == "organizational":
             self.add("dmarc", OK, record_name, f"no record at _dmarc.{d}: the organizational "
-                     "domain's record applies (RFC 7489 §6.6.3)", text)
+                     "domain's record applies (found by the tree walk, RFC 9989 §4.10.1)",
+                     text)
+        elif walk.source == "psd":
+            self.add("dmarc", OK, record_name, f"no record at _dmarc.{d} nor at its "
+                     f"organizational domain {walk.organizational}: the public suffix "
+                     "domain's record (psd=y) applies (RFC 9989 §4.10.1)", text)
         else:
             self.add("dmarc", OK, record_name, "one DMARC record, syntax valid", text)
         if record.unknown:
             self.add("dmarc", WARN, record_name, "unknown tags, ignored by receivers",
                      ", ".join(record.unknown))
+        for tag in record.historic:
+            self.add("dmarc", WARN, tag, f"{tag}={record.tags[tag]}: removed by RFC 9989 "
+                     "(historic), receivers that follow it ignore it" + (
+                         f"; pct={record.pct} does not sample any more: "
+                         + ("mailwarden reads pct=0 without t= as t=y; say t=y"
+                            if record.pct == 0 else "the policy applies to all failing mail")
+                         if tag == "pct" else ""), record.tags[tag])
+        if record.psd == "y":
+            self.add("dmarc", OK, "psd", "psd=y: a public suffix domain: its record applies "
+                     "to names under it whose organization publishes none", "y")
+        elif record.psd == "n":
+            self.add("dmarc", OK, "psd", f"psd=n: {policy_domain} is the organizational "
+                     "domain of itself and its subdomains: the tree walk stops here", "n")
         if record.p is None:
             self.add("dmarc", FAIL, "p", "no p= tag: receivers treat the record as p=none "
-                     "at best (RFC 7489 §6.6.3)")
+                     "if it has a valid rua=, else apply no DMARC (RFC 9989 §4.10.1)")
         policy = record.p
         if inherited:
             policy = record.sp or record.p
@@ -654,6 +699,9 @@ class DomainAudit:
                      policy)
         elif policy == "reject":
             self.add("dmarc", OK, subject, "reject: mail that fails DMARC is refused", policy)
+        if record.t == "y" and policy and policy != "none":
+            self.add("dmarc", WARN, "t", f"t=y: testing: receivers apply the next weaker "
+                     f"policy than {policy}", "y")
         if not inherited:
             if record.sp is None:
                 if record.p:
@@ -663,11 +711,9 @@ class DomainAudit:
                          "forged subdomains get through", record.sp)
             else:
                 self.add("dmarc", OK, "sp", f"subdomain policy {record.sp}", record.sp)
-        if record.pct < 100:
-            self.add("dmarc", WARN, "pct", f"pct={record.pct}: the policy applies to only "
-                     f"{record.pct}% of failing mail", str(record.pct))
-        else:
-            self.add("dmarc", OK, "pct", "the policy applies to all failing mail", "100")
+        if record.np is not None:
+            self.add("dmarc", OK, "np", f"np={record.np}: for names under "
+                     f"{policy_domain} that do not exist (NXDOMAIN)", record.np)
         modes = {"r": "relaxed", "s": "strict"}
         self.add("dmarc", OK, "adkim/aspf", f"{modes[record.adkim]} DKIM, "
                  f"{modes[record.aspf]} SPF alignment",
@@ -716,13 +762,21 @@ class DomainAudit:
                          "address: reports sent there are lost")
 
     def audit_report_authorisation(self, policy_domain: str, record) -> None:
-        own_org = self.org(policy_domain)
+        """RFC 9990 §3: a report address whose organizational domain is not
+        the policy domain's must be authorised by its host.  Organizational
+        domains are RFC 9989's, by the tree walk, as receivers find them."""
+        own = self.dmarc_walk(policy_domain)
+        if own is None:
+            return
         hosts = []
         for uri in record.rua + record.ruf:
             if uri.scheme != "mailto":
                 continue
             host = normalize(uri.address.rsplit("@", 1)[1])
-            if self.org(host) != own_org and host not in hosts:
+            if host in hosts or host == own.organizational:
+                continue
+            walk = self.dmarc_walk(host) if is_domain(host, underscore=True) else None
+            if walk is None or walk.organizational != own.organizational:
                 hosts.append(host)
         names = [f"{policy_domain}._report._dmarc.{host}" for host in hosts]
         self.prefetch([(n, "TXT") for n in names])
@@ -732,11 +786,11 @@ class DomainAudit:
                 self.failed("dmarc", name, answer)
             elif answer.ok and any(is_dmarc_record(r) for r in answer.records):
                 self.add("dmarc", OK, name, f"{host} accepts reports for {policy_domain} "
-                         "(RFC 7489 §7.1)")
+                         "(RFC 9990 §3)")
             else:
                 self.add("dmarc", FAIL, name, f"report address at {host} is not authorised: "
                          f"{host} must publish 'v=DMARC1' there, or receivers send it no "
-                         "reports (RFC 7489 §7.1)")
+                         "reports (RFC 9990 §3)")
 
     # -- MTA-STS and TLS-RPT ----------------------------------------------------
 

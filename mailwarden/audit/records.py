@@ -268,12 +268,12 @@ def parse_dkim_key(text: str) -> DkimKey:
 
 
 # --------------------------------------------------------------------------
-# DMARC (RFC 7489 §6.3, §6.4; np= from RFC 9091)
+# DMARC (RFC 9989 §4.7, §4.8; pct, rf and ri from RFC 7489, now historic)
 
 _DMARC_POLICIES = ("none", "quarantine", "reject")
-# t= and psd= are DMARCbis tags that receivers may already read
 _DMARC_TAGS = frozenset({"v", "p", "sp", "np", "adkim", "aspf", "pct", "fo", "rf", "ri",
                          "rua", "ruf", "t", "psd"})
+_DMARC_HISTORIC = ("pct", "rf", "ri")          # RFC 9989 §C.5.2: removed
 
 
 @dataclass(frozen=True)
@@ -296,6 +296,9 @@ class DmarcRecord:
     rua: tuple
     ruf: tuple
     unknown: tuple           # tag names receivers will ignore
+    psd: str = "u"           # RFC 9989: y, n or u
+    t: str = "n"             # RFC 9989: y (testing) or n
+    historic: tuple = ()     # pct, rf, ri present: RFC 9989 removed them
 
 
 def _dmarc_uris(tag: str, value: str) -> tuple:
@@ -348,9 +351,16 @@ def parse_dmarc(text: str) -> DmarcRecord:
     if "rf" in values and not all(re.fullmatch(r"[A-Za-z0-9\-]+", f.strip())
                                   for f in values["rf"].split(":")):
         raise RecordError(f"rf={values['rf']}: expected report format names")
+    psd = values.get("psd", "u").lower()
+    if psd not in ("y", "n", "u"):
+        raise RecordError(f"psd={values['psd']}: expected y, n or u")
+    t = values.get("t", "n").lower()
+    if t not in ("y", "n"):
+        raise RecordError(f"t={values['t']}: expected y or n")
     return DmarcRecord(
         tags=values, p=policy("p"), sp=policy("sp"), np=policy("np"),
-        adkim=mode("adkim"), aspf=mode("aspf"), pct=int(pct_text),
+        adkim=mode("adkim"), aspf=mode("aspf"), pct=int(pct_text), psd=psd, t=t,
+        historic=tuple(tag for tag in _DMARC_HISTORIC if tag in values),
         rua=_dmarc_uris("rua", values["rua"]) if "rua" in values else (),
         ruf=_dmarc_uris("ruf", values["ruf"]) if "ruf" in values else (),
         unknown=tuple(n for n, _ in tags if n not in _DMARC_TAGS))

@@ -1,38 +1,64 @@
-"""dmarc: DMARC (RFC 7489) on the SPF and DKIM results, with ``np`` (DMARCbis).
+"""dmarc: DMARC as RFC 9989 specifies it, on the SPF and DKIM results.
+
+Records written for RFC 7489 keep working; where RFC 9989 changed the
+outcome, the comment of ``policy.dmarc`` says what applied (see below).
 
 It reads the results of the ``spf`` and ``dkim`` checks (never their
 objects): the MAIL FROM identity's SPF result (the HELO identity for the
-null sender, RFC 7489 §4.1) and every DKIM signature's result and ``d=``.
+null sender, RFC 9989 §3.2.4) and every DKIM signature's result and ``d=``.
 
-* The author domains (RFC 7489 §6.6.1, the same in DMARCbis): every domain
-  of every address in every From field, groups included, is evaluated and
-  the strictest outcome applies (reject, then temperror, quarantine, fail,
-  none, pass), so that two From fields, a list of addresses, a group or a
-  field the parser chokes on cannot dodge a domain's policy.  A field the
-  strict parser cannot read (too long, nested or grouped too deeply,
-  unbalanced) is read leniently: each ``@domain`` token names an author
-  domain (see :func:`mailwarden.address.authors`).  Authentication-Results
-  gets one ``dmarc`` result, the strictest, with ``header.from`` the domain
-  that decided; its reason names what was irregular and every author
-  domain's result.  At most 10 author domains are evaluated.
+* The author domains (RFC 9989 §5.3.1 lets a receiver go on with several):
+  every domain of every address in every From field, groups included, is
+  evaluated and the strictest outcome applies (reject, then temperror,
+  quarantine, fail, none, pass), so that two From fields, a list of
+  addresses, a group or a field the parser chokes on cannot dodge a
+  domain's policy.  A field the strict parser cannot read (too long, nested
+  or grouped too deeply, unbalanced) is read leniently: each ``@domain``
+  token names an author domain (see :func:`mailwarden.address.authors`).
+  Authentication-Results gets one ``dmarc`` result, the strictest, with
+  ``header.from`` the domain that decided; its reason names what was
+  irregular and every author domain's result.  At most 10 author domains
+  are evaluated.
 * No author domain at all (no From, an empty group, no ``@domain``, more
   than 10 domains): ``permerror`` (``DMARC_BAD_FROM``), refused with ``550
   5.7.1`` unless ``reject_bad_from = no``.
-* Policy discovery (RFC 7489 §6.6.3): ``_dmarc.FROM-DOMAIN``, then
-  ``_dmarc.ORGANIZATIONAL-DOMAIN``.  The organizational domain comes from
-  :mod:`mailwarden.orgdomain`: the Public Suffix List (tldextract's bundled
-  snapshot, never downloaded), its ICANN and private sections, so tenants
-  of a private suffix (``a.eu.org``, ``b.eu.org``) are organizations of
-  their own; a name under a TLD the list does not know takes the list's
-  default rule ``*``, the last label is the suffix.  Several
-  DMARC records, or none, mean ``dmarc=none``; a SERVFAIL or timeout is
-  ``temperror``.
+* Policy discovery (RFC 9989 §4.10.1) by the DNS tree walk of
+  :func:`mailwarden.orgdomain.tree_walk`, not the Public Suffix List:
+  ``_dmarc.AUTHOR-DOMAIN``, then up the tree (at most eight names; past
+  eight labels the walk jumps to the last seven), stopping at a record with
+  ``psd=y`` or ``psd=n``.  The record applied is the author domain's own,
+  else its organizational domain's, else that of the public suffix domain
+  (``psd=y``) above it.  Every name the walk can read is asked for at once
+  (one round trip); the answers are read in the walk's order, so a lookup
+  that fails beyond where the walk stops changes nothing.  Several DMARC
+  records at one name count as none; no record means ``dmarc=none``; a
+  SERVFAIL or timeout the walk reads is ``temperror``.  The lookups count
+  in the message's DNS budget and may use its decisive reserve.
 * Alignment: SPF and DKIM each strict (``s``: same domain) or relaxed
-  (``r``: same organizational domain), per ``aspf`` and ``adkim``.
-* The policy: ``p`` for the From domain itself; for a subdomain, ``np``
-  when the From domain does not exist (NXDOMAIN for A, AAAA and MX), else
-  ``sp``, else ``p``.  ``pct`` samples failing messages; one not sampled is
-  treated one step milder (reject -> quarantine -> none, RFC 7489 §6.6.4).
+  (``r``: the same organizational domain, each found by its own tree walk,
+  RFC 9989 §4.10.2).  The walks are made once per message.  An identifier
+  that is neither the author's organizational domain nor under it cannot
+  share it and costs no lookup; one whose walk fails is unknown, and a
+  message whose only candidates are unknown is ``temperror``.
+* The policy: ``p`` for the author domain's own record; for a subdomain of
+  the policy domain, ``np`` when the author domain does not exist, else
+  ``sp``, else ``p``.  Non-existence is RFC 9989's (§3.2.13, A.4): one
+  query for the author domain (type A) answered NXDOMAIN; any record of any
+  type makes it exist (NODATA), and a SERVFAIL or timeout there is
+  ``temperror``.  Asked only when the record has ``np``.
+* ``t=y`` (testing) applies the next weaker policy: reject -> quarantine
+  -> none.  ``policy.dmarc`` is the policy after it (RFC 9989 §9.1).
+* The transition from RFC 7489: ``pct``, ``rf`` and ``ri`` are historic
+  (RFC 9989 §C.5.2) and sample nothing.  ``pct=0`` is what ``t=y`` replaces
+  (Appendix A.6), so a record with ``pct=0`` and no ``t=`` is taken as
+  ``t=y``; any other ``pct`` is ignored (the policy applies in full); a
+  ``t=`` present wins over ``pct``.  The A-R comment says so when it applied
+  (``pct=0 taken as t=y``, ``pct=50 ignored``, ``pct=0 ignored, t=n
+  present``).  Unknown tags are ignored; ``psd`` and ``t`` values outside
+  their syntax are read as their defaults (``u``, ``n``).
+* A record without a valid ``p``, or with an ``sp`` or ``np`` that is not
+  valid: with a syntactically valid ``rua`` URI it counts as ``p=none``;
+  without, no DMARC processing (``dmarc=none``, RFC 9989 §4.10.1).
 * Enforcement is local choice: a failing message whose policy is
   ``reject`` is refused (``550 5.7.1``), quarantined or only scored per
   ``on_reject``; ``quarantine`` per ``on_quarantine``.  Authenticated and
@@ -42,7 +68,27 @@ null sender, RFC 7489 §4.1) and every DKIM signature's result and ``d=``.
   identity had a temporary error, the result is ``temperror``.
 
 Authentication-Results: ``dmarc=RESULT header.from=DOMAIN
-policy.dmarc=POLICY (p= sp= np= pct= dis=)``.
+policy.dmarc=POLICY (TAG=VALUE from _dmarc.NAME by tree walk[, t=y |
+TRANSITION], dis=DISPOSITION)``: ``header.from`` and ``policy.dmarc`` as
+RFC 9989 §9.1 registers them; the comment names the tag that applied
+(``p``, ``sp`` or ``np``) and the name where the walk found the record.
+
+Facts for reports (:class:`Facts`, one per evaluated author domain with a
+policy; :meth:`History.record` gets them as ``facts=``):
+``discovery_method`` (``treewalk``), ``record_name`` (``_dmarc.NAME``),
+``policy_domain``, ``source`` (``author``, ``organizational``, ``psd``),
+``organizational_domain``, ``psd`` (``y``, ``n``, ``u``), ``policy_tag``
+(``p``, ``sp``, ``np``), ``requested``, ``testing`` (``t=y`` applied),
+``policy`` (after ``t``), ``transition`` (how ``pct`` was taken, '' when
+absent), ``historic`` (``pct``, ``rf``, ``ri`` present), ``walk`` (the
+names asked).  The record itself (:class:`Record`) carries ``psd``, ``t``
+(as applied), ``t_tag`` (as published), ``pct``, ``historic``,
+``transition`` and ``assumed_none``.  The history rows get the facts their
+schema has: ``discovery_method``, ``policy_tag``, ``testing`` (``t=`` as
+published) and, for ``policy_test_mode``, the transition as its comment.  A message
+whose failure is softened by ``t=y`` is recorded with the override
+``policy_test_mode`` (RFC 9990's reason); nothing is ``sampled_out`` any
+more.
 
 History (``history``): each message with a pass or fail is recorded for
 aggregate reports in the DMARC records of :mod:`mailwarden.dmarc_records`:
@@ -77,7 +123,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -87,7 +133,7 @@ from ..dmarc_failure import outbox_for
 from ..dmarc_records import Evaluation, RecordsError, is_redis, open_records
 from ..dns import Status
 from ..model import Action, Reply, Trust
-from ..orgdomain import is_dmarc_record, is_domain, organizational
+from ..orgdomain import TreeWalk, dmarc_tags, is_dmarc_record, is_domain, tree_walk, walk_names
 from . import Check, CheckOptions
 
 log = logging.getLogger("mailwarden.dmarc")
@@ -122,7 +168,17 @@ class DmarcOptions(CheckOptions):
 
 @dataclass(frozen=True)
 class Record:
-    """A DMARC policy record, defaults filled in (RFC 7489 §6.3)."""
+    """A DMARC policy record as RFC 9989 reads it, defaults filled in.
+
+    ``domain``: where it was published (the policy domain).  ``t``: ``y``
+    when the domain owner is testing (``t=y``, or ``pct=0`` without ``t=``,
+    see :func:`parse_record`).  ``pct``: the RFC 7489 value as published
+    (100 when absent); RFC 9989 removed the tag and it samples nothing.
+    ``historic``: the removed tags (``pct``, ``rf``, ``ri``) the record
+    still carries.  ``transition``: how ``pct`` was taken ('' when absent
+    or 100).  ``assumed_none``: why ``p=none`` stands in for a missing or
+    invalid policy ('' when the record has a valid one).
+    """
 
     domain: str                   # where it was published
     p: str
@@ -134,40 +190,134 @@ class Record:
     fo: str = "0"
     rua: str = ""
     ruf: str = ""
+    psd: str = "u"
+    t: str = "n"
+    t_tag: str = ""               # t= as published (y or n), '' when absent or invalid
+    historic: tuple = ()
+    transition: str = ""
+    assumed_none: str = ""
+
+    @property
+    def testing(self) -> bool:
+        return self.t == "y"
+
+
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s,!]+")     # RFC 3986 scheme ":" and more
+_HISTORIC = ("pct", "rf", "ri")                     # RFC 9989 §C.5.2: removed tags
+
+
+def _has_report_uri(rua: str) -> bool:
+    """RFC 9989 §4.10.1: ``rua`` holds at least one syntactically valid URI
+    (an RFC 7489 size suffix ``!10m`` is obsolete syntax, allowed)."""
+    return any(_URI.fullmatch(u.strip().split("!", 1)[0]) for u in rua.split(","))
 
 
 def parse_record(domain: str, text: str) -> Optional[Record]:
-    """The record, or None when it is no usable DMARC record."""
+    """The record, or None when RFC 9989 applies no DMARC processing with it.
+
+    * Tags outside RFC 9989's registry are ignored; a value outside its
+      syntax is discarded in favour of the default (``psd``, ``t``,
+      ``adkim``, ``aspf``).
+    * No valid ``p``, or an ``sp`` or ``np`` that is not valid (§4.10.1):
+      with a syntactically valid ``rua`` URI the record counts as ``p=none``
+      (no ``sp``, no ``np``); without one, no DMARC processing (None).
+    * The transition from RFC 7489: ``pct``, ``rf`` and ``ri`` are no
+      longer part of the protocol (§C.5.2) and sample nothing.  ``t=y`` is
+      what ``pct=0`` was used for (Appendix A.6), so a record with
+      ``pct=0`` and no valid ``t=`` is taken as ``t=y``; any other ``pct``
+      is ignored (the policy applies in full, as ``pct=100`` and ``t=n``
+      meant), and a ``t=`` present always wins over ``pct``.
+    """
     if not is_dmarc_record(text):
         return None
-    tags = {}
-    for part in text.split(";")[1:]:
-        key, sep, value = part.partition("=")
-        if sep:
-            tags.setdefault(key.strip().lower(), value.strip())
+    tags = dmarc_tags(text)
     rua = tags.get("rua", "")
     p = tags.get("p", "").lower()
     sp = tags.get("sp", "").lower() or None
-    if p not in _POLICIES or (sp is not None and sp not in _POLICIES):
-        # RFC 7489 §6.6.3 step 6: with a usable rua, act as if p=none
-        if not any(u.strip().lower().startswith("mailto:") for u in rua.split(",")):
-            return None
-        p, sp = "none", None
     np = tags.get("np", "").lower() or None
-    if np not in _POLICIES:
-        np = None
-    try:
-        pct = int(tags.get("pct", "100"))
-    except ValueError:
-        pct = 100
-    if not 0 <= pct <= 100:
-        pct = 100
+    assumed = ""
+    if p not in _POLICIES or sp not in _POLICIES + (None,) or np not in _POLICIES + (None,):
+        if not _has_report_uri(rua):
+            return None
+        bad = ("p" if p not in _POLICIES else "sp" if sp not in _POLICIES + (None,) else "np")
+        assumed = f"no valid {bad}= and a rua=: taken as p=none"
+        p, sp, np = "none", None, None
+    psd = tags.get("psd", "u").lower()
+    t = tags.get("t", "").lower()
+    historic = tuple(tag for tag in _HISTORIC if tag in tags)
+    pct, transition = 100, ""
+    if "pct" in tags:
+        try:
+            pct = int(tags["pct"])
+        except ValueError:
+            pct = 100
+        if not 0 <= pct <= 100:
+            pct = 100
+        if t in ("y", "n"):
+            transition = f"pct={pct} ignored, t={t} present" if pct != 100 else ""
+        elif pct == 0:
+            t, transition = "y", "pct=0 taken as t=y"
+        elif pct < 100:
+            transition = f"pct={pct} ignored"
     adkim = tags.get("adkim", "r").lower()
     aspf = tags.get("aspf", "r").lower()
     return Record(domain=domain, p=p, sp=sp, np=np, pct=pct,
                   adkim=adkim if adkim in ("r", "s") else "r",
                   aspf=aspf if aspf in ("r", "s") else "r",
-                  fo=tags.get("fo", "0"), rua=rua, ruf=tags.get("ruf", ""))
+                  fo=tags.get("fo", "0"), rua=rua, ruf=tags.get("ruf", ""),
+                  psd=psd if psd in ("y", "n", "u") else "u",
+                  t="y" if t == "y" else "n", t_tag=tags.get("t", "").lower()
+                  if tags.get("t", "").lower() in ("y", "n") else "", historic=historic,
+                  transition=transition, assumed_none=assumed)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What RFC 9989's evaluation of one author domain found: the facts an
+    aggregate report (RFC 9990) or a failure report (RFC 9991) states.
+    ``DmarcCheck.evaluate_author`` returns them next to the result; the
+    history writer receives them (:meth:`History.record`, ``facts=``).
+
+    ``discovery_method``: ``treewalk`` (RFC 9990's name; ``psl`` was RFC
+    7489's method, never used here).  ``record_name``: ``_dmarc.NAME``
+    where the policy record was found; ``policy_domain``: that NAME.
+    ``source``: ``author``, ``organizational`` or ``psd`` (whose record it
+    is).  ``organizational_domain``: the author domain's, by the tree walk
+    ('' when a lookup above the domain's own record failed).  ``psd``:
+    the policy record's ``psd`` (``y``, ``n``, ``u``).
+    ``policy_tag``: ``p``, ``sp`` or ``np``, the tag that applied;
+    ``requested``: its value.  ``testing``: ``t=y`` applied (or ``pct=0``
+    taken as ``t=y``); ``policy``: the policy after ``t`` (what
+    ``policy.dmarc`` says).  ``transition``: how an RFC 7489 ``pct`` was
+    taken ('' when none).  ``historic``: removed tags the record carries.
+    ``walk``: the names the tree walk asked for.
+    """
+
+    header_from: str
+    record_name: str
+    policy_domain: str
+    source: str
+    organizational_domain: str
+    psd: str
+    policy_tag: str
+    requested: str
+    testing: bool
+    policy: str
+    transition: str = ""
+    historic: tuple = ()
+    walk: tuple = ()
+    discovery_method: str = "treewalk"
+
+    def comment(self, disposition: str) -> str:
+        """The A-R comment of ``policy.dmarc``: how the policy was found,
+        which tag applied, and the transition rules that did."""
+        parts = [f"{self.policy_tag}={self.requested} from {self.record_name} by tree walk"]
+        if self.testing:
+            parts.append(self.transition or "t=y")
+        elif self.transition:
+            parts.append(self.transition)
+        parts.append(f"dis={disposition}")
+        return ", ".join(parts)
 
 
 class _TempError(Exception):
@@ -245,55 +395,81 @@ class DmarcCheck(Check):
 
     def __init__(self, options, services):
         super().__init__(options, services)
-        # tests replace it for deterministic pct sampling
-        self.random = random.Random()
         self.history = (History(options.history, options.history_days,
                                 state=getattr(getattr(services, "config", None), "state", None))
                         if options.history else None)
         # failure reports (RFC 9991): None unless [dmarc_failure] enabled
         self.failure = outbox_for(services)
 
-    # -- organizational domain -------------------------------------------------
+    # -- the tree walk (RFC 9989 §4.10) ------------------------------------------
 
-    def organizational(self, domain: str) -> str:
-        return organizational(domain)
-
-    def aligned(self, a: str, b: str, mode: str) -> bool:
-        a, b = _normalize(a), _normalize(b)
-        if mode == "s":
-            return a == b
-        return a == b or self.organizational(a) == self.organizational(b)
-
-    # -- discovery -------------------------------------------------------------
-
-    def _fetch(self, ctx, domain: str) -> Optional[Record]:
-        answer = ctx.dns.query(f"_dmarc.{domain}", "TXT", decisive=True)
+    @staticmethod
+    def _txt(ctx, qname: str, failures: dict):
+        """The TXT strings at ``qname``; None, its reason kept in
+        ``failures``, when the lookup failed."""
+        answer = ctx.dns.query(qname, "TXT", decisive=True)
         if answer.temporary:
-            raise _TempError(answer.describe())
-        texts = [t for t in answer.records if is_dmarc_record(t)] if answer.ok else []
-        if len(texts) != 1:
+            failures[qname[len("_dmarc."):]] = answer.describe()
             return None
-        return parse_record(domain, texts[0])
+        return list(answer.records) if answer.ok else []
 
-    def discover(self, ctx, domain: str) -> tuple:
-        """(record, organizational domain); RFC 7489 §6.6.3."""
-        org = self.organizational(domain)
-        answer = ctx.dns.query(f"_dmarc.{domain}", "TXT", decisive=True)
-        if answer.temporary:
-            raise _TempError(answer.describe())
-        texts = [t for t in answer.records if is_dmarc_record(t)] if answer.ok else []
-        if len(texts) > 1:
-            return None, org            # several records: no DMARC processing
-        if texts:
-            return parse_record(domain, texts[0]), org
-        if org == domain:
-            return None, org
-        return self._fetch(ctx, org), org
+    @staticmethod
+    def prefetch(ctx, domains) -> None:
+        """Start the lookups of every name the walks of ``domains`` can
+        read, at once: they do not depend on each other, only on which
+        answers the walk goes on to read."""
+        names = dict.fromkeys(n for d in domains for n in walk_names(d))
+        if names:
+            ctx.dns.query_many([(f"_dmarc.{n}", "TXT") for n in names], decisive=True)
+
+    def walk(self, ctx, domain: str, walks: dict) -> TreeWalk:
+        """The tree walk from ``domain``, once per message (``walks``).
+        ``walks[None]``: name -> why its lookup failed."""
+        domain = _normalize(domain)
+        if domain not in walks:
+            self.prefetch(ctx, (domain,))
+            failures = walks.setdefault(None, {})
+            walks[domain] = tree_walk(domain, lambda qname: self._txt(ctx, qname, failures))
+        return walks[domain]
+
+    def organizational(self, ctx, domain: str, walks: dict) -> str:
+        """The organizational domain of ``domain`` by its tree walk;
+        :class:`_TempError` when a lookup the walk needed failed."""
+        walk = self.walk(ctx, domain, walks)
+        if walk.failed:
+            raise _TempError(f"_dmarc.{walk.failed}: {walks[None].get(walk.failed, 'failed')}")
+        return walk.organizational
+
+    def aligned(self, ctx, identifier: str, author: str, mode: str, walks: dict):
+        """True, False, or None when a lookup it needed failed.
+
+        Strict: the same name.  Relaxed (RFC 9989 §4.10.2): the same
+        organizational domain, each by its tree walk; an identifier that is
+        not the author's organizational domain or under it cannot have the
+        same one (an organizational domain is always the name itself or a
+        parent), so it costs no walk.
+        """
+        identifier, author = _normalize(identifier), _normalize(author)
+        if identifier == author:
+            return True
+        if mode == "s":
+            return False
+        try:
+            org = self.organizational(ctx, author, walks)
+            if identifier != org and not identifier.endswith("." + org):
+                return False
+            return self.organizational(ctx, identifier, walks) == org
+        except _TempError:
+            return None
 
     def _nonexistent(self, ctx, domain: str) -> bool:
-        answers = ctx.dns.query_many([(domain, "A"), (domain, "AAAA"), (domain, "MX")],
-                                     decisive=True)
-        return all(a.status is Status.NXDOMAIN for a in answers)
+        """RFC 9989 §3.2.13 and A.4: a name does not exist when a query for
+        it gets NXDOMAIN (any record of any type makes it exist; RFC 8020:
+        NXDOMAIN covers every type).  One query, of type A."""
+        answer = ctx.dns.query(domain, "A", decisive=True)
+        if answer.temporary:
+            raise _TempError(f"existence of {domain}: {answer.describe()}")
+        return answer.status is Status.NXDOMAIN
 
     # -- the check -------------------------------------------------------------
 
@@ -307,22 +483,25 @@ class DmarcCheck(Check):
             ctx.log.info("dmarc: no author domain to evaluate: %s%s", problem,
                          f" ({note})" if note else "")
             return self.result("permerror", "DMARC_BAD_FROM", problem, reply=reply)
-        if len(domains) > 1:
-            # start every policy lookup at once rather than one domain after another
-            ctx.dns.query_many([(f"_dmarc.{d}", "TXT") for d in domains], decisive=True)
+        # every name the author domains' walks can read, at once
+        self.prefetch(ctx, [_normalize(d) for d in domains])
+        walks: dict = {}                # the message's tree walks, by starting name
         rows: list = []                 # history, written once every lookup is done
-        outcomes = [(domain, self._author(ctx, domain, rows)) for domain in domains]
+        outcomes = [(domain, self.evaluate_author(ctx, domain, walks, rows)[0])
+                    for domain in domains]
         if self.history is not None:
             for row in rows:
-                self.history.record(ctx, *row)
+                self.history.record(ctx, *row[:-1], facts=row[-1])
         if self.failure is not None and rows:
             # queued for the sender thread of mailwarden.dmarc_failure, never sent here
-            self.failure.offer(ctx, rows, dict(outcomes), self.aligned)
+            self.failure.offer(ctx, rows, dict(outcomes),
+                               lambda a, b, mode: bool(self.aligned(ctx, a, b, mode, walks)))
         if len(outcomes) == 1 and not note:
             return outcomes[0][1]
-        # RFC 7489 §6.6.1: every author domain is checked and the strictest
-        # outcome applies; A-R carries that one, its header.from the domain
-        # that decided, the others are named in its reason
+        # RFC 9989 §5.3.1 allows going on with several author domains: every
+        # one is checked and the strictest outcome applies; A-R carries that
+        # one, its header.from the domain that decided, the others are named
+        # in its reason
         worst = max(outcomes, key=lambda o: _severity(o[1]))[1]
         parts = [worst.reason, note]
         if len(outcomes) > 1:
@@ -331,23 +510,33 @@ class DmarcCheck(Check):
         ctx.log.info("dmarc: %s", reason)
         return dataclasses.replace(worst, reason=reason)
 
-    def _author(self, ctx, domain: str, rows: list):
-        """The DMARC outcome for one author domain."""
-        try:
-            record, org = self.discover(ctx, domain)
-        except _TempError as exc:
-            return self.result("temperror", "DMARC_TEMPERROR", f"policy lookup: {exc}",
-                               properties=(("header.from", domain),))
+    def evaluate_author(self, ctx, domain: str, walks: dict, rows: list) -> tuple:
+        """(result, facts) for one author domain; facts None when no
+        policy applied (none, temperror)."""
+        domain = _normalize(domain)
+        walk = self.walk(ctx, domain, walks)
+        if walk.failed and not walk.policy_record:
+            why = walks[None].get(walk.failed, "failed")
+            return self.result("temperror", "DMARC_TEMPERROR",
+                               f"policy lookup: _dmarc.{walk.failed}: {why}",
+                               properties=(("header.from", domain),)), None
+        record = (parse_record(walk.policy_domain, walk.policy_record)
+                  if walk.policy_record else None)
         if record is None:
-            return self.result("none", "DMARC_NONE", "",
-                               properties=(("header.from", domain),))
+            reason = ""
+            if walk.policy_record:
+                reason = (f"_dmarc.{walk.policy_domain} has no valid policy and no rua=: "
+                          "no DMARC processing")
+            return self.result("none", "DMARC_NONE", reason,
+                               properties=(("header.from", domain),)), None
         try:
-            return self._evaluate(ctx, domain, org, record, rows)
+            return self._evaluate(ctx, domain, walk, record, walks, rows)
         except _TempError as exc:
             return self.result("temperror", "DMARC_TEMPERROR", str(exc),
-                               properties=(("header.from", domain),))
+                               properties=(("header.from", domain),)), None
 
-    def _evaluate(self, ctx, domain: str, org: str, record: Record, rows: list):
+    def _evaluate(self, ctx, domain: str, walk: TreeWalk, record: Record, walks: dict,
+                  rows: list) -> tuple:
         spf_identities = []             # (domain, result) of the MAIL FROM identity
         for r in ctx.results_of("spf"):
             if r.mailfrom:
@@ -357,38 +546,48 @@ class DmarcCheck(Check):
             if r.header_d:
                 dkim_identities.append((r.header_d, r.header_s, r.result))
 
-        spf_aligned = any(res == "pass" and self.aligned(d, domain, record.aspf)
-                          for d, res in spf_identities)
-        dkim_aligned = any(res == "pass" and self.aligned(d, domain, record.adkim)
-                           for d, _s, res in dkim_identities)
+        # RFC 9989 §4.10.2: only authenticated identifiers (a pass) are
+        # aligned; one whose lookup had a temporary error is unknown
+        spf_align = [self.aligned(ctx, d, domain, record.aspf, walks)
+                     for d, res in spf_identities if res == "pass"]
+        dkim_align = [self.aligned(ctx, d, domain, record.adkim, walks)
+                      for d, _s, res in dkim_identities if res == "pass"]
+        spf_aligned, dkim_aligned = True in spf_align, True in dkim_align
 
-        if record.domain == domain:
-            policy, which = record.p, "p"
+        if walk.source == "author":
+            tag = "p"
         elif record.np is not None and self._nonexistent(ctx, domain):
-            policy, which = record.np, "np"
+            tag = "np"
         elif record.sp is not None:
-            policy, which = record.sp, "sp"
+            tag = "sp"
         else:
-            policy, which = record.p, "p"
+            tag = "p"
+        requested = {"p": record.p, "sp": record.sp, "np": record.np}[tag]
+        # t=y: the next weaker policy (RFC 9989 §4.7)
+        policy = _MILDER[requested] if record.testing else requested
+        facts = Facts(header_from=domain, record_name=f"_dmarc.{walk.policy_domain}",
+                      policy_domain=walk.policy_domain, source=walk.source,
+                      organizational_domain=walk.organizational, psd=record.psd,
+                      policy_tag=tag, requested=requested, testing=record.testing,
+                      policy=policy, transition=record.transition,
+                      historic=record.historic, walk=walk.asked)
 
         override = ""
         if spf_aligned or dkim_aligned:
             result, disposition = "pass", "none"
         else:
-            unsure = (any(res == "temperror" and self.aligned(d, domain, record.aspf)
-                          for d, res in spf_identities)
-                      or any(res == "temperror" and self.aligned(d, domain, record.adkim)
+            unsure = (None in spf_align or None in dkim_align
+                      or any(res == "temperror" and self._maybe_aligned(d, walk, record.aspf)
+                             for d, res in spf_identities)
+                      or any(res == "temperror" and self._maybe_aligned(d, walk, record.adkim)
                              for d, _s, res in dkim_identities))
             if unsure:
                 raise _TempError("an aligned SPF or DKIM identity had a temporary error")
             result, disposition = "fail", policy
-            if policy != "none" and record.pct < 100 and \
-                    not self.random.random() * 100 < record.pct:
-                disposition, override = _MILDER[policy], "sampled_out"
+            if record.testing and requested != "none":
+                override = "policy_test_mode"
 
-        comment = ("" if which == "p" else f"by {which}: ") + (
-            f"p={record.p} sp={record.sp or '-'} np={record.np or '-'} "
-            f"pct={record.pct} dis={disposition}")
+        comment = facts.comment(disposition)
         props = (("header.from", domain), ("policy.dmarc", policy, comment))
         if result == "pass":
             out = self.result("pass", "DMARC_PASS", properties=props)
@@ -400,18 +599,32 @@ class DmarcCheck(Check):
                 reply = Reply(Action.REJECT, 550, "5.7.1",
                               f"Message rejected: it fails the DMARC policy of {domain}")
             elif action == "quarantine":
-                quarantine = f"DMARC {which}={policy} of {domain}"
+                quarantine = f"DMARC {tag}={policy} of {domain}"
             elif disposition != "none":
                 override = override or "local_policy"
-            reason = f"not aligned with {domain}" + (" (sampled out by pct)"
-                                                     if override == "sampled_out" else "")
+            reason = f"not aligned with {domain}" + (" (testing: t=y)" if record.testing
+                                                     and requested != "none" else "")
             out = self.result("fail", "DMARC_FAIL_" + disposition.upper(), reason,
                               properties=props, reply=reply, quarantine=quarantine)
             if action == "score":
                 disposition = "none"       # what was applied on DMARC's account
         rows.append((domain, record, result, disposition, override,
-                     spf_aligned, dkim_aligned, spf_identities, dkim_identities))
-        return out
+                     spf_aligned, dkim_aligned, spf_identities, dkim_identities, facts))
+        return out, facts
+
+    @staticmethod
+    def _maybe_aligned(identifier: str, walk: TreeWalk, mode: str) -> bool:
+        """Whether an identifier whose check had a temporary error could have
+        aligned: strict, the same name; relaxed, a name at or under the
+        author's organizational domain (its walk is not worth the lookups:
+        the identifier was not authenticated anyway)."""
+        identifier = _normalize(identifier)
+        if identifier == walk.domain:
+            return True
+        org = walk.organizational
+        if mode == "r" and not org:
+            return True                 # the organizational domain is not known
+        return mode == "r" and (identifier == org or identifier.endswith("." + org))
 
 
 # --------------------------------------------------------------------------
@@ -427,7 +640,13 @@ class History:
         self.records = open_records(target, days, state=state)
 
     def record(self, ctx, domain, record: Record, result, disposition, override,
-               spf_aligned, dkim_aligned, spf_identities, dkim_identities) -> None:
+               spf_aligned, dkim_aligned, spf_identities, dkim_identities,
+               facts: Optional[Facts] = None) -> None:
+        """``facts``: RFC 9989's facts of the evaluation (see :class:`Facts`).
+        The records take ``discovery_method``, ``policy_tag``, the record's
+        ``t=`` as published (``testing``) and, when ``t=y`` softened the
+        policy because of ``pct=0``, that transition as the override's
+        comment; the other facts are not in their schema."""
         msg = ctx.msg
         sender = msg.mail_from
         rcpt = msg.rcpts[0] if msg.rcpts else ""
@@ -442,7 +661,11 @@ class History:
             dkim_aligned=bool(dkim_aligned), spf_aligned=bool(spf_aligned),
             disposition=disposition, override=override,
             dkim=tuple((d, s, r) for d, s, r in dkim_identities),
-            spf=tuple((d, scope, r) for d, r in spf_identities))
+            spf=tuple((d, scope, r) for d, r in spf_identities),
+            discovery_method=facts.discovery_method if facts else "",
+            testing=record.t_tag or "n", policy_tag=facts.policy_tag if facts else "",
+            override_comment=(facts.transition if facts and override == "policy_test_mode"
+                              else ""))
         try:
             self.records.record(evaluation)
         except RecordsError as exc:

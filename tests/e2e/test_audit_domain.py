@@ -52,7 +52,11 @@ def test_good_domain_table_over_real_dns(dns_server, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "mailwarden audit good.audit.example"
-    assert lines[-1] == "28 ok, 0 warn, 0 fail"
+    assert lines[-1] == "32 ok, 0 warn, 0 fail"
+    # RFC 9989's tree walk, name by name, and the organizational domain it gives
+    walk = [line for line in lines if line.split()[:4] == ["dmarc", "ok", "tree", "walk"]]
+    assert [line.split()[4] for line in walk] == \
+        ["_dmarc.good.audit.example:", "_dmarc.audit.example:", "_dmarc.example:"], walk
     assert any(line.split()[:3] == ["rdns", "ok", "2001:db8:a0d1::242"] for line in lines)
     assert any(line.split()[:3] == ["dkim", "ok", "s2048._domainkey.good.audit.example"]
                and "matches the local key" in line for line in lines)

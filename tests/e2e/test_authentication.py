@@ -153,6 +153,31 @@ SCENARIOS = [
      "delivered", "dmarc=pass header.from=news.mwshop.co.uk policy.dmarc=reject"),
     ("co-uk-fail", STRANGER, "bounce@mwshop.co.uk", "a@news.mwshop.co.uk", None, None,
      "550 5.7.1", None),
+    # RFC 9989's DNS tree walk: the policy of mw-walk.example found from a.b.c
+    # below it, and from ten labels down past the eight-label shortcut
+    ("walk-deep-reject", STRANGER, NOT_ALIGNED, "a@a.b.c.mw-walk.example", None, None,
+     "550 5.7.1", None),
+    ("walk-ten-labels-reject", STRANGER, NOT_ALIGNED, "a@a.b.c.d.e.f.g.h.mw-walk.example",
+     None, None, "550 5.7.1", None),
+    ("walk-deep-pass", RELAY, "bounce@mw-walk.example", "a@a.b.c.mw-walk.example", None, None,
+     "delivered", "dmarc=pass header.from=a.b.c.mw-walk.example policy.dmarc=reject "
+                  "(p=reject from _dmarc.mw-walk.example by tree walk, dis=none)"),
+    # psd=n at dept.mw-walk.example: its own organization, mw-walk.example's
+    # SPF pass no longer aligns (with the PSL it did)
+    ("walk-psd-n", RELAY, "bounce@mw-walk.example", "a@x.dept.mw-walk.example", None, None,
+     "delivered", "dmarc=fail reason=\"not aligned with x.dept.mw-walk.example\" "
+                  "header.from=x.dept.mw-walk.example policy.dmarc=none "
+                  "(p=none from _dmarc.dept.mw-walk.example by tree walk, dis=none)"),
+    # psd=y at mw-psd.example: giant and mega are two organizations, and a
+    # name under it that does not exist gets the PSD's np=reject
+    ("walk-psd-y-tenants", STRANGER, "bounce@mega.mw-psd.example", "a@giant.mw-psd.example",
+     None, None, "delivered", "dmarc=fail reason=\"not aligned with giant.mw-psd.example\" "
+                              "header.from=giant.mw-psd.example policy.dmarc=none"),
+    ("walk-psd-y-np", STRANGER, NOT_ALIGNED, "a@ghost.mw-psd.example", None, None,
+     "550 5.7.1", None),
+    # t=y: testing, p=reject applied as quarantine
+    ("testing-t-y", STRANGER, NOT_ALIGNED, "a@mw-test.example", None, None,
+     "quarantined", None),
 ]
 
 

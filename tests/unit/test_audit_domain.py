@@ -101,7 +101,10 @@ FAULTS = [
      "2 DMARC records: receivers ignore them all"),
     ("dmarcsyntax", [("dmarc", FAIL, "_dmarc.dmarcsyntax.audit.example")],
      "syntax error: p=rejected: expected none, quarantine or reject"),
-    ("dmarcpct", [("dmarc", WARN, "pct")], "pct=25: the policy applies to only 25%"),
+    ("dmarcpct", [("dmarc", WARN, "pct")], "pct=25: removed by RFC 9989 (historic)"),
+    ("dmarcri", [("dmarc", WARN, "ri")], "ri=3600: removed by RFC 9989 (historic)"),
+    ("dmarctesting", [("dmarc", WARN, "t")],
+     "t=y: testing: receivers apply the next weaker policy than reject"),
     ("dmarcsp", [("dmarc", WARN, "sp")], "sp=none is weaker than p=reject"),
     ("dmarcnorua", [("dmarc", WARN, "rua")], "no rua=: you get no aggregate reports"),
     ("dmarcext", [("dmarc", FAIL, "dmarcext.audit.example._report._dmarc.audit-reports.example")],
@@ -198,6 +201,31 @@ def test_subdomain_inherits_the_organizational_domain_dmarc_record():
     assert record.message.startswith("no record at _dmarc.sub.audit-org.test: the "
                                      "organizational domain's record applies")
     assert find(report, "dmarc", "sp", OK)[0].value == "quarantine"
+
+
+def test_tree_walk_shown_for_the_domain_and_its_parents():
+    report = audit("sub.audit-org.test")
+    walk = [f.message for f in find(report, "dmarc", "tree walk", OK)]
+    assert walk == ["_dmarc.sub.audit-org.test: no single DMARC record",
+                    "_dmarc.audit-org.test: a record, psd=u",
+                    "_dmarc.test: no single DMARC record"]
+    assert find(report, "dmarc", "organizational domain", OK)[0].value == "audit-org.test"
+
+
+def test_psd_n_and_psd_y_read_as_rfc_9989_says():
+    report = audit("x.dept.audit-org.test")
+    assert report.problems() == []
+    walk = [f.message for f in find(report, "dmarc", "tree walk", OK)]
+    assert walk[-1] == "_dmarc.dept.audit-org.test: a record, psd=n: the walk stops here"
+    assert find(report, "dmarc", "organizational domain", OK)[0].value == "dept.audit-org.test"
+    assert find(report, "dmarc", "psd", OK)[0].value == "n"
+    report = audit("tenant.audit-psd.test")
+    assert report.problems() == []
+    assert find(report, "dmarc", "organizational domain", OK)[0].value == \
+        "tenant.audit-psd.test"
+    record = find(report, "dmarc", "_dmarc.audit-psd.test", OK)[0]
+    assert "the public suffix domain's record (psd=y) applies" in record.message
+    assert find(report, "dmarc", "np", OK)[0].value == "reject"
 
 
 def test_nonexistent_domain_stops_after_mx():
@@ -320,7 +348,7 @@ def test_cli_table_for_the_good_domain(capsys, keys):
     lines = out.splitlines()
     assert lines[0] == "mailwarden audit good.audit.example"
     assert lines[1].split() == ["AREA", "RESULT", "SUBJECT", "FINDING"]
-    assert lines[-1] == "26 ok, 0 warn, 0 fail"
+    assert lines[-1] == "30 ok, 0 warn, 0 fail"
     assert "\033[" not in out          # no colour when not on a terminal
 
 

@@ -252,9 +252,11 @@ from mailwarden import dmarc_report  # noqa: E402
 from mailwarden.dmarc_report import Report  # noqa: E402
 
 SEND_ZONE = """
+_dmarc.evil.example. TXT "v=DMARC1; p=none"
 evil.example._report._dmarc.reports.example. TXT "v=DMARC1"
 """
-# who may get evil.example's reports: its own organization, and
+# who may get evil.example's reports: its own organization (by the tree
+# walk: evil.example publishes the record above it), and
 # reports.example, which published evil.example._report._dmarc
 ALLOWED = {"evil.example", "sub.evil.example", "reports.example"}
 # one strict addr-spec, as the test reads RFC 5322 §3.4.1 (dot-atom, host name)
@@ -914,6 +916,7 @@ def test_the_report_mail_follows_rfc9990(history, tmp_path):
 # external destinations: RFC 9990, "Verifying External Destinations"
 
 VERIFY_ZONE = """
+_dmarc.f.example. TXT "v=DMARC1; p=none; rua=mailto:agg@f.example"
 f.example._report._dmarc.plain.example. TXT "v=DMARC1"
 f.example._report._dmarc.redirect.example. TXT "v=DMARC1; rua=mailto:inbox@redirect.example,mailto:copy@redirect.example"
 f.example._report._dmarc.elsewhere.example. TXT "v=DMARC1; rua=mailto:inbox@elsewhere.example,mailto:victim@victim.example"

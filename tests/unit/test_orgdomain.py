@@ -267,14 +267,18 @@ def test_tenants_of_github_io_do_not_align():
 # -- dmarc-report: another tenant is an external destination ------------------------
 
 def test_report_to_another_tenant_of_a_private_suffix_needs_its_authorization():
-    zone = ('victim.eu.org._report._dmarc.reports.eu.org. TXT "v=DMARC1"\n')
+    # eu.org says psd=y; victim.eu.org publishes its own record, so the tree
+    # walk makes it an organization (RFC 9990 compares tree-walk ones)
+    zone = ('_dmarc.eu.org. TXT "v=DMARC1; p=none; psd=y"\n'
+            '_dmarc.victim.eu.org. TXT "v=DMARC1; p=reject"\n'
+            'victim.eu.org._report._dmarc.reports.eu.org. TXT "v=DMARC1"\n')
     resolver = Resolver(DnsOptions(), backend=ZoneBackend(zone))
     try:
         ok, why = authorized(resolver, "victim.eu.org", Destination("r@attacker.eu.org"))
         assert not ok and "victim.eu.org._report._dmarc.attacker.eu.org" in why
         assert authorized(resolver, "victim.eu.org", Destination("r@reports.eu.org")) == \
             (True, "")
-        # same organization: no lookup needed
+        # same organization: no _report._dmarc record needed
         assert authorized(resolver, "mail.victim.eu.org",
                           Destination("dmarc@victim.eu.org")) == (True, "")
     finally:
@@ -287,7 +291,7 @@ _AUDIT_EXTRA = """
 sub.victim.eu.org.          MX    10 mx.victim.eu.org.
 mx.victim.eu.org.           A     192.0.2.25
 _dmarc.victim.eu.org.       TXT   "v=DMARC1; p=reject"
-_dmarc.eu.org.              TXT   "v=DMARC1; p=none"
+_dmarc.eu.org.              TXT   "v=DMARC1; p=none; psd=y"
 sub.corp.internal.          MX    10 mx.corp.internal.
 mx.corp.internal.           A     192.0.2.26
 _dmarc.corp.internal.       TXT   "v=DMARC1; p=quarantine"
@@ -298,7 +302,10 @@ def test_audit_of_a_tenants_subdomain_reads_the_tenants_record():
     report = audit("sub.victim.eu.org", selectors=(), zone=AUDIT_ZONE + _AUDIT_EXTRA)
     find(report, "dmarc", "_dmarc.victim.eu.org", "ok")
     assert find(report, "dmarc", "p")[0].value == "reject"
-    assert ("_dmarc.eu.org", "TXT") not in report.backend.queries
+    # RFC 9989: the tree walk reads _dmarc.eu.org, whose psd=y stops it and
+    # leaves victim.eu.org, one label below, as the organizational domain
+    assert ("_dmarc.eu.org", "TXT") in report.backend.queries
+    assert find(report, "dmarc", "organizational domain")[0].value == "victim.eu.org"
 
 
 def test_audit_under_an_unknown_tld_takes_the_default_rule():

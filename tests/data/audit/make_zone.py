@@ -5,8 +5,8 @@ and tests/e2e/test_audit_domain.py).
 Run it again after changing a key in this directory:
     .venv/bin/python tests/data/audit/make_zone.py
 
-Every name lives under audit.example, audit-reports.example or
-audit-org.test, and the addresses under 198.51.100.240/28 and
+Every name lives under audit.example, audit-reports.example,
+audit-org.test or audit-psd.test, and the addresses under 198.51.100.240/28 and
 2001:db8:a0d1::/48, so that the zone does not collide with other tests'
 data in the shared DNS server.
 """
@@ -64,6 +64,12 @@ def domain(name: str, mx=("10 mx1", "20 mx2"), spf=(f"v=spf1 mx include:_spf.{BA
     lines.append(f"s2048._domainkey.{name}. TXT {txt('v=DKIM1; k=rsa; p=' + RSA2048)}")
     for value in dmarc:
         lines.append(f"_dmarc.{name}. TXT {txt(value)}")
+    # audit.example publishes no DMARC record, so each domain under it is its
+    # own organizational domain (RFC 9989's tree walk): a report address at
+    # audit.example is external and authorises the domain (RFC 9990 §3)
+    hosts = {h for value in dmarc for h in (BASE, f"nomail.{BASE}") if f"@{h}" in value}
+    for host in sorted(hosts):
+        lines.append(f"{name}._report._dmarc.{host}. TXT \"v=DMARC1\"")
     if dmarc == (GOOD_DMARC,):
         lines.append(f"{name}._report._dmarc.audit-reports.example. TXT \"v=DMARC1\"")
     for value in sts:
@@ -171,6 +177,8 @@ def build() -> str:
         domain(d("dmarcrualost"), dmarc=("v=DMARC1; p=reject; rua=mailto:d@nomail.audit.example",),
                tlsrpt=("v=TLSRPTv1; rua=mailto:tls@nomail.audit.example",)),
         domain(d("dmarcext"), dmarc=("v=DMARC1; p=reject; rua=mailto:d@audit-reports.example",)),
+        domain(d("dmarctesting"), dmarc=("v=DMARC1; p=reject; t=y; rua=mailto:d@audit.example",)),
+        domain(d("dmarcri"), dmarc=("v=DMARC1; p=reject; ri=3600; rua=mailto:d@audit.example",)),
         # MTA-STS and TLS-RPT
         domain(d("stsnone"), sts=(), sts_host=False, tlsrpt=()),
         domain(d("stsbad"), sts=("v=STSv1; id=not-alnum!;",)),
@@ -178,6 +186,16 @@ def build() -> str:
         domain(d("tlsrptbad"), tlsrpt=("v=TLSRPTv1; rua=ftp://audit.example/reports",)),
         # a subdomain whose DMARC policy comes from its organizational domain
         domain("sub.audit-org.test", dmarc=()),
+        # RFC 9989's tree walk: psd=n at dept.audit-org.test makes it an
+        # organization of its own; a public suffix domain (psd=y) with np=
+        domain("x.dept.audit-org.test", dmarc=()),
+        ["_dmarc.dept.audit-org.test. TXT \"v=DMARC1; p=quarantine; psd=n; "
+         "rua=mailto:dmarc@dept.audit-org.test\"",
+         "dept.audit-org.test. MX 10 mx1.audit.example."],
+        domain("tenant.audit-psd.test", dmarc=()),
+        ["_dmarc.audit-psd.test. TXT \"v=DMARC1; p=reject; np=reject; psd=y; "
+         "rua=mailto:dmarc@audit-psd.test\"",
+         "audit-psd.test. MX 10 mx1.audit.example."],
         ["_dmarc.audit-org.test. TXT \"v=DMARC1; p=reject; sp=quarantine; "
          "rua=mailto:dmarc@audit-org.test\""],
     ]
