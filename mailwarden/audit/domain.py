@@ -13,6 +13,12 @@ Areas and what each finding means:
 * ``dkim``: for each selector, the key is published, parses, is RSA of at
   least 2048 bits or Ed25519, is not revoked, allows sha256, and matches the
   local private key when one is known.
+* ``arc``: for each ARC selector (``--arc-selector``, ``--arc-key``, or
+  ``[check.arc] keys``), the key record at ``S._domainkey.DOMAIN`` is judged
+  as a DKIM key is, by the same code, except that it must be RSA: RFC 8617
+  defines rsa-sha256 alone, and verifiers refuse an ARC seal made with any
+  other algorithm, so an Ed25519 key fails.  No ARC selector, no ``arc``
+  finding: sealing is optional.
 * ``dmarc``: as RFC 9989 reads it.  The DNS tree walk from the domain up
   (each name asked and what it has, where it stops), the organizational
   domain it gives, and the record that applies: the domain's own, its
@@ -91,15 +97,13 @@ class DomainAudit:
     """One audit of one domain.  Answers are remembered for this audit only,
     so that every finding is about the same view of DNS."""
 
-    def __init__(self, resolver: Resolver, domain: str, selectors=(), keys=()):
+    def __init__(self, resolver: Resolver, domain: str, selectors=(), keys=(),
+                 arc_selectors=(), arc_keys=()):
         self.resolver = resolver
         self.domain = normalize(domain)
         # selector -> local key path; selectors without a local key -> None
-        self.selectors: dict = {}
-        for selector in selectors:
-            self.selectors.setdefault(normalize(selector), None)
-        for selector, path in keys:
-            self.selectors[normalize(selector)] = path
+        self.selectors = _selector_map(selectors, keys)
+        self.arc_selectors = _selector_map(arc_selectors, arc_keys)
         self._answers: dict = {}
         self.report = Report(self.domain)
 
@@ -149,11 +153,13 @@ class DomainAudit:
         d = self.domain
         self.prefetch([(d, "MX"), (d, "TXT"), (f"_dmarc.{d}", "TXT"),
                        (f"_mta-sts.{d}", "TXT"), (f"_smtp._tls.{d}", "TXT")]
-                      + [(f"{s}._domainkey.{d}", "TXT") for s in self.selectors])
+                      + [(f"{s}._domainkey.{d}", "TXT")
+                         for s in dict.fromkeys([*self.selectors, *self.arc_selectors])])
         if not self.audit_mx():
             return self.report
         self.audit_spf()
         self.audit_dkim()
+        self.audit_arc()
         self.audit_dmarc()
         self.audit_mta_sts()
         self.audit_tls_rpt()
@@ -464,35 +470,43 @@ class DomainAudit:
             return
         types = []
         for selector, key_path in self.selectors.items():
-            key_type = self.audit_dkim_selector(selector, key_path)
+            key_type = self.audit_key("dkim", selector, key_path)
             if key_type:
                 types.append(key_type)
         if types and all(t == "ed25519" for t in types):
             self.add("dkim", WARN, d, "only Ed25519 keys: receivers without RFC 8463 see "
                      "no valid signature; sign with an RSA key as well")
 
-    def audit_dkim_selector(self, selector: str, key_path) -> str:
-        """Findings for one selector; the key type when a usable key is published."""
+    def audit_arc(self) -> None:
+        """ARC keys are DKIM key records (RFC 8617 §4.1.3), judged by the
+        same code; only the algorithms differ."""
+        for selector, key_path in self.arc_selectors.items():
+            self.audit_key("arc", selector, key_path)
+
+    def audit_key(self, area: str, selector: str, key_path) -> str:
+        """Findings for one selector's key record, in ``area`` ("dkim" or
+        "arc"); the key type when a usable key is published."""
         name = f"{selector}._domainkey.{self.domain}"
+        made = "ARC seals" if area == "arc" else "signatures"
         answer = self.q(name, "TXT")
         if answer.temporary:
-            self.failed("dkim", name, answer)
+            self.failed(area, name, answer)
             return ""
         if not answer.ok or not answer.records:
-            self.add("dkim", FAIL, name, "no key published: signatures with this selector "
+            self.add(area, FAIL, name, f"no key published: {made} with this selector "
                      "cannot be verified")
             return ""
         if len(answer.records) > 1:
-            self.add("dkim", WARN, name, f"{len(answer.records)} TXT records: verifiers may "
+            self.add(area, WARN, name, f"{len(answer.records)} TXT records: verifiers may "
                      "pick any (RFC 6376 §3.6.2.2); publish one")
         text = sorted(answer.records)[0]
         try:
             key = parse_dkim_key(text)
         except RecordError as exc:
-            self.add("dkim", FAIL, name, f"key record does not parse: {exc}")
+            self.add(area, FAIL, name, f"key record does not parse: {exc}")
             return ""
         if not key.public:
-            self.add("dkim", FAIL, name, "key revoked (empty p=): signatures with this "
+            self.add(area, FAIL, name, f"key revoked (empty p=): {made} with this "
                      "selector fail")
             return ""
         if key.key_type == "rsa":
@@ -500,56 +514,65 @@ class DomainAudit:
                 from dkim.crypto import UnparsableKeyError, parse_public_key
                 public = parse_public_key(key.public)
             except (UnparsableKeyError, IndexError, TypeError, ValueError):
-                self.add("dkim", FAIL, name, "p= is not an RSA public key")
+                self.add(area, FAIL, name, "p= is not an RSA public key")
                 return ""
             bits = public["modulus"].bit_length()
             if bits < _RSA_MIN_BITS:
-                self.add("dkim", FAIL, name, f"RSA key of {bits} bits: verifiers must "
+                self.add(area, FAIL, name, f"RSA key of {bits} bits: verifiers must "
                          f"reject keys under {_RSA_MIN_BITS} bits (RFC 8301 §3.2)", f"{bits} bits")
             elif bits < _RSA_GOOD_BITS:
-                self.add("dkim", WARN, name, f"RSA key of {bits} bits: weak; use "
+                self.add(area, WARN, name, f"RSA key of {bits} bits: weak; use "
                          f"{_RSA_GOOD_BITS} bits (RFC 8301 §3.2)", f"{bits} bits")
             elif bits > _RSA_MAX_VERIFIED:
-                self.add("dkim", WARN, name, f"RSA key of {bits} bits: verifiers need not "
+                self.add(area, WARN, name, f"RSA key of {bits} bits: verifiers need not "
                          f"handle more than {_RSA_MAX_VERIFIED} (RFC 8301 §3.2)", f"{bits} bits")
             else:
-                self.add("dkim", OK, name, f"RSA key of {bits} bits", f"{bits} bits")
+                self.add(area, OK, name, f"RSA key of {bits} bits", f"{bits} bits")
+        elif key.key_type == "ed25519" and area == "arc":
+            self.add(area, FAIL, name, "Ed25519 key: RFC 8617 defines rsa-sha256 alone for "
+                     "ARC, and verifiers refuse a seal made with any other algorithm; "
+                     "publish an RSA key for sealing", "k=ed25519")
+            return ""
         elif key.key_type == "ed25519":
             if len(key.public) != 32:
-                self.add("dkim", FAIL, name, f"Ed25519 key of {len(key.public)} bytes, "
+                self.add(area, FAIL, name, f"Ed25519 key of {len(key.public)} bytes, "
                          "not 32 (RFC 8463)")
                 return ""
             public = key.public
-            self.add("dkim", OK, name, "Ed25519 key (RFC 8463)")
+            self.add(area, OK, name, "Ed25519 key (RFC 8463)")
         else:
-            self.add("dkim", FAIL, name, f"unknown key type k={key.key_type}: verifiers "
+            self.add(area, FAIL, name, f"unknown key type k={key.key_type}: verifiers "
                      "ignore the key")
             return ""
         if key.hashes and "sha256" not in key.hashes:
-            self.add("dkim", FAIL, name, "h= excludes sha256: only sha1 is left, which "
+            self.add(area, FAIL, name, "h= excludes sha256: only sha1 is left, which "
                      "verifiers refuse (RFC 8301 §3.1)", key.tags.get("h", ""))
         if key.services and not ({"email", "*"} & set(key.services)):
-            self.add("dkim", FAIL, name, "s= excludes email: the key may not verify mail",
+            self.add(area, FAIL, name, "s= excludes email: the key may not verify mail",
                      key.tags.get("s", ""))
         if "y" in key.flags:
-            self.add("dkim", WARN, name, "testing mode (t=y): verifiers may treat its "
-                     "signatures as unsigned", key.tags.get("t", ""))
+            treat = ("may ignore its ARC seals" if area == "arc"
+                     else "may treat its signatures as unsigned")
+            self.add(area, WARN, name, f"testing mode (t=y): verifiers {treat}",
+                     key.tags.get("t", ""))
         if key_path:
-            self.compare_local_key(name, key.key_type, public, key_path)
+            self.compare_local_key(area, name, key.key_type, public, key_path)
         return key.key_type
 
-    def compare_local_key(self, name: str, key_type: str, published, path: str) -> None:
+    def compare_local_key(self, area: str, name: str, key_type: str, published,
+                          path: str) -> None:
         """The same key loader as signing, so that the audit refuses what
         ``run`` would refuse (an unreadable, group-readable or odd key)."""
         from ..signing import KeyProblem, load_key
+        made = "ARC seals" if area == "arc" else "signatures"
         try:
             local = load_key(path)
         except KeyProblem as exc:
-            self.add("dkim", FAIL, name, f"local key {exc}")
+            self.add(area, FAIL, name, f"local key {exc}")
             return
         if local.kind != key_type:
-            self.add("dkim", FAIL, name, f"local key {path} is {local.kind}, the published "
-                     f"key is {key_type}: signatures will not verify")
+            self.add(area, FAIL, name, f"local key {path} is {local.kind}, the published "
+                     f"key is {key_type}: {made} will not verify")
             return
         public = local.private.public_key()
         if key_type == "rsa":
@@ -561,10 +584,10 @@ class DomainAudit:
             same = public.public_bytes(serialization.Encoding.Raw,
                                        serialization.PublicFormat.Raw) == published
         if same:
-            self.add("dkim", OK, name, f"published key matches the local key {path}")
+            self.add(area, OK, name, f"published key matches the local key {path}")
         else:
-            self.add("dkim", FAIL, name, f"published key does not match the local key {path}: "
-                     "signatures will not verify")
+            self.add(area, FAIL, name, f"published key does not match the local key {path}: "
+                     f"{made} will not verify")
 
     # -- DMARC ------------------------------------------------------------------
 
@@ -864,15 +887,26 @@ def _same_ip(ip, text) -> bool:
         return False
 
 
-def configured_keys(config, domain: str) -> list:
-    """(selector, key path) of the local DKIM signing keys for ``domain``.
+def _selector_map(selectors, keys) -> dict:
+    """selector -> local key path (None for a selector without one)."""
+    found: dict = {}
+    for selector in selectors:
+        found.setdefault(normalize(selector), None)
+    for selector, path in keys:
+        found[normalize(selector)] = path
+    return found
 
-    Read from a ``dkim_sign`` check's ``keys`` option, whose items are
+
+def configured_keys(config, domain: str, check: str = "dkim_sign") -> list:
+    """(selector, key path) of the local keys for ``domain`` of ``check``:
+    ``dkim_sign`` (signing keys) or ``arc`` (sealing keys).
+
+    Read from that check's ``keys`` option, whose items are
     ``DOMAIN:SELECTOR:PATH`` strings or objects/tuples with domain, selector
     and path; nothing when no such check is configured.
     """
     checks = getattr(config, "checks", {}) or {}
-    options = checks.get("dkim_sign")
+    options = checks.get(check)
     keys = getattr(options, "keys", None) if options is not None else None
     if not keys:
         return []
@@ -896,8 +930,9 @@ def configured_keys(config, domain: str) -> list:
     return found
 
 
-def audit_domain(resolver: Resolver, domain: str, selectors=(), keys=()) -> Report:
-    return DomainAudit(resolver, domain, selectors, keys).run()
+def audit_domain(resolver: Resolver, domain: str, selectors=(), keys=(),
+                 arc_selectors=(), arc_keys=()) -> Report:
+    return DomainAudit(resolver, domain, selectors, keys, arc_selectors, arc_keys).run()
 
 
 # -- command line ------------------------------------------------------------------
@@ -925,6 +960,7 @@ def cmd_audit(args) -> int:
     from ..dns import ZoneBackend
 
     keys = list(args.key or [])
+    arc_keys = list(args.arc_key or [])
     if args.config:
         try:
             config = load(args.config)
@@ -934,6 +970,8 @@ def cmd_audit(args) -> int:
         dns_options = config.dns
         keys += [k for k in configured_keys(config, args.domain)
                  if k[0] not in {s for s, _ in keys}]
+        arc_keys += [k for k in configured_keys(config, args.domain, "arc")
+                     if k[0] not in {s for s, _ in arc_keys}]
     else:
         dns_options = DnsOptions()
     backend = None
@@ -949,7 +987,8 @@ def cmd_audit(args) -> int:
         backend = ZoneBackend("\n".join(text))
     resolver = Resolver(dns_options, backend=backend)
     try:
-        report = audit_domain(resolver, args.domain, args.selector or (), keys)
+        report = audit_domain(resolver, args.domain, args.selector or (), keys,
+                              args.arc_selector or (), arc_keys)
     finally:
         resolver.close()
     return render(f"mailwarden audit {report.domain}", report.findings, args.json,
@@ -958,17 +997,24 @@ def cmd_audit(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "audit", help="audit a domain's mail DNS: MX, reverse DNS, SPF, DKIM, DMARC, "
-                      "MTA-STS, TLS-RPT",
+        "audit", help="audit a domain's mail DNS: MX, reverse DNS, SPF, DKIM, ARC keys, "
+                      "DMARC, MTA-STS, TLS-RPT",
         description="Exit 0 when no finding fails, 1 when one does, 2 when lookups failed.")
     p.add_argument("domain", type=_domain_arg, help="the mail domain, e.g. example.org")
     p.add_argument("-c", "--config", default=None,
-                   help="use [dns] and the DKIM signing keys of this configuration file "
+                   help="use [dns], the DKIM signing keys ([check.dkim_sign] keys) and the "
+                        "ARC sealing keys ([check.arc] keys) of this configuration file "
                         "(default: the system resolver)")
     p.add_argument("--selector", action="append", metavar="S",
                    help="DKIM selector to check (repeat)")
     p.add_argument("--key", action="append", type=_key_arg, metavar="SELECTOR:PATH",
                    help="local DKIM private key of a selector: the published key must "
+                        "match it (repeat)")
+    p.add_argument("--arc-selector", action="append", metavar="S",
+                   help="ARC sealing selector to check, as a DKIM one but RSA only "
+                        "(RFC 8617) (repeat)")
+    p.add_argument("--arc-key", action="append", type=_key_arg, metavar="SELECTOR:PATH",
+                   help="local ARC sealing key of a selector: the published key must "
                         "match it (repeat)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--zone", action="append", metavar="FILE",

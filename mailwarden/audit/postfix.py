@@ -11,6 +11,15 @@ findings out, so the rules are tested without a Postfix.
 The settings of the public SMTP service (the first ``smtpd`` inet service not
 on 587/465) are main.cf plus that service's ``-o`` overrides; submission
 services are judged on their own merged settings.
+
+ARC: when mailwarden's configuration seals (``[check.arc]`` enabled, ``seal``
+not ``never``, ``keys`` set), the seal is mailwarden's last change at end of
+message.  Postfix runs the milters in the order listed, so a milter listed
+after mailwarden (in ``smtpd_milters``, a service's override of it, or
+``non_smtpd_milters``) changes the message after it was sealed, and the
+seal no longer verifies: a warning that names those milters.  Without
+mailwarden in ``non_smtpd_milters``, locally submitted mail (sendmail(1))
+leaves unsealed: a note, as that may be meant.
 """
 
 from __future__ import annotations
@@ -640,6 +649,70 @@ def _defaults(cfg: PostfixSettings, mx: dict) -> list:
     return findings
 
 
+def arc_sealing(config) -> Optional[str]:
+    """The ``[check.arc] seal`` mode of a loaded mailwarden configuration
+    when it seals anything (enabled, not ``never``, a key); else None."""
+    options = (getattr(config, "checks", None) or {}).get("arc")
+    if options is None or not getattr(options, "enabled", False):
+        return None
+    seal = getattr(options, "seal", "never")
+    if seal == "never" or not getattr(options, "keys", ()):
+        return None
+    return seal
+
+
+def _seal_order(subject: str, value: str, milter_address: str, queue_dir: str,
+                arc_seal: str) -> Optional[Finding]:
+    """Where mailwarden stands in one milter list, for its ARC seal: None
+    when it is not in the list."""
+    entries = [m[0] for m in parse_milters(value)]
+    position = next((i for i, m in enumerate(entries)
+                     if milter_matches(m, milter_address, queue_dir)), None)
+    if position is None:
+        return None
+    later = entries[position + 1:]
+    if later:
+        return Finding(MILTER, WARN, subject,
+                       f"mailwarden seals ARC ([check.arc] seal = {arc_seal}) but "
+                       f"{len(later)} milter{'s' if len(later) > 1 else ''} after it may "
+                       "change the message once sealed, and a changed message fails the "
+                       "seal: list mailwarden last", ", ".join(later))
+    return Finding(MILTER, OK, subject, "mailwarden is the last milter: its ARC seal "
+                   "covers every change made to the message", value)
+
+
+def _arc(cfg: PostfixSettings, mx: dict, milter_address: Optional[str],
+         arc_seal: Optional[str]) -> list:
+    if arc_seal is None or milter_address is None:
+        return []
+    findings = []
+    queue_dir = mx.get("queue_directory", "")
+    found = _seal_order("smtpd_milters", mx.get("smtpd_milters", ""), milter_address,
+                        queue_dir, arc_seal)
+    if found is not None:
+        findings.append(found)
+    mx_service = cfg.mx_service()
+    for service in cfg.smtpd_services():
+        # the public service's own override is in ``mx`` already
+        if service != mx_service and "smtpd_milters" in service.overrides:
+            found = _seal_order(f"master.cf {service.key}", service.overrides["smtpd_milters"],
+                                milter_address, queue_dir, arc_seal)
+            if found is not None:
+                findings.append(found)
+    # the cleanup of sendmail(1) and pickup reads main.cf, not a smtpd's -o
+    value = cfg.main.get("non_smtpd_milters", "")
+    found = _seal_order("non_smtpd_milters", value, milter_address, queue_dir, arc_seal)
+    if found is None:
+        findings.append(Finding(MILTER, OK, "non_smtpd_milters",
+                                "note: mailwarden is not listed, so locally submitted mail "
+                                "(sendmail(1), and list or forward software that submits "
+                                "that way) leaves without an ARC seal; add its socket if "
+                                "that mail should be sealed", value))
+    else:
+        findings.append(found)
+    return findings
+
+
 def _milter(cfg: PostfixSettings, mx: dict, milter_address: Optional[str]) -> list:
     findings = []
     value = mx.get("smtpd_milters", "")
@@ -717,41 +790,46 @@ def _milter(cfg: PostfixSettings, mx: dict, milter_address: Optional[str]) -> li
     return findings
 
 
-def audit(cfg: PostfixSettings, milter_address: Optional[str] = None) -> list:
+def audit(cfg: PostfixSettings, milter_address: Optional[str] = None,
+          arc_seal: Optional[str] = None) -> list:
     """Every finding for the Postfix settings ``cfg``.
 
     ``milter_address`` is the socket mailwarden listens on (Postfix or
     libmilter notation); without it the milter entry is not identified.
+    ``arc_seal`` is mailwarden's ``[check.arc] seal`` mode when it seals
+    (:func:`arc_sealing`); None leaves the milter order for ARC unjudged.
     """
     mx = cfg.service_settings(cfg.mx_service())
     return (_relay(cfg, mx) + _tls(cfg, mx) + _limits(cfg, mx) + _defaults(cfg, mx)
-            + _milter(cfg, mx, milter_address))
+            + _milter(cfg, mx, milter_address) + _arc(cfg, mx, milter_address, arc_seal))
 
 
 # --------------------------------------------------------------------------
 # command
 
 
-def _milter_address(args) -> Optional[str]:
-    if args.milter:
-        return args.milter
+def _mailwarden(args) -> tuple:
+    """(mailwarden's socket, its ARC seal mode or None): ``--milter`` names
+    the socket; the configuration (``-c``, else the default file unless
+    ``--milter`` was given) gives the socket and the sealing."""
     from ..config import ConfigError, load
     path = args.config
     if path is None:
         from ..command import DEFAULT_CONFIG
-        if not os.path.exists(DEFAULT_CONFIG):
-            return None
+        if args.milter or not os.path.exists(DEFAULT_CONFIG):
+            return args.milter, None
         path = DEFAULT_CONFIG
     try:
-        return load(path).milter.socket
+        config = load(path)
     except ConfigError as exc:
         raise AuditError(str(exc)) from None
+    return args.milter or config.milter.socket, arc_sealing(config)
 
 
 def cmd_audit_postfix(args) -> int:
     try:
         cfg = read_postconf(args.config_dir, args.postconf)
-        findings = audit(cfg, _milter_address(args))
+        findings = audit(cfg, *_mailwarden(args))
     except AuditError as exc:
         print(f"mailwarden: audit-postfix: {printable(exc)}", file=sys.stderr)
         return 2
@@ -761,15 +839,18 @@ def cmd_audit_postfix(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "audit-postfix", help="check Postfix's own settings (relay, TLS, limits, milter)")
+        "audit-postfix", help="check Postfix's own settings (relay, TLS, limits, milter, "
+                              "the milter order for ARC sealing)")
     p.add_argument("--config-dir", default=None,
                    help="Postfix configuration directory (default: postconf's own)")
     p.add_argument("--milter", default=None,
                    help="mailwarden's socket as Postfix names it (default: [milter] socket "
                         "of the mailwarden config)")
     p.add_argument("-c", "--config", default=None,
-                   help="mailwarden configuration to take the socket from "
-                        "(default /etc/mailwarden/mailwarden.ini when it exists)")
+                   help="mailwarden configuration to take the socket and the ARC sealing "
+                        "([check.arc] seal and keys: mailwarden must be the last milter) "
+                        "from (default /etc/mailwarden/mailwarden.ini when it exists and "
+                        "--milter is not given)")
     p.add_argument("--postconf", default=None, help="the postconf program (default: from PATH)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_audit_postfix)

@@ -62,6 +62,33 @@ def test_good_domain_table_over_real_dns(dns_server, tmp_path):
                and "matches the local key" in line for line in lines)
 
 
+def test_arc_sealing_keys_over_real_dns(dns_server, tmp_path):
+    """The ARC key of [check.arc] keys matches what DNS publishes; an Ed25519
+    record asked for with --arc-selector fails (RFC 8617: rsa-sha256 only)."""
+    key = tmp_path / "arc-rsa2048.pem"
+    shutil.copy(DATA / "audit" / "dkim-rsa2048.pem", key)
+    os.chmod(key, 0o600)
+    config = config_for(tmp_path, dns_server.port)
+    with open(config, "a", encoding="utf-8") as fh:
+        fh.write(f"[check.arc]\nkeys = good.audit.example:arc:{key}\n")
+    done = run("-c", str(config), "good.audit.example", "--selector", "s2048",
+               "--arc-selector", "arc-ed", "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert "errors" not in doc
+    # the selectors given first, then those of the configuration's keys
+    assert [(f["level"], f["subject"], f["message"]) for f in doc["findings"]
+            if f["area"] == "arc"] == [
+        ("fail", "arc-ed._domainkey.good.audit.example",
+         "Ed25519 key: RFC 8617 defines rsa-sha256 alone for ARC, and verifiers refuse a "
+         "seal made with any other algorithm; publish an RSA key for sealing"),
+        ("ok", "arc._domainkey.good.audit.example", "RSA key of 2048 bits"),
+        ("ok", "arc._domainkey.good.audit.example",
+         f"published key matches the local key {key}")]
+    assert [(f["area"], f["subject"]) for f in doc["findings"] if f["level"] != "ok"] == [
+        ("arc", "arc-ed._domainkey.good.audit.example")]
+
+
 def test_failing_domain_exits_1_with_json(dns_server, tmp_path):
     config = config_for(tmp_path, dns_server.port)
     done = run("-c", str(config), "spf11.audit.example", "--selector", "s2048", "--json")

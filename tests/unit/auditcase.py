@@ -15,11 +15,11 @@ ZONE_FILE = DATA / "zones" / "audit_domains.zone"
 ZONE = ZONE_FILE.read_text(encoding="utf-8")
 
 
-def audit(domain, selectors=("s2048",), keys=(), zone=ZONE):
+def audit(domain, selectors=("s2048",), keys=(), zone=ZONE, arc_selectors=(), arc_keys=()):
     backend = ZoneBackend(zone)
     resolver = Resolver(DnsOptions(), backend=backend)
     try:
-        report = audit_domain(resolver, domain, selectors, keys)
+        report = audit_domain(resolver, domain, selectors, keys, arc_selectors, arc_keys)
     finally:
         resolver.close()
     report.backend = backend

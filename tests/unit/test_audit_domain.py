@@ -399,3 +399,121 @@ def test_cli_reads_signing_keys_from_the_dkim_sign_section(capsys, keys, tmp_pat
     matched = [f["subject"] for f in json.loads(out)["findings"]
                if f["message"].startswith("published key matches the local key")]
     assert matched == ["s2048._domainkey.good.audit.example", "ed._domainkey.good.audit.example"]
+
+
+# -- ARC sealing keys --------------------------------------------------------------
+
+def arc_findings(report):
+    return [(f.level, f.subject, f.message) for f in report.findings if f.area == "arc"]
+
+
+def test_no_arc_selector_gives_no_arc_finding():
+    report = audit("good.audit.example")
+    assert arc_findings(report) == []
+
+
+def test_arc_rsa_key_is_judged_and_matched_like_a_dkim_key(keys):
+    RSA2048 = str(keys / "dkim-rsa2048.pem")
+    report = audit("good.audit.example", arc_keys=(("arc", RSA2048),))
+    assert report.problems() == []
+    assert arc_findings(report) == [
+        (OK, "arc._domainkey.good.audit.example", "RSA key of 2048 bits"),
+        (OK, "arc._domainkey.good.audit.example",
+         f"published key matches the local key {RSA2048}")]
+
+
+ARC_FAULTS = [
+    ("arc-ed", (), FAIL, "Ed25519 key: RFC 8617 defines rsa-sha256 alone for ARC"),
+    # the DKIM audit's judgement of RSA sizes, unchanged
+    ("s1024", (), WARN, "RSA key of 1024 bits: weak; use 2048 bits"),
+    ("s512", (), FAIL, "RSA key of 512 bits: verifiers must reject keys under 1024 bits"),
+    ("nosuch", (), FAIL, "no key published: ARC seals with this selector cannot be verified"),
+    ("revoked", (), FAIL, "key revoked (empty p=): ARC seals with this selector fail"),
+    ("garbled", (), FAIL, "p= is not an RSA public key"),
+    ("testing", (), WARN, "testing mode (t=y): verifiers may ignore its ARC seals"),
+    ("arc", (("arc", "dkim-rsa2048-other.pem"),), FAIL,
+     "published key does not match the local key {keys}/dkim-rsa2048-other.pem: "
+     "ARC seals will not verify"),
+    ("arc", (("arc", "missing.pem"),), FAIL, "local key {keys}/missing.pem: cannot read"),
+]
+
+
+@pytest.mark.parametrize("selector,key_files,level,message", ARC_FAULTS,
+                         ids=[f"{f[0]}-{i}" for i, f in enumerate(ARC_FAULTS)])
+def test_each_arc_fault_gives_exactly_its_finding(selector, key_files, level, message, keys):
+    local = [(s, str(keys / name)) for s, name in key_files]
+    report = audit("good.audit.example", arc_selectors=(selector,), arc_keys=local)
+    subject = f"{selector}._domainkey.good.audit.example"
+    # the DKIM selector s2048 is fine: the fault is the ARC key's alone
+    assert report.problems() == [("arc", level, subject)]
+    messages = [f.message for f in find(report, "arc", subject, level)]
+    assert any(m.startswith(message.format(keys=keys)) for m in messages), messages
+
+
+def test_an_ed25519_dkim_key_is_fine_where_the_same_record_cannot_seal():
+    """One record, two uses: good for DKIM (RFC 8463), refused for ARC."""
+    report = audit("good.audit.example", selectors=("s2048", "ed"), arc_selectors=("ed",))
+    assert report.problems() == [("arc", FAIL, "ed._domainkey.good.audit.example")]
+    assert find(report, "dkim", "ed._domainkey.good.audit.example", OK)
+    assert find(report, "arc", "ed._domainkey.good.audit.example", FAIL)[0].value == "k=ed25519"
+    # asked once for both
+    assert report.backend.queries.count(("ed._domainkey.good.audit.example", "TXT")) == 1
+
+
+def test_arc_lookup_failure_makes_the_audit_incomplete():
+    report = audit("good.audit.example", arc_selectors=("arc",),
+                   zone=ZONE + "\narc._domainkey.good.audit.example SERVFAIL\n")
+    assert report.problems() == [("arc", FAIL, "arc._domainkey.good.audit.example")]
+    assert report.errors == ["arc._domainkey.good.audit.example/TXT: servfail"]
+
+
+def test_sealing_keys_from_an_arc_config():
+    config = SimpleNamespace(checks={
+        "dkim_sign": SimpleNamespace(keys=(("good.audit.example", "s2048", "/k/dkim.pem"),)),
+        "arc": SimpleNamespace(keys=(("good.audit.example", "arc", "/k/arc.pem"),
+                                     ("other.example", "arc", "/k/other.pem")))})
+    assert configured_keys(config, "good.audit.example", "arc") == [("arc", "/k/arc.pem")]
+    assert configured_keys(config, "good.audit.example") == [("s2048", "/k/dkim.pem")]
+
+
+def test_cli_arc_selector_fails_an_ed25519_key(capsys):
+    code, out = run_cli(capsys, "good.audit.example", "--arc-selector", "arc",
+                        "--arc-selector", "arc-ed", "--json")
+    assert code == EXIT_FAIL
+    doc = json.loads(out)
+    arc = [(f["level"], f["subject"]) for f in doc["findings"] if f["area"] == "arc"]
+    assert arc == [(OK, "arc._domainkey.good.audit.example"),
+                   (FAIL, "arc-ed._domainkey.good.audit.example")]
+
+
+def test_cli_arc_key_option_matches_the_published_key(capsys, keys):
+    code, out = run_cli(capsys, "good.audit.example", "--arc-key",
+                        f"arc:{keys}/dkim-rsa2048.pem", "--json")
+    assert code == EXIT_OK
+    arc = [f["message"] for f in json.loads(out)["findings"] if f["area"] == "arc"]
+    assert arc == ["RSA key of 2048 bits",
+                   f"published key matches the local key {keys}/dkim-rsa2048.pem"]
+
+
+def test_cli_reads_sealing_keys_from_the_arc_section(capsys, keys, tmp_path):
+    config = tmp_path / "mailwarden.ini"
+    config.write_text("[authserv]\nid = mx.example.org\n[check.arc]\n"
+                      f"keys = good.audit.example:arc:{keys}/dkim-rsa2048.pem\n")
+    code, out = run_cli(capsys, "-c", str(config), "good.audit.example", "--json")
+    assert code == EXIT_OK
+    arc = [(f["subject"], f["message"]) for f in json.loads(out)["findings"]
+           if f["area"] == "arc"]
+    assert arc == [("arc._domainkey.good.audit.example", "RSA key of 2048 bits"),
+                   ("arc._domainkey.good.audit.example",
+                    f"published key matches the local key {keys}/dkim-rsa2048.pem")]
+
+
+def test_cli_an_ed25519_sealing_key_in_the_config_is_refused_as_at_start_up(capsys, keys,
+                                                                            tmp_path):
+    config = tmp_path / "mailwarden.ini"
+    config.write_text("[authserv]\nid = mx.example.org\n[check.arc]\n"
+                      f"keys = good.audit.example:arc-ed:{keys}/dkim-ed25519.key\n")
+    code = main(["audit", "--zone", str(ZONE_FILE), "-c", str(config), "good.audit.example"])
+    err = capsys.readouterr().err
+    assert code == EXIT_ERROR
+    assert "[check.arc] keys" in err and "RFC 8617" in err

@@ -357,6 +357,137 @@ def test_cli_exit_2_when_the_audit_cannot_run(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+# -- ARC sealing and the milter order ------------------------------------------
+
+OTHER = "inet:127.0.0.1:8891"          # another milter, e.g. one that adds a footer
+
+
+def arc_findings(findings):
+    """The findings the ARC sealing adds, as (level, subject, value)."""
+    return [(f.level, f.subject, f.value) for f in findings
+            if "ARC" in f.message or "sealed" in f.message]
+
+
+def run_sealing(tmp_path, main_changes=None, master_changes=None, arc_seal="forward"):
+    confdir = write_config(tmp_path, main_changes, master_changes)
+    return postfix.audit(postfix.read_postconf(str(confdir), POSTCONF), SOCKET, arc_seal)
+
+
+@needs_postconf
+def test_sealing_with_mailwarden_last_everywhere_is_ok(tmp_path):
+    findings = run_sealing(tmp_path, {"smtpd_milters": f"{OTHER}, {SOCKET}",
+                                      "non_smtpd_milters": f"{OTHER} {SOCKET}"})
+    assert not_ok(findings) == []
+    assert arc_findings(findings) == [(OK, "smtpd_milters", f"{OTHER}, {SOCKET}"),
+                                      (OK, "non_smtpd_milters", f"{OTHER} {SOCKET}")]
+
+
+@needs_postconf
+def test_a_milter_after_mailwarden_would_change_the_sealed_message(tmp_path):
+    later = "inet:127.0.0.1:8892"
+    findings = run_sealing(tmp_path, {"smtpd_milters": f"{SOCKET}, {OTHER}, "
+                                                       f"{{ {later}, default_action = accept }}"})
+    assert not_ok(findings) == [("milter", WARN, "smtpd_milters")]
+    warning = next(f for f in findings if f.level == WARN)
+    assert warning.message.startswith("mailwarden seals ARC ([check.arc] seal = forward) "
+                                      "but 2 milters after it may change the message")
+    assert warning.message.endswith("list mailwarden last")
+    assert warning.value == f"{OTHER}, {later}"
+
+
+@needs_postconf
+def test_the_same_order_without_sealing_is_not_judged(tmp_path):
+    findings = run_sealing(tmp_path, {"smtpd_milters": f"{SOCKET}, {OTHER}",
+                                      "non_smtpd_milters": ""}, arc_seal=None)
+    assert not_ok(findings) == []
+    assert arc_findings(findings) == []
+
+
+@needs_postconf
+def test_non_smtpd_milters_order_and_absence(tmp_path):
+    findings = run_sealing(tmp_path, {"non_smtpd_milters": f"{SOCKET} {OTHER}"})
+    assert not_ok(findings) == [("milter", WARN, "non_smtpd_milters")]
+    assert next(f for f in findings if f.level == WARN).value == OTHER
+
+    # not listed at all: local submissions leave unsealed, a note (it may be meant)
+    for value in ("", OTHER):
+        findings = run_sealing(tmp_path / f"none{len(value)}", {"non_smtpd_milters": value})
+        assert not_ok(findings) == []
+        note = next(f for f in findings if f.subject == "non_smtpd_milters")
+        assert note.level == OK and note.value == value
+        assert note.message.startswith("note: mailwarden is not listed, so locally submitted "
+                                       "mail (sendmail(1)")
+
+
+@needs_postconf
+def test_a_submission_service_that_runs_a_milter_after_mailwarden(tmp_path):
+    findings = run_sealing(tmp_path, master_changes={
+        "submission": (SUBMISSION, ["smtpd_tls_security_level=encrypt",
+                                    "smtpd_sasl_auth_enable=yes",
+                                    f"smtpd_milters={SOCKET},{OTHER}"])})
+    assert not_ok(findings) == [("milter", WARN, "master.cf submission/inet")]
+    assert next(f for f in findings if f.level == WARN).value == OTHER
+
+
+@needs_postconf
+def test_the_public_services_own_override_is_judged_once(tmp_path):
+    findings = run_sealing(tmp_path, master_changes={
+        "smtp": ("smtp      inet  n       -       y       -       -       smtpd",
+                 [f"smtpd_milters={SOCKET},{OTHER}"])})
+    assert not_ok(findings) == [("milter", WARN, "smtpd_milters")]
+
+
+@pytest.fixture
+def rsa_key(tmp_path):
+    key = tmp_path / "arc.pem"
+    shutil.copy(Path(__file__).resolve().parents[1] / "data" / "audit" / "dkim-rsa2048.pem", key)
+    os.chmod(key, 0o600)          # the key loader refuses a group-readable key
+    return key
+
+
+SEALING = [
+    ("forward", "", "forward"),
+    ("always", "", "always"),
+    ("never", "", None),
+    ("forward", "enabled = no\n", None),
+    (None, "", "forward"),                 # seal's default
+]
+
+
+@pytest.mark.parametrize("seal,extra,expected", SEALING,
+                         ids=["forward", "always", "never", "disabled", "default"])
+def test_arc_sealing_is_read_from_the_configuration(rsa_key, seal, extra, expected):
+    from mailwarden.config import loads
+    text = (f"[authserv]\nid = mx.example.org\n[check.arc]\n{extra}"
+            f"keys = example.org:arc:{rsa_key}\n" + (f"seal = {seal}\n" if seal else ""))
+    assert postfix.arc_sealing(loads(text)) == expected
+    # no key, no seal
+    assert postfix.arc_sealing(loads("[authserv]\nid = mx.example.org\n[check.arc]\n"
+                                     "seal = always\n")) is None
+
+
+@needs_postconf
+def test_cli_takes_the_sealing_from_the_mailwarden_config(tmp_path, capsys, rsa_key):
+    confdir = write_config(tmp_path, {"smtpd_milters": f"{SOCKET}, {OTHER}"})
+    ini = tmp_path / "mailwarden.ini"
+    ini.write_text(f"[milter]\nsocket = {SOCKET}\n[authserv]\nid = mx.example.org\n"
+                   f"[check.arc]\nkeys = example.org:arc:{rsa_key}\n")
+    # a warning: exit 0
+    assert cli.main(["audit-postfix", "--config-dir", str(confdir), "-c", str(ini),
+                     "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(f["subject"], f["value"]) for f in data["findings"] if f["level"] == WARN] == [
+        ("smtpd_milters", OTHER)]
+    # --milter names the socket; the sealing still comes from -c
+    assert cli.main(["audit-postfix", "--config-dir", str(confdir), "--milter", SOCKET,
+                     "-c", str(ini), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["warn"] == 1
+    # --milter alone: no configuration, so the order is not judged for ARC
+    assert cli.main(["audit-postfix", "--config-dir", str(confdir), "--milter", SOCKET,
+                     "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["warn"] == 0
+
+
 # -- the parsers -------------------------------------------------------------
 
 @pytest.mark.parametrize("value,expected", [

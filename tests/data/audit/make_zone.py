@@ -131,6 +131,9 @@ def build() -> str:
         f"sha1._domainkey.{good}. TXT {txt('v=DKIM1; h=sha1; k=rsa; p=' + RSA2048)}",
         f"testing._domainkey.{good}. TXT {txt('v=DKIM1; t=y; k=rsa; p=' + RSA2048)}",
         f"k-dsa._domainkey.{good}. TXT {txt('v=DKIM1; k=dsa; p=' + RSA2048)}",
+        # ARC sealing keys: DKIM key records (RFC 8617 §4.1.3), RSA only
+        f"arc._domainkey.{good}. TXT {txt('v=DKIM1; k=rsa; p=' + RSA2048)}",
+        f"arc-ed._domainkey.{good}. TXT {txt('v=DKIM1; k=ed25519; p=' + ED25519)}",
     ])
     faults = [
         # MX
