@@ -238,6 +238,20 @@ class ArcHop:
         message may carry several DKIM signatures)."""
         return any(name == method and result == "pass" for name, result, _p in self.results)
 
+    def passed_domains(self, method: str) -> tuple:
+        """The domains this hop's ``pass`` results of ``method`` name, lower
+        case: ``header.d`` for ``dkim``, the domain of ``smtp.mailfrom``
+        for ``spf``; () for any other method."""
+        key = {"dkim": "header.d", "spf": "smtp.mailfrom"}.get(method)
+        found = []
+        for name, result, props in self.results:
+            if name != method or result != "pass":
+                continue
+            for prop, value in props:
+                if prop.lower() == key:
+                    found.append(str(value).rpartition("@")[2].strip().rstrip(".").lower())
+        return tuple(found)
+
 
 _ids = itertools.count(1)
 

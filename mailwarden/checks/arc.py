@@ -32,8 +32,13 @@ of 50 sealers cannot use up DMARC's reserve; a SERVFAIL or timeout is
 ``temperror``.  CPU time is bounded by ``cpu_budget``: past it the chain
 is ``fail`` (not a temperror, which a sender could repeat at will).
 
-Results: ``pass`` (ARC_PASS), ``fail`` (ARC_FAIL), ``none`` (no ARC
-field; ARC_NONE), ``temperror`` (ARC_TEMPERROR).  Our Authentication-Results
+Results: ``pass`` (ARC_PASS_TRUSTED, -0.5, when the sealer that handed us
+the message, the last of the chain, is in ``trusted_sealers``; ARC_PASS,
+0, for a sealer we do not know), ``fail`` (ARC_FAIL, 0: a broken chain is
+common and says nothing of the author), ``none`` (no ARC field; ARC_NONE,
+0), ``temperror`` (ARC_TEMPERROR, 0).  Only a trusted pass lets
+:mod:`mailwarden.checks.dmarc` override a DMARC failure, and only when
+that sealer's ARC-Authentication-Results says the message passed there.  Our Authentication-Results
 says ``arc=RESULT smtp.remote-ip=IP header.oldest-pass=N``, the two
 properties the IANA registry defines for the method (RFC 8617 §10.1), and
 the sealer domains (each seal's ``d=``, instance 1 first) in a comment,
@@ -77,6 +82,9 @@ INI keys (``[check.arc]``):
   seal               forward   forward, always or never
   keys               (empty)   DOMAIN:SELECTOR:PATH (RSA), the first one seals
   cpu_budget         2s     CPU time for one message's chain
+  trusted_sealers    (empty)   sealer domains (``.example.org``: and subdomains)
+                               whose passing chain may override a DMARC failure
+  trusted_sealers_file (empty) the same, one domain a line
 """
 
 from __future__ import annotations
@@ -91,8 +99,10 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 
 from .. import authresults, signing
 from ..address import analyze
+from ..address import DomainSet
 from ..model import ArcHop, Trust
-from ..options import opt, parse_bool, parse_choice, parse_cpu_budget
+from ..options import (domains_and_file, opt, parse_bool, parse_choice, parse_cpu_budget,
+                       parse_domains, parse_path)
 from ..orgdomain import is_domain
 from . import Check, CheckOptions
 
@@ -111,10 +121,16 @@ class ArcOptions(CheckOptions):
     seal: str = opt("forward", parse_choice("forward", "always", "never"))
     keys: tuple = opt((), signing.parse_key_specs)
     cpu_budget: float = opt(2.0, parse_cpu_budget)
+    trusted_sealers: tuple = opt((), parse_domains)
+    trusted_sealers_file: str = opt("", parse_path)
     # the sealing key, read by resolve(), never from the INI
     sealer: object = field(default=None)
+    # trusted_sealers and the file's domains, merged by resolve(); not an INI key
+    trusted: DomainSet = field(default=DomainSet())
 
     def resolve(self, error):
+        self = dataclasses.replace(self, trusted=domains_and_file(
+            self.trusted_sealers, self.trusted_sealers_file, "trusted_sealers_file", error))
         if not self.keys:
             return self
         domain, selector, path = self.keys[0]
@@ -441,6 +457,7 @@ class ArcCheck(Check):
     replayable = True              # pure but for its lookups (see checks/__init__)
     Options = ArcOptions
     symbols = {
+        "ARC_PASS_TRUSTED": -0.5,
         "ARC_PASS": 0.0,
         "ARC_FAIL": 0.0,
         "ARC_NONE": 0.0,
@@ -473,6 +490,8 @@ class ArcCheck(Check):
             ctx.log.warning("arc: CPU budget of %gs used up (%.2fs)", budget,
                             self.cpu_clock() - started)
         symbol = {"pass": "ARC_PASS", "fail": "ARC_FAIL"}[found.result]
+        if symbol == "ARC_PASS" and found.chain and found.chain[-1] in self.options.trusted:
+            symbol = "ARC_PASS_TRUSTED"
         return self._result(ctx, found, symbol)
 
     def _result(self, ctx, found: Verification, symbol: str):

@@ -101,6 +101,22 @@ error is logged, never fails the message.  Rows are deleted once
 report never run): at most once an hour and at most ``PURGE_BATCH``
 messages at a time, by the writer itself.
 
+Local overrides (:meth:`DmarcCheck.local_override`): a failure whose
+disposition would be reject or quarantine is lifted (disposition ``none``,
+``DMARC_FAIL_OVERRIDDEN``, the result still ``fail``) when the ARC chain
+passes from a sealer of ``[check.arc] trusted_sealers`` (the last of the
+chain, ``ARC_PASS_TRUSTED``) whose ARC-Authentication-Results says
+``dmarc=pass``, or a ``dkim=pass`` (``header.d``) or ``spf=pass``
+(``smtp.mailfrom``) at or under the author's organizational domain
+(``trusted_forwarder``); when the client is in ``override_networks`` or the
+envelope sender domain in ``override_senders`` (``local_policy``); when the
+message's one List-Id (the id inside ``<>``, lower case, at most
+MAX_LIST_ID characters of ``a-z0-9._-``) is in ``override_list_ids``
+(``mailing_list``).  Never for a From domain of ``[relay] local_domains``
+unless ``override_local_domains``.  The ``policy.dmarc`` comment ends with
+``overridden: WHY`` and the history row has the reason type and WHY as its
+comment (``Facts.override_comment``).
+
 Failure reports (RFC 9991, ``[dmarc_failure]``, off by default): each
 evaluation of a domain whose record has ``ruf`` is offered to
 :mod:`mailwarden.dmarc_failure`, which queues what its ``fo`` asks for and
@@ -117,6 +133,10 @@ INI keys (``[check.dmarc]``):
                                   or redis://HOST:PORT/DB shared by several MX hosts;
                                   empty: off
   history_days        14          days a row is kept at most (1 to 3650)
+  override_networks               client networks whose failures are overridden
+  override_senders                envelope sender domains (.example.org: and below)
+  override_list_ids               List-Id values
+  override_local_domains  no      overrides apply to our own From domains too
 """
 
 from __future__ import annotations
@@ -124,11 +144,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from ..address import AddressProblem, authors, idna_to_ascii
-from ..options import ValueProblem, opt, parse_bool, parse_choice, parse_int, parse_redis_url
+from ..address import DomainSet
+from ..options import (ValueProblem, Networks, opt, parse_bool, parse_choice, parse_domains,
+                       parse_int, parse_list, parse_networks, parse_redis_url)
 from ..dmarc_failure import outbox_for
 from ..dmarc_records import Evaluation, RecordsError, is_redis, open_records
 from ..dns import Status
@@ -164,7 +186,35 @@ class DmarcOptions(CheckOptions):
     reject_bad_from: bool = opt(True, parse_bool)
     history: str = opt("", parse_history)
     history_days: int = opt(14, parse_int(1, 3650))
+    override_networks: Networks = opt(Networks(), parse_networks)
+    override_senders: tuple = opt((), parse_domains)
+    override_list_ids: tuple = opt((), lambda text: tuple(
+        _list_id(item) for item in parse_list(text)))
+    override_local_domains: bool = opt(False, parse_bool)
+    # override_senders as a DomainSet, by resolve(); not an INI key
+    senders: DomainSet = field(default=DomainSet())
 
+    def resolve(self, error):
+        return dataclasses.replace(self, senders=DomainSet.of(self.override_senders))
+
+
+MAX_LIST_ID = 255                   # RFC 2919: a list-id fits a domain name
+
+
+def _list_id(text: str) -> str:
+    """A List-Id as compared: the text between the last ``<`` and ``>``
+    when there are brackets, lower case; '' when it is longer than
+    MAX_LIST_ID or holds anything but a list-id's characters."""
+    value = text.strip()
+    if "<" in value:
+        value = value.rpartition("<")[2]
+        if not value.endswith(">"):
+            return ""
+        value = value[:-1]
+    value = value.strip().lower()
+    if not value or len(value) > MAX_LIST_ID or not re.fullmatch(r"[a-z0-9._-]+", value):
+        return ""
+    return value
 
 @dataclass(frozen=True)
 class Record:
@@ -307,6 +357,7 @@ class Facts:
     historic: tuple = ()
     walk: tuple = ()
     discovery_method: str = "treewalk"
+    override_comment: str = ""          # why a local override applied (history)
 
     def comment(self, disposition: str) -> str:
         """The A-R comment of ``policy.dmarc``: how the policy was found,
@@ -380,13 +431,14 @@ class DmarcCheck(Check):
     replayable = True              # pure but for its lookups (see checks/__init__)
     method = "dmarc"
     Options = DmarcOptions
-    requires = ("spf", "dkim")
+    requires = ("spf", "dkim", "arc")
     skip_for = frozenset({Trust.ALLOWLISTED, Trust.AUTHENTICATED, Trust.TRUSTED})
     fail_closed = True             # a crash tempfails, whatever temperror_action
     symbols = {
         "DMARC_PASS": 0.0,
         "DMARC_NONE": 0.0,
         "DMARC_FAIL_NONE": 0.5,
+        "DMARC_FAIL_OVERRIDDEN": 0.5,
         "DMARC_FAIL_QUARANTINE": 4.0,
         "DMARC_FAIL_REJECT": 6.0,
         "DMARC_TEMPERROR": 0.0,
@@ -587,7 +639,15 @@ class DmarcCheck(Check):
             if record.testing and requested != "none":
                 override = "policy_test_mode"
 
-        comment = facts.comment(disposition)
+        overridden = None
+        if result == "fail" and disposition != "none":
+            overridden = self.local_override(ctx, domain, facts.organizational_domain or domain)
+        if overridden:
+            override, why = overridden
+            disposition = "none"
+            facts = dataclasses.replace(facts, override_comment=why)
+        comment = facts.comment(disposition) + (f", overridden: {facts.override_comment}"
+                                                if overridden else "")
         props = (("header.from", domain), ("policy.dmarc", policy, comment))
         if result == "pass":
             out = self.result("pass", "DMARC_PASS", properties=props)
@@ -604,13 +664,46 @@ class DmarcCheck(Check):
                 override = override or "local_policy"
             reason = f"not aligned with {domain}" + (" (testing: t=y)" if record.testing
                                                      and requested != "none" else "")
-            out = self.result("fail", "DMARC_FAIL_" + disposition.upper(), reason,
+            if overridden:
+                reason += f"; overridden: {facts.override_comment}"
+            symbol = "DMARC_FAIL_OVERRIDDEN" if overridden else "DMARC_FAIL_" + disposition.upper()
+            out = self.result("fail", symbol, reason,
                               properties=props, reply=reply, quarantine=quarantine)
             if action == "score":
                 disposition = "none"       # what was applied on DMARC's account
         rows.append((domain, record, result, disposition, override,
                      spf_aligned, dkim_aligned, spf_identities, dkim_identities, facts))
         return out, facts
+
+    def local_override(self, ctx, domain: str, org: str):
+        """(RFC 9990 reason type, comment) when a local override lifts the
+        failing DMARC policy of ``domain`` (its organizational domain
+        ``org``), else None.  First the trusted ARC sealer, then
+        ``override_networks``, ``override_senders``, ``override_list_ids``.
+        Never for a From domain of ours unless ``override_local_domains``."""
+        options = self.options
+        config = getattr(self.services, "config", None)
+        local = config.relay.local if config is not None else DomainSet()
+        if domain in local and not options.override_local_domains:
+            return None
+        sealer = _trusted_sealer(ctx, org)
+        if sealer:
+            return "trusted_forwarder", f"trusted ARC sealer {sealer}"
+        ip = ctx.conn.client_ip
+        if ip is not None and ip in options.override_networks:
+            return "local_policy", f"client {ip} in override_networks"
+        sender = ctx.msg.mail_from or ""
+        sender_domain = _normalize(sender.rpartition("@")[2]) if "@" in sender else ""
+        if sender_domain and sender_domain in options.senders:
+            return "local_policy", f"envelope sender domain {sender_domain} in override_senders"
+        if options.override_list_ids:
+            values = ctx.msg.header_texts("List-Id")
+            # one List-Id field (RFC 2919); several are the sender's confusion
+            if len(values) == 1 and len(values[0]) <= 4 * MAX_LIST_ID:
+                list_id = _list_id(values[0])
+                if list_id and list_id in options.override_list_ids:
+                    return "mailing_list", f"List-Id {list_id} in override_list_ids"
+        return None
 
     @staticmethod
     def _maybe_aligned(identifier: str, walk: TreeWalk, mode: str) -> bool:
@@ -625,6 +718,31 @@ class DmarcCheck(Check):
         if mode == "r" and not org:
             return True                 # the organizational domain is not known
         return mode == "r" and (identifier == org or identifier.endswith("." + org))
+
+
+def _trusted_sealer(ctx, org: str) -> str:
+    """The sealer that handed us the message (the last of a passing ARC
+    chain) when ``[check.arc] trusted_sealers`` has it (the arc check's
+    ``ARC_PASS_TRUSTED``) and its ARC-Authentication-Results says the
+    message passed there: ``dmarc=pass``, or a ``dkim=pass`` whose
+    ``header.d`` or an ``spf=pass`` whose ``smtp.mailfrom`` is at or under
+    the author's organizational domain ``org``; else ''."""
+    for arc in ctx.results_of("arc"):
+        if not arc.arc_valid or arc.symbol != "ARC_PASS_TRUSTED" or not arc.arc_hops:
+            continue
+        hop = arc.arc_hops[-1]
+        if (hop.instance != len(arc.arc_chain) or hop.sealer != arc.arc_chain[-1]
+                or not is_domain(hop.sealer)):
+            continue
+        if hop.result_of("dmarc") == "pass" or _hop_aligned(hop, org):
+            return hop.sealer
+    return ""
+
+
+def _hop_aligned(hop, org: str) -> bool:
+    """A dkim or spf pass at ``hop`` for ``org`` or a name under it."""
+    return any(d == org or d.endswith("." + org)
+               for method in ("dkim", "spf") for d in hop.passed_domains(method))
 
 
 # --------------------------------------------------------------------------
@@ -665,7 +783,7 @@ class History:
             discovery_method=facts.discovery_method if facts else "",
             testing=record.t_tag or "n", policy_tag=facts.policy_tag if facts else "",
             override_comment=(facts.transition if facts and override == "policy_test_mode"
-                              else ""))
+                              else facts.override_comment if facts else ""))
         try:
             self.records.record(evaluation)
         except RecordsError as exc:
