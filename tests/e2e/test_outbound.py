@@ -178,22 +178,12 @@ def test_authenticated_submission_without_tls_refused(postfix, sink, mailwarden,
 
 # -- dkim_sign -----------------------------------------------------------------
 
-def _dnsfunc(dns_server):
-    def lookup(name, timeout=5):
-        response = dns_server.query(name.decode(), "TXT")
-        for rrset in response.answer:
-            for rdata in rrset:
-                return b"".join(rdata.strings)
-        return None
-    return lookup
-
-
 def _verify(data, dns_server, count):
     d = dkim.DKIM(data)
     out = []
     for i in range(count):
         try:
-            out.append(d.verify(idx=i, dnsfunc=_dnsfunc(dns_server)))
+            out.append(d.verify(idx=i, dnsfunc=dns_server.txt_lookup))
         except dkim.ValidationError:
             out.append(False)
     return out

@@ -299,6 +299,15 @@ class DnsServer:
         query = dns.message.make_query(name, rdtype, use_edns=0, payload=4096)
         return dns.query.udp(query, "127.0.0.1", port=self.port, timeout=2)
 
+    def txt_lookup(self, name: bytes, timeout: float = 5):
+        """dkimpy's ``dnsfunc``: the first TXT record at ``name``, its
+        character-strings joined, or None (for verifying DKIM signatures
+        and ARC chains against this server's keys)."""
+        for rrset in self.query(name.decode(), "TXT").answer:
+            for rdata in rrset:
+                return b"".join(rdata.strings)
+        return None
+
     def add(self, zone_text: str) -> None:
         """Serve more zone lines (restarts unbound on the same port)."""
         self.zone_text += "\n" + zone_text
