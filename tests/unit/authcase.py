@@ -51,6 +51,19 @@ def of(verdict, check):
     return [r for r in verdict.results if r.check == check]
 
 
+def dmarc_of(verdict):
+    """The one dmarc result of a verdict."""
+    (r,) = of(verdict, "dmarc")
+    return r
+
+
+def resinfo(verdict, method):
+    """The one resinfo of ``method`` in our A-R, parsed strictly."""
+    header = strict_parse(dict(verdict.headers_added)["Authentication-Results"])
+    (res,) = [r for r in header.results if r.method == method]
+    return res
+
+
 def props(result):
     return {p[0]: p[1] for p in result.properties}
 

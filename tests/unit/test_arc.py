@@ -17,7 +17,7 @@ from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.engine import Engine, outgoing, run_offline
 from mailwarden.checks import arc as arcmod
 from tests.dkimkeys import rsa_key
-from tests.unit.authcase import strict_parse
+from tests.unit.authcase import resinfo, strict_parse
 from tests.unit.outboundcase import BASE, ZONE, keydir  # noqa: F401  (fixture)
 
 SEALER = "lists.sealer.example"
@@ -74,9 +74,7 @@ def arc_of(verdict):
 
 
 def arc_resinfo(verdict):
-    header = strict_parse(dict(verdict.headers_added)["Authentication-Results"])
-    (res,) = [r for r in header.results if r.method == "arc"]
-    return res
+    return resinfo(verdict, "arc")
 
 
 def zone_dnsfunc(keys, extra=""):

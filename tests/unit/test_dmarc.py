@@ -7,16 +7,11 @@ import sqlite3
 import pytest
 
 from tests import dkimkeys
-from tests.unit.authcase import (RELAY, STRANGER, ar_header, engine_for, message, of, props,
-                                 run)
+from tests.unit.authcase import (RELAY, STRANGER, ar_header, dmarc_of, engine_for, message, of,
+                                 props, run)
 
 
 # -- DMARC -------------------------------------------------------------------
-
-def dmarc_of(verdict):
-    (r,) = of(verdict, "dmarc")
-    return r
-
 
 def test_dmarc_aligned_spf_only():
     v = run(mail_from="x@mw-reject.example", msg=message("a@mw-reject.example"))

@@ -20,7 +20,7 @@ from mailwarden.config import loads
 from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.engine import Engine, run_offline
 from tests.dkimkeys import rsa_key, sign
-from tests.unit.authcase import strict_parse
+from tests.unit.authcase import dmarc_of, resinfo
 
 SCHEMA = xmlschema.XMLSchema(str(Path(__file__).resolve().parents[1] / "data" / "dmarc"
                                  / "rfc9990.xsd"))
@@ -50,7 +50,7 @@ def zone(keys):
     lines = [k.zone_line("arc" if d != AUTHOR else "s1", d) for d, k in keys.items()]
     lines += [f'_dmarc.{AUTHOR}. TXT "v=DMARC1; p=reject; rua=mailto:dmarc@{AUTHOR}"',
               f'{AUTHOR}. TXT "v=spf1 -all"',
-              f'_dmarc.rcpt.example. TXT "v=DMARC1; p=reject"',
+              '_dmarc.rcpt.example. TXT "v=DMARC1; p=reject"',
               f'{LIST}. TXT "v=spf1 ip4:{LIST_IP} -all"']
     return "\n".join(lines) + "\n"
 
@@ -90,15 +90,8 @@ def run(message, keys, text="", *, ip=LIST_IP, mail_from=f"list-bounces@{LIST}",
         engine.close()
 
 
-def dmarc_of(verdict):
-    (found,) = [r for r in verdict.results if r.check == "dmarc"]
-    return found
-
-
 def dmarc_resinfo(verdict):
-    header = strict_parse(dict(verdict.headers_added)["Authentication-Results"])
-    (res,) = [r for r in header.results if r.method == "dmarc"]
-    return res
+    return resinfo(verdict, "dmarc")
 
 
 def refused(verdict):
@@ -199,7 +192,7 @@ def test_override_list_id(keys, list_id, overridden):
 
 
 def test_our_own_from_domain_is_never_overridden_unless_allowed(keys):
-    own = f"[check.dmarc]\noverride_networks = 198.51.100.0/24\n"
+    own = "[check.dmarc]\noverride_networks = 198.51.100.0/24\n"
     msg = (b"From: Bob <bob@rcpt.example>\r\nTo: list@x.example\r\nSubject: hi\r\n"
            b"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <b1@rcpt.example>\r\n"
            b"\r\nHello.\r\n")

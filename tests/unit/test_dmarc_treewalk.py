@@ -19,7 +19,8 @@ from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.engine import Engine
 from mailwarden.orgdomain import WALK_LIMIT, dmarc_tags, tree_walk, walk_names
 from tests import dkimkeys
-from tests.unit.authcase import BASE, RELAY, STRANGER, ZONE, ar_header, message, of, props, run
+from tests.unit.authcase import (BASE, RELAY, STRANGER, ZONE, ar_header, dmarc_of, message, of,
+                                 props, run)
 
 
 def lookup_in(published: dict, asked: list = None):
@@ -232,11 +233,6 @@ def test_walk_matches_the_reference_model(case):
 
 
 # -- the check on the tree walk ------------------------------------------------
-
-def dmarc_of(verdict):
-    (r,) = of(verdict, "dmarc")
-    return r
-
 
 def comment(result) -> str:
     return next(p[2] for p in result.properties if p[0] == "policy.dmarc")

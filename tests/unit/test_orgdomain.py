@@ -25,7 +25,7 @@ from mailwarden.orgdomain import organizational, public_suffix, registered_domai
 from tests import dkimkeys
 from tests.unit.auditcase import ZONE as AUDIT_ZONE
 from tests.unit.auditcase import audit, find
-from tests.unit.authcase import RELAY, STRANGER, message, of, run
+from tests.unit.authcase import RELAY, STRANGER, dmarc_of, message, of, run
 
 PACKAGE = Path(__file__).resolve().parents[2] / "mailwarden"
 
@@ -212,11 +212,6 @@ def test_the_list_is_built_once_offline_even_when_threads_race(monkeypatch):
 
 
 # -- DMARC: one tenant never aligns with another ----------------------------------
-
-def dmarc_of(verdict):
-    (r,) = of(verdict, "dmarc")
-    return r
-
 
 def test_spf_of_one_tenant_does_not_align_with_anothers_from():
     """a@attacker.eu.org passes SPF from the stranger; From is the victim's,
