@@ -170,7 +170,7 @@ def _scan_expected(pair: str) -> dict:
 
 
 def test_there_are_pairs_and_each_is_complete():
-    assert len(PAIRS) >= 6, PAIRS
+    assert len(PAIRS) >= 24, PAIRS
     for pair in PAIRS:
         for name in INPUTS:
             assert (HERE / pair / name).is_file(), f"{pair}/{name} is missing"
