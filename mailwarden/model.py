@@ -404,10 +404,14 @@ class Message:
     results: list = field(default_factory=list)       # mail .. eom stage results
     header_bytes: int = 0
     dns: Optional[object] = None      # this message's Lookup session
+    # wire_headers() as made last, with the length and last field of
+    # ``headers`` it was made from (a change of either makes it anew)
+    _wire: Optional[tuple] = field(default=None, repr=False, compare=False)
 
     def add_header(self, name: str, value: bytes) -> None:
         self.headers.append((name, value))
         self.header_bytes += len(name) + len(value) + 4
+        self._wire = None
 
     def header_values(self, name: str) -> list:
         """Raw values of every header field called ``name``."""
@@ -425,10 +429,22 @@ class Message:
 
     def wire_headers(self) -> list:
         """(name, value) as bytes, as on the wire: each value as after the
-        colon, its line ends CRLF and a CRLF at its end (how DKIM reads them)."""
-        return [(name.encode("ascii", "surrogateescape"),
+        colon, its line ends CRLF and a CRLF at its end (how DKIM reads them).
+
+        Made once and shared by every reader of the message (DKIM, ARC,
+        the outgoing copy): callers must not change the list.  A field
+        added by :meth:`add_header`, or a change of the length or of the
+        last field of ``headers``, makes it anew."""
+        headers = self.headers
+        cached = self._wire
+        if (cached is not None and cached[0] == len(headers)
+                and (not headers or cached[1] is headers[-1])):
+            return cached[2]
+        wire = [(name.encode("ascii", "surrogateescape"),
                  (_CRLF.sub(b"\r\n", value) if b"\n" in value else value) + b"\r\n")
-                for name, value in self.headers]
+                for name, value in headers]
+        self._wire = (len(headers), headers[-1] if headers else None, wire)
+        return wire
 
     def raw_headers(self) -> bytes:
         """Headers as on the wire (CRLF line ends), values untouched."""

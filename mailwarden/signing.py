@@ -14,6 +14,11 @@ Signing reuses dkimpy's parser, canonicalization and header selection, so
 what we sign is exactly what dkimpy (and every verifier agreeing with it)
 checks; the private-key operation itself is done by ``cryptography``
 (OpenSSL), about ten times faster for RSA than dkimpy's pure-Python RSA.
+Verification shares its canonicalization here too (the end of this
+module): the dkim and arc checks hash header fields and bodies with it,
+byte for byte what dkimpy makes (tests/unit/test_dkim_canon.py), in a few
+bytes operations per field or block.
+
 The dkimpy internals used here (``rfc822_parse``, ``fold``, ``RE_BTAG``,
 ``hash_headers``) are pinned to a release range in setup.cfg and checked by
 tests/unit/test_dkimpy_contract.py.
@@ -23,25 +28,32 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import hashlib
 import os
 import re
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
 
 import dkim
-from cryptography.exceptions import UnsupportedAlgorithm
+import nacl.exceptions
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
+from dkim.crypto import HASH_ALGORITHMS
 
 from .address import AddressProblem, normalize_domain
 from .options import ValueProblem, parse_list
 
 __all__ = ["KeyProblem", "SigningKey", "load_key", "sign", "arc_set", "txt_record",
-           "split_txt", "parse_key_specs", "MIN_RSA_BITS", "DEFAULT_SIGN_HEADERS"]
+           "split_txt", "parse_key_specs", "MIN_RSA_BITS", "DEFAULT_SIGN_HEADERS",
+           "PublicKey", "KeyCache", "OverBudget", "BodyHash", "body_digest", "body_digests",
+           "select_headers", "relaxed_name", "no_space", "strip_b", "relaxed_field", "header_hash_input",
+           "signature_valid"]
 
 # RFC 8301 §3.2: signers MUST use at least 1024 bits (and SHOULD use 2048)
 MIN_RSA_BITS = 1024
@@ -256,14 +268,11 @@ def sign(message: bytes, key: SigningKey, include: list,
 
 # -- ARC sets (RFC 8617) -------------------------------------------------------
 
-_RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
-
-
-def _arc_header(name: bytes, fields: list, key: SigningKey, hashed: list,
+def _arc_header(name: bytes, fields: list, key: SigningKey, hashed: bytes,
                 standardize: bool) -> bytes:
     """One ARC-Message-Signature or ARC-Seal value (after the colon, no
-    trailing CRLF): ``hashed`` are the relaxed-canonical (name, value)
-    fields that come before the signature field itself in the hash."""
+    trailing CRLF): ``hashed`` are the relaxed-canonical fields that come
+    before the signature field itself in the hash."""
     if standardize:
         # the conformance suite's form: tags sorted, lower case but bh= and
         # b=, no white space, never folded
@@ -275,11 +284,8 @@ def _arc_header(name: bytes, fields: list, key: SigningKey, hashed: list,
         unsigned = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(name),
                              linesep=b"\r\n")
     unsigned = dkim.RE_BTAG.sub(b"\\1", unsigned)
-    hasher = hashlib.sha256()
-    for field_name, value in hashed:
-        hasher.update(field_name + b":" + value)
-    ((cname, cvalue),) = _RELAXED.canonicalize_headers([(name, b" " + unsigned)])
-    hasher.update(cname + b":" + cvalue.rstrip())
+    hasher = hashlib.sha256(hashed)
+    hasher.update(relaxed_field(name, b" " + unsigned).rstrip())
     fields = [(k, base64.b64encode(key.sign_digest(hasher.digest())) if k == b"b" else v)
               for k, v in fields]
     value = b"; ".join(b"=".join(f) for f in fields)
@@ -290,7 +296,7 @@ def _arc_header(name: bytes, fields: list, key: SigningKey, hashed: list,
 
 def arc_set(message: bytes, key: SigningKey, instance: int, cv: str, aar: bytes,
             prior: list, include: list, now: float | None = None,
-            standardize: bool = False) -> list:
+            standardize: bool = False, parsed: tuple | None = None) -> list:
     """The ARC set of ``instance`` for ``message`` (RFC 8617 §5.1): three
     (name, value) pairs, ARC-Seal first, values after the colon without
     the trailing CRLF, folded with CRLF SP.
@@ -304,29 +310,350 @@ def arc_set(message: bytes, key: SigningKey, instance: int, cv: str, aar: bytes,
     lower-case h= names of the AMS; ``cv`` none, pass or fail.
     The seal hashes the sets in instance order whatever their place in
     the header.  ``standardize`` writes the tags as the ARC conformance
-    suite expects (sorted, unfolded).  RFC 8617 knows rsa-sha256 only.
+    suite expects (sorted, unfolded).  ``parsed`` is
+    ``dkim.rfc822_parse(message)`` when the caller has it already.  RFC
+    8617 knows rsa-sha256 only.
     """
     if key.algorithm != "rsa-sha256":
         raise dkim.ParameterError("ARC seals with rsa-sha256 only (RFC 8617 §4.1.3)")
     if "from" not in include:
         raise dkim.ParameterError("the From header field must be signed (RFC 6376 §5.4)")
-    headers, body = dkim.rfc822_parse(message)
+    headers, body = dkim.rfc822_parse(message) if parsed is None else parsed
     stamp = str(int(time.time() if now is None else now)).encode("ascii")
     i = str(instance).encode("ascii")
     domain, selector = key.domain.encode("ascii"), key.selector.encode("ascii")
     aar_value = b"i=" + i + b"; " + aar.strip()
-    bodyhash = base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(body)).digest())
+    bodyhash = base64.b64encode(body_digest(body, True, b"rsa-sha256"))
     include_b = [h.encode("ascii") for h in include]
     ams_fields = [(b"i", i), (b"a", b"rsa-sha256"), (b"c", b"relaxed/relaxed"),
                   (b"d", domain), (b"s", selector), (b"t", stamp),
                   (b"h", b" : ".join(include_b)), (b"bh", bodyhash), (b"b", b"0" * 60)]
-    signed = dkim.select_headers(_RELAXED.canonicalize_headers(headers), include_b)
+    signed = b"".join(relaxed_field(n, v)
+                      for n, v in select_headers(headers, include_b, relaxed_name))
     ams = _arc_header(b"ARC-Message-Signature", ams_fields, key, signed, standardize)
     as_fields = [(b"i", i), (b"cv", cv.encode("ascii")), (b"a", b"rsa-sha256"),
                  (b"d", domain), (b"s", selector), (b"t", stamp), (b"b", b"0" * 60)]
     chain = list(prior) + [(b"ARC-Authentication-Results", b" " + aar_value),
                            (b"ARC-Message-Signature", b" " + ams)]
-    seal = _arc_header(b"ARC-Seal", as_fields, key, _RELAXED.canonicalize_headers(chain),
-                       standardize)
+    seal = _arc_header(b"ARC-Seal", as_fields, key,
+                       b"".join(relaxed_field(n, v) for n, v in chain), standardize)
     return [(b"ARC-Seal", seal), (b"ARC-Message-Signature", ams),
             (b"ARC-Authentication-Results", aar_value)]
+
+
+# -- verification (RFC 6376 §3.4, §3.7, §6.1.3), for the dkim and arc checks ---
+
+class PublicKey:
+    """A key record as read: dkimpy's parse, and for RSA the key for OpenSSL."""
+
+    __slots__ = ("pk", "size", "ktag", "tlsrpt", "rsa")
+
+    def __init__(self, pk, size, ktag, tlsrpt):
+        self.pk, self.size, self.ktag, self.tlsrpt = pk, size, ktag, tlsrpt
+        self.rsa = None
+        if ktag == b"rsa":
+            self.rsa = rsa.RSAPublicNumbers(pk["publicExponent"], pk["modulus"]).public_key()
+
+
+class KeyCache:
+    """Key records as read, by their exact text: ``get(text, read)`` gives
+    ``read(text)``, made once while the text stays among the ``size`` most
+    recently used (oldest out).  What ``read`` makes depends on the text
+    alone, so a record is never kept longer than the DNS cache gives the
+    same text back; one per check instance, so a configuration reload
+    starts empty.  Thread-safe: ``read`` runs outside the lock (two
+    threads may both read a new record; either result is the same)."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._items: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str, read):
+        key = (read, text)
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found
+        made = read(text)
+        with self._lock:
+            self._items[key] = made
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return made
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class OverBudget(Exception):
+    pass
+
+
+_PREHASHED = {b"rsa-sha256": Prehashed(hashes.SHA256()), b"rsa-sha1": Prehashed(hashes.SHA1())}
+
+
+_WSP_RUN = re.compile(rb"\t[\t ]*| [\t ]+")          # white space that is not one SP
+
+
+class _Prefixes:
+    """One running hash of a canonical body, and its digests at each l=
+    (a copy of the hash state where the prefix ends): one pass, whatever
+    the number of l= values."""
+
+    def __init__(self, hasher, limits):
+        self.hash = hasher()
+        self.at = 0
+        self.limits = sorted(set(limits))
+        self.digests: dict = {}
+
+    def update(self, data: bytes) -> None:
+        while self.limits and self.limits[0] <= self.at + len(data):
+            take = self.limits[0] - self.at
+            self.hash.update(data[:take])
+            self.at += take
+            data = data[take:]
+            self.digests[self.limits.pop(0)] = self.hash.copy().digest()
+        self.hash.update(data)
+        self.at += len(data)
+
+    def finish(self) -> dict:
+        full = self.hash.digest()
+        for limit in self.limits:          # l= past the end: the whole body
+            self.digests[limit] = full
+        self.limits = []
+        self.digests[None] = full
+        return self.digests
+
+
+class _CanonicalBody:
+    """RFC 6376 §3.4.3 (simple) or §3.4.4 (relaxed) body canonicalization,
+    fed in chunks, so that a large spooled body is never held whole; what
+    it makes goes to every sink (``update(bytes)``).
+
+    Byte for byte what dkimpy computes on the whole body: lines end at LF
+    (a CR before it belongs to the line end); relaxed drops white space at
+    line ends and makes other runs one SP; empty lines at the end are
+    dropped; a last line without its CRLF gets one; an empty body is CRLF
+    (simple) or nothing (relaxed).  Each block of whole lines is done by a
+    few bytes operations, not line by line."""
+
+    def __init__(self, relaxed: bool, sinks: list):
+        self.relaxed = relaxed
+        self.sinks = sinks
+        self.partial = b""          # a line not ended yet
+        self.empty = 0              # empty lines held back: they count only if more follows
+        self.wrote = False
+
+    def _emit(self, data: bytes) -> None:
+        for sink in self.sinks:
+            sink.update(data)
+
+    def _lines(self, block: bytes) -> None:
+        """Whole lines, each ending in LF (a CR before it already removed)."""
+        if self.relaxed:
+            if b" \n" in block or b"\t\n" in block:
+                # white space at line ends: rstrip per line is 5 to 40 times
+                # faster than a regular expression trying each SP it meets
+                lines = block.split(b"\n")
+                last = lines.pop()
+                block = b"\n".join([line.rstrip(b" \t") for line in lines]) + b"\n" + last
+            if b"\t" in block or b"  " in block:
+                block = _WSP_RUN.sub(b" ", block)
+        text = block.rstrip(b"\n")
+        if not text:                             # nothing but empty lines
+            self.empty += len(block)
+            return
+        if self.empty:
+            self._emit(b"\r\n" * self.empty)
+        self._emit((text + b"\n").replace(b"\n", b"\r\n"))
+        self.empty = len(block) - len(text) - 1
+        self.wrote = True
+
+    def update(self, chunk: bytes) -> None:
+        data = self.partial + chunk if self.partial else chunk
+        end = data.rfind(b"\n")
+        if end < 0:
+            self.partial = data
+            return
+        self.partial = data[end + 1:]
+        self._lines(data[:end + 1].replace(b"\r\n", b"\n"))
+
+    def finish(self) -> None:
+        last = self.partial
+        if last:                    # no line end after it: one is added (RFC 6376 §3.4.3)
+            if self.relaxed and (b"\t" in last or b"  " in last):
+                last = _WSP_RUN.sub(b" ", last)
+            if self.empty:
+                self._emit(b"\r\n" * self.empty)
+            self._emit(last + b"\r\n")
+        elif not self.wrote and not self.relaxed:
+            self._emit(b"\r\n")   # an empty body is one CRLF in simple
+        self.partial, self.empty = b"", 0
+
+
+class BodyHash:
+    """One body hash (``hasher``, relaxed or simple, ``limit``: the l= tag),
+    fed in chunks: ``update(chunk)`` then ``digest()``."""
+
+    def __init__(self, hasher, relaxed: bool, limit: int | None = None):
+        self._prefixes = _Prefixes(hasher, [] if limit is None else [limit])
+        self._limit = limit
+        self._canon = _CanonicalBody(relaxed, [self._prefixes])
+
+    def update(self, chunk: bytes) -> None:
+        self._canon.update(chunk)
+
+    def digest(self) -> bytes:
+        self._canon.finish()
+        return self._prefixes.finish()[self._limit]
+
+
+class _BodyWanted:
+    """A body hash asked for, as ``body_digests`` reads a signature."""
+
+    __slots__ = ("algorithm", "limit", "body_key")
+
+    def __init__(self, relaxed: bool, algorithm: bytes, limit):
+        self.algorithm, self.limit = algorithm, limit
+        self.body_key = (relaxed, algorithm.partition(b"-")[2], limit)
+
+
+def body_digest(body, relaxed: bool, algorithm: bytes, limit=None) -> bytes:
+    """The body hash of ``body`` (a :class:`~mailwarden.model.Body`, bytes
+    or None) for a signature of ``algorithm`` (``rsa-sha256``, ...),
+    relaxed or simple, cut at ``limit`` (its l=) when not None."""
+    wanted = _BodyWanted(relaxed, algorithm, limit)
+    return body_digests(body, [wanted], lambda: False)[wanted.body_key]
+
+
+def body_digests(body, work: list, over_budget) -> dict:
+    """(relaxed, hash name, l=) -> digest for every signature in ``work``
+    (``body`` a :class:`~mailwarden.model.Body`, bytes or None):
+    the body is read once, canonicalized once per canonicalization and
+    hashed once per (canonicalization, hash); ``over_budget()`` is asked
+    after each block (OverBudget when it says so)."""
+    wanted: dict = {}                      # (relaxed, hash name) -> (hasher, limits)
+    for w in work:
+        hasher, limits = wanted.setdefault(w.body_key[:2], (HASH_ALGORITHMS[w.algorithm], []))
+        if w.limit is not None:
+            limits.append(w.limit)
+    prefixes = {key: _Prefixes(hasher, limits) for key, (hasher, limits) in wanted.items()}
+    canons = [_CanonicalBody(relaxed, [p for (r, _h), p in prefixes.items() if r == relaxed])
+              for relaxed in {r for r, _h in prefixes}]
+    if body is None:
+        chunks = ()
+    elif isinstance(body, (bytes, bytearray, memoryview)):
+        chunks = (body,)
+    else:
+        chunks = body.chunks()
+    for chunk in chunks:
+        for canon in canons:
+            canon.update(chunk)
+        if over_budget():
+            raise OverBudget()
+    for canon in canons:
+        canon.finish()
+    out = {}
+    for (relaxed, hash_name), p in prefixes.items():
+        for limit, digest in p.finish().items():
+            out[(relaxed, hash_name, limit)] = digest
+    return out
+
+
+def select_headers(fields: list, names: list, key=bytes.lower) -> list:
+    """The fields ``names`` (an h= list, lower case) asks for, in its order:
+    each name takes the last instance of that name not taken yet, from the
+    bottom up (RFC 6376 §5.4.2); a name with none left takes nothing.
+    ``key(field name)`` is the name compared.  Linear: the instances of the
+    names asked for are indexed once."""
+    wanted = set(names)
+    instances: dict = {}
+    for field in fields:
+        name = key(field[0])
+        if name in wanted:
+            instances.setdefault(name, []).append(field)
+    out = []
+    for name in names:
+        left = instances.get(name)
+        if left:
+            out.append(left.pop())
+    return out
+
+
+def relaxed_name(name: bytes) -> bytes:
+    return name.lower().rstrip()
+
+
+_UNFOLD = re.compile(rb"\r?\n")
+_WSP = re.compile(rb"[\t ]+")
+# dkimpy's RE_BTAG (the b= tag of a signature field and its value, and the
+# field's line end when b= is last) written without its nested
+# quantifiers: its FWS, ((\s*\r?\n)?\s+)?, matches what \s* matches, and
+# (FWS [base64])* what ([\s base64]* [base64])? does, so both match the
+# same text at each place; this one in C, without backtracking per octet
+_BTAG = re.compile(rb"([;\s]b\s*=)(?:[\sA-Za-z0-9+/=]*[A-Za-z0-9+/=])?(?:\r?\n\Z)?")
+
+
+def no_space(value: bytes) -> bytes:
+    """``value`` without its white space: what ``re.sub(rb"\\s+", b"", value)``
+    makes (bytes.split() splits at the same six octets: SP, HTAB, LF, CR,
+    VT, FF), without the regular expression engine."""
+    return b"".join(value.split())
+
+
+def strip_b(value: bytes) -> bytes:
+    """A signature field's value with its b= value emptied (RFC 6376 §3.7),
+    as dkimpy's ``RE_BTAG.sub(b"\\1", value)`` makes it."""
+    return _BTAG.sub(rb"\1", value)
+
+
+def relaxed_field(name: bytes, value: bytes) -> bytes:
+    """A header field in relaxed canonical form (RFC 6376 §3.4.2),
+    ``name:value`` and its CRLF, as dkimpy's ``Relaxed.canonicalize_headers``
+    makes it: the name in lower case without the white space before the
+    colon; the value unfolded (each CRLF, or LF, removed), each run of SP
+    and HTAB one SP, white space at both ends removed."""
+    if b"\n" in value:
+        value = _UNFOLD.sub(b"", value)
+    if b"\t" in value or b"  " in value:
+        value = _WSP.sub(b" ", value)
+    return name.lower().rstrip() + b":" + value.strip() + b"\r\n"
+
+
+def header_hash_input(selected: list, sig_field: tuple, relaxed: bool) -> bytes:
+    """What a signature's header hash covers (RFC 6376 §3.7): the
+    ``selected`` fields ((name, value as on the wire, CRLF at its end), in
+    h= order) canonicalized, then the signature field ``sig_field`` with
+    its b= value emptied and no CRLF at its end."""
+    name, value = sig_field
+    if relaxed:
+        parts = [relaxed_field(n, v) for n, v in selected]
+        parts.append(relaxed_field(name, strip_b(value)).rstrip())
+    else:
+        parts = [n + b":" + v for n, v in selected]
+        parts.append((name + b":" + strip_b(value)).rstrip())
+    return b"".join(parts)
+
+
+def signature_valid(key: "PublicKey", algorithm: bytes, data: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` by ``key`` verifies over ``data`` hashed by the
+    hash of ``algorithm``: RSA by OpenSSL, Ed25519 over the hash (RFC 8463
+    §3).  KeyFormatError for a key that cannot check it."""
+    digest = HASH_ALGORITHMS[algorithm](data).digest()
+    if key.ktag == b"rsa":
+        try:
+            key.rsa.verify(signature, digest, padding.PKCS1v15(), _PREHASHED[algorithm])
+        except InvalidSignature:
+            return False
+        except ValueError as exc:
+            raise dkim.KeyFormatError(f"RSA key cannot check this signature: {exc}") from None
+        return True
+    if key.ktag == b"ed25519":
+        try:
+            key.pk.verify(digest, signature)
+        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+            return False
+        return True
+    raise dkim.KeyFormatError(f"unknown key type {(key.ktag or b'?').decode('ascii', 'replace')}")

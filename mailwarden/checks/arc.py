@@ -18,9 +18,12 @@ Verification (RFC 8617 §5.2), at end of message, for every client:
 7. the oldest-pass: the AMS of N-1, N-2, ... are checked while they
    verify (``header.oldest-pass``, 0 when all do), within the CPU budget.
 
-dkimpy's ``ARC`` class does the key lookups, canonicalization and
-signature checks of each field (``verify_sig``); the steps above are done
-here, where dkimpy departs from RFC 8617: it ignores an ARC field whose
+Each field is checked as dkimpy's ``ARC.verify_sig`` checks it (its key
+record read by dkimpy, the same canonicalization, the body hash when the
+field has ``bh=``, RSA keys of 1024 bits at least), with the DKIM check's
+own code (:mod:`mailwarden.signing`): the fields as received, the body
+never copied, RSA by OpenSSL, a key record read once per text.  The steps
+above are done here, where dkimpy's ``ARC`` class departs from RFC 8617: it ignores an ARC field whose
 ``i=`` it cannot read, does not bound the instances it verifies, hashes a
 seal's sets in the order they stand in the header (a chain whose sets were
 reordered in transit fails, or worse passes on other fields), verifies
@@ -89,15 +92,23 @@ INI keys (``[check.arc]``):
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
 
 import dkim as dkimpy
+from dkim.canonicalization import (
+    CanonicalizationPolicy, InvalidCanonicalizationPolicyError, Relaxed,
+)
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from .. import authresults, signing
+from ..signing import (
+    KeyCache, PublicKey, body_digest, header_hash_input, no_space, relaxed_name,
+    select_headers, signature_valid,
+)
 from ..address import analyze
 from ..address import DomainSet
 from ..model import ArcHop, Trust
@@ -113,6 +124,9 @@ _AAR, _AMS, _AS = ARC_NAMES
 SEAL_HEADERS = signing.DEFAULT_SIGN_HEADERS + ("DKIM-Signature",)
 
 _AAR_INSTANCE = re.compile(rb"\s*i\s*=\s*([0-9]+)\s*;")
+# a header field name as dkimpy reads one (printable US-ASCII, no colon)
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
+MIN_KEY_BITS = 1024          # RSA keys shorter than this verify nothing (RFC 8301)
 
 
 @dataclass(frozen=True)
@@ -160,6 +174,9 @@ class Chain:
     problem: str = ""                          # a structure that makes it fail at once
     top: int = 0                               # N, of a chain without a problem
     highest: int = 0                           # the highest instance read
+    # raw value -> its tags (or the InvalidTagValueList it raised), each
+    # field's tag list read once whoever asks; the dicts must not be changed
+    parsed: dict = field(default_factory=dict, repr=False)
 
     @property
     def present(self) -> bool:
@@ -169,7 +186,21 @@ class Chain:
         return self.sets[instance][kind][0]
 
     def tags(self, instance: int, kind: str) -> dict:
-        return parse_tag_value(self.field(instance, kind)[1])
+        return self.read_tags(self.field(instance, kind)[1])
+
+    def read_tags(self, value: bytes) -> dict:
+        """``parse_tag_value(value)``, read once per value (the dict must
+        not be changed)."""
+        found = self.parsed.get(value)
+        if found is None:
+            try:
+                found = parse_tag_value(value)
+            except InvalidTagValueList as exc:
+                found = exc
+            self.parsed[value] = found
+        if isinstance(found, InvalidTagValueList):
+            raise InvalidTagValueList(*found.args)
+        return found
 
     def ordered(self, upto: int) -> list:
         """(name, raw value) of the sets 1..upto, AAR, AMS, AS each: the
@@ -193,7 +224,7 @@ def read_chain(headers: list) -> Chain:
         if count > 3 * MAX_INSTANCE:
             chain.problem, chain.highest = f"more than {3 * MAX_INSTANCE} ARC header fields", 0
             return chain
-        instance = _instance(kind, value)
+        instance = _instance(kind, value, chain)
         if instance is None:
             chain.problem = chain.problem or f"an {kind} field without a valid instance (i=)"
             continue
@@ -235,12 +266,12 @@ def key_names(chain: Chain) -> list:
     return names
 
 
-def _instance(kind: str, value: bytes):
+def _instance(kind: str, value: bytes, chain: Chain):
     if kind == _AAR:
         m = _AAR_INSTANCE.match(value)
         return int(m.group(1)) if m and len(m.group(1)) <= 3 else None
     try:
-        tags = parse_tag_value(value)
+        tags = chain.read_tags(value)
     except InvalidTagValueList:
         return None
     raw = tags.get(b"i", b"").strip()
@@ -283,12 +314,15 @@ def _hops(chain: Chain) -> tuple:
     return tuple(out)
 
 
-def verify(message: bytes, chain: Chain, dnsfunc, over_budget=lambda: False,
-           oldest_pass: bool = True) -> Verification:
-    """RFC 8617 §5.2 on ``message`` (bytes as on the wire) whose ARC fields
-    ``chain`` holds.  ``dnsfunc(name, timeout=)`` answers key lookups as
-    dkimpy asks them (raise to stop: :class:`_Temporary`);
-    ``over_budget()`` is asked between signatures."""
+def verify(headers: list, body, chain: Chain, dnsfunc, over_budget=lambda: False,
+           oldest_pass: bool = True, keys: KeyCache | None = None) -> Verification:
+    """RFC 8617 §5.2 on the message whose header fields are ``headers``
+    ((name, value) bytes as on the wire, as ``Message.wire_headers``) and
+    whose body is ``body`` (a :class:`~mailwarden.model.Body`, bytes or
+    None), its ARC fields read into ``chain``.  ``dnsfunc(name, timeout=)``
+    answers key lookups (raise to stop: :class:`_Temporary`);
+    ``over_budget()`` is asked between signatures; ``keys`` keeps key
+    records read (the check's own; a new one when None)."""
     if not chain.present:
         return Verification("none", "no ARC header fields")
     if chain.problem:
@@ -308,18 +342,42 @@ def verify(message: bytes, chain: Chain, dnsfunc, over_budget=lambda: False,
         return out
     bad_cv = [i for i in range(1, top + 1)
               if seals[i].get(b"cv", b"").strip().lower() != (b"none" if i == 1 else b"pass")]
-    try:
-        arc = dkimpy.ARC(message, minkey=1024)
-    except dkimpy.DKIMException as exc:
-        out.reason = f"the message cannot be read: {exc}"
-        return out
-    all_headers = arc.headers
+    for name, _value in headers:
+        if not _FIELD_NAME.fullmatch(name):
+            out.reason = "the message cannot be read: a header field name that is no name"
+            return out
+    keys = keys if keys is not None else KeyCache(16)
+    digests: dict = {}
+
+    def signature_ok(tags: dict, selected: list, sig_field: tuple) -> bool:
+        """dkimpy's verify_sig (key, body hash, header hash, signature) on
+        one ARC field whose tags were validated."""
+        text = dnsfunc(tags[b"s"] + b"._domainkey." + tags[b"d"] + b".", timeout=5)
+        if not text:
+            return False                # no key
+        key = keys.get(text, _arc_key)
+        if key is None or key.tlsrpt:
+            return False                # unusable, or a key for TLS reports alone
+        canon = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
+        algorithm = tags[b"a"]
+        if b"bh" in tags:
+            relaxed_body = canon.body_algorithm is Relaxed
+            limit = int(tags[b"l"]) if b"l" in tags else None
+            wanted = (relaxed_body, algorithm, limit)
+            if wanted not in digests:
+                digests[wanted] = body_digest(body, relaxed_body, algorithm, limit)
+            if digests[wanted] != base64.b64decode(no_space(tags[b"bh"])):
+                return False
+        data = header_hash_input(selected, sig_field, canon.header_algorithm is Relaxed)
+        signature = base64.b64decode(no_space(tags[b"b"]))
+        if not signature_valid(key, algorithm, data, signature):
+            return False
+        return key.ktag != b"rsa" or key.size >= MIN_KEY_BITS
 
     def check_ams(i: int, tags: dict) -> bool:
         over = over_budget()
         if over:
             raise _OverBudget()
-        arc.headers = all_headers
         try:
             dkimpy.validate_signature_fields(tags, [b"i", b"a", b"b", b"bh", b"d", b"h", b"s"],
                                              True)
@@ -332,9 +390,15 @@ def verify(message: bytes, chain: Chain, dnsfunc, over_budget=lambda: False,
             # as dkimpy and the conformance suite: the AMS's c= is honoured,
             # relaxed/relaxed when it has none
             tags.setdefault(b"c", b"relaxed/relaxed")
-            name, value = chain.field(i, _AMS)
-            return bool(arc.verify_sig(tags, include, (name, value), dnsfunc))
-        except (dkimpy.DKIMException, ValueError, KeyError):
+            canon = CanonicalizationPolicy.from_c_value(tags[b"c"])
+            if b"from" in include:
+                include.append(b"from")     # a From added above the signed one breaks it
+            relaxed = canon.header_algorithm is Relaxed
+            selected = select_headers(headers, include,
+                                      relaxed_name if relaxed else bytes.lower)
+            return signature_ok(tags, selected, chain.field(i, _AMS))
+        except (dkimpy.DKIMException, InvalidCanonicalizationPolicyError, ValueError,
+                KeyError):
             return False
 
     def check_seal(i: int) -> bool:
@@ -347,15 +411,11 @@ def verify(message: bytes, chain: Chain, dnsfunc, over_budget=lambda: False,
                 return False            # RFC 8617 §4.1.3: no h= in a seal
             tags[b"c"] = b"relaxed/relaxed"     # RFC 8617 §4.1.3: a seal is relaxed
             fields = chain.ordered(i)
-            # dkimpy hashes the fields named, each taken from the bottom up:
-            # given the sets in reverse, it takes them in instance order
-            arc.headers = list(reversed(fields[:-1]))
-            names = [n.lower().strip() for n, _v in fields[:-1]]
-            return bool(arc.verify_sig(tags, names, fields[-1], dnsfunc))
-        except (dkimpy.DKIMException, ValueError, KeyError):
+            # the sets in increasing instance order, the seal itself last
+            return signature_ok(tags, fields[:-1], fields[-1])
+        except (dkimpy.DKIMException, InvalidCanonicalizationPolicyError, ValueError,
+                KeyError):
             return False
-        finally:
-            arc.headers = all_headers
 
     try:
         good = [check_seal(i) for i in range(top, 0, -1)][::-1]     # good[i-1]: seal i
@@ -391,6 +451,15 @@ def verify(message: bytes, chain: Chain, dnsfunc, over_budget=lambda: False,
         out.result, out.reason = "fail", "not checked: the CPU budget is used up"
         out.last_valid = 0
         return out
+
+
+def _arc_key(text: bytes):
+    """A key record as dkimpy reads it for ARC (the whole record, s= one
+    value), or None when dkimpy would not use it."""
+    try:
+        return PublicKey(*dkimpy.evaluate_pk(b"", text))
+    except (dkimpy.DKIMException, ValueError, TypeError):
+        return None
 
 
 def _text(value: bytes) -> str:
@@ -466,6 +535,10 @@ class ArcCheck(Check):
 
     cpu_clock = staticmethod(time.thread_time)
 
+    def __init__(self, options, services):
+        super().__init__(options, services)
+        self.keys = KeyCache()
+
     def on_eom(self, ctx):
         msg = ctx.msg
         headers = msg.wire_headers()
@@ -480,8 +553,8 @@ class ArcCheck(Check):
         started = self.cpu_clock()
         budget = self.options.cpu_budget
         try:
-            found = verify(bytes(msg.as_buffer()), chain, dnsfunc_for(ctx.dns),
-                           lambda: self.cpu_clock() - started > budget)
+            found = verify(headers, msg.body, chain, dnsfunc_for(ctx.dns),
+                           lambda: self.cpu_clock() - started > budget, keys=self.keys)
         except _Temporary as exc:
             return self._result(ctx, Verification("temperror", f"key lookup: {exc}",
                                                   hops=_hops(chain) if not chain.problem
@@ -539,7 +612,7 @@ class ArcCheck(Check):
             ctx.log.info("arc: not sealed: the chain was not checked")
             return ()
         mine = ours[-1]
-        headers, _body = dkimpy.rfc822_parse(outgoing)
+        headers, body = dkimpy.rfc822_parse(outgoing)
         chain = read_chain(headers)
         instance, cv, prior = seal_plan(chain, mine.result, mine.arc_terminated)
         if instance is None:
@@ -551,7 +624,7 @@ class ArcCheck(Check):
         try:
             made = signing.arc_set(outgoing, key, instance, cv,
                                    authres_value.replace("\n", "\r\n").encode("utf-8"),
-                                   prior, include, ctx.now())
+                                   prior, include, ctx.now(), parsed=(headers, body))
         except dkimpy.DKIMException as exc:
             ctx.log.warning("arc: cannot seal: %r", str(exc))
             return ()

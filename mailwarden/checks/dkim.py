@@ -18,7 +18,12 @@ and ``h=`` as colon-separated lists, ``i=`` decoded from
 dkim-quoted-printable, a key record without ``p=``), and so are the body
 hash, the header selection and the signature (§6.1.3), the RSA signature by
 OpenSSL (``cryptography``), so that the arithmetic is not done in Python.
-A key record read once is kept, parsed, by its exact text (``_read_key``).
+A key record read once is kept, parsed, by its exact text, in a cache of
+the check's own (:class:`KeyCache`: bounded, emptied by a configuration
+reload; the DNS cache decides how long the same text comes back).  Header
+fields and the signature are canonicalized here (:func:`relaxed_field`,
+:func:`strip_b`), the same bytes dkimpy makes, in a few bytes operations
+per field; ARC (:mod:`mailwarden.checks.arc`) verifies with the same code.
 
 Work is bounded per message: every signature is first read and its key
 fetched; then the body is read once, and hashed once per (body
@@ -76,30 +81,24 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import re
 import time
 from dataclasses import dataclass
 
 import dkim as dkimpy
 import idna
-import nacl.exceptions
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import (
     CanonicalizationPolicy, InvalidCanonicalizationPolicyError, Relaxed,
 )
-from dkim.crypto import HASH_ALGORITHMS
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from ..signing import KeyCache, OverBudget, PublicKey, body_digests, header_hash_input, \
+    no_space, relaxed_name, select_headers, signature_valid
 from ..options import opt, parse_choice, parse_cpu_budget, parse_int
 from ..model import Trust
 from ..orgdomain import is_label
 from . import Check, CheckOptions
 
-_WS = re.compile(rb"\s+")
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ def key_name(selector: bytes, domain: bytes) -> tuple:
     turned into A-labels by UTS #46."""
     labels = []
     for tag, raw in (("s", selector), ("d", domain)):
-        raw = _WS.sub(b"", raw)         # folding white space a signer put inside
+        raw = no_space(raw)         # folding white space a signer put inside
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -162,7 +161,7 @@ def decode_qp(value: bytes) -> bytes:
     """A dkim-quoted-printable value (RFC 6376 §2.11), decoded: white space
     is dropped, ``=XX`` is the octet XX; any other ``=`` is a syntax error
     (ValueError)."""
-    value = _WS.sub(b"", value)
+    value = no_space(value)
     decoded = _QP_BYTE.sub(lambda m: bytes((int(m.group(1), 16),)), value)
     if b"=" in _QP_BYTE.sub(b"", value):
         raise ValueError("i= is not valid dkim-quoted-printable")
@@ -201,6 +200,10 @@ class DkimCheck(Check):
     # CPU seconds of the calling thread; an instance attribute may replace
     # it (tests move it by hand)
     cpu_clock = staticmethod(time.thread_time)
+
+    def __init__(self, options, services):
+        super().__init__(options, services)
+        self.keys = KeyCache()
 
     def on_eom(self, ctx):
         msg = ctx.msg
@@ -276,15 +279,14 @@ class DkimCheck(Check):
             return res("temperror", "DKIM_TEMPERROR", f"key lookup: {answer.describe()}")
         if not answer.ok or not answer.records:
             return res("permerror", "DKIM_NO_KEY", f"no key at {name}")
-        key_text = answer.records[0].encode("utf-8", "replace")
-        try:
-            key_tags = parse_tag_value(key_text)
-        except InvalidTagValueList as exc:
-            return res("permerror", "DKIM_KEY_INVALID", f"key record syntax: {exc}")
+        record = self.keys.get(answer.records[0], _read_record)
+        key_tags = record.tags
+        if key_tags is None:
+            return res("permerror", "DKIM_KEY_INVALID", record.problem)
         if b"p" not in key_tags:
             # RFC 6376 §3.6.1: p= is required; only an empty one revokes
             return res("permerror", "DKIM_KEY_INVALID", "key record without p=")
-        if not _WS.sub(b"", key_tags[b"p"]):
+        if record.revoked:
             return res("fail", "DKIM_KEY_REVOKED", "key revoked")
         algorithm = tags[b"a"].lower()
         problem = _key_refuses(key_tags, algorithm, identity, tags[b"d"])
@@ -293,10 +295,9 @@ class DkimCheck(Check):
         services = colon_list(key_tags.get(b"s", b"*"))
         if b"*" not in services and b"email" not in services and b"tlsrpt" in services:
             return res("neutral", "DKIM_INVALID", "key is for TLSRPT (s=tlsrpt), not mail")
-        try:
-            key = _read_key(name, _for_dkimpy(key_tags))
-        except (dkimpy.KeyFormatError, ValueError) as exc:
-            return res("permerror", "DKIM_KEY_INVALID", f"unusable key: {exc}")
+        key = record.key
+        if key is None:
+            return res("permerror", "DKIM_KEY_INVALID", record.problem)
         ktag = key.ktag
         if ktag is None or not algorithm.startswith(ktag + b"-"):
             return res("permerror", "DKIM_KEY_INVALID",
@@ -324,8 +325,8 @@ class DkimCheck(Check):
         digests = {}
         if work:
             try:
-                digests = _body_digests(ctx.msg.body, work, lambda: spent() > budget)
-            except _OverBudget:
+                digests = body_digests(ctx.msg.body, work, lambda: spent() > budget)
+            except OverBudget:
                 digests = None
         out = []
         skipped = 0
@@ -390,23 +391,30 @@ def _for_dkimpy(key_tags: dict) -> bytes:
     return b"; ".join(k + b"=" + v for k, v in key_tags.items() if k not in (b"s", b"h"))
 
 
-class _Key:
-    """A key record as read: dkimpy's parse, and for RSA the key for OpenSSL."""
+class _Record:
+    """A DKIM key record, read: its tags (None when they cannot be read),
+    whether p= is empty, the key (None when unusable) and what is wrong."""
 
-    __slots__ = ("pk", "size", "ktag", "tlsrpt", "rsa")
+    __slots__ = ("tags", "revoked", "key", "problem")
 
-    def __init__(self, pk, size, ktag, tlsrpt):
-        self.pk, self.size, self.ktag, self.tlsrpt = pk, size, ktag, tlsrpt
-        self.rsa = None
-        if ktag == b"rsa":
-            self.rsa = rsa.RSAPublicNumbers(pk["publicExponent"], pk["modulus"]).public_key()
+    def __init__(self, tags, revoked=False, key=None, problem=""):
+        self.tags, self.revoked, self.key, self.problem = tags, revoked, key, problem
 
 
-@functools.lru_cache(maxsize=512)
-def _read_key(key_name: str, key_text: bytes) -> _Key:
-    """The key record ``key_text``, parsed (KeyFormatError, ValueError if
-    unusable); by its exact text, so the same record is parsed once."""
-    return _Key(*dkimpy.evaluate_pk(key_name, key_text))
+def _read_record(text: str) -> _Record:
+    """The key record ``text`` (a TXT record as the resolver gives it), read."""
+    try:
+        tags = parse_tag_value(text.encode("utf-8", "replace"))
+    except InvalidTagValueList as exc:
+        return _Record(None, problem=f"key record syntax: {exc}")
+    if b"p" not in tags:
+        return _Record(tags)
+    if not no_space(tags[b"p"]):
+        return _Record(tags, revoked=True)
+    try:
+        return _Record(tags, key=PublicKey(*dkimpy.evaluate_pk("", _for_dkimpy(tags))))
+    except (dkimpy.KeyFormatError, ValueError) as exc:
+        return _Record(tags, problem=f"unusable key: {exc}")
 
 
 class _Work:
@@ -421,181 +429,11 @@ class _Work:
         self.body_key = (canon.body_algorithm is Relaxed, algorithm.partition(b"-")[2], limit)
 
 
-class _OverBudget(Exception):
-    pass
-
-
-_PREHASHED = {b"rsa-sha256": Prehashed(hashes.SHA256()), b"rsa-sha1": Prehashed(hashes.SHA1())}
-
-
 def _b64(value: bytes, tag: str) -> bytes:
     try:
-        return base64.b64decode(_WS.sub(b"", value), validate=True)
+        return base64.b64decode(no_space(value), validate=True)
     except (binascii.Error, ValueError):
         raise dkimpy.MessageFormatError(f"{tag}= is not valid base64") from None
-
-
-_WSP_RUN = re.compile(rb"\t[\t ]*| [\t ]+")          # white space that is not one SP
-_WSP_EOL = re.compile(rb"[ \t]+\n")                  # white space at a line end
-
-
-class _Prefixes:
-    """One running hash of a canonical body, and its digests at each l=
-    (a copy of the hash state where the prefix ends): one pass, whatever
-    the number of l= values."""
-
-    def __init__(self, hasher, limits):
-        self.hash = hasher()
-        self.at = 0
-        self.limits = sorted(set(limits))
-        self.digests: dict = {}
-
-    def update(self, data: bytes) -> None:
-        while self.limits and self.limits[0] <= self.at + len(data):
-            take = self.limits[0] - self.at
-            self.hash.update(data[:take])
-            self.at += take
-            data = data[take:]
-            self.digests[self.limits.pop(0)] = self.hash.copy().digest()
-        self.hash.update(data)
-        self.at += len(data)
-
-    def finish(self) -> dict:
-        full = self.hash.digest()
-        for limit in self.limits:          # l= past the end: the whole body
-            self.digests[limit] = full
-        self.limits = []
-        self.digests[None] = full
-        return self.digests
-
-
-class _CanonicalBody:
-    """RFC 6376 §3.4.3 (simple) or §3.4.4 (relaxed) body canonicalization,
-    fed in chunks, so that a large spooled body is never held whole; what
-    it makes goes to every sink (``update(bytes)``).
-
-    Byte for byte what dkimpy computes on the whole body: lines end at LF
-    (a CR before it belongs to the line end); relaxed drops white space at
-    line ends and makes other runs one SP; empty lines at the end are
-    dropped; a last line without its CRLF gets one; an empty body is CRLF
-    (simple) or nothing (relaxed).  Each block of whole lines is done by a
-    few bytes operations, not line by line."""
-
-    def __init__(self, relaxed: bool, sinks: list):
-        self.relaxed = relaxed
-        self.sinks = sinks
-        self.partial = b""          # a line not ended yet
-        self.empty = 0              # empty lines held back: they count only if more follows
-        self.wrote = False
-
-    def _emit(self, data: bytes) -> None:
-        for sink in self.sinks:
-            sink.update(data)
-
-    def _lines(self, block: bytes) -> None:
-        """Whole lines, each ending in LF (a CR before it already removed)."""
-        if self.relaxed:
-            block = _WSP_EOL.sub(b"\n", block)
-            if b"\t" in block or b"  " in block:
-                block = _WSP_RUN.sub(b" ", block)
-        text = block.rstrip(b"\n")
-        if not text:                             # nothing but empty lines
-            self.empty += len(block)
-            return
-        if self.empty:
-            self._emit(b"\r\n" * self.empty)
-        self._emit((text + b"\n").replace(b"\n", b"\r\n"))
-        self.empty = len(block) - len(text) - 1
-        self.wrote = True
-
-    def update(self, chunk: bytes) -> None:
-        data = self.partial + chunk if self.partial else chunk
-        end = data.rfind(b"\n")
-        if end < 0:
-            self.partial = data
-            return
-        self.partial = data[end + 1:]
-        self._lines(data[:end + 1].replace(b"\r\n", b"\n"))
-
-    def finish(self) -> None:
-        last = self.partial
-        if last:                    # no line end after it: one is added (RFC 6376 §3.4.3)
-            if self.relaxed and (b"\t" in last or b"  " in last):
-                last = _WSP_RUN.sub(b" ", last)
-            if self.empty:
-                self._emit(b"\r\n" * self.empty)
-            self._emit(last + b"\r\n")
-        elif not self.wrote and not self.relaxed:
-            self._emit(b"\r\n")   # an empty body is one CRLF in simple
-        self.partial, self.empty = b"", 0
-
-
-class BodyHash:
-    """One body hash (``hasher``, relaxed or simple, ``limit``: the l= tag),
-    fed in chunks: ``update(chunk)`` then ``digest()``."""
-
-    def __init__(self, hasher, relaxed: bool, limit: int | None = None):
-        self._prefixes = _Prefixes(hasher, [] if limit is None else [limit])
-        self._limit = limit
-        self._canon = _CanonicalBody(relaxed, [self._prefixes])
-
-    def update(self, chunk: bytes) -> None:
-        self._canon.update(chunk)
-
-    def digest(self) -> bytes:
-        self._canon.finish()
-        return self._prefixes.finish()[self._limit]
-
-
-def _body_digests(body, work: list, over_budget) -> dict:
-    """(relaxed, hash name, l=) -> digest for every signature in ``work``:
-    the body is read once, canonicalized once per canonicalization and
-    hashed once per (canonicalization, hash); ``over_budget()`` is asked
-    after each block (_OverBudget when it says so)."""
-    wanted: dict = {}                      # (relaxed, hash name) -> (hasher, limits)
-    for w in work:
-        hasher, limits = wanted.setdefault(w.body_key[:2], (HASH_ALGORITHMS[w.algorithm], []))
-        if w.limit is not None:
-            limits.append(w.limit)
-    prefixes = {key: _Prefixes(hasher, limits) for key, (hasher, limits) in wanted.items()}
-    canons = [_CanonicalBody(relaxed, [p for (r, _h), p in prefixes.items() if r == relaxed])
-              for relaxed in {r for r, _h in prefixes}]
-    for chunk in (body.chunks() if body is not None else ()):
-        for canon in canons:
-            canon.update(chunk)
-        if over_budget():
-            raise _OverBudget()
-    for canon in canons:
-        canon.finish()
-    out = {}
-    for (relaxed, hash_name), p in prefixes.items():
-        for limit, digest in p.finish().items():
-            out[(relaxed, hash_name, limit)] = digest
-    return out
-
-
-def select_headers(fields: list, names: list, key=bytes.lower) -> list:
-    """The fields ``names`` (an h= list, lower case) asks for, in its order:
-    each name takes the last instance of that name not taken yet, from the
-    bottom up (RFC 6376 §5.4.2); a name with none left takes nothing.
-    ``key(field name)`` is the name compared.  Linear: the instances of the
-    names asked for are indexed once."""
-    wanted = set(names)
-    instances: dict = {}
-    for field in fields:
-        name = key(field[0])
-        if name in wanted:
-            instances.setdefault(name, []).append(field)
-    out = []
-    for name in names:
-        left = instances.get(name)
-        if left:
-            out.append(left.pop())
-    return out
-
-
-def _relaxed_name(name: bytes) -> bytes:
-    return name.lower().rstrip()
 
 
 def _verify_headers(headers: list, work: _Work) -> bool:
@@ -606,41 +444,14 @@ def _verify_headers(headers: list, work: _Work) -> bool:
     # (RFC 6376 §8.15): ask for one instance more than the signer signed
     if b"from" in include:
         include = include + [b"from"]
-    canon = work.canon
     # fields are selected by their name as canonicalized (relaxed: lower
     # case, no white space before the colon), and only those selected are
     # canonicalized
-    relaxed = canon.header_algorithm is Relaxed
-    selected = select_headers(headers, include, _relaxed_name if relaxed else bytes.lower)
-    h = HASH_ALGORITHMS[work.algorithm]()
-    for name, value in canon.canonicalize_headers(selected):
-        h.update(name)
-        h.update(b":")
-        h.update(value)
-    # the signature itself, b= emptied, without its trailing CRLF (§3.7)
-    sig_name, sig_value = work.sig_header
-    emptied = dkimpy.RE_BTAG.sub(b"\\1", sig_value)
-    ((name, value),) = canon.canonicalize_headers([(sig_name, emptied)])
-    h.update(name)
-    h.update(b":")
-    h.update(value.rstrip())
+    relaxed = work.canon.header_algorithm is Relaxed
+    selected = select_headers(headers, include, relaxed_name if relaxed else bytes.lower)
     signature = _b64(work.tags[b"b"], "b")
-    key = work.key
-    if key.ktag == b"rsa":
-        try:
-            key.rsa.verify(signature, h.digest(), padding.PKCS1v15(), _PREHASHED[work.algorithm])
-        except InvalidSignature:
-            return False
-        except ValueError as exc:
-            raise dkimpy.KeyFormatError(f"RSA key cannot check this signature: {exc}") from None
-        return True
-    if key.ktag == b"ed25519":
-        try:
-            key.pk.verify(h.digest(), signature)
-        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
-            return False
-        return True
-    raise dkimpy.KeyFormatError(f"unknown key type {_text(key.ktag or b'?')}")
+    return signature_valid(work.key, work.algorithm,
+                           header_hash_input(selected, work.sig_header, relaxed), signature)
 
 
 # what header.i may show once i= is decoded: an addr-spec of atoms (RFC
@@ -656,7 +467,7 @@ def _properties(tags: dict, identity: bytes | None = None) -> tuple:
             props.append(("header.i", _text(shown)))
     props += [("header.s", _text(tags.get(b"s", b""))),
               ("header.a", _text(tags.get(b"a", b""))),
-              ("header.b", _text(_WS.sub(b"", tags.get(b"b", b""))[:8]))]
+              ("header.b", _text(no_space(tags.get(b"b", b""))[:8]))]
     return tuple(p for p in props if p[1])
 
 

@@ -39,6 +39,7 @@ from mailwarden import cli, signing
 from mailwarden.checks import arc as arcmod
 from mailwarden.dns import ZoneBackend
 from mailwarden.mime import split_message
+from mailwarden.model import Message
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = Path(os.environ.get("MAILWARDEN_ARC_SUITE", ROOT / "tests/data/arc"))
@@ -150,10 +151,11 @@ def seal_as_mailwarden(message: bytes, test, key, records) -> dict:
         answer = backend.lookup(name.decode().rstrip(".").lower(), "TXT", 1.0)
         return answer.records[0].encode() if answer.ok and answer.records else None
 
-    headers, _body, _problem = split_message(message)
-    wire = [(n.encode("ascii"), v) for n, v in headers]
+    headers, body, _problem = split_message(message)
+    msg = Message(headers=list(headers))
+    wire = msg.wire_headers()
     chain = arcmod.read_chain(wire)
-    found = arcmod.verify(message, chain, dnsfunc)
+    found = arcmod.verify(wire, body, chain, dnsfunc)
     instance, cv, prior = arcmod.seal_plan(chain, found.result, found.terminated)
     if instance is None:
         return {}

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mailwarden import signing
 from mailwarden.checks import dkim as dkimcheck
 from tests import dkimkeys
 from tests.unit.authcase import (DATA, STRANGER, ar_header, engine_for, message, of, props,
@@ -150,7 +151,7 @@ def test_the_body_is_hashed_once_per_canonicalization_and_hash(ed, monkeypatch, 
         sigs += one[:len(one) - len(base)]
     made = []
 
-    class CountingPrefixes(dkimcheck._Prefixes):
+    class CountingPrefixes(signing._Prefixes):
         """Each running body hash made, and the bytes it hashed."""
 
         def __init__(self, hasher, limits):
@@ -162,7 +163,7 @@ def test_the_body_is_hashed_once_per_canonicalization_and_hash(ed, monkeypatch, 
             self.bytes += len(data)
             super().update(data)
 
-    monkeypatch.setattr(dkimcheck, "_Prefixes", CountingPrefixes)
+    monkeypatch.setattr(signing, "_Prefixes", CountingPrefixes)
     results = dkim_results(sigs + base, key_line(ed))
     assert [r.result for r in results] == ["pass"] * 10
     assert len(made) == (2 if varied else 1)
@@ -184,7 +185,7 @@ def test_selecting_raw_fields_then_canonicalizing_is_dkimpys_order(fields, names
     canon = dkim.canonicalization.CanonicalizationPolicy.from_c_value(c)
     relaxed = canon.header_algorithm is dkim.canonicalization.Relaxed
     ours = canon.canonicalize_headers(dkimcheck.select_headers(
-        raw, wanted, dkimcheck._relaxed_name if relaxed else bytes.lower))
+        raw, wanted, dkimcheck.relaxed_name if relaxed else bytes.lower))
     assert ours == dkim.select_headers(canon.canonicalize_headers(raw), wanted)
 
 
@@ -208,7 +209,7 @@ def test_one_pass_gives_every_signatures_body_hash(pieces, sigs, chunk):
                             body_key=(relaxed, a.partition(b"-")[2], limit))
             for relaxed, a, limit in sigs]
     body.chunks = lambda size=chunk: (raw[i:i + size] for i in range(0, len(raw), size))
-    got = dkimcheck._body_digests(body, work, lambda: False)
+    got = dkimcheck.body_digests(body, work, lambda: False)
     for w in work:
         policy = dkim.canonicalization.CanonicalizationPolicy.from_c_value(
             b"simple/relaxed" if w.body_key[0] else b"simple/simple")
@@ -552,7 +553,7 @@ def test_dkim_body_hash_in_chunks_is_byte_for_byte_dkimpys(relaxed):
     import random
     import re
     from dkim.canonicalization import Relaxed, Simple
-    from mailwarden.checks.dkim import BodyHash
+    from mailwarden.signing import BodyHash
     canon = Relaxed if relaxed else Simple
     pieces = [b" ", b"  ", b"\t", b" \t ", b"\r\n", b"\r", b"\n", b"word", b"x", b"\r\n\r\n"]
     rng = random.Random(6376)
