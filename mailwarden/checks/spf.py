@@ -91,6 +91,22 @@ class _Query(pyspf.query):
         self.expires = float("inf")
         super().__init__(**kw)
 
+    def set_ip(self, i):
+        """pyspf's, without parsing the address again: ``i`` is the client's
+        address object, an IPv4-mapped one already unmapped."""
+        if isinstance(i, str):
+            return super().set_ip(i)
+        self.iplist = False
+        self.ipaddr = i
+        self.c = str(i)
+        if i.version == 6:
+            self.A, self.v, self.cidrmax = "AAAA", "ip6", 128
+            self.i = ".".join(i.exploded.replace(":", "").upper())
+        else:
+            self.A, self.v, self.cidrmax = "A", "in-addr", 32
+            self.i = i.exploded
+        return None
+
     def expand(self, s, stripdot=True):
         if "%" in s and _UNKEYED_MACRO.search(s):
             self.expires = 0.0
@@ -185,7 +201,8 @@ class SpfCheck(Check):
 
     def _evaluate(self, ctx, sender: str, helo: str) -> tuple:
         """(result, explanation) of one identity; ``sender`` '' means HELO."""
-        ip = str(unmapped(ctx.conn.client_ip))
+        address = unmapped(ctx.conn.client_ip)
+        ip = str(address)
         # pyspf's own split: the domain is what follows the first "@"
         key = (ip, sender.partition("@")[2] if sender else "", helo)
         dns = ctx.dns
@@ -193,7 +210,7 @@ class SpfCheck(Check):
         if found is not None:
             return found
         query = _Query(dns, self.options.max_lookups, self.options.max_void_lookups,
-                       i=ip, s=sender, h=helo,
+                       i=address, s=sender, h=helo,
                        receiver=self.services.hostname or "unknown")
         result, _code, explanation = query.check()
         if result not in SPF_RESULTS:        # 'ambiguous' only exists in harsh mode

@@ -214,3 +214,14 @@ def test_a_cached_result_is_what_a_fresh_evaluation_gives(messages):
             assert kept.spf(f"{local}@{domain}", ip=ip) == expected
     finally:
         kept.close()
+
+
+@settings(max_examples=200)
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)))
+def test_the_address_object_is_read_as_pyspf_reads_its_text(address):
+    from mailwarden.model import unmapped
+    address = unmapped(address)
+    mine = spfmod._Query(None, 10, 2, i=address, s="a@b.example", h="h.example")
+    theirs = spfmod.pyspf.query(i=str(address), s="a@b.example", h="h.example")
+    for name in ("ipaddr", "c", "i", "A", "v", "cidrmax", "iplist"):
+        assert getattr(mine, name) == getattr(theirs, name), name
