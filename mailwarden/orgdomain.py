@@ -243,6 +243,7 @@ def tree_walk(domain: str, lookup) -> TreeWalk:
     domain = _clean(domain)
     asked: list = []
     found: list = []
+    psds: list = []                     # the psd value of each found record
     stop = failed = ""
     for name in walk_names(domain):
         asked.append(name)
@@ -254,13 +255,13 @@ def tree_walk(domain: str, lookup) -> TreeWalk:
         if len(texts) != 1:
             continue                    # none, or several: all discarded
         found.append((name, texts[0]))
-        if _psd(texts[0]) in ("y", "n"):
+        psds.append(_psd(texts[0]))
+        if psds[-1] in ("y", "n"):
             stop = name
             break
     org = domain
     psd_name = ""
-    for name, text in found:            # longest first
-        psd = _psd(text)
+    for (name, _text), psd in zip(found, psds):     # longest first
         if psd == "n":
             org = name
             break
