@@ -15,7 +15,13 @@ milter meets them in production: between two SMTP stages of a session the
 MTA's processes run on the same cores.  The ratio of the two figures is
 what running among the MTA costs the same Python work.
 
-    .venv/bin/python bench/engine_cpu.py [--messages 500] [--cold]
+``--vary`` gives every message a sender of its own: its own envelope and
+From domain (with SPF, DMARC and DKIM key records in the zone), DKIM
+``d=``, client address (with PTR and A) and HELO name, so that nothing a
+check keeps from one message to the next (parsed records, results within
+their TTL) serves the next one: the uncached cost.
+
+    .venv/bin/python bench/engine_cpu.py [--messages 500] [--cold] [--vary]
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from mailwarden.config import loads                      # noqa: E402
 from mailwarden.dns import Resolver, ZoneBackend          # noqa: E402
 from mailwarden.engine import Engine, run_offline         # noqa: E402
 from mailwarden.genkey import make_key, zone_line         # noqa: E402
+
+import dkim as dkimpy                                     # noqa: E402
 
 
 def config_text(extra: dict) -> str:
@@ -63,7 +71,32 @@ class Evictor:
         view[::64] = bytes(view[1::64])          # touch every cache line, in C
 
 
-def measure(messages: int, extra: dict, message: bytes, zone: str, evict=None) -> tuple:
+def varied(count: int, message: bytes, private: bytes, txt: str) -> tuple:
+    """``count`` senders of their own: (client_ip, helo, mail_from, message)
+    each, the message re-signed for its domain, and the zone lines they need."""
+    unsigned = message[message.index(b"\r\nFrom: ") + 2:]
+    senders, lines = [], []
+    for n in range(count):
+        domain = f"v{n}.vary-sender.example"
+        ip = f"127.1.{n >> 8 & 255}.{n & 255}"
+        helo = f"mta.{domain}"
+        body = unsigned.replace(DOMAIN.encode(), domain.encode())
+        signature = dkimpy.sign(body, SELECTOR.encode(), domain.encode(), private,
+                                canonicalize=(b"relaxed", b"relaxed"),
+                                include_headers=[b"from", b"to", b"subject", b"date",
+                                                 b"message-id", b"mime-version",
+                                                 b"content-type"])
+        senders.append((ip, helo, SENDER.replace(DOMAIN, domain), signature + body))
+        reverse = ".".join(reversed(ip.split(".")))
+        lines += [f"{reverse}.in-addr.arpa. PTR {helo}.", f"{helo}. A {ip}",
+                  f'{domain}. TXT "v=spf1 ip4:{ip} -all"',
+                  f'_dmarc.{domain}. TXT "v=DMARC1; p=reject; adkim=r; aspf=r"',
+                  zone_line(domain, SELECTOR, txt)]
+    return senders, "\n".join(lines)
+
+
+def measure(messages: int, extra: dict, message: bytes, zone: str, evict=None,
+            senders=None) -> tuple:
     config = loads(config_text(extra))
     engine = Engine(config, resolver=Resolver(config.dns, backend=ZoneBackend(zone)),
                     hostname="mx.test.example")
@@ -78,12 +111,14 @@ def measure(messages: int, extra: dict, message: bytes, zone: str, evict=None) -
                     rcpts=[RCPT], message=message)
         engine.timer = timer
         total = 0.0
-        for _ in range(messages):
+        for n in range(messages):
+            client_ip, helo, sender, data = (senders[n] if senders
+                                             else ("127.0.0.1", HELO, SENDER, message))
             if evict is not None:
                 evict()
             started = time.process_time()
-            verdict, conn, _msg = run_offline(engine, client_ip="127.0.0.1", helo=HELO,
-                                              mail_from=SENDER, rcpts=[RCPT], message=message)
+            verdict, conn, _msg = run_offline(engine, client_ip=client_ip, helo=helo,
+                                              mail_from=sender, rcpts=[RCPT], message=data)
             engine.close_connection(conn)
             total += time.process_time() - started
             verdicts[verdict.action] += 1
@@ -99,6 +134,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--cold", action="store_true",
                         help="also measure with the CPU caches evicted before each message")
+    parser.add_argument("--vary", action="store_true",
+                        help="every message from a sender, domain, client and HELO of its own")
     args = parser.parse_args(argv)
     if not 1 <= args.messages <= 100_000:
         parser.error("--messages 1..100000")
@@ -106,9 +143,14 @@ def main(argv=None) -> int:
     private, txt = make_key("rsa", 2048)
     message = make_signed_message(args.length, private)
     zone = (BENCH / "compare.zone").read_text() + "\n" + zone_line(DOMAIN, SELECTOR, txt)
-    spent, total, verdicts = measure(args.messages, extra, message, zone)
+    senders = None
+    if args.vary:
+        senders, lines = varied(args.messages, message, private, txt)
+        zone += "\n" + lines
+    spent, total, verdicts = measure(args.messages, extra, message, zone, senders=senders)
     n = args.messages
-    print(f"{n} messages of {len(message)} bytes, verdicts {dict(verdicts)}")
+    print(f"{n} messages of {len(message)} bytes"
+          f"{', each from a sender of its own' if senders else ''}, verdicts {dict(verdicts)}")
     print(f"{'check':12s} {'stage':8s} {'ms/msg':>8s}")
     by_check: dict = collections.defaultdict(float)
     for (check, stage), seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
@@ -121,7 +163,8 @@ def main(argv=None) -> int:
     print(f"\nall checks {1000 * checks / n:.3f} ms/msg; whole engine (process CPU) "
           f"{1000 * total / n:.3f} ms/msg")
     if args.cold:
-        cold_spent, cold_total, _ = measure(n, extra, message, zone, evict=Evictor())
+        cold_spent, cold_total, _ = measure(n, extra, message, zone, evict=Evictor(),
+                                            senders=senders)
         cold_checks = sum(cold_spent.values())
         print(f"caches evicted before each message: all checks {1000 * cold_checks / n:.3f} "
               f"ms/msg; whole engine {1000 * cold_total / n:.3f} ms/msg "

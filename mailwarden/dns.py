@@ -623,6 +623,13 @@ class Resolver:
             while len(self._cache) > size:
                 self._cache.popitem(last=False)
 
+    def expiry(self, name: str, rdtype: str, answer: Answer) -> float:
+        """When ``answer`` to name/rdtype leaves the cache (this resolver's clock): 0.0 when
+        the cache does not hold that very answer (never cached, evicted,
+        replaced), so that nothing derived from it is kept past it."""
+        entry = self._cache.get((normalize(name), rdtype.upper()))
+        return entry[0] if entry is not None and entry[1] is answer else 0.0
+
     def missing(self, keys: Iterable[tuple[str, str]]) -> list:
         """The (normalized name, TYPE) keys among ``keys`` not in the cache."""
         return [key for key in keys if _askable(key[0]) and self._cached(key) is None]

@@ -96,6 +96,12 @@ _LDH = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 # the same with "_": the DNS names of SPF's domain-spec (RFC 7208 §7.1),
 # DKIM key names and DNS list zones hold service labels such as _spf
 _DNS = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
+# whole names of such labels, matched at once (a "." is in neither label set,
+# so the match never backtracks across labels)
+_LDH_NAME = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                       r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+_DNS_NAME = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+                       r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
 MAX_NAME = 253                  # RFC 1035 §2.3.4: 255 octets on the wire
 # RFC 9989 and RFC 7489 §6.4, dmarc-version = "v" equals %s"DMARC1": the
 # tag name is an ABNF string (either case), the value case-sensitive, and
@@ -120,11 +126,11 @@ def is_domain(name: str, *, underscore: bool = False, multi_label: bool = False)
     """
     if not name or len(name) > MAX_NAME:
         return False
-    labels = name.split(".")
-    if multi_label and (len(labels) < 2 or labels[-1].isdigit()):
-        return False
-    pattern = _DNS if underscore else _LDH
-    return all(pattern.match(label) for label in labels)
+    if multi_label:
+        rest, dot, last = name.rpartition(".")
+        if not dot or last.isdigit():
+            return False
+    return (_DNS_NAME if underscore else _LDH_NAME).match(name) is not None
 
 
 def is_dmarc_record(text: str) -> bool:
@@ -237,6 +243,7 @@ def tree_walk(domain: str, lookup) -> TreeWalk:
     domain = _clean(domain)
     asked: list = []
     found: list = []
+    psds: list = []                     # the psd value of each found record
     stop = failed = ""
     for name in walk_names(domain):
         asked.append(name)
@@ -248,13 +255,13 @@ def tree_walk(domain: str, lookup) -> TreeWalk:
         if len(texts) != 1:
             continue                    # none, or several: all discarded
         found.append((name, texts[0]))
-        if _psd(texts[0]) in ("y", "n"):
+        psds.append(_psd(texts[0]))
+        if psds[-1] in ("y", "n"):
             stop = name
             break
     org = domain
     psd_name = ""
-    for name, text in found:            # longest first
-        psd = _psd(text)
+    for (name, _text), psd in zip(found, psds):     # longest first
         if psd == "n":
             org = name
             break

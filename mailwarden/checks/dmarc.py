@@ -34,6 +34,11 @@ null sender, RFC 9989 §3.2.4) and every DKIM signature's result and ``d=``.
   records at one name count as none; no record means ``dmarc=none``; a
   SERVFAIL or timeout the walk reads is ``temperror``.  The lookups count
   in the message's DNS budget and may use its decisive reserve.
+* What is kept between messages (per engine): each tree walk by its
+  starting name, at most WALK_CACHE_SIZE, until the first answer it read
+  leaves the resolver's cache, never a walk a failed lookup cut short; the
+  parsed records and the author domains of From fields by their text
+  (pure parses, PARSE_CACHE_SIZE each, texts up to PARSE_CACHE_TEXT).
 * Alignment: SPF and DKIM each strict (``s``: same domain) or relaxed
   (``r``: the same organizational domain, each found by its own tree walk,
   RFC 9989 §4.10.2).  The walks are made once per message.  An identifier
@@ -142,6 +147,7 @@ INI keys (``[check.dmarc]``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -156,11 +162,13 @@ from ..dmarc_records import Evaluation, RecordsError, is_redis, open_records
 from ..dns import Status
 from ..model import Action, Reply, Trust
 from ..orgdomain import TreeWalk, dmarc_tags, is_dmarc_record, is_domain, tree_walk, walk_names
+from ..ttlcache import TtlCache
 from . import Check, CheckOptions
 
 log = logging.getLogger("mailwarden.dmarc")
 
 _POLICIES = ("none", "quarantine", "reject")
+WALK_CACHE_SIZE = 4096          # tree walks kept per engine
 _MILDER = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 
 
@@ -262,7 +270,23 @@ def _has_report_uri(rua: str) -> bool:
     return any(_URI.fullmatch(u.strip().split("!", 1)[0]) for u in rua.split(","))
 
 
+# what is kept of pure parses (records, From fields): entries, and the
+# longest text kept (a longer one is parsed each time: memory stays bounded)
+PARSE_CACHE_SIZE = 1024
+PARSE_CACHE_TEXT = 2048
+
+
 def parse_record(domain: str, text: str) -> Optional[Record]:
+    """See :func:`_parse_record`; records up to PARSE_CACHE_TEXT
+    characters are kept (the last PARSE_CACHE_SIZE by name and text): the
+    same records come back message after message, and a Record is
+    immutable."""
+    if len(text) + len(domain) <= PARSE_CACHE_TEXT:
+        return _parse_record_kept(domain, text)
+    return _parse_record(domain, text)
+
+
+def _parse_record(domain: str, text: str) -> Optional[Record]:
     """The record, or None when RFC 9989 applies no DMARC processing with it.
 
     * Tags outside RFC 9989's registry are ignored; a value outside its
@@ -319,6 +343,9 @@ def parse_record(domain: str, text: str) -> Optional[Record]:
                   t="y" if t == "y" else "n", t_tag=tags.get("t", "").lower()
                   if tags.get("t", "").lower() in ("y", "n") else "", historic=historic,
                   transition=transition, assumed_none=assumed)
+
+
+_parse_record_kept = functools.lru_cache(maxsize=PARSE_CACHE_SIZE)(_parse_record)
 
 
 @dataclass(frozen=True)
@@ -391,6 +418,16 @@ MAX_AUTHOR_DOMAINS = 10
 
 
 def from_domains(values: list) -> tuple:
+    """See :func:`_from_domains`; fields of up to PARSE_CACHE_TEXT
+    characters in all are kept (the last PARSE_CACHE_SIZE): the answer
+    depends on their text alone."""
+    values = tuple(values)
+    if sum(map(len, values)) <= PARSE_CACHE_TEXT:
+        return _from_domains_kept(values)
+    return _from_domains(values)
+
+
+def _from_domains(values: tuple) -> tuple:
     """(domains, note, problem) of the RFC5322.From field(s).
 
     ``domains``: every author domain DMARC evaluates (RFC 7489 §6.6.1: each
@@ -411,6 +448,9 @@ def from_domains(values: list) -> tuple:
             return (), note, f"From domain {found.domains[0]!r} is not a domain name"
         return (), note, found.unreadable or "no author domain in From"
     return domains, note, ""
+
+
+_from_domains_kept = functools.lru_cache(maxsize=PARSE_CACHE_SIZE)(_from_domains)
 
 
 def _severity(r) -> int:
@@ -452,17 +492,22 @@ class DmarcCheck(Check):
                         if options.history else None)
         # failure reports (RFC 9991): None unless [dmarc_failure] enabled
         self.failure = outbox_for(services)
+        # tree walks by starting name, until the first answer they read expires
+        self.walks = TtlCache(WALK_CACHE_SIZE)
 
     # -- the tree walk (RFC 9989 §4.10) ------------------------------------------
 
     @staticmethod
-    def _txt(ctx, qname: str, failures: dict):
+    def _txt(ctx, qname: str, failures: dict, expires: Optional[list] = None):
         """The TXT strings at ``qname``; None, its reason kept in
-        ``failures``, when the lookup failed."""
+        ``failures``, when the lookup failed.  ``expires[0]``: lowered to
+        when this answer leaves the resolver's cache."""
         answer = ctx.dns.query(qname, "TXT", decisive=True)
         if answer.temporary:
             failures[qname[len("_dmarc."):]] = answer.describe()
             return None
+        if expires is not None:
+            expires[0] = min(expires[0], ctx.dns.resolver.expiry(qname, "TXT", answer))
         return list(answer.records) if answer.ok else []
 
     @staticmethod
@@ -479,9 +524,17 @@ class DmarcCheck(Check):
         ``walks[None]``: name -> why its lookup failed."""
         domain = _normalize(domain)
         if domain not in walks:
-            self.prefetch(ctx, (domain,))
-            failures = walks.setdefault(None, {})
-            walks[domain] = tree_walk(domain, lambda qname: self._txt(ctx, qname, failures))
+            now = ctx.dns.clock()
+            walk = self.walks.get(domain, now)
+            if walk is None:
+                self.prefetch(ctx, (domain,))
+                failures = walks.setdefault(None, {})
+                expires = [float("inf")]
+                walk = tree_walk(domain,
+                                 lambda qname: self._txt(ctx, qname, failures, expires))
+                if not walk.failed and expires[0] != float("inf"):
+                    self.walks.put(domain, walk, expires[0], now)
+            walks[domain] = walk
         return walks[domain]
 
     def organizational(self, ctx, domain: str, walks: dict) -> str:
@@ -535,8 +588,10 @@ class DmarcCheck(Check):
             ctx.log.info("dmarc: no author domain to evaluate: %s%s", problem,
                          f" ({note})" if note else "")
             return self.result("permerror", "DMARC_BAD_FROM", problem, reply=reply)
-        # every name the author domains' walks can read, at once
-        self.prefetch(ctx, [_normalize(d) for d in domains])
+        # every name the author domains' walks can read, at once (those not kept)
+        now = ctx.dns.clock()
+        self.prefetch(ctx, [n for n in map(_normalize, domains)
+                            if self.walks.get(n, now) is None])
         walks: dict = {}                # the message's tree walks, by starting name
         rows: list = []                 # history, written once every lookup is done
         outcomes = [(domain, self.evaluate_author(ctx, domain, walks, rows)[0])

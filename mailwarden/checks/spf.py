@@ -29,6 +29,13 @@ A ``fail`` of the MAIL FROM identity is scored; with ``reject_fail = yes``
 it is refused at MAIL FROM with ``550 5.7.23`` and the domain's explanation
 (RFC 7208 §8.4), a local policy stricter than the published one.
 
+Results are kept (per engine, at most ``CACHE_SIZE``) by client address,
+MAIL FROM domain (empty for the HELO identity) and HELO name, until the
+first DNS answer they came from leaves the resolver's cache; never a
+temperror, nor a result that a temporary DNS error touched (a PTR name
+skipped, an ``exp=`` dropped), nor one whose records expanded the ``%{l}``,
+``%{s}`` or ``%{t}`` macros (they depend on the local part or the time).
+
 INI keys (``[check.spf]``):
   enabled             yes
   tempfail_on_error   yes
@@ -40,6 +47,7 @@ INI keys (``[check.spf]``):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import spf as pyspf
@@ -47,11 +55,15 @@ import spf as pyspf
 from ..options import opt, parse_bool, parse_int
 from ..model import Action, Reply, Trust, unmapped
 from ..orgdomain import is_domain
+from ..ttlcache import TtlCache
 from . import Check, CheckOptions
 
 SPF_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
 
-# a domain name as RFC 7208 §4.3 wants it: dot-separated labels of 1..63
+CACHE_SIZE = 4096          # results kept per engine
+# macros whose value is not in the cache's key: the local part, the whole
+# sender, the time (RFC 7208 §7.2); a result that expanded one is not kept
+_UNKEYED_MACRO = re.compile(r"%\{[lLsStT]")
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,31 @@ class _Query(pyspf.query):
         self._lookup = lookup
         self.max_lookups = max_lookups
         self.max_void = max_void
+        # until when the result may be kept: the first of the answers'
+        # expiries; 0 when it may not (a temporary error, a macro the key misses)
+        self.expires = float("inf")
         super().__init__(**kw)
+
+    def set_ip(self, i):
+        """pyspf's, without parsing the address again: ``i`` is the client's
+        address object, an IPv4-mapped one already unmapped."""
+        if isinstance(i, str):
+            return super().set_ip(i)
+        self.iplist = False
+        self.ipaddr = i
+        self.c = str(i)
+        if i.version == 6:
+            self.A, self.v, self.cidrmax = "AAAA", "ip6", 128
+            self.i = ".".join(i.exploded.replace(":", "").upper())
+        else:
+            self.A, self.v, self.cidrmax = "A", "in-addr", 32
+            self.i = i.exploded
+        return None
+
+    def expand(self, s, stripdot=True):
+        if "%" in s and _UNKEYED_MACRO.search(s):
+            self.expires = 0.0
+        return super().expand(s, stripdot)
 
     def check_lookups(self):
         self.lookups += 1
@@ -105,9 +141,18 @@ class _Query(pyspf.query):
         name = str(name).rstrip(".").lower()
         if not name or not all(0 < len(label) < 64 for label in name.split(".")):
             return []
-        answer = self._lookup.query(name, qtype)
+        try:
+            answer = self._lookup.query(name, qtype)
+        except BaseException:                # CacheMiss: a speculative pass
+            self.expires = 0.0
+            raise
         if answer.temporary:
+            # pyspf catches some (exp=, type SPF): what it computes without is not kept
+            self.expires = 0.0
             raise pyspf.TempError(f"DNS {answer.describe()}")
+        if self.expires:
+            self.expires = min(self.expires,
+                               self._lookup.resolver.expiry(name, qtype, answer))
         records = list(answer.records) if answer.ok else []
         if qtype in ("TXT", "SPF"):
             # pyspf joins the character-strings of each record itself
@@ -149,15 +194,29 @@ class SpfCheck(Check):
         "SPF_HELO_PERMERROR": 0.0,
     }
 
+    def __init__(self, options, services):
+        super().__init__(options, services)
+        # (client address, MAIL FROM domain or '', HELO) -> (result, explanation)
+        self.cache = TtlCache(CACHE_SIZE)
+
     def _evaluate(self, ctx, sender: str, helo: str) -> tuple:
         """(result, explanation) of one identity; ``sender`` '' means HELO."""
-        ip = unmapped(ctx.conn.client_ip)
-        query = _Query(ctx.dns, self.options.max_lookups, self.options.max_void_lookups,
-                       i=str(ip), s=sender, h=helo,
+        address = unmapped(ctx.conn.client_ip)
+        ip = str(address)
+        # pyspf's own split: the domain is what follows the first "@"
+        key = (ip, sender.partition("@")[2] if sender else "", helo)
+        dns = ctx.dns
+        found = self.cache.get(key, dns.clock())
+        if found is not None:
+            return found
+        query = _Query(dns, self.options.max_lookups, self.options.max_void_lookups,
+                       i=address, s=sender, h=helo,
                        receiver=self.services.hostname or "unknown")
         result, _code, explanation = query.check()
         if result not in SPF_RESULTS:        # 'ambiguous' only exists in harsh mode
             result = "permerror"
+        if result != "temperror" and query.expires != float("inf"):
+            self.cache.put(key, (result, explanation), query.expires, dns.clock())
         return result, explanation
 
     def on_mail(self, ctx):

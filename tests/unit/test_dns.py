@@ -65,6 +65,19 @@ def test_cache_respects_ttl_and_never_caches_temporary_errors():
     assert backend.queries.count(("nope.example", "A")) == 1
 
 
+def test_expiry_is_when_that_very_answer_leaves_the_cache():
+    clock = Clock()
+    r, _ = resolver(clock=clock, max_ttl=200.0, negative_ttl=60.0)
+    answer = r.query("a.example", "A")
+    assert r.expiry("A.Example.", "a", answer) == 1200.0          # its TTL, capped by max_ttl
+    assert r.expiry("nope.example", "A", r.query("nope.example", "A")) == 1060.0
+    assert r.expiry("slow.example", "A", r.query("slow.example", "A")) == 0.0   # never cached
+    clock.now += 200
+    fresh = r.query("a.example", "A")                             # expired, asked again
+    assert r.expiry("a.example", "A", answer) == 0.0              # not that answer any more
+    assert r.expiry("a.example", "A", fresh) == 1400.0
+
+
 def test_cache_is_bounded():
     r, backend = resolver(cache_size=2)
     for name in ("a.example", "txt.example", "mx.example"):

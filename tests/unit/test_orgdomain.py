@@ -372,6 +372,26 @@ def test_is_domain_says_yes_only_to_names_the_dns_can_hold(text, underscore, mul
         assert all(orgdomain.is_label(x, underscore=underscore) for x in labels)
 
 
+def _is_domain_by_labels(name, underscore, multi):
+    """is_domain as it was, label by label: the whole-name match must agree."""
+    if not name or len(name) > 253:
+        return False
+    labels = name.split(".")
+    if multi and (len(labels) < 2 or labels[-1].isdigit()):
+        return False
+    return all(orgdomain.is_label(x, underscore=underscore) for x in labels)
+
+
+@settings(max_examples=500)
+@given(st.one_of(st.text(alphabet=st.sampled_from("a9-_.Z\u00e9\n\u0663"), max_size=30),
+                 st.lists(st.text(alphabet=st.sampled_from("ab-_"), min_size=0, max_size=66),
+                          min_size=1, max_size=5).map(".".join)),
+       st.booleans(), st.booleans())
+def test_is_domain_matches_the_label_by_label_definition(text, underscore, multi):
+    assert (orgdomain.is_domain(text, underscore=underscore, multi_label=multi)
+            is _is_domain_by_labels(text, underscore, multi))
+
+
 @pytest.mark.parametrize("text, ok", [
     ("v=DMARC1", True),
     ("v=DMARC1;", True),
