@@ -66,7 +66,7 @@ from ..options import opt, parse_bool, parse_int, parse_list, parse_size
 from ..dns import reverse_name
 from ..dnslist import UrlSection, log_blocked, read
 from ..model import Action, Reply, Trust
-from ..urls import Limits, extract, registered_domain
+from ..urls import HostCache, Limits, extract_message, registered_domain
 from . import Check, CheckOptions
 
 log = logging.getLogger("mailwarden")
@@ -178,16 +178,21 @@ class UriblCheck(Check):
     def __init__(self, options, services):
         super().__init__(options, services)
         self.lists = {name: section.dnslist for name, section in options.active.items()}
+        self.limits = options.limits
+        self.skip = frozenset(options.skip_domains)
+        self.hosts = HostCache()         # what each host seen lately normalises to
 
     def on_eom(self, ctx):
-        found = extract(ctx.msg.as_buffer(), self.options.limits)
+        msg = ctx.msg
+        body = msg.body.read() if msg.body is not None else b""
+        found = extract_message(msg.headers, body, self.limits, self.hosts)
         results = self._lookups(ctx, found)
         if found.truncated:          # after the lookups: a replayed run logs it once
             ctx.log.info("uribl: %s", "; ".join(n for n in found.notes if "limit" in n))
         return results
 
     def _lookups(self, ctx, found):
-        skip = set(self.options.skip_domains)
+        skip = self.skip
         targets = [t for t in found.ordered if t not in skip][:self.options.max_domains]
         if not targets:
             return None
