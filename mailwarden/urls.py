@@ -44,10 +44,10 @@ linear in the input whatever it holds.
 from __future__ import annotations
 
 import binascii
+import functools
 import html
 import ipaddress
 import re
-import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -188,34 +188,24 @@ class HostCache:
 
     Hosts repeat across messages (a sender's own links, trackers); what a
     host normalises to depends on nothing but its text and the bundled
-    Public Suffix List, so an entry never goes stale.  Bounded: past
-    ``size`` entries the oldest goes; hosts longer than a DNS name are not
-    kept.  Lookups take no lock (a dict read is atomic); insertions do.
+    Public Suffix List, so an entry never goes stale.  Bounded (least
+    recently used out past ``size``; hosts longer than a DNS name are not
+    kept) and thread-safe: ``functools.lru_cache``, one per instance.
     """
 
     MAX_HOST = 255
 
     def __init__(self, size: int = 2048):
         self.size = size
-        self._data: dict = {}
-        self._lock = threading.Lock()
+        self._cached = functools.lru_cache(maxsize=size)(_host_info)
 
     def __len__(self) -> int:
-        return len(self._data)
+        return self._cached.cache_info().currsize
 
     def info(self, host: str) -> tuple:
-        hit = self._data.get(host)
-        if hit is not None:
-            return hit
-        hit = _host_info(host)
-        if len(host) <= self.MAX_HOST:
-            with self._lock:
-                data = self._data
-                if host not in data:
-                    if len(data) >= self.size:
-                        del data[next(iter(data))]          # oldest out
-                    data[host] = hit
-        return hit
+        if len(host) > self.MAX_HOST:
+            return _host_info(host)
+        return self._cached(host)
 
 
 def host_of(authority: str) -> str:
@@ -462,7 +452,9 @@ def scan_html(text: str, out: _Collector) -> None:
             if anchor is not None:
                 _anchor_text(anchor, out)
             anchor = []
-        for am in _ATTR.finditer(body):
+        # an attribute without "=" has no value and is passed over: a tag
+        # without one ("<p>", "<br/>", "<td nowrap>") needs no attribute scan
+        for am in _ATTR.finditer(body) if "=" in body else ():
             attr = am.group(1).lower()
             value = am.group(2) if am.group(2) is not None else (
                 am.group(3) if am.group(3) is not None else am.group(4))
@@ -565,6 +557,8 @@ def _split(data: bytes, start: int, end: int) -> tuple:
 
 def _params(value: str) -> tuple:
     """'text/html; charset="utf-8"' -> ('text/html', {'charset': 'utf-8'})."""
+    if '"' not in value:             # nothing quoted: every ';' separates
+        return _param_pieces(value[:4096].split(";"))
     pieces = []
     buf = []
     quoted = False
@@ -583,6 +577,10 @@ def _params(value: str) -> tuple:
         else:
             buf.append(ch)
     pieces.append("".join(buf))
+    return _param_pieces(pieces)
+
+
+def _param_pieces(pieces: list) -> tuple:
     ctype = pieces[0].strip().lower()
     params: dict = {}
     for piece in pieces[1:]:
