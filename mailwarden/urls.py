@@ -39,6 +39,11 @@ split as it is walked, one delimiter at a time, so the delimiters after
 ``str.find`` and regular expressions without nested quantifiers, and every
 position of the input is examined a bounded number of times, so the time is
 linear in the input whatever it holds.
+
+:func:`extract` reads a message as one buffer; :func:`extract_message`
+reads the milter's header fields and body bytes as they are, with the same
+answer.  A :class:`HostCache` shared between extractions spares the host
+normalisation of hosts seen before.
 """
 
 from __future__ import annotations
