@@ -39,11 +39,17 @@ split as it is walked, one delimiter at a time, so the delimiters after
 ``str.find`` and regular expressions without nested quantifiers, and every
 position of the input is examined a bounded number of times, so the time is
 linear in the input whatever it holds.
+
+:func:`extract` reads a message as one buffer; :func:`extract_message`
+reads the milter's header fields and body bytes as they are, with the same
+answer.  A :class:`HostCache` shared between extractions spares the host
+normalisation of hosts seen before.
 """
 
 from __future__ import annotations
 
 import binascii
+import functools
 import html
 import ipaddress
 import re
@@ -54,7 +60,8 @@ from .address import AddressProblem, idna_to_ascii
 
 from .orgdomain import is_domain, registered_domain   # the one Public Suffix List reader
 
-__all__ = ["Limits", "Extraction", "extract", "host_of", "registered_domain", "normalize_host"]
+__all__ = ["Limits", "Extraction", "HostCache", "extract", "extract_message", "host_of",
+           "registered_domain", "normalize_host"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,39 @@ def normalize_host(host: str) -> tuple:
     return "name", host
 
 
+def _host_info(host: str) -> tuple:
+    """(kind, normalised host, domain or IP queried) of a host as found."""
+    kind, value = normalize_host(host)
+    if not kind:
+        return "", value, ""
+    return kind, value, value if kind == "ip" else registered_domain(value)
+
+
+class HostCache:
+    """What :func:`_host_info` says of a host, for the hosts seen lately.
+
+    Hosts repeat across messages (a sender's own links, trackers); what a
+    host normalises to depends on nothing but its text and the bundled
+    Public Suffix List, so an entry never goes stale.  Bounded (least
+    recently used out past ``size``; hosts longer than a DNS name are not
+    kept) and thread-safe: ``functools.lru_cache``, one per instance.
+    """
+
+    MAX_HOST = 255
+
+    def __init__(self, size: int = 2048):
+        self.size = size
+        self._cached = functools.lru_cache(maxsize=size)(_host_info)
+
+    def __len__(self) -> int:
+        return self._cached.cache_info().currsize
+
+    def info(self, host: str) -> tuple:
+        if len(host) > self.MAX_HOST:
+            return _host_info(host)
+        return self._cached(host)
+
+
 def host_of(authority: str) -> str:
     """The host part of an authority: userinfo and port removed."""
     at = authority.rfind("@")
@@ -213,8 +253,9 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 class _Collector:
     """The bounded sets one extraction fills."""
 
-    def __init__(self, limits: Limits):
+    def __init__(self, limits: Limits, cache: Optional[HostCache] = None):
         self.limits = limits
+        self.info = cache.info if cache is not None else _host_info
         self.urls: dict = {}
         self.hosts: dict = {}
         self.targets: dict = {}     # domain or IP -> kind
@@ -242,11 +283,8 @@ class _Collector:
             self.urls[url] = None
         if host in self.hosts:
             return
-        kind, value = normalize_host(host)
+        kind, value, target = self.info(host)
         self.hosts[host] = value
-        if not kind:
-            return
-        target = value if kind == "ip" else registered_domain(value)
         if not target or target in self.targets:
             return
         if len(self.targets) >= self.limits.max_domains:
@@ -419,7 +457,9 @@ def scan_html(text: str, out: _Collector) -> None:
             if anchor is not None:
                 _anchor_text(anchor, out)
             anchor = []
-        for am in _ATTR.finditer(body):
+        # an attribute without "=" has no value and is passed over: a tag
+        # without one ("<p>", "<br/>", "<td nowrap>") needs no attribute scan
+        for am in _ATTR.finditer(body) if "=" in body else ():
             attr = am.group(1).lower()
             value = am.group(2) if am.group(2) is not None else (
                 am.group(3) if am.group(3) is not None else am.group(4))
@@ -522,6 +562,8 @@ def _split(data: bytes, start: int, end: int) -> tuple:
 
 def _params(value: str) -> tuple:
     """'text/html; charset="utf-8"' -> ('text/html', {'charset': 'utf-8'})."""
+    if '"' not in value:             # nothing quoted: every ';' separates
+        return _param_pieces(value[:4096].split(";"))
     pieces = []
     buf = []
     quoted = False
@@ -540,6 +582,10 @@ def _params(value: str) -> tuple:
         else:
             buf.append(ch)
     pieces.append("".join(buf))
+    return _param_pieces(pieces)
+
+
+def _param_pieces(pieces: list) -> tuple:
     ctype = pieces[0].strip().lower()
     params: dict = {}
     for piece in pieces[1:]:
@@ -681,14 +727,71 @@ def _multipart_parts(data: bytes, start: int, end: int, boundary: bytes, seen: d
     seen["done"] = True
 
 
-def extract(message: bytes, limits: Limits = Limits()) -> Extraction:
+def extract(message: bytes, limits: Limits = Limits(),
+            cache: Optional[HostCache] = None) -> Extraction:
     """Every URL host of ``message`` (raw bytes or a bytearray, headers and
     body; read, never copied whole)."""
-    out = _Collector(limits)
-    state = {"parts": 0, "budget": limits.max_bytes}
     if not isinstance(message, (bytes, bytearray)):
         message = bytes(message)
+    out = _Collector(limits, cache)
+    state = {"parts": 0, "budget": limits.max_bytes}
     _walk(message, 0, len(message), 0, "text/plain", out, state, "1")
+    return _result(out, state)
+
+
+# a line break in a header value that is not a fold (CRLF or LF, then white
+# space): the wire header it makes reads differently from its fields
+_ODD_BREAK = re.compile(rb"\r(?!\n[ \t])|(?<!\r)\n(?![ \t])")
+_CRLF = re.compile(rb"\r?\n")
+# a name the wire header would not read as one: with a colon or a line
+# break, empty, or starting with white space (a continuation line)
+_BAD_NAME = re.compile(r"[:\r\n]|(?:^|\x00)(?:[ \t\x00]|$)")
+
+
+def extract_message(headers, body: bytes, limits: Limits = Limits(),
+                    cache: Optional[HostCache] = None) -> Extraction:
+    """:func:`extract` of a message held as header fields (name, raw value
+    as after the colon: the milter's) and body bytes, without joining them
+    into one buffer: the top entity's Content-Type and
+    Content-Transfer-Encoding are read from the fields themselves.  Header
+    fields the wire form would read otherwise (a value with a bare line
+    break, a name with a colon, a header past the bound read) are joined as
+    on the wire and read by :func:`extract`, so the answer is the same."""
+    if not isinstance(body, (bytes, bytearray)):
+        body = bytes(body)
+    picked = _top_fields(headers)
+    if picked is None:
+        wire = b"".join(name.encode("ascii", "surrogateescape") + b":"
+                        + (_CRLF.sub(b"\r\n", value) if b"\n" in value else value) + b"\r\n"
+                        for name, value in headers)
+        return extract(wire + b"\r\n" + bytes(body), limits, cache)
+    fields = _split(picked, 0, len(picked))[0] if picked else {}
+    out = _Collector(limits, cache)
+    state = {"parts": 0, "budget": limits.max_bytes}
+    _walk(body, 0, len(body), 0, "text/plain", out, state, "1", fields)
+    return _result(out, state)
+
+
+def _top_fields(headers) -> Optional[bytes]:
+    """The wire form of the header fields :func:`_split` would read for the
+    top entity (those named Content-something), or None when only the whole
+    wire header says.  The checks run over all names and all values at once."""
+    names = "\x00".join([name for name, _ in headers])
+    values = b"\x00".join([value for _, value in headers])
+    if (len(names) + 2 * len(values) + 3 * len(headers) > _MAX_HEADER
+            or not names.isascii() or _BAD_NAME.search(names)
+            or ((b"\n" in values or b"\r" in values) and _ODD_BREAK.search(values))):
+        return None
+    if "content" not in names.lower():
+        return b""
+    picked = [name.encode("ascii") + b":"
+              + (_CRLF.sub(b"\r\n", value) if b"\n" in value else value) + b"\r\n"
+              for name, value in headers if "content" in name.lower()]
+    picked.append(b"\r\n")
+    return b"".join(picked)
+
+
+def _result(out: _Collector, state: dict) -> Extraction:
     ordered = tuple(out.targets)
     domains = tuple(sorted(t for t, k in out.targets.items() if k == "name"))
     ips = tuple(sorted(t for t, k in out.targets.items() if k == "ip"))
@@ -696,18 +799,21 @@ def extract(message: bytes, limits: Limits = Limits()) -> Extraction:
                       hosts=tuple(dict.fromkeys(v for v in out.hosts.values() if v)),
                       domains=domains, ips=ips, ordered=ordered, notes=tuple(out.notes),
                       truncated=out.truncated, parts=state["parts"],
-                      scanned=limits.max_bytes - state["budget"])
+                      scanned=out.limits.max_bytes - state["budget"])
 
 
 def _walk(data: bytes, start: int, end: int, depth: int, default_type: str,
-          out: _Collector, state: dict, where: str) -> None:
+          out: _Collector, state: dict, where: str, top: Optional[dict] = None) -> None:
     if out.full:
         return
     if state["parts"] >= out.limits.max_parts:
         out.bound(f"{out.limits.max_parts} MIME parts")
         return
     state["parts"] += 1
-    fields, body = _split(data, start, end)
+    if top is None:
+        fields, body = _split(data, start, end)
+    else:                            # the top entity's header, read already
+        fields, body = top, start
     if "content-type" in fields:
         ctype, params = _params(fields["content-type"])
     else:

@@ -4,7 +4,11 @@ At end of message every MIME part is read by :mod:`mailwarden.urls`; each
 distinct registered domain (and each IP host, for lists that take IPs,
 reversed as in RFC 5782) is looked up in every configured list, all in
 parallel under the message's DNS deadline and through the shared cache.
-Domains of ``skip_domains`` are never queried.
+Domains of ``skip_domains`` are never queried.  The message is read from
+the header fields and body as received (:func:`mailwarden.urls.extract_message`),
+never joined into one copy; what each host normalises to (IDNA, numeric
+IPv4 forms, registered domain) is kept in a per-engine bounded cache, since
+the same hosts recur from message to message.
 
 A list is a ``[check.uribl.NAME]`` section, so a new list needs no code.
 Its answer is read one of two ways:
@@ -66,7 +70,7 @@ from ..options import opt, parse_bool, parse_int, parse_list, parse_size
 from ..dns import reverse_name
 from ..dnslist import UrlSection, log_blocked, read
 from ..model import Action, Reply, Trust
-from ..urls import Limits, extract, registered_domain
+from ..urls import HostCache, Limits, extract_message, registered_domain
 from . import Check, CheckOptions
 
 log = logging.getLogger("mailwarden")
@@ -178,16 +182,24 @@ class UriblCheck(Check):
     def __init__(self, options, services):
         super().__init__(options, services)
         self.lists = {name: section.dnslist for name, section in options.active.items()}
+        self.limits = options.limits
+        self.skip = frozenset(options.skip_domains)
+        # per list, built once: (name, "." + zone, queries IPs, queries subdomains)
+        self.plan = tuple((name, "." + section.zone, bool(section.ip), bool(section.subdomains))
+                          for name, section in options.active.items())
+        self.hosts = HostCache()         # what each host seen lately normalises to
 
     def on_eom(self, ctx):
-        found = extract(ctx.msg.as_buffer(), self.options.limits)
+        msg = ctx.msg
+        body = msg.body.read() if msg.body is not None else b""
+        found = extract_message(msg.headers, body, self.limits, self.hosts)
         results = self._lookups(ctx, found)
         if found.truncated:          # after the lookups: a replayed run logs it once
             ctx.log.info("uribl: %s", "; ".join(n for n in found.notes if "limit" in n))
         return results
 
     def _lookups(self, ctx, found):
-        skip = set(self.options.skip_domains)
+        skip = self.skip
         targets = [t for t in found.ordered if t not in skip][:self.options.max_domains]
         if not targets:
             return None
@@ -196,15 +208,18 @@ class UriblCheck(Check):
         room = max(0, self.options.max_domains - len(targets))
         subs = subs[:room]
         queries = []                     # (list name, target, query name)
-        for name, definition in self.options.active.items():
-            for target in targets + (subs if definition.subdomains else []):
+        reversed_ips: dict = {}
+        for name, suffix, with_ips, with_subs in self.plan:
+            for target in (targets + subs) if with_subs and subs else targets:
                 if target in ips:
-                    if not definition.ip or ":" in target:
+                    if not with_ips or ":" in target:
                         continue
-                    label = reverse_name(target)
+                    label = reversed_ips.get(target)
+                    if label is None:
+                        label = reversed_ips[target] = reverse_name(target)
                 else:
                     label = target
-                queries.append((name, target, f"{label}.{definition.zone}"))
+                queries.append((name, target, label + suffix))
         if not queries:
             return None
         answers = ctx.dns.query_many([(q, "A") for _, _, q in queries])

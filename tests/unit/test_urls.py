@@ -362,3 +362,58 @@ def test_streaming_split_finds_the_same_parts(pieces, skip):
     want, closed = _reference_parts(data, start, len(data), b"b")
     assert got == want
     assert seen["done"] and seen["closed"] == closed
+
+
+# --------------------------------------------------------------------------
+# extract_message: the milter's header fields and body, never joined, read
+# as extract reads the message joined (Message.as_buffer, the wire form)
+
+from mailwarden.mime import split_message  # noqa: E402
+from mailwarden.model import Body, Message  # noqa: E402
+from mailwarden.urls import HostCache, extract_message  # noqa: E402
+
+
+def _joined(headers, body: bytes) -> bytearray:
+    msg = Message()
+    for name, value in headers:
+        msg.add_header(name, value)
+    msg.body = Body()
+    msg.body.write(body)
+    try:
+        return msg.as_buffer()
+    finally:
+        msg.close()
+
+
+@pytest.mark.parametrize("path", MESSAGES, ids=lambda p: p.stem)
+def test_fields_and_body_read_as_the_joined_message(path):
+    headers, body, _ = split_message(path.read_bytes())
+    want = extract(_joined(headers, body))
+    assert extract_message(headers, body) == want
+    cache = HostCache(size=4)            # smaller than most messages' hosts: entries go
+    assert extract_message(headers, body, cache=cache) == want
+    assert extract_message(headers, body, cache=cache) == want
+    assert len(cache) <= 4
+
+
+_NAMES = ["Content-Type", "content-transfer-encoding", "CONTENT-TYPE", "Content-Type ",
+          " Content-Type", "\tX", "\x0bContent-Type", "X:Content-Type", "", "Subject",
+          "Content-Disposition", "X-Content-Type", "Content\r\nType", "Content-T\udce9pe"]
+_VALUES = [b" text/html", b" multipart/mixed; boundary=b", b" base64", b" quoted-printable",
+           b"; charset=utf-8", b" text/plain", b"\r\n ", b"\r\n\t", b"\n ", b"\n", b"\r",
+           b"\r\n", b"\r\n\r\n", b" ", b"x", b" message/rfc822", b"\xe9"]
+_BODY = [b"--b\r\n", b"--b--\r\n", b"\r\n", b"\n", b"Content-Type: text/html\r\n",
+         b"Content-Transfer-Encoding: base64\r\n", b"http://a.example/ ",
+         b"<a href='http://b.example/'>c.example</a>", b"aHR0cDovL2QuZXhhbXBsZS8g",
+         b"http=3A//e.example/=\r\n", b"www.f.example ", b"10.0.0.1 ", b"x"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_NAMES),
+                          st.lists(st.sampled_from(_VALUES), max_size=5).map(b"".join)),
+                max_size=6),
+       st.lists(st.sampled_from(_BODY), max_size=25).map(b"".join))
+def test_generated_fields_and_bodies_read_as_the_joined_message(headers, body):
+    assert extract_message(headers, body) == extract(_joined(headers, body))
+    assert extract_message(headers, body, cache=HostCache(size=2)) == extract(
+        _joined(headers, body))
