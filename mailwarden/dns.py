@@ -623,6 +623,13 @@ class Resolver:
             while len(self._cache) > size:
                 self._cache.popitem(last=False)
 
+    def expires(self, key) -> float | None:
+        """When the cached answer of ``key`` expires (this resolver's
+        clock), or None when it is not cached: what a value made from that
+        answer may be kept until (the engine's result cache)."""
+        entry = self._cache.get(key)
+        return None if entry is None else entry[0]
+
     def missing(self, keys: Iterable[tuple[str, str]]) -> list:
         """The (normalized name, TYPE) keys among ``keys`` not in the cache."""
         return [key for key in keys if _askable(key[0]) and self._cached(key) is None]
@@ -803,6 +810,20 @@ class Resolver:
         return Lookup(self, limit, budget, clock=self.clock, reserve=reserve or 0)
 
 
+class Record:
+    """What the lookups of one check's run used (see :meth:`Lookup.record`):
+    the keys asked, in order, and until when all their answers stay cached;
+    ``tainted`` when one was temporary, not cached, or not asked at all (a
+    speculative miss, the deadline): then nothing made from them is kept."""
+
+    __slots__ = ("keys", "expires", "tainted")
+
+    def __init__(self):
+        self.keys: list = []
+        self.expires = float("inf")
+        self.tainted = False
+
+
 class Lookup:
     """One message's lookups: bounded in number and in time.
 
@@ -840,6 +861,47 @@ class Lookup:
         self._lock = threading.Lock()
         self.speculative = False
         self.missed = False
+        self._records: dict = {}          # thread id -> Record of the check it runs
+
+    # -- recording, for the engine's result cache -------------------------------
+
+    def record(self) -> Record:
+        """Record what this thread asks from now until :meth:`stop_recording`."""
+        record = self._records[threading.get_ident()] = Record()
+        return record
+
+    def stop_recording(self) -> None:
+        self._records.pop(threading.get_ident(), None)
+
+    def _note(self, keys: list, answers: list) -> None:
+        record = self._records.get(threading.get_ident())
+        if record is None:
+            return
+        record.keys.extend(keys)
+        expires = self.resolver.expires
+        for key, answer in zip(keys, answers):
+            until = None if answer.temporary else expires(key)
+            if until is None:
+                record.tainted = True
+            elif until < record.expires:
+                record.expires = until
+
+    def charge(self, keys) -> bool:
+        """Count ``keys`` against the budget as if they were asked now, all
+        or none: False when the deadline has passed or the budget (less the
+        reserve) cannot take them all, as asking them would have shown."""
+        if not keys:
+            return True
+        if self.remaining() <= 0:
+            return False
+        budget = self.budget - self.reserve
+        with self._lock:
+            fresh = set(keys) - self._asked
+            if self.used + len(fresh) > budget:
+                return False
+            self.used += len(fresh)
+            self._asked |= fresh
+        return True
 
     def pause(self) -> None:
         with self._lock:
@@ -889,6 +951,8 @@ class Lookup:
         keys = [(normalize(n), t.upper()) for n, t in queries]
         left = self.remaining()
         if left <= 0:
+            if self._records:
+                self._taint()
             return [Answer(n, t, Status.BUDGET, detail="message deadline passed")
                     for n, t in keys]
         if self.speculative:
@@ -899,13 +963,26 @@ class Lookup:
                 with self._lock:
                     self._pending.update(started)
                 self.missed = True
+                if self._records:
+                    self._taint()
                 raise CacheMiss(missing[0])
         granted = self._grant(keys, take=True, decisive=decisive)
-        with self._lock:
-            pending = {key: self._pending.pop(key) for key in keys[:granted]
-                       if key in self._pending}
+        if self._pending:
+            with self._lock:
+                pending = {key: self._pending.pop(key) for key in keys[:granted]
+                           if key in self._pending}
+        else:
+            pending = None
         answers = self.resolver.query_many(keys[:granted], timeout=left, pending=pending,
                                            owner=self)
-        answers += [Answer(n, t, Status.BUDGET, detail="lookup budget used up")
-                    for n, t in keys[granted:]]
+        if granted < len(keys):
+            answers += [Answer(n, t, Status.BUDGET, detail="lookup budget used up")
+                        for n, t in keys[granted:]]
+        if self._records:
+            self._note(keys, answers)
         return answers
+
+    def _taint(self) -> None:
+        record = self._records.get(threading.get_ident())
+        if record is not None:
+            record.tainted = True

@@ -334,6 +334,8 @@ class Connection:
     id: int = field(default_factory=lambda: next(_ids))
     messages: int = 0
     dns: Optional[object] = None      # the Lookup session of the current stage
+    # the engine's last answer to "is client_ip in trusted_networks?"
+    trusted_memo: Optional[tuple] = field(default=None, repr=False, compare=False)
 
     @property
     def authenticated(self) -> bool:

@@ -27,6 +27,15 @@ A check is a small class in ``checks/NAME.py``:
   nothing (counting, storing, logging) that must not happen twice.  The
   engine then first runs it on cached answers alone, in the calling thread,
   and only hands it to a thread when a lookup must go to the network;
+* ``cache_key(ctx)`` (optional): a hashable value that, with the stage and
+  the DNS answers, fully determines the stage method's results (the client
+  address, the HELO name, ...), or None.  The engine then keeps the
+  results (``engine.ResultCache``) and gives them again, without calling
+  the check, to a later connection or message with the same key while the
+  DNS answers they came from are still cached; temporary results are never
+  kept.  Only for a check whose stage methods do nothing but look up and
+  compute: no counting, no logging, nothing read that the key leaves out;
+  ``cacheable(results)`` (optional) may refuse to keep particular results;
 * ``on_leave(ctx, message, authres_value)`` (optional): the last step
   before an accepted message leaves; ``message()`` gives its bytes with
   every other change made (our A-R, DKIM signatures, removals), made only

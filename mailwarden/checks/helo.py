@@ -114,6 +114,11 @@ class HeloCheck(Check):
     def _ours(self, ctx, address) -> bool:
         return address is not None and address in self.options.our_addresses
 
+    def cache_key(self, ctx):
+        # the result follows from these and DNS alone (our host name is the engine's)
+        conn = ctx.conn
+        return (conn.helo, conn.client_ip, conn.our_hostname)
+
     def on_helo(self, ctx):
         helo = ctx.conn.helo.strip()
         client = ctx.conn.client_ip

@@ -49,6 +49,10 @@ class IprevCheck(Check):
         "IPREV_TEMPERROR": 0.0,
     }
 
+    def cache_key(self, ctx):
+        # the result follows from the address and DNS alone (see checks/__init__)
+        return ctx.conn.client_ip
+
     def on_connect(self, ctx):
         ip = ctx.conn.client_ip
         if ip is None:
