@@ -89,16 +89,21 @@ def normalize(name: str) -> str:
     return name.strip().rstrip(".").lower()
 
 
+_ADDRESSES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
+
+
 def reverse_name(address) -> str:
-    """``1.2.3.4`` -> ``4.3.2.1``; IPv6 -> reversed nibbles (no zone suffix)."""
-    ip = ipaddress.ip_address(address)
+    """``1.2.3.4`` -> ``4.3.2.1``; IPv6 -> reversed nibbles (no zone suffix).
+    An address object (the client's, parsed once at connect) is used as it
+    is; text is parsed."""
+    ip = address if isinstance(address, _ADDRESSES) else ipaddress.ip_address(address)
     if ip.version == 4:
         return ".".join(reversed(str(ip).split(".")))
     return ".".join(reversed(ip.exploded.replace(":", "")))
 
 
 def ptr_name(address) -> str:
-    ip = ipaddress.ip_address(address)
+    ip = address if isinstance(address, _ADDRESSES) else ipaddress.ip_address(address)
     suffix = "in-addr.arpa" if ip.version == 4 else "ip6.arpa"
     return f"{reverse_name(ip)}.{suffix}"
 
@@ -777,7 +782,21 @@ class Resolver:
         the pool and the calling thread asks the first itself (and any the
         pool had no room for).  ``pending``: key -> Future of lookups this
         caller started before (``prefetch``); ``owner``: see ``prefetch``."""
-        keys = [(normalize(n), t.upper()) for n, t in queries]
+        return self.query_keys([(normalize(n), t.upper()) for n, t in queries], timeout,
+                               pending, owner)
+
+    def query_keys(self, keys: list, timeout: float | None = None,
+                   pending: dict | None = None, owner=None) -> list[Answer]:
+        """:meth:`query_many` of (normalized name, TYPE) keys."""
+        cache = self._cache
+        now = self.clock()
+        answers = []
+        for key in keys:
+            entry = cache.get(key)
+            answers.append(entry[1] if entry is not None and entry[0] > now else None)
+        if None not in answers:
+            return answers
+        # expired entries are dropped by _cached on the way
         answers = [self._cached(key) for key in keys]
         missed = [i for i, answer in enumerate(answers) if answer is None]
         if not missed:
@@ -918,14 +937,24 @@ class Lookup:
                 self._running_since = self.clock()
 
     def remaining(self) -> float:
-        with self._lock:
-            running = 0.0 if self._running_since is None else self.clock() - self._running_since
-            return self.limit - self.spent - running
+        # no lock: pause and resume run between stages, never while a
+        # check of this session asks
+        since = self._running_since
+        running = 0.0 if since is None else self.clock() - since
+        return self.limit - self.spent - running
 
     def _grant(self, keys: list, take: bool, decisive: bool = False) -> int:
         """How many of ``keys`` (from the first) the budget allows; counted if ``take``."""
         budget = self.budget if decisive else self.budget - self.reserve
+        asked = self._asked
+        if self.used + len(keys) <= budget and not take:
+            return len(keys)                 # room for all, even were none asked before
         with self._lock:
+            if take and self.used + len(keys) <= budget:
+                fresh = set(keys) - asked    # room for all: count the new ones
+                self.used += len(fresh)
+                asked |= fresh
+                return len(keys)
             used = self.used
             new: set = set()
             granted = 0
@@ -973,8 +1002,8 @@ class Lookup:
                            if key in self._pending}
         else:
             pending = None
-        answers = self.resolver.query_many(keys[:granted], timeout=left, pending=pending,
-                                           owner=self)
+        answers = self.resolver.query_keys(keys if granted == len(keys) else keys[:granted],
+                                           timeout=left, pending=pending, owner=self)
         if granted < len(keys):
             answers += [Answer(n, t, Status.BUDGET, detail="lookup budget used up")
                         for n, t in keys[granted:]]

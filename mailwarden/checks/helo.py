@@ -91,6 +91,8 @@ def parse_literal(text: str):
 
 
 def bare_address(text: str):
+    if ":" not in text and not text.replace(".", "").isdigit():
+        return None                # no IPv6 colon, and not dotted digits: a name
     try:
         return ipaddress.ip_address(text)
     except ValueError:
@@ -163,7 +165,8 @@ class HeloCheck(Check):
             return None
         a, aaaa = ctx.dns.query_many([(name, "A"), (name, "AAAA")])
         addresses = [r for answer in (a, aaaa) if answer.ok for r in answer.records]
-        if any(_same(client, r) for r in addresses):
+        text = str(client)       # the usual record text: no parsing when it is
+        if any(r == text or _same(client, r) for r in addresses):
             return self.result("pass", "HELO_FORWARD_MATCH", f"{shown} resolves to {client}")
         if a.temporary or aaaa.temporary:
             failed = a if a.temporary else aaaa
