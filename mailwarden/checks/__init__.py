@@ -148,7 +148,8 @@ class Check:
             raise ValueError(f"{self.name}: undeclared symbol {symbol}")
         kw.setdefault("method", self.method)
         kw.setdefault("tempfail", self.options.tempfail_on_error)
-        return Result(check=self.name, result=result, symbol=symbol, reason=reason, **kw)
+        kw["check"], kw["result"], kw["symbol"], kw["reason"] = self.name, result, symbol, reason
+        return Result.make(kw)
 
 
 _registry: dict | None = None
