@@ -831,16 +831,35 @@ class Resolver:
 
 class Record:
     """What the lookups of one check's run used (see :meth:`Lookup.record`):
-    the keys asked, in order, and until when all their answers stay cached;
-    ``tainted`` when one was temporary, not cached, or not asked at all (a
-    speculative miss, the deadline): then nothing made from them is kept."""
+    the keys asked and their answers, in order; ``tainted`` when one was not
+    asked at all (a speculative miss, the budget, the deadline): then
+    nothing made from them is kept."""
 
-    __slots__ = ("keys", "expires", "tainted")
+    __slots__ = ("keys", "answers", "tainted")
 
     def __init__(self):
         self.keys: list = []
-        self.expires = float("inf")
+        self.answers: list = []
         self.tainted = False
+
+    def expires(self, resolver: "Resolver") -> float | None:
+        """Until when every answer used stays in ``resolver``'s cache (its
+        clock; inf when none was used), or None when one was temporary or
+        is not cached: then nothing made from them may be kept."""
+        if self.tainted:
+            return None
+        for answer in self.answers:
+            if answer.temporary:
+                return None
+        until = float("inf")
+        cached = resolver.expires
+        for key in set(self.keys):
+            when = cached(key)
+            if when is None:
+                return None
+            if when < until:
+                until = when
+        return until
 
 
 class Lookup:
@@ -891,19 +910,6 @@ class Lookup:
 
     def stop_recording(self) -> None:
         self._records.pop(threading.get_ident(), None)
-
-    def _note(self, keys: list, answers: list) -> None:
-        record = self._records.get(threading.get_ident())
-        if record is None:
-            return
-        record.keys.extend(keys)
-        expires = self.resolver.expires
-        for key, answer in zip(keys, answers):
-            until = None if answer.temporary else expires(key)
-            if until is None:
-                record.tainted = True
-            elif until < record.expires:
-                record.expires = until
 
     def charge(self, keys) -> bool:
         """Count ``keys`` against the budget as if they were asked now, all
@@ -1008,7 +1014,12 @@ class Lookup:
             answers += [Answer(n, t, Status.BUDGET, detail="lookup budget used up")
                         for n, t in keys[granted:]]
         if self._records:
-            self._note(keys, answers)
+            record = self._records.get(threading.get_ident())
+            if record is not None:
+                record.keys += keys
+                record.answers += answers
+                if granted < len(keys):
+                    record.tainted = True
         return answers
 
     def _taint(self) -> None:

@@ -343,30 +343,31 @@ class Engine:
 
     def _call_cached(self, step: _Step, ctx: Context) -> list:
         """_call_check through the result cache, for a check with a cache_key."""
+        cache = self.results_cache
+        if cache.size <= 0:
+            return self._invoke(step, ctx)
         try:
-            key = step.cache_key(ctx)
+            key = (step.name, ctx.stage, step.cache_key(ctx))
         except Exception:            # its stage method will crash the same way, and say so
-            key = None
-        if key is None or self.results_cache.size <= 0:
-            step_key = None
-        else:
-            step_key = (step.name, ctx.stage, key)
-            found = self.results_cache.get(step_key)
-            if found is not None and ctx.dns.charge(found[1]):
-                return list(found[0])
+            return self._invoke(step, ctx)
         dns = ctx.dns
-        record = dns.record() if step_key is not None else None
+        found = cache.get(key)
+        if found is not None and dns.charge(found[1]):
+            return list(found[0])
+        record = dns.record()
         try:
             out = self._invoke(step, ctx)
         finally:
-            if record is not None:
-                dns.stop_recording()
-        if record is not None and not record.tainted and not (
-                dns.speculative and dns.missed) and all(
-                r.result != "temperror" for r in out) and (
-                step.cacheable is None or step.cacheable(out)):
-            self.results_cache.put(step_key, tuple(out), tuple(dict.fromkeys(record.keys)),
-                                   record.expires)
+            dns.stop_recording()
+        if record.tainted or key[2] is None:
+            return out
+        for r in out:
+            if r.result == "temperror":
+                return out
+        if step.cacheable is None or step.cacheable(out):
+            expires = record.expires(self.resolver)
+            if expires is not None:
+                cache.put(key, tuple(out), tuple(dict.fromkeys(record.keys)), expires)
         return out
 
     def _speculate(self, check: _Step, ctx: Context) -> Optional[list]:
