@@ -209,8 +209,9 @@ def _levels(checks: list, stage: Stage) -> list:
             d = depth[check.name]
             while len(levels) <= d:
                 levels.append([])
-            levels[d].append(_Step(check, stage))
-    return levels
+            if check.runs_at(stage):
+                levels[d].append(_Step(check, stage))
+    return [level for level in levels if level]
 
 
 def _check_cycles(classes: dict) -> None:

@@ -22,6 +22,9 @@ A check is a small class in ``checks/NAME.py``:
   ``on_mail``, ``on_rcpt``, ``on_body``, ``on_eom``, each taking the
   engine's :class:`~mailwarden.engine.Context` and returning a
   :class:`~mailwarden.model.Result`, several, or None;
+* ``runs_at(stage)`` (optional): False for a stage where the check, so
+  configured, has nothing to do (a method that would only return None):
+  the engine then leaves it out of that stage;
 * ``replayable``: True if a stage method may be abandoned at any DNS
   lookup and run again from the start: before its last lookup it does
   nothing (counting, storing, logging) that must not happen twice.  The
@@ -141,6 +144,11 @@ class Check:
     def stages(cls) -> tuple:
         return tuple(stage for stage in Stage
                      if callable(getattr(cls, stage.method, None)))
+
+    def runs_at(self, stage: Stage) -> bool:
+        """False for a stage whose method, with these options, would
+        always return nothing: the engine then does not call it there."""
+        return True
 
     def result(self, result: str, symbol: str | None = None, reason: str = "", **kw) -> Result:
         """A Result of this check, with its method and temperror choice filled in."""

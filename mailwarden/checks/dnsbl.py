@@ -118,6 +118,10 @@ class DnsblCheck(Check):
 
     # -- stages -------------------------------------------------------------
 
+    def runs_at(self, stage) -> bool:
+        # with lookup_at = mail, connect and HELO have nothing to ask
+        return stage is Stage.MAIL or self.options.lookup_at == "early"
+
     def cache_key(self, ctx):
         """What a stage's asks are made of (the result follows from them
         and DNS alone): see checks/__init__."""
