@@ -132,8 +132,10 @@ class DnsblCheck(Check):
         if stage is Stage.HELO:
             return (conn.helo, _verified_ptr(ctx))
         sender = ctx.msg.mail_from if ctx.msg is not None else ""
-        return (conn.client_ip, conn.helo, _verified_ptr(ctx),
-                sender.rpartition("@")[2] if "@" in sender else "")
+        domain = sender.rpartition("@")[2] if "@" in sender else ""
+        if self.options.lookup_at == "early":      # the sender, and the PTR name without HELO
+            return ("" if conn.helo else _verified_ptr(ctx), bool(conn.helo), domain)
+        return (conn.client_ip, conn.helo, _verified_ptr(ctx), domain)
 
     def cacheable(self, results) -> bool:
         # a refused query is logged each time it is met: not kept
