@@ -21,7 +21,14 @@ From domain (with SPF, DMARC and DKIM key records in the zone), DKIM
 check keeps from one message to the next (parsed records, results within
 their TTL) serves the next one: the uncached cost.
 
-    .venv/bin/python bench/engine_cpu.py [--messages 500] [--cold] [--vary]
+``--vary-client`` gives each message its own client address (127.1.x.y),
+PTR name and HELO name (``mta-N.bench-sender.example``, confirmed in DNS,
+in the sender's SPF range): what the connection checks cost when nothing
+of an earlier connection can be reused.  ``--no-result-cache`` turns the
+engine's result cache off (``Engine.results_cache``).
+
+    .venv/bin/python bench/engine_cpu.py [--messages 500] [--cold]
+        [--vary | --vary-client] [--no-result-cache]
 """
 
 from __future__ import annotations
@@ -95,11 +102,29 @@ def varied(count: int, message: bytes, private: bytes, txt: str) -> tuple:
     return senders, "\n".join(lines)
 
 
+def client_of(i: int) -> tuple:
+    """(address, HELO name) of message ``i`` with --vary-client."""
+    return f"127.1.{i // 250 % 250}.{1 + i % 250}", f"mta-{i}.bench-sender.example"
+
+
+def client_zone(messages: int) -> str:
+    lines = []
+    for i in range(messages + 1):
+        ip, helo = client_of(i)
+        lines.append(f"{'.'.join(reversed(ip.split('.')))}.in-addr.arpa. PTR {helo}.")
+        lines.append(f"{helo}. A {ip}")
+    return "\n".join(lines) + "\n"
+
+
 def measure(messages: int, extra: dict, message: bytes, zone: str, evict=None,
-            senders=None) -> tuple:
+            senders=None, vary: bool = False, result_cache: bool = True) -> tuple:
     config = loads(config_text(extra))
+    if vary:
+        zone = zone.replace("ip4:127.0.0.1", "ip4:127.0.0.0/8") + client_zone(messages)
     engine = Engine(config, resolver=Resolver(config.dns, backend=ZoneBackend(zone)),
                     hostname="mx.test.example")
+    if not result_cache:
+        engine.results_cache.size = 0
     spent: dict = collections.defaultdict(float)
 
     def timer(check, stage, seconds):
@@ -111,13 +136,16 @@ def measure(messages: int, extra: dict, message: bytes, zone: str, evict=None,
                     rcpts=[RCPT], message=message)
         engine.timer = timer
         total = 0.0
-        for n in range(messages):
-            client_ip, helo, sender, data = (senders[n] if senders
-                                             else ("127.0.0.1", HELO, SENDER, message))
+        for i in range(messages):
             if evict is not None:
                 evict()
+            if senders:
+                client, helo, sender, data = senders[i]
+            else:
+                client, helo = client_of(i + 1) if vary else ("127.0.0.1", HELO)
+                sender, data = SENDER, message
             started = time.process_time()
-            verdict, conn, _msg = run_offline(engine, client_ip=client_ip, helo=helo,
+            verdict, conn, _msg = run_offline(engine, client_ip=client, helo=helo,
                                               mail_from=sender, rcpts=[RCPT], message=data)
             engine.close_connection(conn)
             total += time.process_time() - started
@@ -136,9 +164,15 @@ def main(argv=None) -> int:
                         help="also measure with the CPU caches evicted before each message")
     parser.add_argument("--vary", action="store_true",
                         help="every message from a sender, domain, client and HELO of its own")
+    parser.add_argument("--vary-client", action="store_true",
+                        help="a new client address, PTR and HELO name for each message")
+    parser.add_argument("--no-result-cache", action="store_true",
+                        help="turn the engine's result cache off")
     args = parser.parse_args(argv)
     if not 1 <= args.messages <= 100_000:
         parser.error("--messages 1..100000")
+    if args.vary and args.vary_client:
+        parser.error("--vary already gives each message a client of its own")
     extra = parse_set(args.set)
     private, txt = make_key("rsa", 2048)
     message = make_signed_message(args.length, private)
@@ -147,7 +181,9 @@ def main(argv=None) -> int:
     if args.vary:
         senders, lines = varied(args.messages, message, private, txt)
         zone += "\n" + lines
-    spent, total, verdicts = measure(args.messages, extra, message, zone, senders=senders)
+    how = {"senders": senders, "vary": args.vary_client,
+           "result_cache": not args.no_result_cache}
+    spent, total, verdicts = measure(args.messages, extra, message, zone, **how)
     n = args.messages
     print(f"{n} messages of {len(message)} bytes"
           f"{', each from a sender of its own' if senders else ''}, verdicts {dict(verdicts)}")
@@ -163,8 +199,7 @@ def main(argv=None) -> int:
     print(f"\nall checks {1000 * checks / n:.3f} ms/msg; whole engine (process CPU) "
           f"{1000 * total / n:.3f} ms/msg")
     if args.cold:
-        cold_spent, cold_total, _ = measure(n, extra, message, zone, evict=Evictor(),
-                                            senders=senders)
+        cold_spent, cold_total, _ = measure(n, extra, message, zone, evict=Evictor(), **how)
         cold_checks = sum(cold_spent.values())
         print(f"caches evicted before each message: all checks {1000 * cold_checks / n:.3f} "
               f"ms/msg; whole engine {1000 * cold_total / n:.3f} ms/msg "

@@ -57,7 +57,10 @@ _RESULT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 def _clean(value, most: int) -> str:
     """Nothing from the network may break the header: no controls, no 8-bit,
     no endless text."""
-    return _UNSAFE.sub("?", str(value))[:most]
+    text = str(value)
+    if text.isascii() and text.isprintable():      # already \x20-\x7e: the usual case
+        return text[:most]
+    return _UNSAFE.sub("?", text)[:most]
 
 
 def _comment(text) -> str:
@@ -82,22 +85,50 @@ def _order(result: Result):
         return (len(METHOD_ORDER), result.method)
 
 
+# what the checks' code names (methods, results, property keys) repeats with
+# every message: read once, remembered (bounded: it is not sender data)
+_KNOWN: dict = {}
+_KNOWN_MAX = 1024
+
+
+def _writable(method: str, result: str) -> bool:
+    """Whether a resinfo ``method=result`` may be written at all."""
+    key = (method, result)
+    ok = _KNOWN.get(key)
+    if ok is None:
+        ok = bool(_KEY_ATOM.fullmatch(method) and _RESULT.fullmatch(result))
+        if len(_KNOWN) < _KNOWN_MAX:
+            _KNOWN[key] = ok
+    return ok
+
+
+def _property_key(name) -> Optional[str]:
+    """``ptype.property`` in lower case, or None when it may not be written."""
+    found = _KNOWN.get(name, False) if isinstance(name, str) else False
+    if found is False:
+        key = str(name).lower()
+        ptype, _, pname = key.partition(".")
+        found = key if ptype in PTYPES and _KEY_ATOM.fullmatch(pname) else None
+        if isinstance(name, str) and len(_KNOWN) < _KNOWN_MAX:
+            _KNOWN[name] = found
+    return found
+
+
 def written(results: Iterable[Result]) -> list:
     """What the header says, per resinfo: ``(method, result, reason or None,
     [(ptype.property, value, comment or None), ...])``, texts cleaned and
     bounded, unquoted, in the order they are written."""
-    reported = [r for r in results
-                if r.method and _KEY_ATOM.fullmatch(r.method) and _RESULT.fullmatch(r.result)]
+    reported = [r for r in results if r.method and _writable(r.method, r.result)]
     reported.sort(key=_order)            # stable: a check's own order is kept
     out = []
     for r in reported:
         reason = _clean(r.reason, MAX_REASON) if r.reason else None
         plain, quoted_one = [], None
         for prop in r.properties:           # (key, value) or (key, value, comment)
-            key, value = str(prop[0]).lower(), _clean(prop[1], MAX_VALUE)
-            ptype, _, pname = key.partition(".")
-            if ptype not in PTYPES or not _KEY_ATOM.fullmatch(pname):
+            key = _property_key(prop[0])
+            if key is None:
                 continue
+            value = _clean(prop[1], MAX_VALUE)
             comment = _comment(prop[2]) if len(prop) > 2 and prop[2] else None
             if plain_value(value):
                 plain.append((key, value, comment))

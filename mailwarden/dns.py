@@ -89,16 +89,21 @@ def normalize(name: str) -> str:
     return name.strip().rstrip(".").lower()
 
 
+_ADDRESSES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
+
+
 def reverse_name(address) -> str:
-    """``1.2.3.4`` -> ``4.3.2.1``; IPv6 -> reversed nibbles (no zone suffix)."""
-    ip = ipaddress.ip_address(address)
+    """``1.2.3.4`` -> ``4.3.2.1``; IPv6 -> reversed nibbles (no zone suffix).
+    An address object (the client's, parsed once at connect) is used as it
+    is; text is parsed."""
+    ip = address if isinstance(address, _ADDRESSES) else ipaddress.ip_address(address)
     if ip.version == 4:
         return ".".join(reversed(str(ip).split(".")))
     return ".".join(reversed(ip.exploded.replace(":", "")))
 
 
 def ptr_name(address) -> str:
-    ip = ipaddress.ip_address(address)
+    ip = address if isinstance(address, _ADDRESSES) else ipaddress.ip_address(address)
     suffix = "in-addr.arpa" if ip.version == 4 else "ip6.arpa"
     return f"{reverse_name(ip)}.{suffix}"
 
@@ -630,6 +635,13 @@ class Resolver:
         entry = self._cache.get((normalize(name), rdtype.upper()))
         return entry[0] if entry is not None and entry[1] is answer else 0.0
 
+    def expires(self, key) -> float | None:
+        """When the cached answer of ``key`` expires (this resolver's
+        clock), or None when it is not cached: what a value made from that
+        answer may be kept until (the engine's result cache)."""
+        entry = self._cache.get(key)
+        return None if entry is None else entry[0]
+
     def missing(self, keys: Iterable[tuple[str, str]]) -> list:
         """The (normalized name, TYPE) keys among ``keys`` not in the cache."""
         return [key for key in keys if _askable(key[0]) and self._cached(key) is None]
@@ -777,7 +789,21 @@ class Resolver:
         the pool and the calling thread asks the first itself (and any the
         pool had no room for).  ``pending``: key -> Future of lookups this
         caller started before (``prefetch``); ``owner``: see ``prefetch``."""
-        keys = [(normalize(n), t.upper()) for n, t in queries]
+        return self.query_keys([(normalize(n), t.upper()) for n, t in queries], timeout,
+                               pending, owner)
+
+    def query_keys(self, keys: list, timeout: float | None = None,
+                   pending: dict | None = None, owner=None) -> list[Answer]:
+        """:meth:`query_many` of (normalized name, TYPE) keys."""
+        cache = self._cache
+        now = self.clock()
+        answers = []
+        for key in keys:
+            entry = cache.get(key)
+            answers.append(entry[1] if entry is not None and entry[0] > now else None)
+        if None not in answers:
+            return answers
+        # expired entries are dropped by _cached on the way
         answers = [self._cached(key) for key in keys]
         missed = [i for i, answer in enumerate(answers) if answer is None]
         if not missed:
@@ -808,6 +834,39 @@ class Resolver:
             if reserve is None:
                 reserve = self.options.decisive_reserve
         return Lookup(self, limit, budget, clock=self.clock, reserve=reserve or 0)
+
+
+class Record:
+    """What the lookups of one check's run used (see :meth:`Lookup.record`):
+    the keys asked and their answers, in order; ``tainted`` when one was not
+    asked at all (a speculative miss, the budget, the deadline): then
+    nothing made from them is kept."""
+
+    __slots__ = ("keys", "answers", "tainted")
+
+    def __init__(self):
+        self.keys: list = []
+        self.answers: list = []
+        self.tainted = False
+
+    def expires(self, resolver: "Resolver") -> float | None:
+        """Until when every answer used stays in ``resolver``'s cache (its
+        clock; inf when none was used), or None when one was temporary or
+        is not cached: then nothing made from them may be kept."""
+        if self.tainted:
+            return None
+        for answer in self.answers:
+            if answer.temporary:
+                return None
+        until = float("inf")
+        cached = resolver.expires
+        for key in set(self.keys):
+            when = cached(key)
+            if when is None:
+                return None
+            if when < until:
+                until = when
+        return until
 
 
 class Lookup:
@@ -847,6 +906,34 @@ class Lookup:
         self._lock = threading.Lock()
         self.speculative = False
         self.missed = False
+        self._records: dict = {}          # thread id -> Record of the check it runs
+
+    # -- recording, for the engine's result cache -------------------------------
+
+    def record(self) -> Record:
+        """Record what this thread asks from now until :meth:`stop_recording`."""
+        record = self._records[threading.get_ident()] = Record()
+        return record
+
+    def stop_recording(self) -> None:
+        self._records.pop(threading.get_ident(), None)
+
+    def charge(self, keys) -> bool:
+        """Count ``keys`` against the budget as if they were asked now, all
+        or none: False when the deadline has passed or the budget (less the
+        reserve) cannot take them all, as asking them would have shown."""
+        if not keys:
+            return True
+        if self.remaining() <= 0:
+            return False
+        budget = self.budget - self.reserve
+        with self._lock:
+            fresh = set(keys) - self._asked
+            if self.used + len(fresh) > budget:
+                return False
+            self.used += len(fresh)
+            self._asked |= fresh
+        return True
 
     def pause(self) -> None:
         with self._lock:
@@ -863,14 +950,24 @@ class Lookup:
                 self._running_since = self.clock()
 
     def remaining(self) -> float:
-        with self._lock:
-            running = 0.0 if self._running_since is None else self.clock() - self._running_since
-            return self.limit - self.spent - running
+        # no lock: pause and resume run between stages, never while a
+        # check of this session asks
+        since = self._running_since
+        running = 0.0 if since is None else self.clock() - since
+        return self.limit - self.spent - running
 
     def _grant(self, keys: list, take: bool, decisive: bool = False) -> int:
         """How many of ``keys`` (from the first) the budget allows; counted if ``take``."""
         budget = self.budget if decisive else self.budget - self.reserve
+        asked = self._asked
+        if self.used + len(keys) <= budget and not take:
+            return len(keys)                 # room for all, even were none asked before
         with self._lock:
+            if take and self.used + len(keys) <= budget:
+                fresh = set(keys) - asked    # room for all: count the new ones
+                self.used += len(fresh)
+                asked |= fresh
+                return len(keys)
             used = self.used
             new: set = set()
             granted = 0
@@ -896,6 +993,8 @@ class Lookup:
         keys = [(normalize(n), t.upper()) for n, t in queries]
         left = self.remaining()
         if left <= 0:
+            if self._records:
+                self._taint()
             return [Answer(n, t, Status.BUDGET, detail="message deadline passed")
                     for n, t in keys]
         if self.speculative:
@@ -906,13 +1005,31 @@ class Lookup:
                 with self._lock:
                     self._pending.update(started)
                 self.missed = True
+                if self._records:
+                    self._taint()
                 raise CacheMiss(missing[0])
         granted = self._grant(keys, take=True, decisive=decisive)
-        with self._lock:
-            pending = {key: self._pending.pop(key) for key in keys[:granted]
-                       if key in self._pending}
-        answers = self.resolver.query_many(keys[:granted], timeout=left, pending=pending,
-                                           owner=self)
-        answers += [Answer(n, t, Status.BUDGET, detail="lookup budget used up")
-                    for n, t in keys[granted:]]
+        if self._pending:
+            with self._lock:
+                pending = {key: self._pending.pop(key) for key in keys[:granted]
+                           if key in self._pending}
+        else:
+            pending = None
+        answers = self.resolver.query_keys(keys if granted == len(keys) else keys[:granted],
+                                           timeout=left, pending=pending, owner=self)
+        if granted < len(keys):
+            answers += [Answer(n, t, Status.BUDGET, detail="lookup budget used up")
+                        for n, t in keys[granted:]]
+        if self._records:
+            record = self._records.get(threading.get_ident())
+            if record is not None:
+                record.keys += keys
+                record.answers += answers
+                if granted < len(keys):
+                    record.tainted = True
         return answers
+
+    def _taint(self) -> None:
+        record = self._records.get(threading.get_ident())
+        if record is not None:
+            record.tainted = True

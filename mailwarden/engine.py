@@ -24,7 +24,9 @@ import concurrent.futures
 import dataclasses
 import logging
 import socket
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
@@ -67,6 +69,8 @@ class Context:
         self.rcpt = rcpt
         self.new: list = []
         self.trust = engine.trust(conn)       # the client's trust class, for this stage
+        self._tags_at: Optional[tuple] = None  # the result counts _tags was made from
+        self._tags: frozenset = frozenset()
 
     @property
     def results(self) -> list:
@@ -77,11 +81,18 @@ class Context:
 
     @property
     def tags(self) -> frozenset:
-        tags = set()
-        for r in self.results:
-            tags |= r.tags
-        tags.add(self.trust)
-        return frozenset(tags)
+        # results are only ever added during a stage: the counts tell
+        # whether the tags made last time are still those of ctx.results
+        msg = self.msg
+        at = (len(self.conn.results), len(msg.results) if msg is not None else 0,
+              len(self.new))
+        if at != self._tags_at:
+            tags = {self.trust}
+            for r in self.results:
+                if r.tags:
+                    tags |= r.tags
+            self._tags, self._tags_at = frozenset(tags), at
+        return self._tags
 
     @property
     def queue_id(self) -> str:
@@ -107,6 +118,75 @@ class ConnLog(logging.LoggerAdapter):
         return f"{qid or 'conn#%d' % self.conn.id}: {msg}", kwargs
 
 
+class ResultCache:
+    """Results of checks that declare their inputs (``Check.cache_key``),
+    kept so that a connection like an earlier one skips them.
+
+    An entry lives no longer than the first of the DNS answers it was made
+    from leaves the resolver's cache (or ``[dns] max_ttl`` when it used
+    none), holds the lookup keys it used so that a hit is counted against
+    the DNS budget as the lookups would have been, and is never made from a
+    temporary answer or result.  Bounded: the oldest entry goes first.  Read
+    without a lock (one dict lookup is atomic), written under one.  One per
+    engine: a reload starts empty.
+    """
+
+    SIZE = 4096
+
+    def __init__(self, clock: Callable[[], float], max_age: float, size: int = SIZE):
+        self.clock = clock
+        self.max_age = max_age
+        self.size = size
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0          # for tests and benches; not locked
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key) -> Optional[tuple]:
+        """(results, lookup keys) stored for ``key`` and still fresh, else None."""
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        if entry[0] <= self.clock():
+            with self._lock:
+                if self._entries.get(key) is entry:
+                    del self._entries[key]
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry[1], entry[2]
+
+    def put(self, key, results: tuple, keys: tuple, expires: float) -> None:
+        expires = min(expires, self.clock() + self.max_age)
+        if self.size <= 0 or expires <= self.clock():
+            return
+        with self._lock:
+            self._entries.pop(key, None)
+            self._entries[key] = (expires, results, keys)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
+class _Step:
+    """One check at one stage, as the engine calls it: its stage method
+    bound, its skip tags read once (a check's options never change), and
+    its ``cache_key`` when it declares one."""
+
+    __slots__ = ("check", "name", "run", "skips", "replayable", "cache_key", "cacheable")
+
+    def __init__(self, check: Check, stage: Stage):
+        self.check = check
+        self.name = check.name
+        self.run = getattr(check, stage.method)
+        self.skips = check.skips()
+        self.replayable = check.replayable
+        self.cache_key = getattr(check, "cache_key", None)
+        self.cacheable = getattr(check, "cacheable", None)
+
+
 def _levels(checks: list, stage: Stage) -> list:
     """Group the checks that run at ``stage`` into dependency levels."""
     present = {c.name: c for c in checks if stage in type(c).stages()}
@@ -129,8 +209,9 @@ def _levels(checks: list, stage: Stage) -> list:
             d = depth[check.name]
             while len(levels) <= d:
                 levels.append([])
-            levels[d].append(check)
-    return levels
+            if check.runs_at(stage):
+                levels[d].append(_Step(check, stage))
+    return [level for level in levels if level]
 
 
 def _check_cycles(classes: dict) -> None:
@@ -170,10 +251,14 @@ class Engine:
                                  hostname=hostname if hostname is not None else socket.getfqdn(),
                                  state=state if state is not None else make_store(config.state))
         self.policy = Policy(config.policy, config.scores)
+        self.results_cache = ResultCache(self.resolver.clock, config.dns.max_ttl,
+                                         ResultCache.SIZE if config.dns.cache_size else 0)
         self.checks: list = [cls(config.checks[name], self.services)
                              for name, cls in registry.items()
                              if config.checks[name].enabled]
         self.levels = {stage: _levels(self.checks, stage) for stage in Stage}
+        self._closing = [c for c in self.checks if callable(getattr(c, "on_close", None))]
+        self._leaving = [c for c in self.checks if callable(getattr(c, "on_leave", None))]
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=32, thread_name_prefix="mailwarden-check")
 
@@ -191,12 +276,9 @@ class Engine:
 
         Never raises: the MTA has gone, nobody could be told.
         """
-        for check in self.checks:
-            on_close = getattr(check, "on_close", None)
-            if on_close is None:
-                continue
+        for check in self._closing:
             try:
-                on_close(conn)
+                check.on_close(conn)
             except Exception as exc:     # as in _call: a check's crash stays a log line
                 ConnLog(log, conn, None).error("check %s crashed at close: %s: %s", check.name,
                                                exc.__class__.__name__, exc, exc_info=True)
@@ -210,27 +292,38 @@ class Engine:
         a form we cannot read, is never trusted: it is ``other``.  (Postfix
         presents mail submitted with sendmail(1) to ``non_smtpd_milters`` as
         ``localhost[127.0.0.1]``, or ``::1``: trusted only as loopback is.)"""
-        if conn.authenticated:
+        if conn.auth_user:
             return Trust.AUTHENTICATED
-        if conn.client_ip is not None and conn.client_ip in self.config.relay.trusted_networks:
-            return Trust.TRUSTED
-        return Trust.OTHER
+        ip = conn.client_ip
+        if ip is None:
+            return Trust.OTHER
+        networks = self.config.relay.trusted_networks
+        memo = conn.trusted_memo          # (address, networks, answer) of the last ask
+        if memo is None or memo[0] is not ip or memo[1] is not networks:
+            memo = conn.trusted_memo = (ip, networks, ip in networks)
+        return Trust.TRUSTED if memo[2] else Trust.OTHER
 
     # -- running checks -----------------------------------------------------
 
-    def _call(self, check: Check, ctx: Context) -> list:
+    def _call(self, step: _Step, ctx: Context) -> list:
         if self.timer is not None:
             started = time.thread_time()
             try:
-                return self._call_check(check, ctx)
+                return self._call_check(step, ctx)
             finally:
-                self.timer(check.name, ctx.stage, time.thread_time() - started)
-        return self._call_check(check, ctx)
+                self.timer(step.name, ctx.stage, time.thread_time() - started)
+        return self._call_check(step, ctx)
 
-    def _call_check(self, check: Check, ctx: Context) -> list:
+    def _call_check(self, step: _Step, ctx: Context) -> list:
+        if step.cache_key is not None:
+            return self._call_cached(step, ctx)
+        return self._invoke(step, ctx)
+
+    def _invoke(self, step: _Step, ctx: Context) -> list:
         try:
-            out = getattr(check, ctx.stage.method)(ctx)
+            out = step.run(ctx)
         except Exception as exc:        # the one place a check's crash is caught
+            check = step.check
             ctx.log.error("check %s crashed at %s: %s: %s", check.name, ctx.stage.name.lower(),
                           exc.__class__.__name__, exc, exc_info=True)
             # a policy check that could not decide fails closed, whatever
@@ -244,11 +337,41 @@ class Engine:
                            stage=ctx.stage, reply=reply)]
         if out is None:
             return []
+        stage = ctx.stage
         if isinstance(out, Result):
-            out = [out]
-        return [r.at_stage(ctx.stage) for r in out]
+            return [out.at_stage(stage)]
+        return [r.at_stage(stage) for r in out]
 
-    def _speculate(self, check: Check, ctx: Context) -> Optional[list]:
+    def _call_cached(self, step: _Step, ctx: Context) -> list:
+        """_call_check through the result cache, for a check with a cache_key."""
+        cache = self.results_cache
+        if cache.size <= 0:
+            return self._invoke(step, ctx)
+        try:
+            key = (step.name, ctx.stage, step.cache_key(ctx))
+        except Exception:            # its stage method will crash the same way, and say so
+            return self._invoke(step, ctx)
+        dns = ctx.dns
+        found = cache.get(key)
+        if found is not None and dns.charge(found[1]):
+            return list(found[0])
+        record = dns.record()
+        try:
+            out = self._invoke(step, ctx)
+        finally:
+            dns.stop_recording()
+        if record.tainted or key[2] is None:
+            return out
+        for r in out:
+            if r.result == "temperror":
+                return out
+        if step.cacheable is None or step.cacheable(out):
+            expires = record.expires(self.resolver)
+            if expires is not None:
+                cache.put(key, tuple(out), tuple(dict.fromkeys(record.keys)), expires)
+        return out
+
+    def _speculate(self, check: _Step, ctx: Context) -> Optional[list]:
         """Run a replayable check on cached DNS answers only: its results,
         or None if it needed a lookup (which is now on its way)."""
         dns = ctx.dns
@@ -263,34 +386,35 @@ class Engine:
         return None if dns.missed else out
 
     def _run(self, ctx: Context) -> list:
-        for level in self.levels[ctx.stage]:
+        stage = ctx.stage
+        for level in self.levels[stage]:
             tags = ctx.tags
-            runnable = [c for c in level if not (c.skips() & tags)]
-            if len(runnable) == 1 or ctx.stage is Stage.BODY:
-                for check in runnable:
-                    ctx.new.extend(self._call(check, ctx))
+            runnable = [s for s in level if not (s.skips & tags)]
+            if len(runnable) == 1 or stage is Stage.BODY:
+                for step in runnable:
+                    ctx.new.extend(self._call(step, ctx))
             elif runnable:
                 # first pass in this thread: a check whose lookups are all
                 # cached is done here, with no thread hand-off; one that
                 # needs the network has started its lookups and waits below
                 found: dict = {}
                 waiting = []
-                for check in runnable:
-                    out = self._speculate(check, ctx) if check.replayable else \
-                        self._call(check, ctx)
+                for step in runnable:
+                    out = self._speculate(step, ctx) if step.replayable else \
+                        self._call(step, ctx)
                     if out is None:
-                        waiting.append(check)
+                        waiting.append(step)
                     else:
-                        found[check.name] = out
+                        found[step.name] = out
                 if waiting:
                     # the calling thread runs the first check itself: the pool only
                     # carries the others, so a busy pool delays, never blocks, a stage
-                    futures = [(c, self._pool.submit(self._call, c, ctx)) for c in waiting[1:]]
+                    futures = [(s, self._pool.submit(self._call, s, ctx)) for s in waiting[1:]]
                     found[waiting[0].name] = self._call(waiting[0], ctx)
-                    for check, future in futures:
-                        found[check.name] = future.result()
-                for check in runnable:             # in level order, whatever finished first
-                    ctx.new.extend(found[check.name])
+                    for step, future in futures:
+                        found[step.name] = future.result()
+                for step in runnable:             # in level order, whatever finished first
+                    ctx.new.extend(found[step.name])
         if self.observer is not None and ctx.new:
             self.observer(ctx.new)
         return ctx.new
@@ -378,8 +502,8 @@ class Engine:
         made (``added`` on top, as the adapter inserts them; ``removed``
         gone), and gives header fields to put above all.  A crash there is logged and adds
         nothing: the message goes as it is."""
-        leaving = [c for c in self.checks if callable(getattr(c, "on_leave", None))
-                   and not (c.skips() & ctx.tags)]
+        tags = ctx.tags
+        leaving = [c for c in self._leaving if not (c.skips() & tags)]
         if not leaving:
             return ()
         ctx.new = []

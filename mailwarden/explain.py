@@ -35,8 +35,11 @@ def clean(value) -> str:
     """Network text made safe for one line: controls and stray bytes as
     \\xNN, C1 controls, bidirectional controls and line separators as
     \\uNNNN; other text, non-ASCII letters included, as it is."""
+    text = str(value)
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text                  # printable ASCII without a backslash: nothing to do
     out = []
-    for ch in str(value):
+    for ch in text:
         o = ord(ch)
         if o < 0x20 or o == 0x7f or 0xdc80 <= o <= 0xdcff:
             out.append(f"\\x{o & 0xff:02x}")

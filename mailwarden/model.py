@@ -7,6 +7,7 @@ Neither knows about pymilter; the adapter and ``mailwarden scan`` fill them.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import itertools
@@ -201,6 +202,21 @@ class Result:
         :attr:`arc_last_valid` are vouched for by their seal."""
         return self._finding("arc.hops", ())
 
+    @classmethod
+    def make(cls, fields: dict) -> "Result":
+        """``Result(**fields)``, checked the same way, without the frozen
+        dataclass's one ``object.__setattr__`` per field: how checks make
+        their results (``Check.result``), several per message."""
+        result = fields.get("result")
+        if result not in _RESULT_WORDS or not _FIELD_NAMES.issuperset(fields) \
+                or not _REQUIRED.issubset(fields):
+            return cls(**fields)             # raises as the constructor does
+        made = object.__new__(cls)
+        values = made.__dict__
+        values.update(_DEFAULTS)
+        values.update(fields)
+        return made
+
     def at_stage(self, stage: "Stage") -> "Result":
         """This result as found at ``stage``: a copy (the fields were checked
         when it was made; ``dataclasses.replace`` would check them again)."""
@@ -210,6 +226,13 @@ class Result:
         copy.__dict__.update(self.__dict__)
         copy.__dict__["stage"] = stage
         return copy
+
+
+_RESULT_WORDS = frozenset(RESULTS)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Result)
+             if f.default is not dataclasses.MISSING}
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Result))
+_REQUIRED = _FIELD_NAMES - set(_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -334,6 +357,8 @@ class Connection:
     id: int = field(default_factory=lambda: next(_ids))
     messages: int = 0
     dns: Optional[object] = None      # the Lookup session of the current stage
+    # the engine's last answer to "is client_ip in trusted_networks?"
+    trusted_memo: Optional[tuple] = field(default=None, repr=False, compare=False)
 
     @property
     def authenticated(self) -> bool:

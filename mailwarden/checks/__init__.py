@@ -22,11 +22,23 @@ A check is a small class in ``checks/NAME.py``:
   ``on_mail``, ``on_rcpt``, ``on_body``, ``on_eom``, each taking the
   engine's :class:`~mailwarden.engine.Context` and returning a
   :class:`~mailwarden.model.Result`, several, or None;
+* ``runs_at(stage)`` (optional): False for a stage where the check, so
+  configured, has nothing to do (a method that would only return None):
+  the engine then leaves it out of that stage;
 * ``replayable``: True if a stage method may be abandoned at any DNS
   lookup and run again from the start: before its last lookup it does
   nothing (counting, storing, logging) that must not happen twice.  The
   engine then first runs it on cached answers alone, in the calling thread,
   and only hands it to a thread when a lookup must go to the network;
+* ``cache_key(ctx)`` (optional): a hashable value that, with the stage and
+  the DNS answers, fully determines the stage method's results (the client
+  address, the HELO name, ...), or None.  The engine then keeps the
+  results (``engine.ResultCache``) and gives them again, without calling
+  the check, to a later connection or message with the same key while the
+  DNS answers they came from are still cached; temporary results are never
+  kept.  Only for a check whose stage methods do nothing but look up and
+  compute: no counting, no logging, nothing read that the key leaves out;
+  ``cacheable(results)`` (optional) may refuse to keep particular results;
 * ``on_leave(ctx, message, authres_value)`` (optional): the last step
   before an accepted message leaves; ``message()`` gives its bytes with
   every other change made (our A-R, DKIM signatures, removals), made only
@@ -133,13 +145,19 @@ class Check:
         return tuple(stage for stage in Stage
                      if callable(getattr(cls, stage.method, None)))
 
+    def runs_at(self, stage: Stage) -> bool:
+        """False for a stage whose method, with these options, would
+        always return nothing: the engine then does not call it there."""
+        return True
+
     def result(self, result: str, symbol: str | None = None, reason: str = "", **kw) -> Result:
         """A Result of this check, with its method and temperror choice filled in."""
         if symbol is not None and symbol not in self.known_symbols:
             raise ValueError(f"{self.name}: undeclared symbol {symbol}")
         kw.setdefault("method", self.method)
         kw.setdefault("tempfail", self.options.tempfail_on_error)
-        return Result(check=self.name, result=result, symbol=symbol, reason=reason, **kw)
+        kw["check"], kw["result"], kw["symbol"], kw["reason"] = self.name, result, symbol, reason
+        return Result.make(kw)
 
 
 _registry: dict | None = None

@@ -60,8 +60,8 @@ from dataclasses import dataclass
 
 from ..options import opt, parse_bool, parse_choice
 from ..dns import normalize, reverse_name
-from ..dnslist import DnsList, DnsblSection, log_blocked, read
-from ..model import Action, Reply, Trust
+from ..dnslist import BLOCKED, DnsList, DnsblSection, log_blocked, read
+from ..model import Action, Reply, Stage, Trust
 from . import Check, CheckOptions
 from ..orgdomain import is_domain, registered_domain
 
@@ -117,6 +117,29 @@ class DnsblCheck(Check):
         self.domain_lists = tuple(x for x in lists if x[0].kind == "domain")
 
     # -- stages -------------------------------------------------------------
+
+    def runs_at(self, stage) -> bool:
+        # with lookup_at = mail, connect and HELO have nothing to ask
+        return stage is Stage.MAIL or self.options.lookup_at == "early"
+
+    def cache_key(self, ctx):
+        """What a stage's asks are made of (the result follows from them
+        and DNS alone): see checks/__init__."""
+        conn = ctx.conn
+        stage = ctx.stage
+        if stage is Stage.CONNECT:
+            return conn.client_ip
+        if stage is Stage.HELO:
+            return (conn.helo, _verified_ptr(ctx))
+        sender = ctx.msg.mail_from if ctx.msg is not None else ""
+        domain = sender.rpartition("@")[2] if "@" in sender else ""
+        if self.options.lookup_at == "early":      # the sender, and the PTR name without HELO
+            return ("" if conn.helo else _verified_ptr(ctx), bool(conn.helo), domain)
+        return (conn.client_ip, conn.helo, _verified_ptr(ctx), domain)
+
+    def cacheable(self, results) -> bool:
+        # a refused query is logged each time it is met: not kept
+        return all(r.result != BLOCKED for r in results)
 
     def on_connect(self, ctx):
         if self.options.lookup_at == "early":

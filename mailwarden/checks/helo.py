@@ -91,6 +91,8 @@ def parse_literal(text: str):
 
 
 def bare_address(text: str):
+    if ":" not in text and not text.replace(".", "").isdigit():
+        return None                # no IPv6 colon, and not dotted digits: a name
     try:
         return ipaddress.ip_address(text)
     except ValueError:
@@ -113,6 +115,11 @@ class HeloCheck(Check):
 
     def _ours(self, ctx, address) -> bool:
         return address is not None and address in self.options.our_addresses
+
+    def cache_key(self, ctx):
+        # the result follows from these and DNS alone (our host name is the engine's)
+        conn = ctx.conn
+        return (conn.helo, conn.client_ip, conn.our_hostname)
 
     def on_helo(self, ctx):
         helo = ctx.conn.helo.strip()
@@ -158,7 +165,8 @@ class HeloCheck(Check):
             return None
         a, aaaa = ctx.dns.query_many([(name, "A"), (name, "AAAA")])
         addresses = [r for answer in (a, aaaa) if answer.ok for r in answer.records]
-        if any(_same(client, r) for r in addresses):
+        text = str(client)       # the usual record text: no parsing when it is
+        if any(r == text or _same(client, r) for r in addresses):
             return self.result("pass", "HELO_FORWARD_MATCH", f"{shown} resolves to {client}")
         if a.temporary or aaaa.temporary:
             failed = a if a.temporary else aaaa

@@ -49,11 +49,16 @@ class IprevCheck(Check):
         "IPREV_TEMPERROR": 0.0,
     }
 
+    def cache_key(self, ctx):
+        # the result follows from the address and DNS alone (see checks/__init__)
+        return ctx.conn.client_ip
+
     def on_connect(self, ctx):
         ip = ctx.conn.client_ip
         if ip is None:
             return None
-        props = lambda name=None: (("policy.iprev", str(ip), name),)   # noqa: E731
+        text = str(ip)
+        props = lambda name=None: (("policy.iprev", text, name),)   # noqa: E731
         ptr = ctx.dns.query(ptr_name(ip), "PTR")
         if ptr.temporary:
             return self.result("temperror", "IPREV_TEMPERROR",
@@ -66,7 +71,7 @@ class IprevCheck(Check):
         answers = ctx.dns.query_many([(name, rdtype) for name in names])
         transient = False
         for name, answer in zip(names, answers):
-            if answer.ok and any(_same(ip, a) for a in answer.records):
+            if answer.ok and any(a == text or _same(ip, a) for a in answer.records):
                 return self.result("pass", "IPREV_PASS", "", properties=props(name))
             transient |= answer.temporary
         if transient:

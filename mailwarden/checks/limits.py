@@ -154,7 +154,11 @@ class LimitsCheck(Check):
 
     def _network(self, ip) -> str:
         prefix = self.options.ipv4_prefix if ip.version == 4 else self.options.ipv6_prefix
-        return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+        if prefix == ip.max_prefixlen:
+            return f"{ip}/{prefix}"          # what ip_network would write, without parsing
+        # from the address's integer: no text to parse again
+        kind = ipaddress.IPv4Network if ip.version == 4 else ipaddress.IPv6Network
+        return str(kind((int(ip), prefix), strict=False))
 
     def _token(self, conn) -> str:
         return f"{self.instance}:{conn.id}"

@@ -44,6 +44,10 @@ class RelayCheck(Check):
     skip_for = frozenset({Trust.AUTHENTICATED, Trust.TRUSTED})
     fail_closed = True
 
+    def runs_at(self, stage) -> bool:
+        # no local domains: the MTA's own relay rules decide
+        return bool(self.services.config.relay.local)
+
     def on_rcpt(self, ctx):
         local = self.services.config.relay.local
         if not local or ctx.rcpt is None:

@@ -85,7 +85,7 @@ from dataclasses import dataclass, field
 
 from ..address import DomainSet, analyze, author_domain, authors
 from ..explain import clean
-from ..model import Reply, tls_name, tls_rank
+from ..model import Reply, Stage, tls_name, tls_rank
 from ..options import (ValueProblem, domains_and_file, opt, parse_choice,
                        parse_domains, parse_path)
 from . import Check, CheckOptions
@@ -139,6 +139,10 @@ class TlsCheck(Check):
         self._minimum = tls_rank(options.min_version)
         # a policy only when it enforces something: then a crash tempfails
         self.fail_closed = bool(options.required)
+
+    def runs_at(self, stage) -> bool:
+        # at end of message only to enforce require_from
+        return stage != Stage.EOM or bool(self.options.required)
 
     # -- what the session was ------------------------------------------------
 

@@ -214,12 +214,12 @@ def test_allowlisted_skipped_and_authenticated_skipped_at_mail():
 def test_all_lists_in_one_parallel_batch():
     calls = []
     engine, backend = make_engine()
-    real = engine.resolver.query_many
+    real = engine.resolver.query_keys          # what a session's query_many calls
 
     def spy(queries, timeout=None, **kwargs):
         calls.append(list(queries))
         return real(queries, timeout, **kwargs)
-    engine.resolver.query_many = spy
+    engine.resolver.query_keys = spy
     conn = Connection(client_ip=parse_client_address("198.51.100.7"))
     engine.connect(conn)
     engine.close()

@@ -1,7 +1,12 @@
 """helo: every outcome with its own symbol, on the fake resolver."""
 
-import pytest
+import ipaddress
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailwarden.checks.helo import bare_address
 from mailwarden.config import ConfigError
 from mailwarden.dns import Resolver, ZoneBackend
 from mailwarden.model import Connection, parse_client_address
@@ -115,3 +120,14 @@ def test_second_helo_replaces_the_first():
 def test_unknown_reject_symbol_is_located():
     with pytest.raises(ConfigError, match=r":6: \[check.helo\] reject: not a helo symbol"):
         loads(BASE + "[check.helo]\nreject = HELO_SILLY\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(alphabet="0123456789.:abcdefx%", max_size=40), st.text(max_size=40),
+                 st.ip_addresses().map(str)))
+def test_bare_address_reads_what_ip_address_reads(text):
+    try:
+        expected = ipaddress.ip_address(text)
+    except ValueError:
+        expected = None
+    assert bare_address(text) == expected

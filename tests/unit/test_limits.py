@@ -1,5 +1,6 @@
 """limits: per client network, sender, user and message; memory and Redis."""
 
+import ipaddress
 import logging
 
 import pytest
@@ -7,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailwarden.dns import Resolver, ZoneBackend
+from mailwarden.checks.limits import LimitsCheck
 from mailwarden.engine import run_offline
 from mailwarden.model import Connection, parse_client_address
 from tests.unit.checkset import Engine, loads
@@ -311,3 +313,12 @@ def test_two_engines_on_one_redis_admit_exactly_the_limit(redis_server):
     assert results[7:] == ["tempfail"] * 5
     a.close()
     b.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)), st.integers(8, 32),
+       st.integers(16, 128))
+def test_the_client_network_is_what_ip_network_would_write(ip, v4, v6):
+    check = LimitsCheck(LimitsCheck.Options(ipv4_prefix=v4, ipv6_prefix=v6), None)
+    prefix = v4 if ip.version == 4 else v6
+    assert check._network(ip) == str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))

@@ -133,3 +133,11 @@ def test_clean_leaves_no_control_bidi_or_line_separator(text):
 def test_clean_names_what_it_escaped():
     from mailwarden.explain import clean
     assert clean("a\u202eb\x9bc\u00e9\\d\x01") == "a\\u202eb\\u009bc\u00e9\\\\d\\x01"
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7f), max_size=60))
+def test_clean_of_ascii_escapes_exactly_controls_delete_and_backslash(text):
+    from mailwarden.explain import clean
+    expected = "".join(f"\\x{ord(ch):02x}" if ord(ch) < 0x20 or ord(ch) == 0x7f
+                       else "\\\\" if ch == "\\" else ch for ch in text)
+    assert clean(text) == expected
