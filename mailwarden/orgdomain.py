@@ -49,8 +49,10 @@ domain block lists (:func:`registered_domain`), and for the order in
 which an aggregate report lists DKIM results (a presentation choice that
 asks no DNS).
 
-The list is tldextract's bundled snapshot, read once on first use and never
-fetched (``suffix_list_urls=()``, ``cache_dir=None``).  Both sections of the
+The list is the snapshot the tldextract package ships, read here by our own
+reader once on first use (or at start-up, by the warm-up) and never fetched;
+tldextract itself is not imported, which spares its HTTP stack (some 6 MB
+per process) and its trie (another 6 MB).  Both sections of the
 list apply, ICANN and private: a private entry such as ``eu.org``,
 ``github.io`` or ``blogspot.com`` is where an operator hands out names to
 unrelated customers, so ``attacker.eu.org`` and ``victim.eu.org`` are two
@@ -83,9 +85,13 @@ the same names come back message after message.
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
 import re
 import threading
 from dataclasses import dataclass
+
+import idna
 
 __all__ = ["organizational", "registered_domain", "public_suffix",
            "is_domain", "is_label", "is_dmarc_record", "dmarc_tags",
@@ -292,23 +298,54 @@ def tree_walk(domain: str, lookup) -> TreeWalk:
                     policy_record=records.get(policy, ""), source=source)
 
 _SPECIAL_SUFFIXES = ("test", "example", "invalid")
-_extractor = None
-_extractor_lock = threading.Lock()
+_SNAPSHOT = ".tld_set_snapshot"     # the list as tldextract ships it (the .dat text)
+_RULE = re.compile(r"^([.*!]*\w\S*)", re.MULTILINE)
+_rules = None                       # frozenset of the list's rules, "!" and "*." kept
+_rules_lock = threading.Lock()
 
 
-def _tld():
-    """The one TLDExtract instance, built on first use; reads are thread-safe."""
-    global _extractor
-    if _extractor is None:
-        with _extractor_lock:
-            if _extractor is None:
-                import tldextract
-                ex = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None,
-                                           include_psl_private_domains=True,
-                                           extra_suffixes=_SPECIAL_SUFFIXES)
-                ex("warm.example.com")        # build the suffix trie now, under the lock
-                _extractor = ex
-    return _extractor
+def _snapshot_path():
+    """Where tldextract keeps its bundled copy of the list, found without
+    importing tldextract (which would load requests and urllib3, some 6 MB,
+    for nothing: the list is never fetched)."""
+    spec = importlib.util.find_spec("tldextract")
+    for folder in (spec.submodule_search_locations or ()) if spec else ():
+        path = os.path.join(folder, _SNAPSHOT)
+        if os.path.isfile(path):
+            return path
+    raise RuntimeError(f"the Public Suffix List is missing: no {_SNAPSHOT} in tldextract's "
+                       "package (is tldextract installed?)")
+
+
+def _load_rules(text: str) -> frozenset:
+    """The rules of the list's text (both sections) and the special-use names.
+
+    A rule in Unicode is kept as written and also in its ASCII form, so
+    that a name passed in punycode (``xn--...``) matches it as it is."""
+    rules = set(_SPECIAL_SUFFIXES)
+    for match in _RULE.finditer(text):
+        rule = match.group(1).lower()
+        rules.add(rule)
+        if not rule.isascii():
+            prefix = rule[:1] if rule[:1] == "!" else ""
+            try:
+                rules.add(prefix + ".".join(
+                    label if label == "*" else idna.encode(label).decode("ascii")
+                    for label in rule[len(prefix):].split(".")))
+            except idna.IDNAError:
+                pass                 # not a name IDNA 2008 can spell: the Unicode form stays
+    return frozenset(rules)
+
+
+def _list() -> frozenset:
+    """The rules, read on first use; reads are thread-safe."""
+    global _rules
+    if _rules is None:
+        with _rules_lock:
+            if _rules is None:
+                with open(_snapshot_path(), encoding="utf-8") as f:
+                    _rules = _load_rules(f.read())
+    return _rules
 
 
 def _clean(name: str) -> str:
@@ -316,17 +353,20 @@ def _clean(name: str) -> str:
 
 
 def _split(name: str) -> tuple:
-    """(suffix, label under it) by the list; suffix '' when the list knows
-    no suffix of ``name``."""
-    try:
-        r = _tld()(name)
-    except ValueError:
-        # tldextract before 3.2 (Debian 12 has 3.1.2) hands a name that
-        # starts with a digit to socket.inet_aton, which raises ValueError on
-        # a NUL in it; later releases answer ('', last label) there, which
-        # every caller reads as "no suffix the list knows", as this does
-        return "", ""
-    return r.suffix, r.domain
+    """(suffix, label under it) by the list (publicsuffix.org's algorithm:
+    the longest matching rule wins, an exception rule over a wildcard);
+    suffix '' when the list knows no suffix of ``name``."""
+    rules = _list()
+    labels = name.split(".")
+    for i in range(len(labels)):
+        tail = ".".join(labels[i:])
+        if "!" + tail in rules:
+            i += 1                                  # an exception: one label less
+        elif not (tail in rules or "*." + ".".join(labels[i + 1:]) in rules
+                  and i + 1 < len(labels)):
+            continue
+        return ".".join(labels[i:]), labels[i - 1] if i else ""
+    return "", ""
 
 
 @functools.lru_cache(maxsize=8192)

@@ -1,7 +1,7 @@
 """Run every enabled check once, offline, before the milter drops privileges.
 
 Python and the libraries mailwarden uses import some modules on first use
-(tldextract and what it pulls in, dnspython's record types, the email
+(the Public Suffix List file, dnspython's record types, the email
 package's codecs, the crypto backends).  Once running as ``[milter] user``
 the interpreter's own files may no longer be readable (a Python installed
 under root's home is the common case), and a module that cannot be loaded
@@ -18,6 +18,7 @@ import logging
 
 from .config import Config
 from .dns import Resolver, ZoneBackend
+from . import orgdomain
 from .engine import Engine, run_offline
 from .state.memory import MemoryStore
 
@@ -81,3 +82,6 @@ def warm_up(config: Config) -> None:
     finally:
         engine.close()
         logger.setLevel(level)
+    # the Public Suffix List is read on first use; with no URL list enabled
+    # that use may come only later (an aggregate report), so read it now
+    orgdomain.registered_domain("warmup.invalid")
