@@ -570,10 +570,10 @@ def select_headers(fields: list, names: list, key=bytes.lower) -> list:
     names asked for are indexed once."""
     wanted = set(names)
     instances: dict = {}
-    for field in fields:
-        name = key(field[0])
+    for one in fields:
+        name = key(one[0])
         if name in wanted:
-            instances.setdefault(name, []).append(field)
+            instances.setdefault(name, []).append(one)
     out = []
     for name in names:
         left = instances.get(name)

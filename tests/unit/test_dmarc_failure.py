@@ -146,8 +146,9 @@ def test_reject_failure_reports_to_each_authorized_destination(setup):
     assert ar.startswith("mx.test.example;")
     assert "dmarc=fail" in ar and "header.from=ruf-a.example" in ar and "spf=fail" in ar
     assert "Original-Rcpt-To" not in fields
-    assert "x@other.example" not in ar and re.search(r"smtp\.mailfrom=[a-z2-7]{8}@other\.example",
-                                                     ar)
+    # the real sender x@other.example is not named (a pseudonym may end in x)
+    assert re.search(r"(?<![a-z2-7])x@other\.example", ar) is None
+    assert re.search(r"smtp\.mailfrom=[a-z2-7]{8}@other\.example", ar)
 
 
 def test_aligned_spf_failure_names_spf_and_its_record(setup):
