@@ -11,7 +11,7 @@ import re
 
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy, Relaxed, Simple
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mailwarden import signing as dkimcheck
@@ -22,6 +22,16 @@ PIECES = [b" ", b"  ", b"\t", b" \t", b"\r\n", b"\r\n ", b"\r\n\t", b"\n", b"\n 
           b"a", b"Word", b"=", b";", b":", b"b=", b" b=", b";b=", b"; b =", b"bh=",
           b"abc+/=", b"\x0b", b"\x0c", b"\xc3\xa9", b"\r\n\r\n"]
 chunks = st.lists(st.sampled_from(PIECES), max_size=30).map(b"".join)
+# dkimpy before 1.1.5 (Debian 12 ships 1.1.4) unfolds only CRLF, not a bare LF,
+# in relaxed header canonicalization; later versions, and mailwarden, drop both.
+# On the older one the comparison is made on input without a bare LF.
+OLD_UNFOLD = Relaxed.canonicalize_headers([(b"a", b"x\ny")])[0][1] != b"xy\r\n"
+
+
+def no_bare_lf(*texts):
+    return not any(re.search(b"(?<!\r)\n", t) for t in texts)
+
+
 names = st.sampled_from([b"From", b"from", b"SUBJECT", b"To ", b"X-A\t", b"Dkim-Signature",
                          b"x-b"])
 
@@ -29,6 +39,7 @@ names = st.sampled_from([b"From", b"from", b"SUBJECT", b"To ", b"X-A\t", b"Dkim-
 @settings(max_examples=400, deadline=None)
 @given(names, chunks)
 def test_relaxed_field_is_dkimpys(name, value):
+    assume(not OLD_UNFOLD or no_bare_lf(value))
     ((cname, cvalue),) = Relaxed.canonicalize_headers([(name, value)])
     assert dkimcheck.relaxed_field(name, value) == cname + b":" + cvalue
 
@@ -48,6 +59,7 @@ def test_strip_b_is_dkimpys_re_btag(before, tags, after):
 def test_header_hash_input_is_dkimpys(fields, sig_value, header_canon):
     policy = CanonicalizationPolicy.from_c_value(header_canon + b"/simple")
     relaxed = policy.header_algorithm is Relaxed
+    assume(not (OLD_UNFOLD and relaxed) or no_bare_lf(sig_value, *(v for _n, v in fields)))
     wire = [(n, v + b"\r\n") for n, v in fields]
     include = sorted({(n.lower().rstrip() if relaxed else n.lower()) for n, _v in wire})
     include += [b"from", b"missing"]
