@@ -10,10 +10,11 @@ cold caches and makes every lookup; a name asked twice within a message
 is answered by the cache the second time, as in production (with the
 cache off instead, such repeats went to the network again and the bench
 measured them, not mailwarden: 24 queries and a ratio of 1.47 where a
-cold message makes 19).  Printed per SMTP stage: the median time, and the longest chain of
-lookups that depend on each other at that stage (each must wait for the
-one before), which is what the stage cannot go below; then the message's
-total against the sum of those chains (target: at most 1.3 times).
+cold message makes 19).  Printed per SMTP stage: the median time, and
+the longest chain of lookups that depend on each other at that stage
+(each must wait for the one before), which is what the stage cannot go
+below; then the message's total against the sum of those chains
+(target: at most 1.3 times).
 
     .venv/bin/python bench/latency.py [--messages 30] [--delay 0.05]
 """

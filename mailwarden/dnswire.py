@@ -47,7 +47,7 @@ _CNAME_HOPS = 16
 # 63 octets each, 253 in all (what normalize() gives for a host name)
 _PLAIN_NAME = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}\Z")
 
-RCODE_NOERROR, RCODE_SERVFAIL, RCODE_NXDOMAIN, RCODE_YXDOMAIN = 0, 2, 3, 6
+RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_YXDOMAIN = 0, 3, 6
 
 
 class WireError(Exception):
@@ -180,7 +180,7 @@ def parse_reply(data: bytes, qid: int, name: str, rdtype: str) -> Reply | None:
         return None
     rcode = flags & 0xF
     qtype = TYPES[rdtype]
-    asked = tuple(label.encode("ascii") for label in name.split("."))
+    asked = _key(tuple(label.encode("ascii") for label in name.split(".")))
     pos = 12
     try:
         if qdcount != 1:
@@ -193,7 +193,7 @@ def parse_reply(data: bytes, qid: int, name: str, rdtype: str) -> Reply | None:
         if pos + 4 > len(data):
             return None
         rtype, rclass = struct.unpack_from("!HH", data, pos)
-        if _key(labels) != _key(asked) or rtype != qtype or rclass != _CLASS_IN:
+        if _key(labels) != asked or rtype != qtype or rclass != _CLASS_IN:
             return None
     except WireError:
         return None
@@ -216,7 +216,7 @@ def parse_reply(data: bytes, qid: int, name: str, rdtype: str) -> Reply | None:
                 raise WireError("record data runs past the end of the message")
             if rclass != _CLASS_IN:
                 continue
-            if section == 0 and rtype in (qtype, 5) and rtype in _READ_CODES:
+            if section == 0 and rtype in (qtype, 5):
                 value, key = _value(data, rtype, start, pos)
                 entry = found.setdefault((_key(owner), rtype), [ttl, [], {}])
                 entry[0] = min(entry[0], ttl)
@@ -238,7 +238,7 @@ def parse_reply(data: bytes, qid: int, name: str, rdtype: str) -> Reply | None:
     # follow the CNAME chain from the name asked; as long a chain as
     # dnspython's resolver follows (16 aliases), no longer; NXDOMAIN's too,
     # which must not end in records of the type asked
-    owner = _key(asked)
+    owner = asked
     chain_ttl = None
     for _ in range(_CNAME_HOPS):
         entry = found.get((owner, qtype))
@@ -254,8 +254,6 @@ def parse_reply(data: bytes, qid: int, name: str, rdtype: str) -> Reply | None:
         owner = next(iter(alias[2]))
     raise WireError("CNAME chain too long")
 
-
-_READ_CODES = frozenset(TYPES.values())
 
 
 def new_id() -> int:
